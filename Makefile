@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HSBS := $(VENV)/bin/hsbs
+STAMP := $(VENV)/.installed
+RUN ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lab figures bench exercises clean
+
+# The virtual environment is (re)built when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Main job on the embedded SynthFER data: train HSBS, evaluate it, draw its figures.
+demo: venv
+	$(HSBS) train --config configs/synthfer_hsbs.yaml --out $(RUN)
+	$(HSBS) eval --checkpoint $(RUN)/best.pt
+	$(HSBS) figures --run $(RUN) --out $(RUN)/figures
+
+## The whole test suite (CPU only).
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not notebook and not browser" $(PYTEST_ARGS)
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+## Train the SynthFER demo runs when missing and regenerate figures/ completely.
+figures: venv
+	$(HSBS) figures --demo --out figures
+
+bench: venv
+	$(HSBS) bench
+
+exercises: venv
+	$(PY) -m hsbs_lib.exercises notebooks notebooks/exercises
+
+clean:
+	rm -rf runs .pytest_cache

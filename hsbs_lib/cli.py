@@ -1,0 +1,67 @@
+"""The ``hsbs`` command. Each subcommand lives next to the code it drives.
+
+A module that serves subcommand NAME defines ``add_NAME_arguments(parser)`` and ``run_NAME(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("hsbs_lib.data.synthetic", "render SynthFER to disk in the RAF-DB basic layout"),
+    "check": ("hsbs_lib.data.checks", "validate a dataset copy: counts per split and class, every bad entry"),
+    "train": ("hsbs_lib.engine.train", "train a model from a YAML recipe plus key=value overrides"),
+    "eval": ("hsbs_lib.engine.evaluate", "evaluate a checkpoint: accuracy, mean class accuracy, macro-F1, confusion"),
+    "predict": ("hsbs_lib.inference", "detect faces in photos and classify their expression"),
+    "export": ("hsbs_lib.inference", "export a checkpoint's eval-mode model to TorchScript or ONNX"),
+    "figures": ("hsbs_lib.viz.figures", "regenerate every figure for trained runs"),
+    "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
+    "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsbs", description="hsbs_lib: facial expression recognition you can read")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            sub.set_defaults(_missing=True)
+            continue
+        getattr(module, f"add_{name}_arguments")(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"hsbs {args.command}: not available in this installation", file=sys.stderr)
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(getattr(module, f"run_{args.command}")(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        # Bad input is reported in one readable message, not a traceback.
+        if args.verbose:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"hsbs {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

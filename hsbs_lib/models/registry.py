@@ -1,0 +1,49 @@
+"""A timm-style registry: ``register_model``, ``create_model``, ``list_models``."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    """Class or factory decorator: ``@register_model("hsbs")``."""
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model '{name}' is already registered")
+        _MODELS[name] = factory
+        return factory
+
+    return decorator
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the method modules registers them; done lazily so the registry has no import cycle.
+    import hsbs_lib.models  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    _ensure_builtin_models()
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
+                 **options) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`list_models` (baseline, hsbs, clcl, phanet, mfer).
+        num_classes: 7 (RAF-DB order) or 8 (plus contempt).
+        backbone: resnet18, resnet34 or resnet50.
+        pretrained: None, ``"imagenet"`` (torchvision weights from the local torch cache) or a path to a
+            local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
+        **options: method switches, e.g. ``hst=False`` or ``small_input=True``.
+    """
+    _ensure_builtin_models()
+    if name not in _MODELS:
+        raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name](num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
