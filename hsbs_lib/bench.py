@@ -1,0 +1,178 @@
+"""``hsbs bench``: numbers, not timed tests.
+
+Every figure printed here is measured in the same process, one after the other, and methods are
+reported as ratios to the baseline measured in the same run, because shared machines are noisy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hsbs_lib.models.registry import create_model, list_models
+
+
+@dataclass
+class ModelCost:
+    name: str
+    parameters: int
+    macs: int
+    train_images_per_s: float
+    infer_images_per_s: float
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_macs(model: nn.Module, input_size: int, *, batch_size: int = 1) -> int:
+    """Multiply-accumulates of one eval forward pass per image (FLOPs / 2, torch's flop counter)."""
+    model = model.eval()
+    x = torch.zeros(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // (2 * batch_size)
+
+
+def _fake_targets(batch_size: int, num_classes: int, device) -> dict:
+    labels = torch.arange(batch_size, device=device) % num_classes
+    return {"label": labels, "pose": torch.arange(batch_size, device=device) % 5}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_training(model: nn.Module, *, input_size: int, batch_size: int = 32, steps: int = 5,
+                     warmup: int = 2, channels_last: bool = True, amp: bool = False) -> float:
+    """Training images/s: forward, every loss term, backward and an SGD step on random inputs."""
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
+    targets = _fake_targets(batch_size, getattr(model, "num_classes", 7), device)
+    use_amp = amp and device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output = model(x)
+            loss = sum(model.loss(output, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, *, input_size: int, batch_size: int = 64, steps: int = 5, warmup: int = 2,
+                      channels_last: bool = True) -> float:
+    """Eval-mode images/s on random inputs."""
+    device = next(model.parameters()).device
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
+    for _ in range(warmup):
+        model(x)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model(x)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", device: str = "cpu",
+               batch_size: int = 32, steps: int = 5, options: dict | None = None) -> ModelCost:
+    """Parameters, MACs and training / inference images/s of one registered model."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, backbone=backbone, **(options or {})).to(device)
+    macs = count_macs(model, input_size)
+    train_speed = measure_training(model, input_size=input_size, batch_size=batch_size, steps=steps)
+    infer_speed = measure_inference(model, input_size=input_size, batch_size=batch_size * 2, steps=steps)
+    return ModelCost(name, count_parameters(model), macs, train_speed, infer_speed)
+
+
+def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> str:
+    """Markdown table with absolute numbers and ratios to the reference model."""
+    base = next(c for c in costs if c.name == reference)
+    lines = ["| model | params (M) | MACs (G) | train img/s | train cost vs baseline | infer img/s | "
+             "infer cost vs baseline |", "|---|---|---|---|---|---|---|"]
+    for c in costs:
+        lines.append(f"| {c.name} | {c.parameters / 1e6:.2f} | {c.macs / 1e9:.3f} | {c.train_images_per_s:.1f} | "
+                     f"{base.train_images_per_s / c.train_images_per_s:.2f}x | {c.infer_images_per_s:.1f} | "
+                     f"{base.infer_images_per_s / c.infer_images_per_s:.2f}x |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+BENCH_SECTIONS = ("render", "pipeline", "models")
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=list(BENCH_SECTIONS))
+    parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
+    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--pipeline-size", type=int, default=112, help="image size for the input-pipeline bench")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--options", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
+                        help="model options, e.g. mfer.depthwise=true")
+
+
+def _parse_model_options(items: list[str]) -> dict[str, dict]:
+    import yaml
+
+    options: dict[str, dict] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        model, option = key.split(".", 1)
+        options.setdefault(model, {})[option] = yaml.safe_load(value)
+    return options
+
+
+def run_bench(args) -> int:
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# hsbs bench on {where}, torch {torch.__version__}")
+    if "render" in args.sections:
+        from hsbs_lib.data.synthetic import benchmark_rendering
+
+        torch_threads = torch.get_num_threads()
+        print(f"\n## SynthFER rendering\n{benchmark_rendering(n=4000, size=64):,.0f} images/s at 64 px "
+              f"(numpy, this process; torch threads {torch_threads})")
+    if "pipeline" in args.sections:
+        from hsbs_lib.engine.loaders import benchmark_pipelines
+
+        print(f"\n## Input pipelines at {args.pipeline_size} px")
+        print(benchmark_pipelines(size=args.pipeline_size, device=device))
+    if "models" in args.sections:
+        names = args.models or list_models()
+        if "baseline" not in names:
+            names = ["baseline", *names]
+        options = _parse_model_options(args.options)
+        costs = []
+        for name in names:
+            costs.append(model_cost(name, input_size=args.input_size, backbone=args.backbone, device=device,
+                                    batch_size=args.batch_size, steps=args.steps, options=options.get(name)))
+        print(f"\n## Models at {args.input_size} px, {args.backbone}, batch {args.batch_size} "
+              f"(cost = baseline images/s / model images/s, measured in this run)")
+        print(method_ratio_table(costs))
+    return 0

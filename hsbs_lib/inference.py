@@ -1,0 +1,321 @@
+"""Inference on real photos (``hsbs predict``) and model export (``hsbs export``).
+
+A photo goes through: decode -> detect faces with OpenCV's bundled Haar cascade (or take the whole
+image as an aligned face) -> square crop with a margin -> the checkpoint's own resize and
+normalisation -> eval-mode model -> label names stored in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+@dataclass
+class FacePrediction:
+    """One face found in one file: its box (x, y, w, h) in pixels, the label and all probabilities."""
+
+    path: str
+    box: tuple[int, int, int, int]
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    attention: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record.pop("attention")
+        record["box"] = list(self.box)
+        return record
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------- faces
+def haar_cascade_path() -> str:
+    """Path of OpenCV's bundled frontal-face cascade (ships inside opencv-python-headless<5)."""
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    if not path.is_file():
+        raise FileNotFoundError(f"OpenCV's Haar cascade {path} is missing; install opencv-python-headless<5, "
+                                "which bundles it (version 5 does not)")
+    return str(path)
+
+
+def detect_faces(image: np.ndarray, *, scale_factor: float = 1.1, min_neighbors: int = 5,
+                 min_size: int = 24) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h) in a uint8 (H, W, 3) RGB image, largest first."""
+    import cv2
+
+    detector = cv2.CascadeClassifier(haar_cascade_path())
+    grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    boxes = detector.detectMultiScale(grey, scaleFactor=scale_factor, minNeighbors=min_neighbors,
+                                      minSize=(min_size, min_size))
+    boxes = [tuple(int(v) for v in box) for box in (boxes if len(boxes) else [])]
+    return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
+
+
+def crop_face(image: np.ndarray, box: Sequence[int], *, margin: float = 0.2) -> np.ndarray:
+    """Square crop around ``box`` enlarged by ``margin`` on each side; borders padded by replication.
+
+    image: (H, W, 3) uint8; returns (s, s, 3) uint8 with s = max(w, h) * (1 + 2 * margin).
+    """
+    x, y, w, h = box
+    side = int(round(max(w, h) * (1 + 2 * margin)))
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    height, width = image.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        x0, y0 = x0 + pad, y0 + pad
+    return np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+
+
+# ------------------------------------------------------------------------------------------ predictor
+class LogitsOnly(nn.Module):
+    """Wraps a model so that forward returns the logits tensor alone (export, Grad-CAM)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x).logits
+
+
+class Predictor:
+    """A checkpoint ready for inference: model in eval mode plus its own preprocessing and labels."""
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "cpu"):
+        from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
+
+        self.device = torch.device(_resolve_device(device))
+        self.model, meta = load_model_from_checkpoint(checkpoint, device=self.device)
+        self.model.eval()
+        self.classes: list[str] = list(meta["classes"])
+        self.input_size: int = int(meta["input_size"])
+        norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.5] * 3}
+        self.mean = torch.tensor(norm["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm["std"], device=self.device).view(1, 3, 1, 1)
+
+    def preprocess(self, faces: Sequence[np.ndarray]) -> Tensor:
+        """uint8 (h, w, 3) crops -> normalised float batch (B, 3, S, S)."""
+        batch = []
+        for face in faces:
+            tensor = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float()
+            batch.append(F.interpolate(tensor, size=(self.input_size, self.input_size), mode="bilinear",
+                                       antialias=True, align_corners=False))
+        x = torch.cat(batch).to(self.device) / 255.0
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def classify(self, faces: Sequence[np.ndarray], *, with_attention: bool = False):
+        """Probabilities (B, K) for face crops, plus attention maps (B, s, s) in [0, 1] if asked."""
+        output = self.model(self.preprocess(faces))
+        probabilities = output.logits.float().softmax(dim=1).cpu()
+        attention = None
+        if with_attention:
+            stage = output.maps.get("features/layer3")
+            if stage is not None:
+                heat = stage.float().pow(2).mean(dim=1)
+                heat = heat - heat.amin(dim=(1, 2), keepdim=True)
+                attention = (heat / heat.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        return probabilities, attention
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to the images inside them (sorted, recursive)."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            paths.append(item)
+    return paths
+
+
+def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | str | Path, *, detect: bool = True,
+            margin: float = 0.2, device: str = "cpu", with_attention: bool = False,
+            skipped: list[SkippedFile] | None = None) -> list[FacePrediction]:
+    """Classify the expression of every face in the given images or folders.
+
+    Unreadable files are appended to ``skipped`` (when given) and never stop the run. With
+    ``detect=False`` each image is taken as an already aligned face (box = the whole image).
+    """
+    from hsbs_lib.data.images import decode_image
+
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device=device)
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    results: list[FacePrediction] = []
+    for path in expand_inputs(inputs):
+        try:
+            image = decode_image(path)
+        except Exception as error:  # reported, never fatal for a folder
+            if skipped is not None:
+                skipped.append(SkippedFile(str(path), str(error)))
+            continue
+        height, width = image.shape[:2]
+        boxes = detect_faces(image) if detect else [(0, 0, width, height)]
+        if not boxes:
+            if skipped is not None:
+                skipped.append(SkippedFile(str(path), "no face detected (try --no-detect for aligned crops)"))
+            continue
+        crops = [crop_face(image, box, margin=margin) if detect else image for box in boxes]
+        probabilities, attention = predictor.classify(crops, with_attention=with_attention)
+        for i, box in enumerate(boxes):
+            probs = probabilities[i]
+            best = int(probs.argmax())
+            results.append(FacePrediction(
+                path=str(path), box=tuple(int(v) for v in box), label=predictor.classes[best],
+                confidence=float(probs[best]),
+                probabilities={name: round(float(p), 6) for name, p in zip(predictor.classes, probs)},
+                attention=None if attention is None else attention[i]))
+    return results
+
+
+def draw_overlay(image: np.ndarray, faces: Sequence[FacePrediction], *, margin: float = 0.2) -> np.ndarray:
+    """Boxes, labels and (when present) the attention map blended inside each face's crop."""
+    import cv2
+
+    canvas = image.copy()
+    for face in faces:
+        x, y, w, h = face.box
+        if face.attention is not None:
+            side = int(round(max(w, h) * (1 + 2 * margin)))
+            x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+            heat = cv2.resize(face.attention.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+            colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+            xa, ya = max(x0, 0), max(y0, 0)
+            xb, yb = min(x0 + side, canvas.shape[1]), min(y0 + side, canvas.shape[0])
+            if xb > xa and yb > ya:
+                patch = colour[ya - y0:yb - y0, xa - x0:xb - x0]
+                canvas[ya:yb, xa:xb] = (0.6 * canvas[ya:yb, xa:xb] + 0.4 * patch).astype(np.uint8)
+        thickness = max(1, round(max(canvas.shape[:2]) / 300))
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (255, 64, 64), thickness)
+        text = f"{face.label} {face.confidence:.2f}"
+        scale = max(0.4, w / 250)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        ty = y - 4 if y - th - 6 > 0 else y + h + th + 4
+        cv2.rectangle(canvas, (x, ty - th - 4), (x + tw + 4, ty + 2), (255, 64, 64), -1)
+        cv2.putText(canvas, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness)
+    return canvas
+
+
+def format_table(faces: Sequence[FacePrediction]) -> str:
+    if not faces:
+        return "no faces"
+    classes = list(faces[0].probabilities)
+    header = f"{'file':<32} {'box (x,y,w,h)':<20} {'label':<10} " + " ".join(f"{c[:8]:>8}" for c in classes)
+    lines = [header, "-" * len(header)]
+    for face in faces:
+        name = Path(face.path).name[-32:]
+        box = ",".join(str(v) for v in face.box)
+        probs = " ".join(f"{face.probabilities[c]:8.3f}" for c in classes)
+        lines.append(f"{name:<32} {box:<20} {face.label:<10} {probs}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torchscript") -> Path:
+    """Export the eval-mode model (logits only) to TorchScript (.pt) or ONNX (.onnx).
+
+    A JSON sidecar (same name, .json) records classes, input size and normalisation, so the exported
+    file can be used without hsbs_lib.
+    """
+    predictor = Predictor(checkpoint, device="cpu")
+    module = LogitsOnly(predictor.model).eval()
+    example = torch.zeros(1, 3, predictor.input_size, predictor.input_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(module, example, check_trace=False)
+        traced.save(str(out))
+    elif format == "onnx":
+        torch.onnx.export(module, (example,), str(out), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    else:
+        raise ValueError(f"unknown export format '{format}'; expected torchscript or onnx")
+    sidecar = {"classes": predictor.classes, "input_size": predictor.input_size,
+               "normalization": {"mean": predictor.mean.flatten().tolist(), "std": predictor.std.flatten().tolist()},
+               "input": "float32 (B, 3, S, S), RGB scaled to [0, 1] then normalised", "output": "logits (B, K)"}
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def add_predict_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    parser.add_argument("--no-detect", dest="detect", action="store_false",
+                        help="take each image as an already aligned face")
+    parser.add_argument("--margin", type=float, default=0.2, help="crop margin around a detected box")
+    parser.add_argument("--format", choices=("table", "jsonl"), default="table")
+    parser.add_argument("--save-overlay", metavar="DIR", help="write images with boxes and labels here")
+    parser.add_argument("--attention", action="store_true", help="blend the attention map into overlays")
+    parser.add_argument("--device", default="cpu")
+
+
+def run_predict(args) -> int:
+    from PIL import Image
+
+    from hsbs_lib.data.images import decode_image
+
+    skipped: list[SkippedFile] = []
+    faces = predict(args.checkpoint, args.inputs, detect=args.detect, margin=args.margin, device=args.device,
+                    with_attention=args.attention, skipped=skipped)
+    if args.format == "jsonl":
+        for face in faces:
+            print(json.dumps(face.to_json()))
+    else:
+        print(format_table(faces))
+    if args.save_overlay:
+        out = Path(args.save_overlay)
+        out.mkdir(parents=True, exist_ok=True)
+        by_file: dict[str, list[FacePrediction]] = {}
+        for face in faces:
+            by_file.setdefault(face.path, []).append(face)
+        for path, file_faces in by_file.items():
+            overlay = draw_overlay(decode_image(path), file_faces, margin=args.margin)
+            Image.fromarray(overlay).save(out / f"{Path(path).stem}_pred.png")
+        print(f"overlays written to {out}", file=sys.stderr)
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    return 0
+
+
+def add_export_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    parser.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    parser.add_argument("--out", help="output file (default: next to the checkpoint)")
+
+
+def run_export(args) -> int:
+    suffix = ".onnx" if args.format == "onnx" else ".ts.pt"
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
+    path = export_model(args.checkpoint, out, format=args.format)
+    print(f"exported {args.format} model to {path} (metadata in {path.with_suffix('.json')})")
+    return 0

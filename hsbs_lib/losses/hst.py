@@ -1,0 +1,102 @@
+"""Hierarchical Semantic Transfer (HST): deep-layer attention teaches the shallow layers.
+
+[paper] HSBS uses attention maps of deep-layer features to regularise the model, aligning the latent
+semantics of shallow and deep features while ignoring irrelevant noise.
+
+[design] Everything below is our reconstruction (no code is public): activation-based attention
+(Zagoruyko & Komodakis, "Paying more attention to attention", ICLR 2017) with layer4 as a detached
+teacher. A training-only loss: it adds nothing at inference.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HST_MODES = ("deep_to_all", "chain")
+
+
+def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
+    """Activation attention A = mean_c |F_c|^p: (B, C, H, W) -> (B, H, W), computed in float32."""
+    return feature.float().abs().pow(p).mean(dim=1)
+
+
+def quantile_mask(attention: Tensor, quantile: float) -> Tensor:
+    """1 where a map is at or above its own per-sample ``quantile``, else 0: (B, N) -> (B, N) float."""
+    threshold = torch.quantile(attention, quantile, dim=1, keepdim=True)
+    return (attention >= threshold).to(attention.dtype)
+
+
+def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float) -> Tensor:
+    """Attention pooled to the teacher grid and flattened: (B, C, H, W) -> (B, h*w)."""
+    # Average pooling to the coarse layer4 grid suppresses the high-frequency background responses
+    # of shallow layers: our reading of "ignoring irrelevant noise".
+    return F.adaptive_avg_pool2d(activation_attention(feature, p).unsqueeze(1), size).flatten(1)
+
+
+def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
+             mask_quantile: float | None = None, p: float = 2) -> Tensor:
+    """Unscaled HST loss from the four stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
+
+    L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
+    layer4 grid; ``weights`` are w_1, w_2, w_3 (the student layers). The mean runs over samples and grid
+    positions, as in attention transfer, which is why the scale lambda_hst is around 1e3.
+
+    mode "deep_to_all": T = 4 for every student; "chain": 4 teaches 3, 3 teaches 2, 2 teaches 1. Every teacher
+    map is detached (stop-gradient), so the deep layers are never pulled toward the shallow ones.
+    mask_quantile q: keep only positions where the teacher is at or above its q-quantile, in both maps,
+    before normalising (a second "ignore noise" option). Returns a float32 scalar.
+    """
+    if len(features) != 4:
+        raise ValueError(f"hst_loss expects the 4 stage outputs [x1, x2, x3, x4], got {len(features)}")
+    if len(weights) != 3:
+        raise ValueError(f"hst_loss expects 3 weights (layer1, layer2, layer3), got {len(weights)}")
+    if mode not in HST_MODES:
+        raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
+    grid = tuple(features[-1].shape[-2:])
+    maps = [_pooled_attention(feature, grid, p) for feature in features]
+    teacher_of = {0: 3, 1: 3, 2: 3} if mode == "deep_to_all" else {0: 1, 1: 2, 2: 3}
+    total = maps[0].new_zeros(())
+    for student, weight in enumerate(weights):
+        if weight == 0:
+            continue
+        teacher_map = maps[teacher_of[student]].detach()
+        student_map = maps[student]
+        if mask_quantile is not None:
+            mask = quantile_mask(teacher_map, mask_quantile)
+            teacher_map, student_map = teacher_map * mask, student_map * mask
+        distance = (F.normalize(student_map, dim=1) - F.normalize(teacher_map, dim=1)).pow(2).mean()
+        total = total + weight * distance
+    return total
+
+
+class HSTLoss(nn.Module):
+    """Hierarchical Semantic Transfer loss, scaled: lambda_hst * L_hst (see :func:`hst_loss`).
+
+    L_hst = sum_{l=1..3} w_l * mean || Q_l - sg(Q_T(l)) ||^2,  Q_l = normalize(flatten(pool(mean_c F_l^2)))
+
+    forward([x1, x2, x3, x4]) -> scalar. lambda_hst around 1e3 (tune 250 / 500 / 1000). [design]
+    """
+
+    def __init__(self, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
+                 mask_quantile: float | None = None, lambda_hst: float = 1000.0, p: float = 2):
+        super().__init__()
+        if mode not in HST_MODES:
+            raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
+        if mask_quantile is not None and not 0.0 <= mask_quantile < 1.0:
+            raise ValueError(f"mask_quantile must be in [0, 1), got {mask_quantile}")
+        self.weights = tuple(float(w) for w in weights)
+        self.mode = mode
+        self.mask_quantile = mask_quantile
+        self.lambda_hst = float(lambda_hst)
+        self.p = p
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        return self.lambda_hst * hst_loss(features, weights=self.weights, mode=self.mode,
+                                          mask_quantile=self.mask_quantile, p=self.p)
+
+    def extra_repr(self) -> str:
+        return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
+                f"lambda_hst={self.lambda_hst}")
