@@ -1,0 +1,55 @@
+"""Every numbered notebook runs top to bottom headless with SMOKE=1, and is committed clean."""
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PARAMETER_NAMES = ("DATA", "DEVICE", "SMOKE", "EPOCHS", "SEED", "CKPT")
+
+
+def test_there_are_numbered_notebooks():
+    assert len(NOTEBOOKS) >= 9, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path):
+    notebook = json.loads(path.read_text())
+    dirty = [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; strip them before committing"
+    assert notebook["metadata"].get("kernelspec", {}).get("name") == "python3", "kernelspec metadata must stay"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_one_parameters_cell_and_no_library_code(path):
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters'"
+    for name in PARAMETER_NAMES:
+        assert f"{name} =" in tagged[0].source, f"{path.name}: parameters cell lacks {name}"
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    assert "\nclass " not in "\n" + code, f"{path.name}: notebooks call the library; classes belong in hsbs_lib"
+    assert notebook.cells[0].cell_type == "markdown" and "minutes" in notebook.cells[0].source.lower(), \
+        f"{path.name}: the first cell says what it teaches and how long it takes"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_headless_in_smoke_mode(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("HSBS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HSBS_NO_PROGRESS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=240, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 120, f"{path.name} took {elapsed:.0f} s with SMOKE=1; keep it under two minutes"
