@@ -1,0 +1,77 @@
+"""Batch-wise Similarity Attention (BSA) and its optional similarity supervision.
+
+[paper] BSA learns similarity relations between the features of different samples in a batch, to
+counter class imbalance: a minority-class sample borrows evidence from similar samples.
+
+[design] The layer below is our reconstruction (no code is public): single-head attention across the
+batch dimension on pooled features, a zero-initialised residual gate and LayerNorm. With W_q = W_k = 0
+the similarity is uniform and BSA reduces to adding the (projected) batch mean, the ARM / CLCL head.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BatchSimilarityAttention(nn.Module):
+    """z~ = LayerNorm(z + gamma * W_o (S W_v z)),  S = softmax_j(q_i . k_j / sqrt(d)).
+
+    forward(z: (B, C)) -> (z~: (B, C), S: (B, B)); every row of S sums to 1.
+
+    The values are projected to ``attn_dim`` and back to C by an output projection W_o (our choice: 2*C*d
+    weights instead of C^2, and the same width as the queries and keys). gamma is a learnable scalar that
+    starts at 0, so at initialisation z~ = LayerNorm(z) and the attention path opens only as training
+    finds it useful. ``mask_diagonal`` forbids a sample from attending to itself.
+    """
+
+    def __init__(self, dim: int, attn_dim: int = 128, *, mask_diagonal: bool = False):
+        super().__init__()
+        self.attn_dim = attn_dim
+        self.mask_diagonal = mask_diagonal
+        self.query = nn.Linear(dim, attn_dim)
+        self.key = nn.Linear(dim, attn_dim)
+        self.value = nn.Linear(dim, attn_dim)
+        self.out = nn.Linear(attn_dim, dim)
+        self.gamma = nn.Parameter(torch.zeros(()))
+        self.norm = nn.LayerNorm(dim)
+
+    def similarity(self, z: Tensor) -> Tensor:
+        """Row-stochastic batch similarity S: (B, C) -> (B, B)."""
+        scores = self.query(z) @ self.key(z).transpose(0, 1) / math.sqrt(self.attn_dim)
+        # A batch of one has nobody else to attend to; masking its only entry would give NaN.
+        if self.mask_diagonal and z.shape[0] > 1:
+            eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+            scores = scores.masked_fill(eye, float("-inf"))
+        return scores.float().softmax(dim=1).to(z.dtype)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        similarity = self.similarity(z)
+        mixed = self.out(similarity @ self.value(z))
+        return self.norm(z + self.gamma * mixed), similarity
+
+
+def same_label_targets(labels: Tensor, *, mask_diagonal: bool = False) -> Tensor:
+    """Same-label matrix normalised per row: (B,) -> (B, B); a row with no partner is all zero."""
+    same = (labels[:, None] == labels[None, :]).float()
+    if mask_diagonal:
+        same.fill_diagonal_(0.0)
+    return same / same.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def similarity_supervision_loss(similarity: Tensor, labels: Tensor, *, mask_diagonal: bool = False) -> Tensor:
+    """KL divergence pulling S (B, B) toward the row-normalised same-label matrix P. [design]
+
+    L = mean_i KL(P_i || S_i) = mean_i sum_j P_ij (log P_ij - log S_ij). The divergence is taken with P as the
+    reference because P has zeros (different labels) where S is positive, which would make KL(S || P)
+    infinite. Rows with no same-label partner (possible with ``mask_diagonal``) are skipped.
+    """
+    targets = same_label_targets(labels, mask_diagonal=mask_diagonal)
+    has_partner = targets.sum(dim=1) > 0
+    if not has_partner.any():
+        return similarity.sum() * 0.0
+    log_similarity = similarity.float().clamp_min(1e-12).log()
+    per_row = F.kl_div(log_similarity, targets, reduction="none").sum(dim=1)
+    return per_row[has_partner].mean()

@@ -1,0 +1,100 @@
+"""HSBS = Hierarchical Semantic Transfer (HST) + Batch-wise Similarity Attention (BSA).
+
+[paper] HST uses attention maps of deep-layer features to regularise the model, aligning shallow and
+deep latent semantics while ignoring irrelevant noise; BSA learns similarity relations between the
+samples of a batch to counter class imbalance.
+
+[design] The concrete modules are our reconstruction (see hsbs_lib.losses.hst and hsbs_lib.losses.bsa):
+activation attention with a detached layer4 teacher, and single-head attention across the batch on the
+pooled feature with one classifier shared by z and z~. BSA is bypassed at evaluation by default, so a
+prediction never depends on the rest of its batch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss
+from hsbs_lib.losses.hst import HSTLoss, activation_attention
+from hsbs_lib.models.base import FERModel, ModelOutput
+from hsbs_lib.models.registry import register_model
+
+
+@register_model("hsbs")
+class HSBS(FERModel):
+    """ResNet -> pooled z -> shared classifier W, trained with CE(W z) + CE(W z~) + lambda_hst * L_hst.
+
+    Switches (the ablation rows): ``hst`` and ``bsa``; with both off the model is the baseline, parameter
+    for parameter. ``bsa_at_eval=True`` keeps BSA at evaluation (batch-dependent variant: logits = W z~).
+    ``bsa_supervision`` > 0 adds a KL term pulling the similarity toward the same-label matrix (0.1 is the
+    suggested weight).
+
+    forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
+      logits (B, K) = W z (W z~ only in eval with bsa_at_eval); features (B, C) = z;
+      maps: ``attention/layer1..4`` (B, H_l, W_l) activation attention at native resolution,
+            ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs,
+            ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
+            which computes it in eval without changing the logits);
+      extras: ``stages`` for HST, ``logits_bsa`` and ``similarity`` for the BSA terms (training only).
+    """
+
+    def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
+                 hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all",
+                 hst_mask_quantile: float | None = None, hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
+                 lambda_hst: float = 1000.0, bsa_dim: int = 128, bsa_at_eval: bool = False,
+                 bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0, small_input: bool = False,
+                 dropout: float = 0.0):
+        super().__init__(num_classes, backbone, pretrained, small_input)
+        # Same module names and creation order as the baseline, so hst=bsa=False is the baseline exactly.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
+        self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
+                           lambda_hst=lambda_hst) if hst else None
+        self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim,
+                                            mask_diagonal=bsa_mask_diagonal) if bsa else None
+        self.bsa_at_eval = bsa_at_eval
+        self.bsa_supervision = float(bsa_supervision)
+
+    def forward(self, x: Tensor, *, with_similarity: bool = False) -> ModelOutput:
+        stages = self.backbone(x)
+        z = self.pool(stages[-1]).flatten(1)
+        logits = self.classifier(self.dropout(z))
+        maps: dict[str, Tensor] = {}
+        for name, stage in zip(self.feature_layers, stages):
+            maps[f"features/{name}"] = stage
+            maps[f"attention/{name}"] = activation_attention(stage)
+        extras: dict = {"stages": stages}
+
+        mix_logits = self.training or self.bsa_at_eval
+        if self.bsa is not None and (mix_logits or with_similarity):
+            z_mixed, similarity = self.bsa(z)
+            maps["bsa_similarity"] = similarity
+            if self.training:
+                extras["logits_bsa"] = self.classifier(self.dropout(z_mixed))
+                extras["similarity"] = similarity
+            elif self.bsa_at_eval:
+                logits = self.classifier(z_mixed)
+        return ModelOutput(logits=logits, features=z, maps=maps, extras=extras)
+
+    def similarity(self, x: Tensor) -> Tensor:
+        """BSA similarity (B, B) of a batch of images, in any mode, without touching the logits path."""
+        if self.bsa is None:
+            raise RuntimeError("this HSBS model was built with bsa=False, so it has no similarity matrix")
+        return self(x, with_similarity=True).maps["bsa_similarity"]
+
+    def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{"ce": CE(W z), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
+        terms = {"ce": self.classification_loss(output.logits, targets)}
+        if "logits_bsa" in output.extras:
+            terms["ce_bsa"] = self.classification_loss(output.extras["logits_bsa"], targets)
+        if self.hst is not None and "stages" in output.extras:
+            terms["hst"] = self.hst(output.extras["stages"])
+        if self.bsa_supervision > 0 and "similarity" in output.extras:
+            labels = targets.get("label")
+            if labels is None:
+                labels = targets["soft_label"].argmax(dim=1)
+            terms["bsa_sim"] = self.bsa_supervision * similarity_supervision_loss(
+                output.extras["similarity"], labels, mask_diagonal=self.bsa.mask_diagonal)
+        return terms

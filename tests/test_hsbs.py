@@ -1,0 +1,258 @@
+"""HSBS: the HST loss, the BSA layer and the model's switches."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsbs_lib.losses.bsa import BatchSimilarityAttention, same_label_targets, similarity_supervision_loss
+from hsbs_lib.losses.hst import HSTLoss, activation_attention, hst_loss, quantile_mask
+from hsbs_lib.models import create_model
+
+LABELS = torch.tensor([0, 1, 2, 1])
+
+
+def _images(batch: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _hsbs(seed: int = 0, **options):
+    torch.manual_seed(seed)
+    return create_model("hsbs", num_classes=7, **options)
+
+
+def _random_stages(seed: int = 0, batch: int = 2) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(8, 16), (16, 8), (32, 4), (64, 2)]
+    return [torch.randn(batch, c, s, s, generator=generator) for c, s in shapes]
+
+
+# ---------------------------------------------------------------- HST loss
+
+def test_activation_attention_is_channel_mean_of_squares():
+    feature = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.0]]]])  # (1, 2, 1, 2)
+    assert torch.allclose(activation_attention(feature), torch.tensor([[[5.0, 2.0]]]))
+    assert torch.allclose(activation_attention(feature, p=1), torch.tensor([[[2.0, 1.0]]]))
+
+
+def test_hst_is_zero_when_every_layer_already_sees_like_the_teacher():
+    base = torch.rand(2, 8, 2, 2)
+    # Repeating channels keeps the channel mean; nearest upsampling then average pooling gives it back.
+    stages = [F.interpolate(base.repeat(1, repeats, 1, 1), scale_factor=scale, mode="nearest")
+              for repeats, scale in [(1, 8), (2, 4), (4, 2), (8, 1)]]
+    for mode in ("deep_to_all", "chain"):
+        assert hst_loss(stages, mode=mode) < 1e-10
+        assert HSTLoss(mode=mode, mask_quantile=0.5)(stages) < 1e-7
+    assert hst_loss(_random_stages()) > 1e-4
+
+
+def test_hst_scale_and_weights():
+    stages = _random_stages()
+    unscaled = hst_loss(stages)
+    assert torch.allclose(HSTLoss(lambda_hst=250.0)(stages), 250.0 * unscaled)
+    only_layer3 = hst_loss(stages, weights=(0.0, 0.0, 1.0))
+    only_layer1 = hst_loss(stages, weights=(1.0, 0.0, 0.0))
+    assert not torch.isclose(only_layer3, only_layer1)
+    assert torch.allclose(hst_loss(stages, weights=(1.0, 0.0, 1.0)), only_layer1 + only_layer3)
+
+
+def test_chain_and_deep_to_all_differ():
+    stages = _random_stages(seed=1)
+    assert not torch.isclose(hst_loss(stages, mode="chain"), hst_loss(stages, mode="deep_to_all"))
+    with pytest.raises(ValueError, match="chain"):
+        HSTLoss(mode="sideways")
+
+
+def test_hst_teacher_receives_no_gradient():
+    stages = [s.requires_grad_() for s in _random_stages()]
+    for mode in ("deep_to_all", "chain"):
+        grads = torch.autograd.grad(hst_loss(stages, mode=mode), stages, allow_unused=True)
+        assert grads[3] is None or grads[3].abs().sum() == 0
+        assert all(g is not None and g.abs().sum() > 0 for g in grads[:3]), mode
+
+
+def test_hst_term_in_the_model_trains_layers_1_to_3_but_never_layer4():
+    model = _hsbs().train()
+    hst_term = model.loss(model(_images()), {"label": LABELS})["hst"]
+    named = dict(model.named_parameters())
+    grads = dict(zip(named, torch.autograd.grad(hst_term, list(named.values()), allow_unused=True)))
+
+    def total(prefix: str) -> float:
+        return sum(float(g.abs().sum()) for n, g in grads.items() if n.startswith(prefix) and g is not None)
+
+    assert total("backbone.layer4.") == 0.0
+    assert total("classifier.") == 0.0 and total("bsa.") == 0.0
+    for layer in ("backbone.conv1.", "backbone.layer1.", "backbone.layer2.", "backbone.layer3."):
+        assert total(layer) > 0.0, layer
+
+
+def test_quantile_mask_keeps_the_upper_half():
+    attention = torch.tensor([[0.1, 0.4, 0.2, 0.3], [4.0, 3.0, 2.0, 1.0]])
+    expected = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    assert torch.equal(quantile_mask(attention, 0.5), expected)
+
+
+def test_mask_quantile_ignores_positions_where_the_teacher_is_weak():
+    # All stages on one 4x4 grid so a student position maps to exactly one teacher position.
+    generator = torch.Generator().manual_seed(2)
+    stages = [torch.rand(1, 4, 4, 4, generator=generator) + 0.1 for _ in range(4)]
+    teacher = activation_attention(stages[3]).flatten(1)
+    weak = teacher[0] < teacher[0].median()
+    # One strong position only: scaling every kept position alike would vanish in the L2 normalisation.
+    strong = torch.zeros_like(weak)
+    strong[int(teacher[0].argmax())] = True
+
+    def loss_after_boosting(positions: torch.Tensor, quantile):
+        boosted = [s.clone() for s in stages]
+        boosted[0].view(1, 4, 16)[..., positions] *= 5.0
+        return hst_loss(boosted, mask_quantile=quantile)
+
+    masked = hst_loss(stages, mask_quantile=0.5)
+    assert torch.isclose(loss_after_boosting(weak, 0.5), masked)
+    assert not torch.isclose(loss_after_boosting(strong, 0.5), masked)
+    assert not torch.isclose(loss_after_boosting(weak, None), hst_loss(stages))
+
+
+# ---------------------------------------------------------------- BSA layer
+
+def test_similarity_rows_sum_to_one():
+    bsa = BatchSimilarityAttention(32, 16)
+    z_mixed, similarity = bsa(torch.randn(5, 32))
+    assert z_mixed.shape == (5, 32) and similarity.shape == (5, 5)
+    assert torch.allclose(similarity.sum(dim=1), torch.ones(5))
+    assert (similarity >= 0).all()
+
+
+def test_masked_diagonal_is_zero_and_a_single_sample_still_works():
+    bsa = BatchSimilarityAttention(32, 16, mask_diagonal=True)
+    _, similarity = bsa(torch.randn(4, 32))
+    assert torch.all(similarity.diagonal() == 0)
+    assert torch.allclose(similarity.sum(dim=1), torch.ones(4))
+    z_mixed, single = bsa(torch.randn(1, 32))
+    assert torch.isfinite(z_mixed).all() and torch.equal(single, torch.ones(1, 1))
+
+
+def test_gamma_starts_at_zero_so_bsa_is_just_layernorm():
+    torch.manual_seed(0)
+    bsa = BatchSimilarityAttention(32, 16)
+    z = torch.randn(6, 32)
+    assert bsa.gamma.item() == 0.0
+    z_mixed, _ = bsa(z)
+    assert torch.allclose(z_mixed, F.layer_norm(z, (32,)), atol=1e-6)
+
+
+def test_zero_query_and_key_reduce_bsa_to_adding_the_batch_mean():
+    """The tutorial aside: uniform similarity turns BSA into the ARM / CLCL 'add the batch mean' head."""
+    torch.manual_seed(0)
+    bsa = BatchSimilarityAttention(16, 16)
+    with torch.no_grad():
+        for projection in (bsa.query, bsa.key):
+            projection.weight.zero_()
+            projection.bias.zero_()
+        bsa.gamma.fill_(0.7)
+    z = torch.randn(5, 16)
+    z_mixed, similarity = bsa(z)
+    assert torch.allclose(similarity, torch.full((5, 5), 0.2))
+    projected_mean = bsa.out(bsa.value(z.mean(dim=0, keepdim=True)))
+    assert torch.allclose(z_mixed, bsa.norm(z + 0.7 * projected_mean), atol=1e-6)
+
+    with torch.no_grad():  # identity value/output projections: literally z + gamma * mean(z)
+        for projection in (bsa.value, bsa.out):
+            projection.weight.copy_(torch.eye(16))
+            projection.bias.zero_()
+    z_mixed, _ = bsa(z)
+    assert torch.allclose(z_mixed, bsa.norm(z + 0.7 * z.mean(dim=0, keepdim=True)), atol=1e-6)
+
+
+def test_similarity_supervision_prefers_same_label_similarity():
+    labels = torch.tensor([0, 0, 1, 1])
+    targets = same_label_targets(labels)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4)) and targets[0, 2] == 0
+    uniform = torch.full((4, 4), 0.25)
+    assert similarity_supervision_loss(targets, labels) < 1e-6
+    assert similarity_supervision_loss(uniform, labels) > 0.5
+    alone = torch.tensor([0, 1, 1, 1])  # sample 0 has no partner once the diagonal is masked
+    assert torch.isfinite(similarity_supervision_loss(uniform, alone, mask_diagonal=True))
+
+
+# ---------------------------------------------------------------- the model
+
+def test_maps_and_extras():
+    model = _hsbs().train()
+    output = model(_images())
+    for name, grid in zip(("layer1", "layer2", "layer3", "layer4"), (16, 8, 4, 2)):
+        assert output.maps[f"attention/{name}"].shape == (4, grid, grid)
+        assert output.maps[f"features/{name}"].shape[-1] == grid
+    assert output.maps["bsa_similarity"].shape == (4, 4)
+    assert output.extras["logits_bsa"].shape == (4, 7)
+    assert output.features.shape == (4, 512)
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({}, {"ce", "ce_bsa", "hst"}),
+    ({"hst": False}, {"ce", "ce_bsa"}),
+    ({"bsa": False}, {"ce", "hst"}),
+    ({"hst": False, "bsa": False}, {"ce"}),
+    ({"bsa_supervision": 0.1}, {"ce", "ce_bsa", "hst", "bsa_sim"}),
+])
+def test_switches_give_the_ablation_rows(options, expected):
+    model = _hsbs(**options).train()
+    terms = model.loss(model(_images()), {"label": LABELS})
+    assert set(terms) == expected
+    assert ("bsa_similarity" in model(_images()).maps) == options.get("bsa", True)
+
+
+def test_both_switches_off_is_the_baseline():
+    baseline, plain = create_model("baseline"), _hsbs(hst=False, bsa=False)
+    plain.load_state_dict(baseline.state_dict(), strict=True)
+    assert set(plain.state_dict()) == set(baseline.state_dict())
+    images, targets = _images(), {"label": LABELS}
+    for mode in ("train", "eval"):
+        getattr(baseline, mode)(), getattr(plain, mode)()
+        ours, reference = plain(images), baseline(images)
+        assert torch.equal(ours.logits, reference.logits) and torch.equal(ours.features, reference.features)
+        assert torch.equal(plain.loss(ours, targets)["ce"], baseline.loss(reference, targets)["ce"])
+
+
+def test_shared_classifier_on_z_and_z_tilde():
+    model = _hsbs().train()
+    output = model(_images())
+    z_mixed, _ = model.bsa(output.features)
+    assert torch.allclose(output.extras["logits_bsa"], model.classifier(z_mixed), atol=1e-6)
+    assert torch.allclose(output.logits, model.classifier(output.features), atol=1e-6)
+
+
+def test_bsa_supervision_trains_queries_and_keys_from_the_first_step():
+    model = _hsbs(bsa_supervision=0.1).train()
+    terms = model.loss(model(_images()), {"label": LABELS})
+    query, key = model.bsa.query.weight, model.bsa.key.weight
+    from_ce = torch.autograd.grad(terms["ce_bsa"], [query, key], retain_graph=True)
+    from_sim = torch.autograd.grad(terms["bsa_sim"], [query, key])
+    assert all(g.abs().sum() == 0 for g in from_ce)  # gamma = 0 shields them from the CE term
+    assert all(g.abs().sum() > 0 for g in from_sim)
+
+
+def test_eval_bypasses_bsa_unless_asked():
+    batch = _images(4, seed=1)
+    model = _hsbs().eval()
+    with torch.no_grad():
+        model.bsa.gamma.fill_(1.0)  # a trained gate, so the batch would matter if BSA ran
+        default = model(batch)
+        assert "bsa_similarity" not in default.maps
+        torch.testing.assert_close(model(batch[:1]).logits[0], default.logits[0], atol=1e-5, rtol=1e-5)
+
+        with_similarity = model(batch, with_similarity=True)
+        assert torch.equal(with_similarity.logits, default.logits)
+        similarity = model.similarity(batch)
+        assert similarity.shape == (4, 4)
+        assert torch.allclose(similarity.sum(dim=1), torch.ones(4))
+
+        model.bsa_at_eval = True
+        mixed = model(batch)
+        assert "bsa_similarity" in mixed.maps
+        assert not torch.allclose(model(batch[:1]).logits[0], mixed.logits[0], atol=1e-4)
+
+
+def test_similarity_needs_bsa():
+    with pytest.raises(RuntimeError, match="bsa=False"):
+        _hsbs(bsa=False).similarity(_images(2))

@@ -1,0 +1,163 @@
+"""The contract every registered model follows, checked for each name in ``list_models()``.
+
+Shapes at 64/112/224 px on ResNet-18 (and 224 px on ResNet-50), gradients reaching every trainable
+parameter, a non-zero gradient from each loss term, eval-mode batch independence and determinism, and
+the small-input stem at 48 px. New methods are covered as soon as they register themselves.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsbs_lib.models import ModelOutput, create_model, list_models
+
+MODELS = list_models()
+NUM_CLASSES = 7
+NUM_POSES = 5
+
+
+def _images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _targets(batch: int) -> dict[str, torch.Tensor]:
+    # Several labels (and repeated ones) so batch-level terms such as contrast or similarity have content.
+    return {"label": torch.arange(batch) % 4, "pose": torch.arange(batch) % NUM_POSES}
+
+
+def _build(name: str, *, backbone: str = "resnet18", seed: int = 0, **options):
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=NUM_CLASSES, backbone=backbone, **options)
+
+
+def _train_step_loss(model, images, targets) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
+    model.train()
+    output = model(images)
+    terms = model.loss(output, targets)
+    assert terms, "loss() returned no terms"
+    return output, terms
+
+
+SHAPE_CASES = [("resnet18", 64), ("resnet18", 112), ("resnet18", 224), ("resnet50", 224)]
+
+
+@pytest.mark.parametrize("backbone,size", SHAPE_CASES, ids=[f"{b}-{s}" for b, s in SHAPE_CASES])
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shapes_and_finite_values(name, backbone, size):
+    model = _build(name, backbone=backbone).eval()
+    images = _images(2, size)
+    with torch.no_grad():
+        output = model(images)
+    assert isinstance(output, ModelOutput)
+    assert output.logits.shape == (2, NUM_CLASSES)
+    assert output.features.ndim == 2 and output.features.shape[0] == 2
+    assert torch.isfinite(output.logits).all(), f"{name}: non-finite logits"
+    assert torch.isfinite(output.features).all(), f"{name}: non-finite features"
+    for key, value in output.maps.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert torch.isfinite(value).all(), f"{name}: non-finite map {key}"
+
+
+def parameters_without_gradient(model, images, targets) -> list[str]:
+    """Names of trainable parameters the summed loss does not train.
+
+    A zero-initialised gate (e.g. BSA's gamma) legitimately shields the layers behind it at the very first
+    step, so an exactly-zero gradient counts only if it is still zero after one SGD step.
+    """
+    _, terms = _train_step_loss(model, images, targets)
+    sum(terms.values()).backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    disconnected = [n for n, p in trainable.items() if p.grad is None]
+    zero_at_first_step = [n for n, p in trainable.items() if p.grad is not None and not p.grad.abs().sum() > 0]
+    if not zero_at_first_step:
+        return disconnected
+    torch.optim.SGD(model.parameters(), lr=1e-2).step()
+    model.zero_grad(set_to_none=True)
+    _, terms = _train_step_loss(model, images, targets)
+    sum(terms.values()).backward()
+    still_zero = [n for n in zero_at_first_step if trainable[n].grad is None or not trainable[n].grad.abs().sum() > 0]
+    return disconnected + still_zero
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    missing = parameters_without_gradient(_build(name), _images(4, 64), _targets(4))
+    assert not missing, f"{name}: the loss trains no gradient into {missing}"
+
+
+def test_the_gradient_check_catches_an_unused_parameter():
+    model = _build("baseline")
+    model.forgotten = torch.nn.Linear(3, 3)
+    model.frozen_gate = torch.nn.Parameter(torch.zeros(()))  # multiplies nothing, so stays gradient-free
+    original_forward = model.forward
+
+    def forward_with_dead_gate(x):
+        output = original_forward(x)
+        output.logits = output.logits + model.frozen_gate * 0.0
+        return output
+
+    model.forward = forward_with_dead_gate
+    missing = parameters_without_gradient(model, _images(4, 64), _targets(4))
+    assert set(missing) == {"forgotten.weight", "forgotten.bias", "frozen_gate"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_each_loss_term_trains_something(name):
+    model = _build(name)
+    _, terms = _train_step_loss(model, _images(4, 64), _targets(4))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for term_name, term in terms.items():
+        assert term.ndim == 0 and torch.isfinite(term), f"{name}: term {term_name} is not a finite scalar"
+        assert term.requires_grad, f"{name}: term '{term_name}' has no graph (no gradient can reach anything)"
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), \
+            f"{name}: loss term '{term_name}' gives no non-zero gradient to any parameter"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_predictions_do_not_depend_on_the_batch(name):
+    model = _build(name)
+    # A few training-mode passes give the BatchNorm running statistics realistic values.
+    with torch.no_grad():
+        model.train()
+        for seed in range(2):
+            model(_images(4, 64, seed=seed))
+    model.eval()
+    batch = _images(4, 64, seed=3)
+    with torch.no_grad():
+        together = model(batch).logits
+        alone = model(batch[:1]).logits
+        reordered = model(torch.cat([batch[2:], batch[:2]])).logits
+    torch.testing.assert_close(alone[0], together[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reordered[2:], together[:2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic(name):
+    model = _build(name).eval()
+    images = _images(3, 64)
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(first.features, second.features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_small_input_stem_at_48_pixels(name):
+    model = _build(name, small_input=True).eval()
+    images = _images(2, 48)
+    with torch.no_grad():
+        output = model(images)
+        layer4 = model.backbone(images)[-1]
+    assert output.logits.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(output.logits).all()
+    assert min(layer4.shape[-2:]) >= 3, f"{name}: layer4 grid {tuple(layer4.shape[-2:])} at 48 px"
+
+
+def test_unknown_model_name_lists_the_available_ones():
+    with pytest.raises(KeyError) as error:
+        create_model("no-such-model")
+    message = str(error.value)
+    assert "no-such-model" in message
+    for name in MODELS:
+        assert name in message
