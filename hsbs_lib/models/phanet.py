@@ -47,7 +47,8 @@ class SpatialAttentionPool(nn.Module):
         self.score = nn.Sequential(
             nn.Conv2d(channels, hidden, kernel_size=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 1, kernel_size=1),
+            # No bias: the softmax over positions is shift-invariant, so a bias could never be trained.
+            nn.Conv2d(hidden, 1, kernel_size=1, bias=False),
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
