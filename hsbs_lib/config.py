@@ -33,7 +33,7 @@ class DataConfig:
     # adapters
     skip_bad: bool = False
     options: dict[str, Any] = field(default_factory=dict)   # adapter-specific (fold, label_mode, ...)
-    cache_dir: str | None = None      # uint8 cache; default <root>/.hsbs_cache or ~/.cache/hsbs
+    cache_dir: str | None = None      # uint8 cache; default $HSBS_CACHE, else ~/.cache/hsbs
     # input pipeline: "device" slices a cached uint8 tensor and augments whole batches on the device,
     # "loader" uses a DataLoader with per-sample transforms, "auto" picks device when the split fits.
     pipeline: str = "auto"

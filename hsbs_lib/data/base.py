@@ -1,0 +1,114 @@
+"""The record every adapter yields, and the dataset base class (torchvision conventions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hsbs_lib.data.labels import class_names
+
+
+@dataclass
+class BadEntry:
+    """One unusable entry of a dataset copy: the file (or line) and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class DatasetReport:
+    """Counts and bad entries found while indexing one split."""
+
+    dataset: str
+    root: str
+    split: str
+    bad: list[BadEntry] = field(default_factory=list)
+    skipped: int = 0
+
+    def summary(self) -> str:
+        lines = [f"{self.dataset} [{self.split}] at {self.root}: {len(self.bad)} bad entries"
+                 + (f", {self.skipped} skipped" if self.skipped else "")]
+        lines += [f"  {entry}" for entry in self.bad]
+        return "\n".join(lines)
+
+
+class BadDatasetError(ValueError):
+    """Raised when a split has bad entries and ``skip_bad`` was not requested."""
+
+    def __init__(self, report: DatasetReport):
+        self.report = report
+        super().__init__(report.summary() + "\nFix these entries or pass skip_bad=True (hsbs check lists them).")
+
+
+class FERDataset(Dataset):
+    """Base class of every adapter.
+
+    Attributes (torchvision conventions):
+        classes: canonical label names in label order.
+        samples: list of (source path, canonical label).
+        targets: list of canonical labels.
+        poses: optional list of pose bins (-1 where unknown).
+        soft_labels: optional (N, K) float32 label distributions (FERPlus votes).
+        subjects: optional list of subject ids (for subject-independent folds).
+        report: the bad entries found while indexing.
+
+    ``ds[i]`` returns ``(transform(image), target)`` with ``image`` a uint8 HxWx3 numpy array and
+    ``target = {"label": int, "pose": int?, "soft_label": Tensor?, "index": int}``.
+    """
+
+    name: str = "dataset"
+
+    def __init__(self, root: str | None, split: str, num_classes: int = 7,
+                 transform: Callable | None = None):
+        self.root = str(root) if root is not None else None
+        self.split = split
+        self.num_classes = num_classes
+        self.classes: tuple[str, ...] = class_names(num_classes)
+        self.transform = transform
+        self.samples: list[tuple[str, int]] = []
+        self.poses: list[int] | None = None
+        self.soft_labels: np.ndarray | None = None
+        self.subjects: list[str] | None = None
+        self.report = DatasetReport(self.name, str(root), split)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode sample ``index`` as a uint8 (H, W, 3) RGB array."""
+        raise NotImplementedError
+
+    def target(self, index: int) -> dict:
+        target = {"label": self.samples[index][1], "index": index}
+        if self.poses is not None:
+            target["pose"] = self.poses[index]
+        if self.soft_labels is not None:
+            target["soft_label"] = torch.from_numpy(self.soft_labels[index])
+        return target
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.target(index)
+
+    def class_counts(self) -> list[int]:
+        counts = [0] * len(self.classes)
+        for label in self.targets:
+            counts[label] += 1
+        return counts
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(split={self.split!r}, n={len(self)}, root={self.root!r}, "
+                f"classes={len(self.classes)})")

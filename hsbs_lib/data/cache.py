@@ -1,0 +1,228 @@
+"""A decoded, resized uint8 copy of one split: decode every JPEG once, then train from a memory map.
+
+``cache_split(dataset, 64)`` decodes each image through ``dataset.load_image``, resizes it to 64 x 64
+and stores an (N, 3, 64, 64) uint8 array under ``$HSBS_CACHE`` (default ``~/.cache/hsbs``), keyed by a
+hash of everything that decides its content. Later calls memory-map that file and decode nothing.
+Datasets that already hold their pixels in memory (``dataset.images``, e.g. SynthFER) skip the disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
+from hsbs_lib.data.images import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+# Bump when the stored layout or the resizing changes, so old caches are never reused.
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class CachedSplit:
+    """One split as arrays: ``images`` uint8 (N, 3, S, S) (memory-mapped when cached on disk),
+    ``labels`` int64 (N,), ``poses`` int64 (N,) with -1 for unknown or None, ``soft_labels`` float32
+    (N, K) or None, plus the label names and the source path of each row."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    poses: np.ndarray | None
+    soft_labels: np.ndarray | None
+    classes: tuple[str, ...]
+    paths: list[str]
+    skipped: int = 0
+    bad: list[BadEntry] = field(default_factory=list)
+    location: Path | None = None    # the cache folder, None when built in memory
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Torch views of the arrays (no copy): images uint8 (N, 3, S, S), labels int64 (N,), and
+        poses (N,) / soft_labels (N, K) when present."""
+        out = {"images": torch.from_numpy(self.images), "labels": torch.from_numpy(self.labels)}
+        if self.poses is not None:
+            out["poses"] = torch.from_numpy(self.poses)
+        if self.soft_labels is not None:
+            out["soft_labels"] = torch.from_numpy(self.soft_labels)
+        return out
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HSBS_CACHE") or Path.home() / ".cache" / "hsbs").expanduser()
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> (size, size, 3): scale the shorter side to ``size`` (PIL bilinear, which
+    antialiases when shrinking), then crop the centre, so faces keep their aspect ratio."""
+    height, width = image.shape[:2]
+    if height == width == size:
+        return image
+    scale = size / min(height, width)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BILINEAR)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+def _label_arrays(dataset) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    labels = np.asarray(dataset.targets, dtype=np.int64).reshape(-1)
+    poses = getattr(dataset, "poses", None)
+    poses = None if poses is None else np.asarray(poses, dtype=np.int64).reshape(-1)
+    soft = getattr(dataset, "soft_labels", None)
+    soft = None if soft is None else np.asarray(soft, dtype=np.float32)
+    return labels, poses, soft
+
+
+def cache_key(dataset, size: int) -> str:
+    """Hash of (dataset name, split, samples, poses, soft labels, classes, size, format version)."""
+    labels, poses, soft = _label_arrays(dataset)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([getattr(dataset, "name", type(dataset).__name__), str(dataset.split),
+                              [[str(path), int(label)] for path, label in dataset.samples],
+                              list(dataset.classes), int(size), CACHE_FORMAT_VERSION]).encode())
+    for array in (poses, soft):
+        digest.update(b"none" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def cache_split(dataset, size: int, *, cache_dir: str | os.PathLike | None = None,
+                skip_bad: bool | None = None) -> CachedSplit:
+    """Decode, resize and store a split once; later calls memory-map it and decode nothing.
+
+    Args:
+        dataset: a FERDataset (``samples``, ``load_image``, ``classes``; optional ``poses``,
+            ``soft_labels``, ``images``).
+        size: output side in pixels.
+        cache_dir: where cache folders go (default ``$HSBS_CACHE``, else ``~/.cache/hsbs``).
+        skip_bad: skip undecodable images (counted in ``skipped``) instead of raising
+            BadDatasetError; ``None`` follows ``dataset.skip_bad``.
+    """
+    if skip_bad is None:
+        skip_bad = bool(getattr(dataset, "skip_bad", False))
+    in_memory = getattr(dataset, "images", None)
+    if isinstance(in_memory, np.ndarray):
+        return _from_memory(dataset, in_memory, size)
+
+    name = getattr(dataset, "name", type(dataset).__name__)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder = root / f"{name}-{dataset.split}-{size}px-{cache_key(dataset, size)[:20]}"
+    if not (folder / "meta.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        _build(dataset, size, folder, skip_bad)
+    cached = _load(folder)
+    if cached.bad and not skip_bad:
+        # written earlier by a run that skipped them: this caller asked not to skip
+        report = DatasetReport(name, str(getattr(dataset, "root", None)), str(dataset.split), list(cached.bad))
+        raise BadDatasetError(report)
+    return cached
+
+
+def _from_memory(dataset, images: np.ndarray, size: int) -> CachedSplit:
+    """(N, H, W, 3) uint8 already in memory -> CachedSplit without touching the disk."""
+    labels, poses, soft = _label_arrays(dataset)
+    if images.shape[1:3] == (size, size):
+        channels_first = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))
+    else:
+        channels_first = np.empty((len(images), 3, size, size), np.uint8)
+        for i, image in enumerate(images):
+            channels_first[i] = resize_square(np.asarray(image), size).transpose(2, 0, 1)
+    return CachedSplit(channels_first, labels, poses, soft, tuple(dataset.classes),
+                       [str(path) for path, _ in dataset.samples])
+
+
+def _progress(iterable, total: int, description: str):
+    if os.environ.get("HSBS_NO_PROGRESS"):
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=description, unit="img", leave=False)
+
+
+def _build(dataset, size: int, folder: Path, skip_bad: bool) -> None:
+    """Decode into a temporary folder, then rename it into place (atomic: readers never see half)."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    labels, poses, soft = _label_arrays(dataset)
+    n = len(dataset.samples)
+    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir(parents=True)
+    try:
+        log.info("caching %d %s/%s images at %dpx in %s", n, name, dataset.split, size, folder)
+        images = np.lib.format.open_memmap(temporary / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(n, 3, size, size)) if n else None
+        good = np.ones(n, dtype=bool)
+        bad: list[BadEntry] = []
+        for i in _progress(range(n), n, f"cache {name}/{dataset.split}"):
+            try:
+                images[i] = resize_square(dataset.load_image(i), size).transpose(2, 0, 1)
+            except (ImageDecodeError, OSError) as error:
+                good[i] = False
+                bad.append(BadEntry(str(dataset.samples[i][0]), getattr(error, "reason", str(error))))
+        if bad and not skip_bad:
+            raise BadDatasetError(DatasetReport(name, str(getattr(dataset, "root", None)), str(dataset.split), bad))
+        _store_kept_rows(temporary, images, good, size)
+        del images
+        np.save(temporary / "labels.npy", labels[good])
+        if poses is not None:
+            np.save(temporary / "poses.npy", poses[good])
+        if soft is not None:
+            np.save(temporary / "soft_labels.npy", soft[good])
+        meta = {"version": CACHE_FORMAT_VERSION, "dataset": name, "split": str(dataset.split), "size": size,
+                "classes": list(dataset.classes),
+                "paths": [str(path) for (path, _), keep in zip(dataset.samples, good) if keep],
+                "bad": [[entry.path, entry.reason] for entry in bad]}
+        (temporary / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(temporary, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():   # not a concurrent writer that won the race
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _store_kept_rows(folder: Path, images: np.ndarray | None, good: np.ndarray, size: int,
+                     chunk: int = 4096) -> None:
+    """Leave ``folder/images.npy`` holding only the rows marked good, copying in chunks so a
+    large split never has to fit in memory."""
+    n_good = int(good.sum())
+    if n_good == 0:
+        np.save(folder / "images.npy", np.empty((0, 3, size, size), np.uint8))
+        return
+    images.flush()
+    if n_good == len(good):
+        return
+    kept = np.lib.format.open_memmap(folder / "images_kept.npy", mode="w+", dtype=np.uint8,
+                                     shape=(n_good, 3, size, size))
+    rows = np.flatnonzero(good)
+    for start in range(0, n_good, chunk):
+        kept[start:start + chunk] = images[rows[start:start + chunk]]
+    kept.flush()
+    del kept
+    os.replace(folder / "images_kept.npy", folder / "images.npy")
+
+
+def _load(folder: Path) -> CachedSplit:
+    meta = json.loads((folder / "meta.json").read_text())
+    n = len(meta["paths"])
+    # copy-on-write map: writable for torch.from_numpy, yet nothing is ever written back to disk
+    images = np.load(folder / "images.npy", mmap_mode="c" if n else None)
+    optional = {key: np.load(folder / f"{key}.npy") if (folder / f"{key}.npy").is_file() else None
+                for key in ("poses", "soft_labels")}
+    bad = [BadEntry(path, reason) for path, reason in meta["bad"]]
+    return CachedSplit(images, np.load(folder / "labels.npy"), optional["poses"], optional["soft_labels"],
+                       tuple(meta["classes"]), meta["paths"], skipped=len(bad), bad=bad, location=folder)

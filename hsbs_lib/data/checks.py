@@ -1,0 +1,151 @@
+"""``hsbs check``: validate a dataset copy before training on it.
+
+Indexes every split (skipping nothing silently: each bad entry is listed with its reason), decodes
+every image to catch truncated or fake files, and prints counts per split and class.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import yaml
+
+from hsbs_lib.data.base import BadEntry
+from hsbs_lib.data.datasets import canonical_dataset_name, dataset_splits, load_dataset
+from hsbs_lib.data.images import ImageDecodeError
+from hsbs_lib.data.labels import class_names
+
+
+@dataclass
+class SplitCheck:
+    """What one split holds: usable images per class, bad entries, protocol drops, image sizes."""
+
+    split: str
+    counts: list[int]
+    bad: list[BadEntry] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    sizes: Counter = field(default_factory=Counter)   # (width, height) -> images, when decoded
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class CheckResult:
+    """The result of :func:`check_dataset`; ``format()`` renders it as a table."""
+
+    name: str
+    root: str
+    classes: tuple[str, ...]
+    splits: dict[str, SplitCheck]
+    decoded: bool
+
+    @property
+    def bad(self) -> list[BadEntry]:
+        return [entry for check in self.splits.values() for entry in check.bad]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def format(self) -> str:
+        names = list(self.splits)
+        width = max([len(c) for c in self.classes] + [5])
+        columns = [max(len(n), 7) for n in names]
+        lines = [f"{self.name} at {self.root}"
+                 + ("" if self.decoded else " (images not decoded: --no-decode)"), ""]
+        lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, columns)))
+        for k, class_name in enumerate(self.classes):
+            lines.append(f"{class_name:<{width}}  " + "  ".join(
+                f"{self.splits[n].counts[k]:>{w}}" for n, w in zip(names, columns)))
+        lines.append(f"{'total':<{width}}  " + "  ".join(
+            f"{self.splits[n].total:>{w}}" for n, w in zip(names, columns)))
+        for name, check in self.splits.items():
+            if check.dropped:
+                dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted(check.dropped.items()))
+                lines.append(f"[{name}] dropped by the dataset's protocol (not errors): {dropped}")
+            if check.sizes:
+                common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in check.sizes.most_common(3))
+                more = f" and {len(check.sizes) - 3} other sizes" if len(check.sizes) > 3 else ""
+                lines.append(f"[{name}] image sizes: {common}{more}")
+        lines.append("")
+        if self.ok:
+            lines.append("no bad entries")
+        else:
+            lines.append(f"{len(self.bad)} bad entries (skip them with skip_bad=True / data.skip_bad=true):")
+            for name, check in self.splits.items():
+                lines += [f"  [{name}] {entry.path}: {entry.reason}" for entry in check.bad]
+        return "\n".join(lines)
+
+
+def _progress(iterable, total: int, description: str):
+    if os.environ.get("HSBS_NO_PROGRESS"):
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=description, unit="img", leave=False)
+
+
+def check_dataset(name: str, root, *, splits: list[str] | None = None, decode: bool = True,
+                  num_classes: int = 7, **options) -> CheckResult:
+    """Index every split (bad entries collected, not raised), decode every image when ``decode``,
+    and return counts per split and class plus every bad entry.
+
+    Layout errors (missing root, wrong folder structure) still raise one readable error.
+    """
+    key = canonical_dataset_name(name)
+    splits = list(splits) if splits else dataset_splits(key, root)
+    if not splits:
+        raise ValueError(f"{key}: no splits found under {root}")
+    results: dict[str, SplitCheck] = {}
+    dataset_root = root
+    for split in splits:
+        dataset = load_dataset(key, root, split, num_classes=num_classes, skip_bad=True, **options)
+        dataset_root = dataset.root
+        bad = list(dataset.report.bad)
+        counts = [0] * len(dataset.classes)
+        sizes: Counter = Counter()
+        indices = range(len(dataset))
+        for index in (_progress(indices, len(dataset), f"check {key}/{split}") if decode else indices):
+            if decode:
+                try:
+                    image = dataset.load_image(index)
+                except (ImageDecodeError, OSError) as error:
+                    bad.append(BadEntry(str(dataset.samples[index][0]), getattr(error, "reason", str(error))))
+                    continue
+                sizes[(image.shape[1], image.shape[0])] += 1
+            counts[dataset.samples[index][1]] += 1
+        results[split] = SplitCheck(split, counts, bad, dict(getattr(dataset, "dropped", {})), sizes)
+    return CheckResult(key, str(dataset_root), class_names(num_classes), results, decode)
+
+
+# ----------------------------------------------------------------------------------------------
+# hsbs check
+# ----------------------------------------------------------------------------------------------
+
+def _option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value else ""
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="dataset: rafdb, fer2013, ferplus, affectnet, sfew, kdef, ckplus, imagefolder")
+    parser.add_argument("root", help="the dataset folder")
+    parser.add_argument("--split", action="append", dest="splits", metavar="S",
+                        help="split to check (repeatable; default: every split found)")
+    parser.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
+    parser.add_argument("--no-decode", action="store_true",
+                        help="index only: skip decoding every image (fast, misses corrupt files)")
+    parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                        help="adapter option, e.g. aligned=false, label_mode=soft, fold=0 (repeatable)")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    result = check_dataset(args.name, args.root, splits=args.splits, decode=not args.no_decode,
+                           num_classes=args.num_classes, **dict(args.option))
+    print(result.format())
+    return 0 if result.ok else 1
