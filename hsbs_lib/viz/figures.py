@@ -1,0 +1,409 @@
+"""``hsbs figures``: regenerate every figure of a trained run, and the side-by-side versions of two runs.
+
+    hsbs figures --run runs/demo_hsbs --compare runs/demo_baseline --out figures/
+    hsbs figures --demo          # train the SynthFER demo runs if missing, then redraw figures/
+
+For a run directory (config.yaml, metrics.csv, best.pt) it writes, with stable names:
+``RUN_curves``, ``RUN_confusion_counts``, ``RUN_confusion``, ``RUN_per_class``, ``RUN_tsne``,
+``RUN_attention`` (+ ``RUN_attention_scores`` and its .md table when the data is SynthFER, whose masks
+say where the expression is), ``RUN_gradcam``, ``RUN_bsa_similarity`` / ``RUN_class_similarity``
+(models with BSA), ``RUN_scale_attention_by_pose`` (PhaNet), ``RUN_ds_attention`` (MFER) and
+``RUN_intensity`` (when learning intensity was logged). ``--compare BASE`` adds ``RUN_vs_BASE_*``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hsbs_lib.viz.attention import attention_maps, plot_ds_attention, plot_layer_attention, plot_scale_attention_by_pose
+from hsbs_lib.viz.confusion import confusion, per_class_recall, plot_confusion, plot_confusion_pair
+from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves, read_metrics
+from hsbs_lib.viz.embedding import plot_tsne, tsne_embedding
+from hsbs_lib.viz.gradcam import CAM_METHODS, gradcam, plot_gradcam_per_class
+from hsbs_lib.viz.intensity import plot_learning_intensity, read_intensity
+from hsbs_lib.viz.saliency import attention_score_table, plot_attention_scores, score_saliency
+from hsbs_lib.viz.similarity import (ClassSimilarityAccumulator, batch_similarity_maps, plot_class_similarity,
+                                     plot_similarity_matrix)
+from hsbs_lib.viz.style import figures_dir, save_figure
+
+log = logging.getLogger(__name__)
+
+DEMO_RUNS: dict[str, str] = {"demo_baseline": "configs/synthfer_baseline.yaml",
+                             "demo_hsbs": "configs/synthfer_hsbs.yaml"}
+SYNTHFER_REGIONS = ("brows", "eyes", "nose", "mouth")
+DEFAULT_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class RunArtifacts:
+    """What the figures need from one run: its model, label names, input format and logged metrics."""
+
+    name: str
+    model: nn.Module | None
+    classes: list[str]
+    input_size: int
+    normalization: dict = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
+    config: dict = field(default_factory=dict)
+    metrics: dict[str, list] | None = None
+    intensity: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class EvalData:
+    """A test sample: images uint8 (N, S, S, 3), labels (N,), optional region masks (N, R, S, S) bool
+    and pose bins (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+    poses: np.ndarray | None = None
+    region_names: Sequence[str] = SYNTHFER_REGIONS
+
+
+@dataclass
+class RunSummary:
+    """Numbers one run's figures computed, reused by the comparison figures."""
+
+    name: str
+    counts: np.ndarray
+    recalls: dict[str, float]
+    maps: dict[str, Tensor]
+    display_index: np.ndarray
+    scores: dict[str, dict] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    embedding_labels: np.ndarray | None = None
+    paths: list[Path] = field(default_factory=list)
+
+
+def load_run(directory: str | Path, *, checkpoint: str = "best.pt", device: str = "cpu") -> RunArtifacts:
+    """Read a run directory written by the engine: the checkpoint (``best.pt``, else ``last.pt``) and
+    metrics.csv (optional)."""
+    from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"run directory {directory} not found")
+    candidates = [directory / checkpoint, directory / "last.pt"]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {directory} (looked for {checkpoint} and last.pt)")
+    model, state = load_model_from_checkpoint(path, device=device)
+    metrics_path = directory / "metrics.csv"
+    return RunArtifacts(
+        name=directory.name, model=model, classes=list(state["classes"]), input_size=int(state["input_size"]),
+        normalization=dict(state.get("normalization") or DEFAULT_NORMALIZATION), config=dict(state.get("config") or {}),
+        metrics=read_metrics(metrics_path) if metrics_path.is_file() else None,
+        intensity=read_intensity(metrics_path) if metrics_path.is_file() else {})
+
+
+def load_eval_data(run: RunArtifacts, *, max_samples: int = 512) -> EvalData | None:
+    """Up to ``max_samples`` test images of the run's data, resized to the run's input size.
+
+    SynthFER is re-rendered from the stored seed (its first N test images, with region masks and poses);
+    other datasets are read from their root (evenly spaced images, since folder-ordered test sets are
+    sorted by class). Returns None when the data is not available here: then only the metric figures
+    are drawn.
+    """
+    from hsbs_lib.config import config_from_dict
+    from hsbs_lib.engine.train import build_dataset
+
+    config = config_from_dict(run.config)
+    if config.data.name == "synthfer":
+        # rendering is deterministic per (seed, index), so fewer images are a prefix of the full test set
+        config.data.n_test = min(config.data.n_test, max_samples)
+    try:
+        dataset = build_dataset(config, config.data.test_split)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as error:
+        log.warning("test data of %s not available (%s); drawing metric figures only", run.name, error)
+        return None
+    total = len(dataset)
+    if total == 0:
+        return None
+    if hasattr(dataset, "images"):
+        index = np.arange(min(total, max_samples))
+        images = np.asarray(dataset.images)[index]
+    else:
+        index = np.unique(np.linspace(0, total - 1, min(total, max_samples)).round().astype(int))
+        images = np.stack([_resized(dataset.load_image(int(i)), run.input_size) for i in index])
+    if images.shape[1:3] != (run.input_size, run.input_size):
+        images = np.stack([_resized(image, run.input_size) for image in images])
+    masks = getattr(dataset, "masks", None)
+    poses = [dataset.poses[i] for i in index] if len(getattr(dataset, "poses", []) or []) == total else []
+    known_poses = bool(poses) and all(p is not None and int(p) >= 0 for p in poses)
+    return EvalData(images=images, labels=np.asarray(dataset.targets)[index],
+                    masks=np.asarray(masks)[index] if masks is not None else None,
+                    poses=np.asarray(poses, dtype=int) if known_poses else None)
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> (size, size, 3) with the eval pipeline's antialiased bilinear resize."""
+    from torchvision.transforms.v2 import functional as TF
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return TF.resize(tensor, [size, size], antialias=True).permute(1, 2, 0).numpy()
+
+
+def model_inputs(images: np.ndarray, normalization: dict) -> Tensor:
+    """uint8 (N, S, S, 3) -> normalised float (N, 3, S, S), as the engine's eval pipeline feeds the model."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(normalization["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(normalization["std"]).view(1, -1, 1, 1)
+    return (tensor - mean) / std
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, inputs: Tensor, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode logits (N, K) and pooled features (N, C), batch by batch; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, features = [], []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            output = model(inputs[start:start + batch_size].to(device))
+            logits.append(output.logits.float().cpu())
+            features.append(output.features.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+
+
+def display_indices(labels: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` sample indices, one per class in turn, so shown faces span the expressions."""
+    labels = np.asarray(labels)
+    per_class = [list(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+    chosen = []
+    while len(chosen) < count and any(per_class):
+        for members in per_class:
+            if members and len(chosen) < count:
+                chosen.append(members.pop(0))
+    return np.asarray(chosen, dtype=int)
+
+
+def _attention_over(model: nn.Module, inputs: Tensor, *, batch_size: int = 128) -> dict[str, Tensor]:
+    """attention_maps over many inputs, concatenated: {name: (N, h, w)}."""
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, len(inputs), batch_size):
+        for name, value in attention_maps(model, inputs[start:start + batch_size]).items():
+            parts.setdefault(name, []).append(value)
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+class FigureWriter:
+    """Saves figures into one folder in the given formats, closes them, and remembers every path."""
+
+    def __init__(self, out=None, formats: Sequence[str] = ("png", "pdf")):
+        self.out = figures_dir(out)
+        self.formats = tuple(formats)
+        self.paths: list[Path] = []
+
+    def save(self, fig, name: str) -> None:
+        self.paths.extend(save_figure(fig, name, self.out, formats=self.formats))
+        plt.close(fig)
+
+    def write_text(self, file_name: str, text: str) -> None:
+        path = self.out / file_name
+        path.write_text(text)
+        self.paths.append(path)
+
+
+def write_run_figures(run: RunArtifacts, data: EvalData | None, out=None, *, show: int = 6,
+                      tsne_samples: int = 400, cam_samples: int = 64, cam_method: str = "gradcam",
+                      seed: int = 0, formats: Sequence[str] = ("png", "pdf")) -> RunSummary:
+    """Draw every figure of one run into ``out``; returns the numbers the comparison figures reuse."""
+    name, classes = run.name, run.classes
+    writer = FigureWriter(out, formats)
+    if run.metrics:
+        writer.save(plot_training_curves({name: run.metrics}), f"{name}_curves")
+    if run.intensity:
+        writer.save(plot_learning_intensity({name: run.intensity}), f"{name}_intensity")
+    if data is None or run.model is None:
+        empty = np.zeros((len(classes), len(classes)), int)
+        return RunSummary(name, empty, {}, {}, np.zeros(0, int), paths=writer.paths)
+
+    inputs = model_inputs(data.images, run.normalization)
+    logits, features = predict_batches(run.model, inputs)
+    preds = logits.argmax(axis=1)
+    counts = confusion(data.labels, preds, len(classes))
+    recalls = per_class_recall(counts, classes)
+    writer.save(plot_confusion(counts, classes, normalize=False, title=name), f"{name}_confusion_counts")
+    writer.save(plot_confusion(counts, classes, normalize=True, title=name), f"{name}_confusion")
+    writer.save(plot_per_class_accuracy({name: recalls}, classes), f"{name}_per_class")
+
+    subset = np.sort(np.random.default_rng(seed).permutation(len(features))[:tsne_samples])
+    embedding = tsne_embedding(features[subset], seed=seed) if len(subset) >= 5 else None
+    if embedding is not None:
+        writer.save(plot_tsne({name: (embedding, data.labels[subset])}, classes), f"{name}_tsne")
+
+    maps = _attention_over(run.model, inputs)
+    shown = display_indices(data.labels, show)
+    layers = [layer for layer in ("layer1", "layer2", "layer3", "layer4") if layer in maps]
+    shown_maps = {layer: value[shown] for layer, value in maps.items()}
+    writer.save(plot_layer_attention(data.images[shown], {name: shown_maps}, layers,
+                                     row_labels=[classes[k] for k in data.labels[shown]]), f"{name}_attention")
+    if any(key.startswith("ds_") for key in maps):
+        writer.save(plot_ds_attention(data.images[shown], shown_maps), f"{name}_ds_attention")
+
+    cam_index = display_indices(data.labels, cam_samples)
+    cams = gradcam(run.model, inputs[cam_index], method=cam_method)
+    writer.save(plot_gradcam_per_class(data.images[cam_index], cams, data.labels[cam_index], preds[cam_index],
+                                       classes, per_class=2), f"{name}_gradcam")
+
+    scores: dict[str, dict] = {}
+    if data.masks is not None:
+        scores = {layer: score_saliency(maps[layer], data.masks, region_names=data.region_names) for layer in layers}
+        scores[cam_method] = score_saliency(cams, data.masks[cam_index], region_names=data.region_names)
+        writer.save(plot_attention_scores({name: scores}, title=f"{name}: attention vs expression regions"),
+                    f"{name}_attention_scores")
+        writer.write_text(f"{name}_attention_scores.md", attention_score_table({name: scores}))
+
+    _method_specific_figures(run, data, inputs, shown, writer)
+    return RunSummary(name, counts, recalls, maps, shown, scores, embedding,
+                      data.labels[subset] if embedding is not None else None, writer.paths)
+
+
+def _method_specific_figures(run: RunArtifacts, data: EvalData, inputs: Tensor, shown: np.ndarray,
+                             writer: FigureWriter, *, batch_size: int = 64) -> None:
+    """BSA similarity (HSBS) and per-pose scale attention (PhaNet), when the model returns them."""
+    name, classes, model = run.name, run.classes, run.model
+    similarity = _similarity(model, inputs[:batch_size])
+    if similarity is not None:
+        writer.save(plot_similarity_matrix(similarity, data.labels[:batch_size], classes,
+                                           title=f"{name}: BSA similarity"), f"{name}_bsa_similarity")
+        accumulator = ClassSimilarityAccumulator(len(classes))
+        for start in range(0, len(inputs), batch_size):
+            accumulator.update(_similarity(model, inputs[start:start + batch_size]),
+                               data.labels[start:start + batch_size])
+        writer.save(plot_class_similarity(accumulator.compute(), classes, title=f"{name}: class-to-class similarity"),
+                    f"{name}_class_similarity")
+
+    if data.poses is not None and "scale_gates" in _eval_maps(model, inputs[shown[:1]]):
+        by_pose = display_indices(data.poses, int(np.unique(data.poses).size))
+        gates = _eval_maps(model, inputs[by_pose])["scale_gates"]
+        writer.save(plot_scale_attention_by_pose(data.images[by_pose], data.poses[by_pose],
+                                                 attention_maps(model, inputs[by_pose]), gates=gates),
+                    f"{name}_scale_attention_by_pose")
+
+
+@torch.no_grad()
+def _eval_maps(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(inputs.to(next(model.parameters()).device)).maps
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _similarity(model: nn.Module, inputs: Tensor) -> Tensor | None:
+    """BSA's S for a batch: the model's own ``similarity(x)`` when it has one, else a frozen training pass."""
+    if callable(getattr(model, "similarity", None)) and getattr(model, "bsa", None) is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            return model.similarity(inputs.to(next(model.parameters()).device)).float().cpu()
+        finally:
+            model.train(was_training)
+    if getattr(model, "bsa", "absent") is None:  # a BSA model built with bsa=False
+        return None
+    return batch_similarity_maps(model, inputs)
+
+
+def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tuple[RunArtifacts, RunArtifacts],
+                             data: EvalData | None, out=None, *, formats: Sequence[str] = ("png", "pdf")
+                             ) -> list[Path]:
+    """Side-by-side figures of a method run against a baseline run on the same test images."""
+    method_run, baseline_run = runs
+    stem, classes = f"{method.name}_vs_{baseline.name}", method_run.classes
+    writer = FigureWriter(out, formats)
+    if method_run.metrics and baseline_run.metrics:
+        writer.save(plot_training_curves({baseline.name: baseline_run.metrics, method.name: method_run.metrics}),
+                    f"{stem}_curves")
+    if method_run.intensity and baseline_run.intensity:
+        writer.save(plot_learning_intensity({baseline.name: baseline_run.intensity,
+                                             method.name: method_run.intensity}), f"{stem}_intensity")
+    if data is None or not method.recalls or not baseline.recalls:
+        return writer.paths
+    writer.save(plot_confusion_pair(baseline.counts, method.counts, classes, (baseline.name, method.name)),
+                f"{stem}_confusion")
+    writer.save(plot_per_class_accuracy({baseline.name: baseline.recalls, method.name: method.recalls}, classes),
+                f"{stem}_per_class")
+    shown = method.display_index
+    layers = [layer for layer in ("layer1", "layer2", "layer3", "layer4") if layer in method.maps]
+    maps_by_model = {baseline.name: {layer: baseline.maps[layer][shown] for layer in layers if layer in baseline.maps},
+                     method.name: {layer: method.maps[layer][shown] for layer in layers}}
+    writer.save(plot_layer_attention(data.images[shown], maps_by_model, layers,
+                                     row_labels=[classes[k] for k in data.labels[shown]]), f"{stem}_attention")
+    if method.embedding is not None and baseline.embedding is not None:
+        writer.save(plot_tsne({baseline.name: (baseline.embedding, baseline.embedding_labels),
+                               method.name: (method.embedding, method.embedding_labels)}, classes), f"{stem}_tsne")
+    if method.scores and baseline.scores:
+        scores = {baseline.name: baseline.scores, method.name: method.scores}
+        writer.save(plot_attention_scores(scores, title="attention inside the expression regions"),
+                    f"{stem}_attention_scores")
+        writer.write_text(f"{stem}_attention_scores.md", attention_score_table(scores))
+    return writer.paths
+
+
+def ensure_demo_runs(root: str | Path = "runs") -> dict[str, Path]:
+    """Train the SynthFER demo runs (baseline and HSBS) unless their checkpoints already exist."""
+    from hsbs_lib.config import load_config
+    from hsbs_lib.engine.train import fit
+
+    directories = {}
+    for name, recipe in DEMO_RUNS.items():
+        directory = Path(root) / name
+        if not (directory / "best.pt").is_file() and not (directory / "last.pt").is_file():
+            log.info("training %s from %s", name, recipe)
+            fit(load_config(recipe, [f"out={directory}"]))
+        directories[name] = directory
+    return directories
+
+
+def add_figures_arguments(parser) -> None:
+    parser.add_argument("--run", help="run directory (config.yaml, metrics.csv, best.pt)")
+    parser.add_argument("--compare", help="a second run, usually the baseline, drawn side by side with --run")
+    parser.add_argument("--out", default=None, help="figures folder (default: figures/, or $HSBS_FIGURES)")
+    parser.add_argument("--demo", action="store_true",
+                        help="train the SynthFER demo runs if missing, then redraw every demo figure")
+    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run (default best.pt)")
+    parser.add_argument("--samples", type=int, default=512, help="test images used for the figures (default 512)")
+    parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and of the sample choice")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
+
+
+def run_figures(args) -> int:
+    """Entry point of ``hsbs figures``."""
+    run_dir, compare_dir = args.run, args.compare
+    if args.demo:
+        demo = ensure_demo_runs()
+        run_dir, compare_dir = run_dir or demo["demo_hsbs"], compare_dir or demo["demo_baseline"]
+    if run_dir is None:
+        raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
+    out = figures_dir(args.out)
+    formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
+    options = dict(cam_method=args.cam_method, seed=args.seed, formats=formats)
+    run = load_run(run_dir, checkpoint=args.checkpoint, device=args.device)
+    data = load_eval_data(run, max_samples=args.samples)
+    summary = write_run_figures(run, data, out, **options)
+    paths = list(summary.paths)
+    if compare_dir is not None:
+        baseline_run = load_run(compare_dir, checkpoint=args.checkpoint, device=args.device)
+        if baseline_run.classes != run.classes or baseline_run.input_size != run.input_size:
+            raise ValueError(f"{compare_dir} and {run_dir} differ in classes or input size: cannot compare them")
+        baseline_summary = write_run_figures(baseline_run, data, out, **options)
+        paths += baseline_summary.paths
+        paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
+    figures = sorted({path.stem for path in paths})
+    print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
+    return 0

@@ -1,0 +1,152 @@
+"""Grad-CAM, Grad-CAM++ and Score-CAM through pytorch-grad-cam, for any model of the package.
+
+Our models return a :class:`ModelOutput`, the library expects logits: :class:`LogitsOnly` adapts one
+to the other. The target layer comes from a per-backbone table unless the model names its own with a
+``gradcam_target_layer`` attribute (a module or a dotted path such as ``"backbone.layer3.-1"``). Hooks
+live only inside the library's context manager, and every module's training flag and every
+parameter's ``.grad`` are put back afterwards, so a call in the middle of training changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hsbs_lib.viz.attention import _hide_axes, overlay, to_display_images
+from hsbs_lib.viz.style import apply_style
+
+# method name -> pytorch_grad_cam class name (imported on first use: the library pulls in a lot)
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM"}
+
+# The last residual block of the last stage: the deepest map that still has a spatial grid.
+TARGET_LAYERS: dict[str, str] = {
+    "resnet18": "backbone.layer4.-1",
+    "resnet34": "backbone.layer4.-1",
+    "resnet50": "backbone.layer4.-1",
+}
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a package model so ``forward(x)`` returns only the logits (B, K)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        output = self.model(x)
+        return output.logits if hasattr(output, "logits") else output
+
+
+def resolve_module(model: nn.Module, dotted: str) -> nn.Module:
+    """``"backbone.layer4.-1"`` -> model.backbone.layer4[-1] (integers index sequential containers)."""
+    module = model
+    for part in dotted.split("."):
+        try:
+            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        except (AttributeError, IndexError, TypeError) as error:
+            raise KeyError(f"no module '{dotted}' in {type(model).__name__} (failed at '{part}')") from error
+    return module
+
+
+def gradcam_target_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM should look at: the model's ``gradcam_target_layer`` or the backbone table."""
+    override = getattr(model, "gradcam_target_layer", None)
+    if isinstance(override, nn.Module):
+        return override
+    if isinstance(override, str):
+        return resolve_module(model, override)
+    backbone = getattr(getattr(model, "backbone", None), "name", None)
+    if backbone not in TARGET_LAYERS:
+        raise KeyError(f"no Grad-CAM target layer known for backbone {backbone!r} "
+                       f"(table: {', '.join(TARGET_LAYERS)}); pass target_layer= or set model.gradcam_target_layer")
+    return resolve_module(model, TARGET_LAYERS[backbone])
+
+
+def _class_targets(targets, batch: int):
+    """None (the predicted class) or class indices (B,) -> the library's target objects."""
+    if targets is None:
+        return None
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    indices = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets).reshape(-1).astype(int)
+    if len(indices) == 1 and batch > 1:
+        indices = np.repeat(indices, batch)
+    if len(indices) != batch:
+        raise ValueError(f"{len(indices)} targets for {batch} images")
+    return [ClassifierOutputTarget(int(index)) for index in indices]
+
+
+def gradcam(model: nn.Module, images: Tensor, *, method: str = "gradcam", target_layer: nn.Module | None = None,
+            targets=None, score_batch_size: int = 64) -> np.ndarray:
+    """Class activation maps: images (B, 3, H, W) model inputs -> float32 (B, H, W) in [0, 1].
+
+    targets: None explains each image's predicted class; an int or indices (B,) explain given classes.
+    method: "gradcam", "gradcam++" or "scorecam" (Score-CAM runs one forward per channel: slow on CPU).
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method '{method}'; choose from {', '.join(CAM_METHODS)}")
+    import pytorch_grad_cam
+
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    layer = target_layer if target_layer is not None else gradcam_target_layer(model)
+    modes = {module: module.training for module in model.modules()}
+    saved_grads = {param: param.grad for param in model.parameters()}
+    device = next(model.parameters()).device
+    inputs = images.detach().to(device).float()
+    cam_targets = _class_targets(targets, inputs.shape[0])
+    result = None
+    try:
+        with cam_class(model=LogitsOnly(model), target_layers=[layer]) as cam:
+            cam.batch_size = score_batch_size
+            # Frozen parameters would leave the target layer without a gradient; an input that
+            # requires grad keeps every activation on the graph.
+            inputs.requires_grad_(method != "scorecam")
+            with torch.enable_grad():
+                result = cam(input_tensor=inputs, targets=cam_targets)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for param, grad in saved_grads.items():
+            param.grad = grad
+    if result is None:  # the library's context manager swallows IndexError
+        raise RuntimeError(f"{method} returned no map; check targets (class indices < {model.num_classes})"
+                           if hasattr(model, "num_classes") else f"{method} returned no map")
+    return np.clip(np.asarray(result, dtype=np.float32), 0.0, 1.0)
+
+
+def plot_gradcam_per_class(images, cams, labels, preds, classes: Sequence[str], *, per_class: int = 1,
+                           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                           alpha: float = 0.5):
+    """One column per class, ``per_class`` examples each (correct predictions first), CAM overlaid.
+
+    images: (B, H, W, 3) uint8 or (B, 3, H, W) model inputs; cams: (B, H, W); labels, preds: (B,) ints.
+    Titles give the true and predicted class; a class without an example stays blank.
+    """
+    apply_style()
+    pictures = to_display_images(images, mean=mean, std=std)
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(int)
+    preds = np.asarray(preds.cpu() if isinstance(preds, Tensor) else preds).astype(int)
+    cams = np.asarray(cams.cpu() if isinstance(cams, Tensor) else cams)
+    fig, axes = plt.subplots(per_class, len(classes), figsize=(1.35 * len(classes), 1.55 * per_class + 0.2),
+                             squeeze=False)
+    for column, name in enumerate(classes):
+        members = np.flatnonzero(labels == column)
+        # stable sort: correct predictions first, dataset order within each group
+        members = members[np.argsort(preds[members] != column, kind="stable")][:per_class]
+        for row in range(per_class):
+            ax = axes[row, column]
+            _hide_axes(ax)
+            if row == 0:
+                ax.set_title(name)
+            if row >= len(members):
+                continue
+            index = members[row]
+            ax.imshow(overlay(pictures[index], cams[index], alpha))
+            correct = preds[index] == column
+            ax.set_xlabel(f"pred: {classes[preds[index]]}", color="black" if correct else "#c00000")
+    fig.tight_layout(pad=0.3)
+    return fig

@@ -1,0 +1,138 @@
+"""Attention scoring against region masks: energy share, pointing game, tables and the score plot."""
+import numpy as np
+import pytest
+import torch
+
+from hsbs_lib.viz.saliency import (area_share, attention_score_table, dilate, energy_inside, plot_attention_scores,
+                                   pointing_game, score_saliency)
+from hsbs_lib.viz.style import save_figure
+
+
+def _box_masks(batch=3, size=32):
+    """Different rectangles per sample, like SynthFER's mouth/eye regions."""
+    masks = torch.zeros(batch, size, size, dtype=torch.bool)
+    masks[0, 4:12, 6:20] = True
+    masks[1, 20:30, 2:9] = True
+    masks[2, 10:14, 10:30] = True
+    return masks
+
+
+def test_saliency_equal_to_mask_scores_exactly_one():
+    masks = _box_masks()
+    shares = energy_inside(masks.float(), masks)
+    assert shares.shape == (3,)
+    assert torch.all(shares == 1.0)
+
+
+def test_uniform_map_scores_the_area_share():
+    masks = _box_masks()
+    expected = masks.double().mean(dim=(1, 2))
+    for grid in (32, 5):  # same grid and a coarse grid resized bilinearly: a constant stays constant
+        uniform = torch.full((3, grid, grid), 0.7)
+        assert torch.allclose(energy_inside(uniform, masks), expected, atol=1e-6)
+    assert torch.allclose(area_share(masks), expected)
+
+
+def test_negative_saliency_is_clamped_and_zero_map_scores_chance():
+    masks = _box_masks()
+    signed = torch.where(masks, torch.tensor(2.0), torch.tensor(-5.0))
+    assert torch.all(energy_inside(signed, masks) == 1.0)
+    zeros = torch.zeros(3, 32, 32)
+    assert torch.allclose(energy_inside(zeros, masks), masks.double().mean(dim=(1, 2)))
+
+
+def test_energy_share_orders_maps_by_how_much_they_look_inside():
+    masks = _box_masks()
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(3, 32, 32, generator=generator)
+    focused = noise + 4.0 * masks.float()
+    chance = masks.double().mean(dim=(1, 2))
+    assert torch.all(energy_inside(focused, masks) > energy_inside(noise, masks))
+    assert torch.all(energy_inside(noise, masks) < chance + 0.1)
+    assert torch.all((energy_inside(noise, masks) >= 0) & (energy_inside(noise, masks) <= 1))
+
+
+def test_low_resolution_saliency_is_resized_to_the_mask_grid():
+    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    mask[0, :16, :16] = True
+    coarse = torch.zeros(1, 2, 2)
+    coarse[0, 0, 0] = 1.0  # the top-left quarter of a 2x2 grid is the mask
+    # Bilinear upsampling (align_corners=False) spreads the cell over the boundary: per axis 14 of 16
+    # units of weight stay in the top half, so the share is (7/8)^2, not 1.
+    assert energy_inside(coarse, mask).item() == pytest.approx(49 / 64, abs=1e-9)
+    assert pointing_game(coarse, mask).tolist() == [True]
+
+
+def test_pointing_game_hits_when_the_peak_is_inside():
+    masks = _box_masks()
+    saliency = torch.zeros(3, 32, 32)
+    saliency[0, 8, 10] = 1.0    # inside box 0
+    saliency[1, 25, 5] = 1.0    # inside box 1
+    saliency[2, 0, 0] = 1.0     # far outside box 2
+    assert pointing_game(saliency, masks).tolist() == [True, True, False]
+
+
+def test_pointing_game_tolerance_dilates_the_mask():
+    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    mask[0, 10:20, 10:20] = True
+    saliency = torch.zeros(1, 32, 32)
+    saliency[0, 15, 22] = 1.0   # three pixels right of the box
+    assert pointing_game(saliency, mask).tolist() == [False]
+    assert pointing_game(saliency, mask, tolerance_px=2).tolist() == [False]
+    assert pointing_game(saliency, mask, tolerance_px=3).tolist() == [True]
+    # a disk, not a square: the corner at distance sqrt(2) * 3 stays outside a radius of 3
+    assert not dilate(mask, 3)[0, 6, 6] and dilate(mask, 3)[0, 7, 10]
+
+
+def test_score_saliency_joins_regions_and_reports_chance_levels():
+    regions = torch.zeros(2, 4, 16, 16, dtype=torch.bool)
+    regions[:, 0, 2:4, 2:14] = True    # brows
+    regions[:, 3, 11:14, 5:11] = True  # mouth
+    union = regions.any(dim=1)
+    scores = score_saliency(union.float(), regions, region_names=("brows", "eyes", "nose", "mouth"))
+    assert scores["energy_share"] == pytest.approx(1.0)
+    assert scores["pointing_hit_rate"] == 1.0
+    assert scores["chance_energy_share"] == pytest.approx(union.double().mean().item())
+    assert scores["n"] == 2
+    brows_area, mouth_area = 2 * 12, 3 * 6
+    assert scores["energy_share/brows"] == pytest.approx(brows_area / (brows_area + mouth_area))
+    assert scores["energy_share/eyes"] == pytest.approx(0.0)
+    assert scores["chance_pointing"] == pytest.approx(scores["chance_energy_share"])
+
+
+def test_mismatched_batches_are_refused_with_a_readable_error():
+    with pytest.raises(ValueError, match="3 maps but the mask has 2"):
+        energy_inside(torch.rand(3, 8, 8), torch.ones(2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="region names"):
+        score_saliency(torch.rand(1, 8, 8), torch.ones(1, 2, 8, 8, dtype=torch.bool), region_names=("a",))
+
+
+def test_score_table_and_plot(tmp_path):
+    masks = _box_masks()
+    generator = torch.Generator().manual_seed(1)
+    scores = {
+        "baseline": {"layer4": score_saliency(torch.rand(3, 4, 4, generator=generator), masks)},
+        "hsbs": {"layer4": score_saliency(masks.float(), masks),
+                 "gradcam": score_saliency(torch.rand(3, 32, 32, generator=generator), masks)},
+    }
+    rows = attention_score_table(scores, markdown=False)
+    assert [(row["method"], row["map"]) for row in rows] == [("baseline", "layer4"), ("hsbs", "layer4"),
+                                                             ("hsbs", "gradcam")]
+    assert rows[1]["energy_share"] == 1.0
+    table = attention_score_table(scores)
+    assert table.splitlines()[0].startswith("| method | map | energy share")
+    assert "| hsbs | layer4 | 1.000 |" in table
+    flat = attention_score_table({"uniform": score_saliency(torch.ones(3, 32, 32), masks)})
+    assert f"{masks.double().mean().item():.3f}" in flat
+
+    fig = plot_attention_scores(scores)
+    chance_lines = [c for ax in fig.axes for c in ax.collections if c.get_linestyle()[0][1] is not None]
+    assert chance_lines, "the chance level is drawn as dashed lines"
+    png, pdf = save_figure(fig, "attention_scores", tmp_path)
+    assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+
+
+def test_numpy_inputs_are_accepted():
+    masks = _box_masks().numpy()
+    shares = energy_inside(masks.astype(np.float32), masks)
+    assert torch.all(shares == 1.0)
