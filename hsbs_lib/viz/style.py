@@ -43,9 +43,13 @@ def class_palette(names=CANONICAL_8) -> list[str]:
 
 
 def figures_dir(out: str | os.PathLike | None = None) -> Path:
-    """figures/ at the repository root, or $HSBS_FIGURES, or an explicit folder."""
+    """An explicit folder, else $HSBS_FIGURES, else figures/ at the repository root (also from notebooks/)."""
     if out is None:
-        out = os.environ.get("HSBS_FIGURES") or Path.cwd() / "figures"
+        out = os.environ.get("HSBS_FIGURES")
+    if out is None:
+        from hsbs_lib.tutorial import repo_root
+
+        out = repo_root() / "figures"
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,104 @@
+"""Small conveniences for the notebooks: where runs live, smoke-sized recipes, train-or-load.
+
+Notebooks stay thin by calling these; they hold no logic a script would not also want.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from hsbs_lib.config import Config, load_config
+
+# Sizes that let every notebook finish in well under two minutes on 2 CPU cores.
+SMOKE_OVERRIDES = ("data.n_train=320", "data.n_test=160", "train.batch_size=32", "train.progress=false")
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding configs/ and hsbs_lib/), from the root or notebooks/;
+    the current folder when run outside a checkout."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "configs").is_dir() and (folder / "hsbs_lib").is_dir():
+            return folder
+    source_checkout = Path(__file__).resolve().parents[1]
+    return source_checkout if (source_checkout / "configs").is_dir() else here
+
+
+def runs_dir() -> Path:
+    """Where notebook runs are written: $HSBS_RUNS, else runs/ at the repository root."""
+    return Path(os.environ.get("HSBS_RUNS") or repo_root() / "runs")
+
+
+def config_path(name: str) -> Path:
+    """configs/NAME.yaml at the repository root."""
+    return repo_root() / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
+
+
+def recipe(name: str, overrides: Sequence[str] = (), *, smoke: bool = False, epochs: int | None = None,
+           seed: int | None = None, device: str | None = None, out: str | Path | None = None) -> Config:
+    """Load configs/NAME.yaml with notebook-friendly overrides (smoke sizes, epochs, seed, device)."""
+    items = list(SMOKE_OVERRIDES) if smoke else []
+    if epochs is not None:
+        items.append(f"train.epochs={epochs}")
+    if seed is not None:
+        items.append(f"train.seed={seed}")
+    if device is not None:
+        items.append(f"train.device={device}")
+    items += list(overrides)
+    config = load_config(config_path(name), items)
+    config.out = str(out or runs_dir() / (config.name or Path(name).stem))
+    return config
+
+
+@dataclass
+class TrainedRun:
+    """A trained model in eval mode, its checkpoint dictionary and its run folder (None when loaded)."""
+
+    model: nn.Module
+    checkpoint: dict
+    run_dir: Path | None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.checkpoint["classes"])
+
+
+def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse: bool = True,
+                  device: str = "cpu") -> TrainedRun:
+    """Load ``checkpoint`` when given; else reuse ``config.out/best.pt`` when it was trained with exactly
+    this config (and ``reuse``); else train.
+
+    Returns the best epoch's model on ``device`` in eval mode.
+    """
+    from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from hsbs_lib.engine.train import fit
+
+    if checkpoint:
+        model, meta = load_model_from_checkpoint(checkpoint, device=device)
+        return TrainedRun(model, meta, Path(checkpoint).parent)
+    best = Path(config.out) / "best.pt"
+    if not (reuse and best.is_file() and _same_recipe(load_checkpoint(best)["config"], config)):
+        fit(config)
+    model, meta = load_model_from_checkpoint(best, device=device)
+    return TrainedRun(model, meta, Path(config.out))
+
+
+def _same_recipe(stored: dict, config: Config) -> bool:
+    wanted = config.to_dict()
+    ignore = {"progress", "device"}  # how a run is shown or placed does not change what it learns
+    return all(
+        {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
+        == {k: v for k, v in wanted[section].items() if k not in ignore}
+        for section in ("data", "model", "train"))
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
