@@ -1,0 +1,136 @@
+"""Checkpoints: one dict of plain tensors and Python values, written atomically, loaded with weights_only.
+
+Keys: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (completed epochs),
+``step`` (optimizer steps), ``rng`` (torch CPU/CUDA, numpy and Python states), ``config`` (resolved dict),
+``classes`` (label names), ``input_size``, ``normalization`` ({"mean", "std"}), ``metrics``, ``version``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import hsbs_lib
+from hsbs_lib.config import Config, config_from_dict
+
+CHECKPOINT_FORMAT = 1
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel, torch.compile or the engine's loss wrapper."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "model") and getattr(model, "wraps_model", False):
+            model = model.model
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state the run uses, as tensors and Python values (weights_only-safe)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+
+
+def build_checkpoint(*, model: nn.Module, config: Config | dict, classes, input_size: int, normalization: dict,
+                     epoch: int, step: int, optimizer: torch.optim.Optimizer | None = None,
+                     scheduler: Any = None, scaler: Any = None, metrics: dict | None = None) -> dict[str, Any]:
+    """Assemble the checkpoint dict (see the module docstring for the keys)."""
+    return {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "step": int(step),
+        "rng": rng_state(),
+        "config": config.to_dict() if isinstance(config, Config) else dict(config),
+        "classes": list(classes),
+        "input_size": int(input_size),
+        "normalization": {"mean": [float(v) for v in normalization["mean"]],
+                          "std": [float(v) for v in normalization["std"]]},
+        "metrics": dict(metrics or {}),
+        "version": {"hsbs_lib": hsbs_lib.__version__, "format": CHECKPOINT_FORMAT, "torch": str(torch.__version__)},
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, **parts: Any) -> Path:
+    """Write ``parts`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A crash or an error mid-write leaves the previous file untouched and no partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(parts, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike, default: str = "last.pt") -> Path:
+    """Accept a checkpoint file or a run directory (then ``RUN/<default>``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint on CPU with ``weights_only=True``; errors name the file."""
+    path = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"could not load checkpoint {path}: {error}") from error
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path} is not an hsbs_lib checkpoint (no 'model' key)")
+    return checkpoint
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                               ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from the stored config and classes, load its weights, put it in eval mode."""
+    from hsbs_lib.engine.train import build_model  # train imports this module
+
+    checkpoint = load_checkpoint(path)
+    config = config_from_dict(checkpoint["config"])
+    model = build_model(config, checkpoint["classes"], load_pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,156 @@
+"""Evaluation: logits, metrics, checkpoints, and the ``hsbs eval`` command.
+
+``data`` may be a loader (DeviceBatchLoader, SampleBatchLoader, or any iterable of
+``(images, targets)`` batches), a cached split (``.images`` uint8 (N, 3, S, S)) or a FERDataset.
+Models are evaluated in eval mode, one batch at a time; every model is batch-independent there, so the
+batch size does not change the result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from hsbs_lib.config import config_from_dict
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
+from hsbs_lib.engine.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
+                                     make_loader, split_nbytes)
+from hsbs_lib.engine.logging import progress_bar
+from hsbs_lib.engine.metrics import classification_metrics, format_metrics
+
+
+def as_eval_loader(data: Any, *, batch_size: int = 256, device: str | torch.device = "cpu",
+                   normalization: dict | None = None, input_size: int | None = None):
+    """An in-order, unaugmented loader over ``data`` (a loader passes through)."""
+    if is_cached_split(data):
+        return DeviceBatchLoader(data, batch_size=batch_size, device=device, normalization=normalization)
+    if hasattr(data, "load_image"):
+        size = input_size or int(data.load_image(0).shape[0])
+        return SampleBatchLoader(data, size=size, batch_size=batch_size, normalization=normalization)
+    return data
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Any, *, device: str | torch.device = "cpu", batch_size: int = 256,
+                   normalization: dict | None = None, input_size: int | None = None,
+                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict[str, Tensor]:
+    """Run ``model`` over ``data`` in eval mode.
+
+    Returns CPU tensors: ``logits`` (N, K) float32, ``labels`` (N,), ``features`` (N, C), ``index`` (N,).
+    """
+    device = torch.device(device)
+    loader = as_eval_loader(data, batch_size=batch_size, device=device, normalization=normalization,
+                            input_size=input_size)
+    model.eval()
+    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
+    collected: dict[str, list[Tensor]] = {"logits": [], "labels": [], "features": [], "index": []}
+    for images, targets in progress_bar(loader, enabled=progress, desc="eval"):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = model(images)
+        collected["logits"].append(output.logits.float().cpu())
+        collected["features"].append(output.features.float().cpu())
+        collected["labels"].append(targets["label"].cpu())
+        collected["index"].append(targets["index"].cpu())
+    return {key: torch.cat(values) if values else torch.empty(0) for key, values in collected.items()}
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu", batch_size: int = 256,
+             classes: Sequence[str] | None = None, normalization: dict | None = None,
+             input_size: int | None = None, amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
+    """Accuracy, mean_class_accuracy, macro_f1, per_class_recall (by class name), confusion_matrix, n."""
+    predictions = predict_logits(model, data, device=device, batch_size=batch_size, normalization=normalization,
+                                 input_size=input_size, amp_dtype=amp_dtype, progress=progress)
+    num_classes = predictions["logits"].shape[1] if predictions["logits"].dim() == 2 else model.num_classes
+    classes = tuple(classes or getattr(data, "classes", None) or class_names(num_classes))
+    return classification_metrics(predictions["labels"].numpy(), predictions["logits"].argmax(dim=1).numpy(),
+                                  classes)
+
+
+def evaluation_report(metrics: dict, *, checkpoint: str | os.PathLike, dataset: str, split: str,
+                      classes: Sequence[str], epoch: int | None = None) -> dict:
+    """The eval.json content: where the numbers come from, then the metrics."""
+    return {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "epoch": epoch,
+            "classes": list(classes), **metrics}
+
+
+def write_json(values: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values, indent=2) + "\n")
+    return path
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str | None = None,
+                        device: str = "auto", out: str | os.PathLike | None = None,
+                        overrides: Sequence[str] = (), batch_size: int | None = None) -> dict:
+    """Evaluate a checkpoint on ``data`` or on a split of its own (or overridden) data config.
+
+    ``overrides`` change the data section (``data.root=/x`` or ``root=/x``). The report is written to
+    ``out`` (default: ``eval.json`` beside the checkpoint) and returned.
+    """
+    from hsbs_lib.config import apply_overrides
+    from hsbs_lib.engine.train import build_dataset, select_device
+
+    path = resolve_checkpoint(path, default="best.pt")
+    device = select_device(device)
+    model, checkpoint = load_model_from_checkpoint(path, device=device)
+    config = config_from_dict(checkpoint["config"])
+    apply_overrides(config, [item if item.startswith("data.") else f"data.{item}" for item in overrides])
+    # The model was trained at this size and normalisation; the data must follow it.
+    config.data.input_size = int(checkpoint["input_size"])
+    if data is None:
+        split = split or config.data.test_split
+        data = build_dataset(config, split)
+    if is_cached_split(data) or hasattr(data, "load_image"):
+        pipeline = choose_pipeline(config.data.pipeline, split_nbytes(data, config.data.input_size),
+                                   config.data.device_cache_max_gb)
+        config.train.eval_batch_size = batch_size or config.train.eval_batch_size
+        data = make_loader(data, config, train=False, device=device, pipeline=pipeline,
+                           normalization=checkpoint["normalization"])
+    classes = checkpoint["classes"]
+    metrics = evaluate(model, data, device=device, classes=classes,
+                       normalization=checkpoint["normalization"], input_size=config.data.input_size)
+    report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split or "given",
+                               classes=classes, epoch=checkpoint.get("epoch"))
+    write_json(report, out or path.parent / "eval.json")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt (a run directory means its best.pt)")
+    parser.add_argument("--data", help="dataset name, if not the one the model was trained on")
+    parser.add_argument("--root", help="dataset root (default: the checkpoint's, else $HSBS_DATA)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's test split)")
+    parser.add_argument("--out", help="JSON report path (default: eval.json beside the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="data-section overrides, e.g. data.options.fold=2 or skip_bad=true")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.name={args.data}")
+    if args.root:
+        overrides.append(f"data.root={json.dumps(args.root)}")
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, out=args.out,
+                                 overrides=overrides, batch_size=args.batch_size)
+    print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]")
+    print(format_metrics(report, report["classes"]))
+    print(f"wrote {args.out or Path(report['checkpoint']).parent / 'eval.json'}")
+    return 0

@@ -1,0 +1,522 @@
+"""Training: ``fit(config)`` and the readable pieces it is made of.
+
+``fit`` builds the data, the model (from the registry, by name), the optimiser and the schedule, then
+alternates :func:`train_one_epoch` and :func:`~hsbs_lib.engine.evaluate.evaluate`, writing into the run
+directory ``config.out``:
+
+* ``config.yaml``: the resolved config;
+* ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.logging`);
+* ``last.pt`` after every epoch, ``best.pt`` for the epoch with the best test *mean class accuracy*
+  (FER test sets are imbalanced and plain accuracy rewards the majority class; FER benchmarks have no
+  validation split, so like the papers this selects on the test split);
+* ``eval.json``: the metrics of ``best.pt`` on the test split;
+* ``tensorboard/`` when ``train.tensorboard`` is on.
+
+The engine knows no method by name: it calls ``out = model(x)``, sums the named terms of
+``model.loss(out, targets)``, and logs ``model.epoch_end(epoch)``.
+
+Reproducibility: shuffling, augmentation and the global generator (dropout) are re-seeded from
+(seed, epoch) at every epoch, so a run resumed from ``last.pt`` continues exactly as if it had not
+stopped. The learning-rate schedule is a function of the step and of ``train.epochs``: extending
+``train.epochs`` on resume stretches the cosine horizon to the new number of epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from hsbs_lib.config import Config, TrainConfig, apply_overrides, config_from_dict, load_config, save_config
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
+                                        save_checkpoint)
+from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
+                                         init_distributed, sync_buffers, wrap_model)
+from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
+from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
+from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
+from hsbs_lib.models.base import ModelOutput
+from hsbs_lib.models.registry import create_model
+
+log = logging.getLogger("hsbs_lib.engine")
+
+INTENSITY_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step, the epoch and the terms."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns.
+
+    model: the last epoch's weights (plain module, eval mode); ``best.pt`` holds the best epoch's.
+    history: the metrics.csv rows; final: test metrics of the last epoch; best: eval.json (best.pt).
+    """
+
+    out_dir: Path
+    model: nn.Module
+    classes: tuple[str, ...]
+    history: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    pipeline: str = ""
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def select_device(name: str = "auto", context: DistributedContext | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Under torchrun, CUDA means this rank's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", context.local_rank if context else torch.cuda.current_device())
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels when asked (slower on CUDA); cuDNN autotuning otherwise.
+
+    ``warn_only``: a few CUDA kernels (adaptive average pooling's backward) have no deterministic
+    version; they warn instead of stopping the run. On CPU training is bitwise reproducible either way.
+    """
+    if deterministic and device.type == "cuda":
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
+    """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
+    m = config.model
+    return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
+                        pretrained=m.pretrained if load_pretrained else None, small_input=m.small_input,
+                        **m.options)
+
+
+def build_dataset(config: Config, split: str) -> Any:
+    """One split of ``config.data`` through ``load_dataset`` (SynthFER is rendered, others read from disk)."""
+    from hsbs_lib.data.datasets import load_dataset
+
+    d = config.data
+    if d.name == "synthfer":
+        n = d.n_train if split == d.train_split else d.n_test
+        return load_dataset("synthfer", None, split=split, num_classes=d.num_classes, n=n, size=d.input_size,
+                            seed=d.synth_seed, balanced=d.synth_balanced, **d.options)
+    return load_dataset(d.name, config.data_root(), split, num_classes=d.num_classes, skip_bad=d.skip_bad,
+                        **d.options)
+
+
+def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> Tensor:
+    """(K,) class weights N / (K' n_k), so the weighted mean over training samples is 1; absent classes get 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = labels.size / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    raise ValueError(f"train.optimizer must be adamw, adam or sgd, got '{train.optimizer}'")
+
+
+def lr_factor(step: int, *, schedule: str, steps_per_epoch: int, epochs: int, warmup_steps: int,
+              gamma: float) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based).
+
+    Linear warm-up over ``warmup_steps``, then cosine to 0 over the remaining steps, ``gamma ** epoch``
+    (exponential), x0.1 at 50 % and 75 % of the epochs (step), or constant (none).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    epoch = step // steps_per_epoch
+    if schedule == "cosine":
+        remaining = max(1, epochs * steps_per_epoch - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / remaining)))
+    if schedule == "exponential":
+        return gamma ** epoch
+    if schedule == "step":
+        return 0.1 ** sum(epoch >= milestone for milestone in (epochs // 2, (3 * epochs) // 4) if milestone > 0)
+    if schedule == "none":
+        return 1.0
+    raise ValueError(f"train.scheduler must be cosine, exponential, step or none, got '{schedule}'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, *, steps_per_epoch: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR over :func:`lr_factor` (its state is only the step, so it resumes cleanly)."""
+    warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+    lr_factor(0, schedule=train.scheduler, steps_per_epoch=1, epochs=1, warmup_steps=0, gamma=1.0)  # validates
+
+    def factor(step: int) -> float:
+        return lr_factor(step, schedule=train.scheduler, steps_per_epoch=steps_per_epoch, epochs=train.epochs,
+                         warmup_steps=warmup_steps, gamma=train.gamma)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ModelWithLoss(nn.Module):
+    """Forward and loss in one module call, so DDP also averages gradients of parameters that only the
+    loss uses (learned loss weights, class centres)."""
+
+    wraps_model = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor]) -> tuple[ModelOutput, dict[str, Tensor]]:
+        output = self.model(images)
+        return output, self.model.loss(output, targets)
+
+
+class LearningIntensity:
+    """Mean |gradient| at the stage outputs ``features/layer1..4``, averaged over an epoch's steps.
+
+    Tensor hooks on the maps every model returns; nothing is kept but one running sum per layer.
+    """
+
+    def __init__(self, layers: tuple[str, ...] = INTENSITY_LAYERS):
+        self.layers = layers
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def watch(self, output: ModelOutput) -> None:
+        for name in self.layers:
+            stage = output.maps.get(f"features/{name}")
+            if stage is not None and stage.requires_grad:
+                stage.register_hook(lambda grad, name=name: self._record(name, grad))
+        self.steps += 1
+
+    def _record(self, name: str, grad: Tensor) -> None:
+        value = grad.detach().abs().float().mean()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def totals(self) -> dict[str, float]:
+        """Sums (for the cross-rank reduction); divide by ``steps`` for the epoch mean."""
+        return {f"intensity/{name}": float(self.sums[name]) for name in self.layers if name in self.sums}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast on CUDA when ``dtype`` is given; a no-op context otherwise."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def move_batch(images: Tensor, targets: dict[str, Tensor], device: torch.device, channels_last: bool = False
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, {key: value.to(device, non_blocking=True) for key, value in targets.items()}
+
+
+# ---------------------------------------------------------------------------------------------- one epoch
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, device: torch.device,
+                    epoch: int, scheduler=None, step: int = 0, grad_clip: float | None = None,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                    record_intensity: bool = False, progress: bool = False, log_every: int = 10
+                    ) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``; returns (epoch means, optimizer steps so far).
+
+    ``model`` is a FERModel or a :class:`ModelWithLoss` (possibly inside DDP). The means are
+    ``loss/<term>`` for each named term, ``loss/total``, ``train/accuracy`` and, when recorded,
+    ``intensity/layerN``; under DDP they are averaged over all ranks.
+    """
+    if not isinstance(unwrap_to_step_module(model), ModelWithLoss):
+        model = ModelWithLoss(model)
+    model.train()
+    intensity = LearningIntensity() if record_intensity else None
+    sums: dict[str, float] = {}
+    bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}", total=len(loader))
+    for batch, (images, targets) in enumerate(bar):
+        images, targets = move_batch(images, targets, device, channels_last)
+        with autocast(device, amp_dtype):
+            output, terms = model(images, targets)
+        if intensity is not None:
+            intensity.watch(output)
+        total = torch.stack([value.float() for value in terms.values()]).sum()
+        correct = (output.logits.argmax(dim=1) == targets["label"]).sum()
+        # One host sync per step: the loss terms, the finiteness check and the accuracy travel together.
+        values = torch.stack([total.detach(), *(v.detach().float() for v in terms.values()), correct.float()]).tolist()
+        if not all(math.isfinite(v) for v in values[:-1]):
+            named = ", ".join(f"{name}={value:.4g}" for name, value in zip(["total", *terms], values))
+            raise NonFiniteLossError(
+                f"loss is not finite at step {step + 1} (epoch {epoch + 1}, batch {batch + 1} of {len(loader)}): "
+                f"{named}. Training stopped; last.pt holds the last good epoch. Lower train.lr, set "
+                f"train.grad_clip, or check the data and the loss weights.")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+
+        count = images.shape[0]
+        for name, value in zip(["total", *terms], values[:-1]):
+            sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + value * count
+        sums["correct"] = sums.get("correct", 0.0) + values[-1]
+        sums["count"] = sums.get("count", 0.0) + count
+        if progress and (batch % max(1, log_every) == 0 or batch + 1 == len(loader)):
+            bar.set_postfix(loss=f"{sums['loss/total'] / sums['count']:.4f}",
+                            acc=f"{sums['correct'] / sums['count']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if intensity is not None:
+        sums.update(intensity.totals())
+        sums["intensity_steps"] = float(intensity.steps)
+    sums = all_reduce_sums(sums, device)
+    count = max(sums.pop("count", 0.0), 1.0)
+    means = {key: value / count for key, value in sums.items() if key.startswith("loss/") and key != "loss/total"}
+    means["loss/total"] = sums.get("loss/total", 0.0) / count
+    means["train/accuracy"] = sums.get("correct", 0.0) / count
+    steps = max(sums.get("intensity_steps", 0.0), 1.0)
+    means.update({key: value / steps for key, value in sums.items() if key.startswith("intensity/")})
+    return means, step
+
+
+def unwrap_to_step_module(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: Any = None,
+        test_data: Any = None) -> RunResult:
+    """Train ``config`` into ``config.out`` and return a :class:`RunResult`.
+
+    Args:
+        config: the resolved recipe (see :mod:`hsbs_lib.config`).
+        resume: a run directory or checkpoint to continue from (its ``last.pt``); ``config`` is used as
+            given, so pass the stored config plus overrides (:func:`resume_config` builds it).
+        train_data, test_data: datasets or cached splits to use instead of ``config.data`` (notebooks,
+            tests); with ``train_data`` given, ``test_data=None`` trains without evaluation.
+    """
+    config = copy.deepcopy(config)
+    requested = config.train.device
+    device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    context = init_distributed(device_type)
+    try:
+        return _fit(config, context, resume, train_data, test_data)
+    finally:
+        if owns_group:
+            cleanup_distributed(context)
+
+
+def _fit(config: Config, context: DistributedContext, resume, train_data, test_data) -> RunResult:
+    t = config.train
+    device = select_device(t.device, context)
+    if t.threads and device.type == "cpu":
+        torch.set_num_threads(t.threads)
+    configure_determinism(t.deterministic, device)
+    seed_everything(t.seed)
+    out = Path(config.out)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+
+    if train_data is None:
+        train_data = build_dataset(config, config.data.train_split)
+        if test_data is None:
+            test_data = build_dataset(config, config.data.test_split)
+    loaders = build_loaders(config, train_data, test_data, device=device, context=context)
+    classes = tuple(loaders.classes) or class_names(config.data.num_classes)
+    if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
+        raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
+
+    model = build_model(config, classes, load_pretrained=checkpoint is None).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    class_weights = (inverse_frequency_weights(loaders.train_labels, len(classes))
+                     if t.class_weighted_loss else None)
+    model.configure_criterion(label_smoothing=t.label_smoothing, class_weights=class_weights)
+    optimizer = build_optimizer(model, t)
+    steps_per_epoch = max(1, len(loaders.train))
+    scheduler = build_scheduler(optimizer, t, steps_per_epoch=steps_per_epoch)
+
+    start_epoch, step, best_score, best_epoch = 0, 0, -math.inf, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        # The schedule may have a new horizon (train.epochs extended): recompute the current rate.
+        for group, base_lr, lr_lambda in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
+        restore_rng_state(checkpoint["rng"])
+        start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        best_score = float(checkpoint["metrics"].get("best_score", -math.inf))
+        best_epoch = int(checkpoint["metrics"].get("best_epoch", 0))
+        log.info("resuming %s at epoch %d (step %d)", resume, start_epoch, step)
+
+    step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
+    amp_dtype = torch.bfloat16 if t.amp and device.type == "cuda" else None
+    progress = progress_enabled(t.progress) and context.is_main
+    metrics_log = MetricsLog(out, enabled=context.is_main, tensorboard=t.tensorboard,
+                             keep_until=start_epoch if checkpoint is not None else None)
+    parts = dict(config=config, classes=classes, input_size=config.data.input_size,
+                 normalization=loaders.normalization)
+    evaluation: dict = {}
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            started = time.perf_counter()
+            loaders.train.set_epoch(epoch)
+            torch.manual_seed(derive_seed(t.seed, epoch, STREAM_GLOBAL, context.rank))  # dropout and friends
+            train_stats, step = train_one_epoch(
+                step_module, loaders.train, optimizer, device=device, epoch=epoch, scheduler=scheduler, step=step,
+                grad_clip=t.grad_clip, amp_dtype=amp_dtype, channels_last=t.channels_last,
+                record_intensity=t.record_intensity, progress=progress, log_every=t.log_every)
+            sync_buffers(model, context)
+            if loaders.test is not None:
+                evaluation = evaluate(model, loaders.test, device=device, classes=classes, amp_dtype=amp_dtype,
+                                      progress=progress)
+            row = epoch_row(epoch, step, train_stats, optimizer.param_groups[0]["lr"], evaluation,
+                            model.epoch_end(epoch), time.perf_counter() - started)
+            metrics_log.log(row)
+            if context.is_main:
+                log.info(format_epoch(row))
+            score = evaluation.get("mean_class_accuracy", train_stats["train/accuracy"])
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch = score, epoch + 1
+            if context.is_main:
+                state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
+                                         step=step, metrics={**row, "best_score": best_score,
+                                                             "best_epoch": best_epoch}, **parts)
+                save_checkpoint(out / "last.pt", **state)
+                if improved:
+                    save_checkpoint(out / "best.pt", **state)
+            barrier(context)
+    finally:
+        metrics_log.close()
+
+    best_report: dict = {}
+    if loaders.test is not None and (out / "best.pt").is_file():
+        best_report = _evaluate_best(out / "best.pt", config, classes, loaders, device, amp_dtype, context)
+    return RunResult(out_dir=out, model=model.eval(), classes=classes, history=metrics_log.rows,
+                     final=evaluation, best=best_report, best_epoch=best_epoch, pipeline=loaders.pipeline)
+
+
+def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: dict, extra: dict,
+              seconds: float) -> dict:
+    """One metrics.csv row, columns in a fixed order (see :mod:`hsbs_lib.engine.logging`)."""
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
+    row.update({key: value for key, value in train_stats.items() if key.startswith("loss/") and key != "loss/total"})
+    row["loss/total"] = train_stats["loss/total"]
+    row["lr"] = lr
+    row["train/accuracy"] = train_stats["train/accuracy"]
+    if evaluation:
+        row.update({f"test/{key}": evaluation[key] for key in ("accuracy", "mean_class_accuracy", "macro_f1")})
+    row.update({key: float(value) for key, value in extra.items()})
+    row.update({key: value for key, value in train_stats.items() if key.startswith("intensity/")})
+    row["time/epoch_s"] = seconds
+    return row
+
+
+def _evaluate_best(path: Path, config: Config, classes, loaders, device, amp_dtype, context) -> dict:
+    """Evaluate best.pt on the test loader and write eval.json beside it."""
+    checkpoint = load_checkpoint(path)
+    model = build_model(config, classes, load_pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    metrics = evaluate(model.to(device), loaders.test, device=device, classes=classes, amp_dtype=amp_dtype)
+    report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=config.data.test_split,
+                               classes=classes, epoch=checkpoint["epoch"])
+    if context.is_main:
+        write_json(report, path.parent / "eval.json")
+    return report
+
+
+def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory."""
+    path = resolve_checkpoint(run)
+    config = config_from_dict(load_checkpoint(path)["config"])
+    apply_overrides(config, list(overrides))
+    config.out = str(path.parent)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe, e.g. configs/synthfer_hsbs.yaml")
+    parser.add_argument("--out", help="run directory (default: the config's out)")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue RUN (a run directory or its last.pt) with its stored config plus overrides")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides such as train.epochs=2 data.n_train=256 model.options.bsa=false")
+    parser.epilog = ("Example: hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1; "
+                     "then hsbs train --resume runs/a train.epochs=2. Under torchrun: "
+                     "torchrun --nproc_per_node=2 -m hsbs_lib.cli train --config ...")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.config:
+            raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
+        config = resume_config(args.resume, args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+    if args.out:
+        config.out = args.out
+    if args.device:
+        config.train.device = args.device
+    try:
+        result = fit(config, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"hsbs train: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run: {result.out_dir} (input pipeline: {result.pipeline})")
+        if result.best:
+            print(f"best epoch {result.best_epoch}: accuracy {result.best['accuracy']:.4f}, mean class accuracy "
+                  f"{result.best['mean_class_accuracy']:.4f}, macro-F1 {result.best['macro_f1']:.4f}")
+            print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}; "
+                  f"metrics: {result.out_dir / 'metrics.csv'}; evaluation: {result.out_dir / 'eval.json'}")
+    return 0

@@ -1,0 +1,51 @@
+"""Configs: defaults, YAML, dotted overrides, unknown keys, the shipped SynthFER recipes."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hsbs_lib.config import Config, apply_overrides, config_from_dict, load_config
+from hsbs_lib.models.registry import list_models
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_yaml_then_overrides_merge_over_the_defaults(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"n_train": 100}, "model": {"options": {"hst": True, "lambda_hst": 500}},
+                                      "train": {"epochs": 3, "lr": 0.01}}))
+    config = load_config(recipe, ["train.epochs=5", "model.options.bsa=false", "model.pretrained=null",
+                                  "train.grad_clip=1.5", "data.augment=flip"])
+    assert config.train.epochs == 5 and config.train.lr == 0.01              # override beats YAML beats default
+    assert config.data.n_train == 100 and config.data.n_test == Config().data.n_test
+    assert config.model.options == {"hst": True, "lambda_hst": 500, "bsa": False}   # option dicts merge
+    assert config.model.pretrained is None and config.train.grad_clip == 1.5 and config.data.augment == "flip"
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_unknown_keys_and_malformed_overrides_are_readable_errors(tmp_path):
+    with pytest.raises(KeyError, match="unknown config key 'train.epoch'"):
+        apply_overrides(Config(), ["train.epoch=3"])
+    with pytest.raises(KeyError, match="unknown config key 'trian'"):
+        apply_overrides(Config(), ["trian.epochs=3"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides(Config(), ["train.epochs"])
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(KeyError, match="train.learning_rate"):
+        load_config(recipe)
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_config(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize("name, model", [("synthfer_baseline", "baseline"), ("synthfer_hsbs", "hsbs")])
+def test_shipped_synthfer_recipes(name, model):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.model.name == model and model in list_models()
+    assert (config.data.name, config.data.input_size, config.data.n_train, config.data.n_test) == ("synthfer", 64, 4000, 1000)
+    t = config.train
+    assert (t.batch_size, t.optimizer, t.lr, t.weight_decay, t.scheduler, t.epochs) == (64, "adamw", 1e-3, 1e-4, "cosine", 8)
+    assert config.model.backbone == "resnet18" and config.model.small_input is False
+    if model == "hsbs":
+        assert config.model.options["hst"] and config.model.options["bsa"]
+        assert config.model.options["lambda_hst"] == 1000.0

@@ -1,0 +1,56 @@
+"""DistributedDataParallel on CPU: two torchrun processes train one model and end with identical replicas."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+WORKER = textwrap.dedent('''
+    import os, sys
+    import numpy as np
+    import torch
+    from hsbs_lib.config import Config, apply_overrides
+    from hsbs_lib.data.cache import CachedSplit
+    from hsbs_lib.engine.train import fit
+
+    out = sys.argv[1]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 64)
+    images = (labels[:, None, None, None] * 30 + rng.integers(0, 60, (64, 3, 32, 32))).astype(np.uint8)
+    classes = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+    split = CachedSplit(images, labels, None, None, classes, [str(i) for i in range(64)])
+    config = apply_overrides(Config(), ["model.name=baseline", "data.input_size=32", "train.batch_size=16",
+                                        "train.epochs=1", "train.device=cpu", "train.threads=1",
+                                        "train.progress=false", "data.augment=standard", f"out={out}"])
+    result = fit(config, train_data=split, test_data=split)
+    torch.save(result.model.state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_cpu_replicas_stay_identical(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HSBS_NO_PROGRESS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", str(script), str(tmp_path)]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    replicas = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for name, tensor in replicas[0].items():
+        assert torch.equal(tensor, replicas[1][name]), name
+        assert torch.equal(tensor, saved[name]), name
+    # Each rank took half of the 64 samples: 2 steps of 16, not 4.
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[:2] == ["1", "2"]
+    assert Path(tmp_path / "eval.json").is_file()

@@ -1,0 +1,140 @@
+"""Augmentation on whole batches (device path) and per sample (loader path), and their agreement."""
+import numpy as np
+import pytest
+import torch
+
+from hsbs_lib.data.base import FERDataset
+from hsbs_lib.data.cache import cache_split
+from hsbs_lib.data.transforms import (AUGMENT_PRESETS, IMAGENET_NORMALIZATION, BatchAugment, augment_spec,
+                                      normalize, sample_transform)
+from hsbs_lib.engine.loaders import DeviceBatchLoader, SampleBatchLoader
+
+
+class NoiseFER(FERDataset):
+    """Random uint8 images held in memory, cycling labels and pose bins (pose -1 every 7th sample)."""
+
+    name = "noise"
+
+    def __init__(self, n: int = 24, size: int = 16, seed: int = 0):
+        super().__init__(None, "train")
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        self.samples = [(f"noise/{i}", i % 7) for i in range(n)]
+        self.poses = [-1 if i % 7 == 6 else i % 5 for i in range(n)]
+
+    def load_image(self, index):
+        return self.images[index]
+
+
+def _value_range():
+    mean, std = torch.tensor(IMAGENET_NORMALIZATION["mean"]), torch.tensor(IMAGENET_NORMALIZATION["std"])
+    return ((0 - mean) / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
+
+
+def test_flip_mirrors_images_and_pose_bins_together():
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    pose = torch.arange(32) % 5
+    pose[::7] = -1
+    out, new_pose = BatchAugment("flip")(images, pose, torch.Generator().manual_seed(0))
+    plain, mirrored = normalize(images), normalize(images.flip(-1))
+    flipped = torch.tensor([torch.equal(out[i], mirrored[i]) for i in range(32)])
+    kept = torch.tensor([torch.equal(out[i], plain[i]) for i in range(32)])
+    assert torch.all(flipped ^ kept), "every sample is either mirrored exactly or left alone"
+    assert 4 <= flipped.sum() <= 28
+    expected = torch.where(flipped & (pose >= 0), 4 - pose, pose)
+    assert torch.equal(new_pose, expected)
+    assert torch.all(new_pose[pose < 0] == -1)
+
+
+@pytest.mark.parametrize("preset", list(AUGMENT_PRESETS))
+def test_presets_keep_shape_dtype_and_normalised_range(preset):
+    images = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
+    out, _ = BatchAugment(preset)(images, None, torch.Generator().manual_seed(1))
+    low, high = _value_range()
+    assert out.shape == (8, 3, 24, 24) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert torch.all(out >= low - 1e-5) and torch.all(out <= high + 1e-5)
+    if preset == "none":
+        assert torch.equal(out, normalize(images))
+    else:
+        assert not torch.equal(out, normalize(images))
+
+
+def test_strong_preset_erases_boxes_to_the_mean_colour():
+    images = torch.full((16, 3, 32, 32), 255, dtype=torch.uint8)   # white: normalised values are all > 0
+    out, _ = BatchAugment(augment_spec("strong"))(images, None, torch.Generator().manual_seed(2))
+    erased = (out == 0).all(dim=1)
+    assert erased.flatten(1).any(dim=1).sum() >= 2, "RandomErasing (p=0.5) hit some of 16 samples"
+
+
+def test_unknown_preset_is_a_readable_error():
+    with pytest.raises(ValueError, match="unknown augmentation preset 'heavy'"):
+        augment_spec("heavy")
+
+
+def _batches(loader):
+    return [(images.clone(), {k: v.clone() for k, v in targets.items()}) for images, targets in loader]
+
+
+def test_device_loader_is_a_function_of_seed_and_epoch():
+    split = cache_split(NoiseFER(), 16)
+    make = lambda seed: DeviceBatchLoader(split, batch_size=8, shuffle=True, augment="standard", seed=seed)
+    first, again, other_seed = make(0), make(0), make(1)
+    for loader in (first, again, other_seed):
+        loader.set_epoch(3)
+    a, b, c = _batches(first), _batches(again), _batches(other_seed)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1]["index"], y[1]["index"]) for x, y in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    first.set_epoch(4)
+    assert not torch.equal(_batches(first)[0][1]["index"], a[0][1]["index"])
+    images, targets = a[0]
+    assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
+    assert set(targets) == {"label", "pose", "index"}
+    assert torch.equal(targets["label"], torch.from_numpy(split.labels)[targets["index"]])
+
+
+def test_loader_and_device_paths_give_the_same_eval_tensors():
+    dataset = NoiseFER(n=20, size=16)
+    device_batches = _batches(DeviceBatchLoader(cache_split(dataset, 16), batch_size=8))
+    loader_batches = _batches(SampleBatchLoader(dataset, size=16, batch_size=8))
+    assert len(device_batches) == len(loader_batches) == 3
+    for (device_images, device_targets), (loader_images, loader_targets) in zip(device_batches, loader_batches):
+        torch.testing.assert_close(device_images, loader_images, rtol=0, atol=1e-6)
+        for key in ("label", "pose", "index"):
+            assert torch.equal(device_targets[key], loader_targets[key])
+
+
+def test_loader_path_flips_pose_with_the_image_and_is_reproducible():
+    dataset = NoiseFER(n=16, size=16)
+    loader = SampleBatchLoader(dataset, size=16, batch_size=16, augment="flip", seed=5)
+    loader.set_epoch(2)
+    (images, targets), = _batches(loader)
+    (again, _), = _batches(loader)
+    assert torch.equal(images, again)
+    eval_transform = sample_transform("none", 16)
+    poses = torch.tensor(dataset.poses)
+    flips = 0
+    for i in range(16):
+        plain = eval_transform(torch.from_numpy(dataset.images[i]).permute(2, 0, 1))
+        if torch.allclose(images[i], plain):
+            assert targets["pose"][i] == poses[i]
+        else:
+            torch.testing.assert_close(images[i], plain.flip(-1))
+            assert targets["pose"][i] == (4 - poses[i] if poses[i] >= 0 else -1)
+            flips += 1
+    assert 0 < flips < 16
+
+
+def test_sample_transform_resizes_any_input_to_the_model_size():
+    image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
+    for preset in AUGMENT_PRESETS:
+        out = sample_transform(preset, 32)(image)
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_pipeline_benchmark_reports_both_paths():
+    from hsbs_lib.engine.loaders import benchmark_pipelines
+
+    table = benchmark_pipelines(size=16, n=64, batch_size=16).splitlines()
+    assert len(table) == 4 and table[2].startswith("| device") and table[3].startswith("| loader")
+    assert all(float(line.rsplit("|", 2)[1].replace(",", "")) > 0 for line in table[2:])
