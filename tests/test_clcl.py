@@ -291,10 +291,14 @@ def test_readable_option_errors():
 
 
 def test_registered_and_built_from_the_demo_config():
+    from hsbs_lib.data.labels import CANONICAL_7
+    from hsbs_lib.engine.train import build_model
+
     assert "clcl" in list_models()
     config = load_config("configs/synthfer_clcl.yaml")
     assert config.model.name == "clcl"
-    model = create_model(config.model.name, num_classes=config.data.num_classes, backbone=config.model.backbone,
-                         small_input=config.model.small_input, **config.model.options)
-    assert model.head.input_size == config.data.input_size
+    model = build_model(config, CANONICAL_7)
+    assert model.head.input_size == config.data.input_size  # the engine passes the data's size
+    resized = build_model(load_config("configs/synthfer_clcl.yaml", ["data.input_size=112"]), CANONICAL_7)
+    assert resized.head.input_size == 112
     assert model.layer_weights == {"layer2": 0.1}

@@ -98,10 +98,10 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list
 
 def _cost(config, measure_speed: bool) -> dict:
     from hsbs_lib.bench import count_macs, count_parameters, measure_inference, measure_training
-    from hsbs_lib.models.registry import create_model
+    from hsbs_lib.data.labels import class_names
+    from hsbs_lib.engine.train import build_model
 
-    model = create_model(config.model.name, num_classes=config.data.num_classes, backbone=config.model.backbone,
-                         small_input=config.model.small_input, **config.model.options)
+    model = build_model(config, class_names(config.data.num_classes), load_pretrained=False)
     size = config.data.input_size
     cost = {"params_m": count_parameters(model) / 1e6, "gmacs": count_macs(model, size) / 1e9}
     if measure_speed:

@@ -311,7 +311,7 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
                    rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,
                    max_steps=t.max_steps_per_epoch if train else None,
-                   pose_bins=int(d.options.get("pose_bins", POSE_BINS)))
+                   pose_bins=POSE_BINS)  # SynthFER and KDEF both use 5 yaw bins
     if d.sampler not in ("none", "balanced"):
         raise ValueError(f"data.sampler must be none or balanced, got '{d.sampler}'")
     if pipeline == "device":

@@ -31,6 +31,14 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def get_model_factory(name: str) -> Callable[..., nn.Module]:
+    """The class or function registered under ``name`` (to inspect its options)."""
+    _ensure_builtin_models()
+    if name not in _MODELS:
+        raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
 def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
                  **options) -> nn.Module:
     """Build a registered model.
@@ -43,7 +51,4 @@ def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pr
             local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
         **options: method switches, e.g. ``hst=False`` or ``small_input=True``.
     """
-    _ensure_builtin_models()
-    if name not in _MODELS:
-        raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
+    return get_model_factory(name)(num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
