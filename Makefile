@@ -27,6 +27,7 @@ demo: venv
 
 ## The whole test suite (CPU only).
 test: venv
+	@command -v chromium >/dev/null || echo "chromium not found: the JupyterLab browser tests will be skipped (apt-get install chromium)"
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv
