@@ -1,6 +1,7 @@
 """Run configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
 
-A config is resolved in three steps: the dataclass defaults, then a YAML file, then overrides such as
+A config is resolved in three steps: the dataclass defaults, then a YAML file (which may first
+``include:`` others, e.g. a dataset file and a method file), then overrides such as
 ``train.epochs=5 model.options.lambda_hst=500``. The resolved config is saved next to every run, so a
 run can always be reproduced from its own directory.
 """
@@ -137,17 +138,27 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
     return config
 
 
+def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
+    """Merge one YAML file into ``config``; its ``include:`` files (relative to it) are merged first."""
+    path = path.resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
+    if path in seen:
+        raise ValueError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise TypeError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
+    includes = values.pop("include", [])
+    for include in [includes] if isinstance(includes, str) else includes:
+        _merge_file(config, path.parent / include, (*seen, path))
+    _merge_into(config, values, f"{path.name}: ")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then the overrides."""
+    """Defaults, then the YAML file (after the files it lists under ``include:``), then the overrides."""
     config = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise TypeError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
-        _merge_into(config, values, "")
+        _merge_file(config, Path(path))
     return apply_overrides(config, list(overrides))
 
 
