@@ -1,0 +1,106 @@
+"""Figures that show SynthFER itself: expressions by intensity, and the region masks used to score
+attention maps."""
+from __future__ import annotations
+
+import numpy as np
+import matplotlib.pyplot as plt
+
+from hsbs_lib.data.synthetic import (EXPRESSION_CLASSES, INTENSITY_RANGE, REGION_NAMES, render_parameters,
+                                     render_synthfer, sample_parameters)
+from hsbs_lib.viz.style import apply_style, class_color
+
+# One colour per region for the overlays (brows, eyes, nose, mouth).
+REGION_COLORS: dict[str, tuple[float, float, float]] = {
+    "brows": (0.9, 0.6, 0.0), "eyes": (0.0, 0.45, 0.7), "nose": (0.0, 0.62, 0.45), "mouth": (0.8, 0.47, 0.65),
+}
+
+
+def plot_synthfer_grid(*, size: int = 96, seed: int = 0, columns: int = 6, intensity_range=INTENSITY_RANGE):
+    """One row per expression, intensity increasing left to right (over the range the data uses),
+    one subject per row.
+
+    Pose is frontal and occluders, noise and blur are switched off so the expressions can be read;
+    background, lighting and identity vary as in the data.
+    """
+    apply_style()
+    rows = len(EXPRESSION_CLASSES)
+    p = sample_parameters(np.arange(rows * columns), seed=seed, split="train", balanced=True)
+    p["label"] = np.repeat(np.arange(rows), columns)
+    p["intensity"] = np.tile(np.linspace(*intensity_range, columns), rows).astype(np.float32)
+    first_of_row = p["subject"][::columns]
+    p["subject"] = np.repeat(first_of_row, columns)
+    p["pose"][:] = 2
+    p["yaw"][:] = 0.0
+    p["roll"][:] = 0.0
+    p["occluder"][:] = False
+    p["noise_std"][:] = 0.0
+    p["blur"][:] = 0.0
+    p["au_noise"][:] = 0.0
+    images = render_parameters(p, size=size)["images"]
+
+    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns + 0.9, 1.1 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.imshow(images[r * columns + c], interpolation="antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if r == 0:
+                ax.set_title(f"{p['intensity'][c]:.2f}")
+        axes[r, 0].set_ylabel(EXPRESSION_CLASSES[r], rotation=0, ha="right", va="center",
+                              color=class_color(EXPRESSION_CLASSES[r]), fontweight="bold")
+    fig.suptitle("SynthFER: expression (rows) by intensity (columns)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_region_masks(*, size: int = 128, seed: int = 0, label: int = 3, intensity: float = 0.9,
+                      alpha: float = 0.45):
+    """A frontal face, each of its four region masks, and all four overlaid in their colours."""
+    apply_style()
+    p = sample_parameters(np.arange(1), seed=seed, split="train")
+    p["label"][:] = label
+    p["intensity"][:] = intensity
+    p["pose"][:] = 2
+    p["yaw"][:] = 0.0
+    p["occluder"][:] = False
+    rendered = render_parameters(p, size=size)
+    image = rendered["images"][0].astype(np.float32) / 255.0
+    masks = rendered["masks"][0]
+
+    fig, axes = plt.subplots(1, len(REGION_NAMES) + 2, figsize=(2.0 * (len(REGION_NAMES) + 2), 2.2))
+    axes[0].imshow(image)
+    axes[0].set_title(EXPRESSION_CLASSES[label])
+    combined = image.copy()
+    for k, name in enumerate(REGION_NAMES):
+        color = np.array(REGION_COLORS[name], dtype=np.float32)
+        tinted = image.copy()
+        tinted[masks[k]] = (1 - alpha) * tinted[masks[k]] + alpha * color
+        combined[masks[k]] = (1 - alpha) * combined[masks[k]] + alpha * color
+        axes[k + 1].imshow(tinted)
+        axes[k + 1].set_title(f"{name} ({masks[k].mean():.1%})")
+    axes[-1].imshow(combined)
+    axes[-1].set_title("all regions")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_synthfer_examples(*, n: int = 24, size: int = 64, seed: int = 0, split: str = "train", columns: int = 8):
+    """Images as the models see them (all nuisances on), titled with their label and pose bin."""
+    apply_style()
+    out = render_synthfer(np.arange(n), size=size, seed=seed, split=split)
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.35 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            name = EXPRESSION_CLASSES[out["labels"][i]]
+            ax.imshow(out["images"][i])
+            ax.set_title(f"{name[:5]} p{out['poses'][i]}", color=class_color(name))
+    fig.tight_layout()
+    return fig
