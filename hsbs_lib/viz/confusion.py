@@ -37,8 +37,9 @@ def per_class_recall(counts, classes: Sequence[str]) -> dict[str, float]:
             for k, name in enumerate(classes)}
 
 
-def _draw_confusion(ax, counts, classes: Sequence[str], normalize: bool, title: str | None, cbar: bool,
-                    vmax: float | None = None) -> None:
+def draw_confusion(ax, counts, classes: Sequence[str], normalize: bool, title: str | None, cbar: bool,
+                   vmax: float | None = None) -> None:
+    """Draw a confusion matrix (K, K) on ``ax``: counts, or row-normalised shares when ``normalize``."""
     counts = np.asarray(counts)
     values = normalize_rows(counts) if normalize else counts
     sns.heatmap(values, ax=ax, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", square=True,
@@ -62,7 +63,7 @@ def plot_confusion(counts, classes: Sequence[str] | None = None, *, normalize: b
     counts = np.asarray(counts)
     classes = list(classes) if classes is not None else list(class_names(counts.shape[0]))
     fig, ax = plt.subplots(figsize=(4.4, 3.9))
-    _draw_confusion(ax, counts, classes, normalize, title, cbar=True)
+    draw_confusion(ax, counts, classes, normalize, title, cbar=True)
     fig.tight_layout()
     return fig
 
@@ -76,7 +77,7 @@ def plot_confusion_pair(counts_a, counts_b, classes: Sequence[str] | None = None
     vmax = None if normalize else float(max(counts_a.max(), counts_b.max()))
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.9))
     for ax, counts, title, cbar in zip(axes, (counts_a, counts_b), titles, (False, True)):
-        _draw_confusion(ax, counts, classes, normalize, title, cbar=cbar, vmax=vmax)
+        draw_confusion(ax, counts, classes, normalize, title, cbar=cbar, vmax=vmax)
     axes[1].set_ylabel("")
     fig.tight_layout()
     return fig

@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
@@ -35,10 +34,10 @@ from hsbs_lib.data.synthetic import (EXPRESSION_CLASSES, POSE_BINS, POSE_YAW_DEG
                                      SUBJECTS_PER_SPLIT, render_parameters, sample_parameters)
 from hsbs_lib.viz.attention import (IMAGENET_MEAN, IMAGENET_STD, attention_maps, normalize_map, overlay,
                                     to_display_images, upsample_to)
-from hsbs_lib.viz.confusion import _draw_confusion, confusion, normalize_rows
+from hsbs_lib.viz.confusion import draw_confusion, confusion, normalize_rows
 from hsbs_lib.viz.saliency import score_saliency
 from hsbs_lib.viz.samples import REGION_COLORS
-from hsbs_lib.viz.similarity import batch_similarity_maps, sort_by_label
+from hsbs_lib.viz.similarity import batch_similarity_maps, draw_similarity_heatmap
 from hsbs_lib.viz.style import apply_style, class_color
 
 # The renderer's own ranges, so a slider at 1 is the strongest nuisance the training data contains.
@@ -546,25 +545,6 @@ def _dataset_arrays(data) -> tuple[Any, np.ndarray, tuple[str, ...]]:
     return images, labels, tuple(classes)
 
 
-def _draw_similarity_heatmap(ax, matrix: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
-    """Label-sorted heatmap of S (B, B) with class blocks separated and named."""
-    sorted_matrix, sorted_labels, _ = sort_by_label(matrix, labels)
-    sns.heatmap(sorted_matrix, ax=ax, cmap="viridis", square=True, xticklabels=False, yticklabels=False,
-                cbar_kws={"label": "similarity", "shrink": 0.7})
-    present = np.unique(sorted_labels)
-    starts = np.searchsorted(sorted_labels, present)
-    ends = np.append(starts[1:], len(sorted_labels))
-    for start in starts[1:]:
-        ax.axhline(start, color="white", linewidth=1.0)
-        ax.axvline(start, color="white", linewidth=1.0)
-    names = [classes[k] for k in present]
-    centers = (starts + ends) / 2
-    ax.set_xticks(centers, names, rotation=90)
-    ax.set_yticks(centers, names, rotation=0)
-    for tick, name in zip(ax.get_xticklabels() + ax.get_yticklabels(), names + names):
-        tick.set_color(class_color(name))
-
-
 def similarity_explorer(model: nn.Module, dataset_or_arrays, *, batch_size: int = 32,
                         mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
                         static: bool | None = None, minority: str = "fear", minority_share: float = 0.1,
@@ -625,7 +605,7 @@ def _plot_similarity_choice(model: nn.Module, source: _ImageSource, labels: np.n
     fig = plt.figure(figsize=(4.6 + 1.05 * (top_k + 1), max(3.8, 1.25 * max(len(shown), 1) + 0.8)))
     grid = fig.add_gridspec(1, 2, width_ratios=[4.6, 1.05 * (top_k + 1)], wspace=0.15)
     heat_ax = fig.add_subplot(grid[0])
-    _draw_similarity_heatmap(heat_ax, matrix, batch_labels, classes)
+    draw_similarity_heatmap(heat_ax, matrix, batch_labels, classes, colorbar_shrink=0.7)
     heat_ax.set_title(f"{kind}\n{len(queries)} {minority} of {len(indices)}")
     if len(shown):
         rows = grid[1].subgridspec(len(shown), top_k + 1, wspace=0.08, hspace=0.45)
@@ -713,7 +693,7 @@ def confusion_explorer(y_true, y_pred, images, classes: Sequence[str] | None = N
         fig = plt.figure(figsize=(10.0, 4.6))
         grid = fig.add_gridspec(1, 2, width_ratios=[1.0, 1.0], wspace=0.3)
         matrix_ax = fig.add_subplot(grid[0])
-        _draw_confusion(matrix_ax, counts, classes, True, None, cbar=False)
+        draw_confusion(matrix_ax, counts, classes, True, None, cbar=False)
         matrix_ax.add_patch(Rectangle((default_cell[1], default_cell[0]), 1, 1, fill=False, edgecolor="red",
                                       linewidth=2))
         _plot_cell_faces(fig, grid[1], source, cell_members(y_true, y_pred, *default_cell),

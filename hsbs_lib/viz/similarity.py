@@ -25,14 +25,12 @@ def sort_by_label(similarity, labels) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return matrix[np.ix_(order, order)], labels[order], order
 
 
-def plot_similarity_matrix(similarity, labels, classes: Sequence[str], *, title: str | None = None,
-                           cmap: str = "viridis"):
-    """Heatmap of S (B, B) with samples sorted by label, class blocks outlined and named on both axes."""
-    apply_style()
+def draw_similarity_heatmap(ax, similarity, labels, classes: Sequence[str], *, cmap: str = "viridis",
+                            colorbar_shrink: float = 0.8) -> None:
+    """Draw S (B, B) on ``ax``: samples sorted by label, class blocks separated and named on both axes."""
     matrix, sorted_labels, _ = sort_by_label(similarity, labels)
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
     sns.heatmap(matrix, ax=ax, cmap=cmap, square=True, xticklabels=False, yticklabels=False,
-                cbar_kws={"label": "similarity", "shrink": 0.8})
+                cbar_kws={"label": "similarity", "shrink": colorbar_shrink})
     present = np.unique(sorted_labels)
     boundaries = np.searchsorted(sorted_labels, present)
     ends = np.append(boundaries[1:], len(sorted_labels))
@@ -45,6 +43,14 @@ def plot_similarity_matrix(similarity, labels, classes: Sequence[str], *, title:
     ax.set_yticks(centers, names, rotation=0)
     for tick, name in zip(ax.get_xticklabels() + ax.get_yticklabels(), names + names):
         tick.set_color(class_color(name))
+
+
+def plot_similarity_matrix(similarity, labels, classes: Sequence[str], *, title: str | None = None,
+                           cmap: str = "viridis"):
+    """Heatmap of S (B, B) with samples sorted by label, class blocks outlined and named on both axes."""
+    apply_style()
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    draw_similarity_heatmap(ax, similarity, labels, classes, cmap=cmap)
     ax.set_title(title or "batch similarity S (sorted by label)")
     fig.tight_layout()
     return fig
