@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from hsbs_lib.models import ModelOutput, create_model, list_models
+from hsbs_lib.models.registry import get_model_factory
 
-MODELS = list_models()
+# The package's own models (tests elsewhere may register toy models in the same process).
+MODELS = [name for name in list_models() if get_model_factory(name).__module__.startswith("hsbs_lib.")]
 NUM_CLASSES = 7
 NUM_POSES = 5
 
