@@ -169,5 +169,16 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config
 
 
+def same_recipe(stored: Config | dict[str, Any], wanted: Config) -> bool:
+    """True when two configs train the same thing (where a run is written or shown does not count)."""
+    stored = stored.to_dict() if isinstance(stored, Config) else stored
+    wanted_dict = wanted.to_dict()
+    ignore = {"progress", "device"}
+    return all(
+        {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
+        == {k: v for k, v in wanted_dict[section].items() if k not in ignore}
+        for section in ("data", "model", "train"))
+
+
 def save_config(config: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config, load_config
+from hsbs_lib.config import Config, load_config, same_recipe
 
 # Sizes that let every notebook finish in well under two minutes on 2 CPU cores.
 SMOKE_OVERRIDES = ("data.n_train=320", "data.n_test=160", "train.batch_size=32", "train.progress=false")
@@ -82,19 +82,10 @@ def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse
         model, meta = load_model_from_checkpoint(checkpoint, device=device)
         return TrainedRun(model, meta, Path(checkpoint).parent)
     best = Path(config.out) / "best.pt"
-    if not (reuse and best.is_file() and _same_recipe(load_checkpoint(best)["config"], config)):
+    if not (reuse and best.is_file() and same_recipe(load_checkpoint(best)["config"], config)):
         fit(config)
     model, meta = load_model_from_checkpoint(best, device=device)
     return TrainedRun(model, meta, Path(config.out))
-
-
-def _same_recipe(stored: dict, config: Config) -> bool:
-    wanted = config.to_dict()
-    ignore = {"progress", "device"}  # how a run is shown or placed does not change what it learns
-    return all(
-        {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
-        == {k: v for k, v in wanted[section].items() if k not in ignore}
-        for section in ("data", "model", "train"))
 
 
 def resolve_device(name: str = "auto") -> str:

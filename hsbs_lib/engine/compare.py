@@ -9,8 +9,8 @@ A comparison config names a base recipe, overrides applied to every row, and the
       baseline: {model.name: baseline}
       hsbs:     {model.name: hsbs}
 
-Each (row, seed) trains into OUT/ROW/seedS; a run whose eval.json exists is reused, so the command
-can be interrupted and re-run. The table reports mean and standard deviation over seeds.
+Each (row, seed) trains into OUT/ROW/seedS; a finished run (eval.json present, same recipe in its
+config.yaml) is reused, so the command can be interrupted and re-run. The table reports mean and standard deviation over seeds.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from hsbs_lib.config import load_config
+from hsbs_lib.config import load_config, same_recipe
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 
@@ -79,11 +79,11 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list
             overrides = [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={out}"]
             config = load_config(plan.base, overrides)
             eval_file = out / "eval.json"
-            if not eval_file.is_file():
+            if eval_file.is_file() and _trained_with(out, config):
+                print(f"[compare] reusing {eval_file}")
+            else:
                 print(f"[compare] training {row} seed {seed} -> {out}")
                 fit(config)
-            else:
-                print(f"[compare] reusing {eval_file}")
             results.append(json.loads(eval_file.read_text()))
         summary = {"row": row, "seeds": len(results)}
         for metric in METRICS:
@@ -94,6 +94,12 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list
         summary.update(_cost(config, measure_speed))
         summaries.append(summary)
     return summaries
+
+
+def _trained_with(run: Path, config) -> bool:
+    """A finished run is reused only when its saved config is the recipe asked for now."""
+    saved = run / "config.yaml"
+    return saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
 
 
 def _cost(config, measure_speed: bool) -> dict:
