@@ -47,8 +47,8 @@ def test_compare_writes_tables_and_reuses_finished_runs(plan_file, tmp_path, cap
 
     # A changed recipe is not silently reused.
     with pytest.raises(AssertionError, match="retrained"):
-        main(["compare", "--config", str(plan_file), "--seeds", "0", "--no-speed", "--rows", "baseline",
-              "train.lr=0.01"])
+        main(["compare", "--config", str(plan_file), "train.lr=0.01", "--seeds", "0", "--no-speed",
+              "--rows", "baseline"])
 
 
 def test_plan_errors_are_readable(tmp_path):
