@@ -23,7 +23,7 @@ from hsbs_lib.models.registry import register_model
 
 @register_model("hsbs")
 class HSBS(FERModel):
-    """ResNet -> pooled z -> shared classifier W, trained with CE(W z) + CE(W z~) + lambda_hst * L_hst.
+    """ResNet -> pooled z -> shared classifier W, trained with CE(W LN(z)) + CE(W z~) + lambda_hst * L_hst.
 
     Switches (the ablation rows): ``hst`` and ``bsa``; with both off the model is the baseline, parameter
     for parameter. ``bsa_at_eval=True`` keeps BSA at evaluation (batch-dependent variant: logits = W z~).
@@ -31,7 +31,7 @@ class HSBS(FERModel):
     suggested weight).
 
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
-      logits (B, K) = W z (W z~ only in eval with bsa_at_eval); features (B, C) = z;
+      logits (B, K) = W LN(z) (W z~ only in eval with bsa_at_eval; W z when bsa=False); features (B, C) = z;
       maps: ``attention/layer1..4`` (B, H_l, W_l) activation attention at native resolution,
             ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs,
             ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
@@ -60,7 +60,11 @@ class HSBS(FERModel):
     def forward(self, x: Tensor, *, with_similarity: bool = False) -> ModelOutput:
         stages = self.backbone(x)
         z = self.pool(stages[-1]).flatten(1)
-        logits = self.classifier(self.dropout(z))
+        # The classifier is shared by z and z~ = LayerNorm(z + gamma S v), so the plain path goes through
+        # the same LayerNorm: with gamma = 0 both paths see the same vector, and W never has to serve two
+        # feature scales at once (which slows the plain path down).
+        z_plain = self.bsa.norm(z) if self.bsa is not None else z
+        logits = self.classifier(self.dropout(z_plain))
         maps: dict[str, Tensor] = {}
         for name, stage in zip(self.feature_layers, stages):
             maps[f"features/{name}"] = stage
@@ -85,7 +89,7 @@ class HSBS(FERModel):
         return self(x, with_similarity=True).maps["bsa_similarity"]
 
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """{"ce": CE(W z), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
+        """{"ce": CE(W LN(z)), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
         terms = {"ce": self.classification_loss(output.logits, targets)}
         if "logits_bsa" in output.extras:
             terms["ce_bsa"] = self.classification_loss(output.extras["logits_bsa"], targets)

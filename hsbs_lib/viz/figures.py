@@ -355,15 +355,21 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
 
 def ensure_demo_runs(root: str | Path = "runs") -> dict[str, Path]:
     """Train the SynthFER demo runs (baseline and HSBS) unless their checkpoints already exist."""
-    from hsbs_lib.config import load_config
+    import yaml
+
+    from hsbs_lib.config import load_config, same_recipe
     from hsbs_lib.engine.train import fit
 
     directories = {}
     for name, recipe in DEMO_RUNS.items():
         directory = Path(root) / name
-        if not (directory / "best.pt").is_file() and not (directory / "last.pt").is_file():
+        config = load_config(recipe, [f"out={directory}"])
+        saved = directory / "config.yaml"
+        finished = (directory / "best.pt").is_file() and saved.is_file() and same_recipe(
+            yaml.safe_load(saved.read_text()) or {}, config)
+        if not finished:  # missing, or trained with another recipe than the one shipped now
             log.info("training %s from %s", name, recipe)
-            fit(load_config(recipe, [f"out={directory}"]))
+            fit(config)
         directories[name] = directory
     return directories
 
@@ -404,6 +410,12 @@ def run_figures(args) -> int:
         baseline_summary = write_run_figures(baseline_run, data, out, **options)
         paths += baseline_summary.paths
         paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
+    if args.demo:  # the README's picture of the data belongs to the demo set too
+        from hsbs_lib.viz.samples import plot_synthfer_grid
+
+        grid = plot_synthfer_grid()
+        paths += save_figure(grid, "synthfer_samples", out, formats=formats)
+        plt.close(grid)
     figures = sorted({path.stem for path in paths})
     print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
     return 0
