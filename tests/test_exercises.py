@@ -31,12 +31,15 @@ def test_exercise_notebook_is_up_to_date_and_has_no_solution_code(source, tmp_pa
     fresh = exercises.make_exercise(nbformat.read(source, as_version=4))
     assert [c.source for c in nbformat.read(committed, as_version=4).cells] == [c.source for c in fresh.cells], \
         f"{committed.name} is out of date with {source.name}: run `make exercises`"
-    exercise_text = committed.read_text()
-    for cell in nbformat.read(source, as_version=4).cells:
-        if "solution" in cell.metadata.get("tags", []):
-            for line in exercises.solution_lines(cell.source):
-                if not line.startswith(("import ", "from ")):
-                    assert json.dumps(line)[1:-1] not in exercise_text, f"solution line leaked: {line}"
+    exercise_cells = [c for c in nbformat.read(committed, as_version=4).cells
+                      if "exercise" in c.metadata.get("tags", [])]
+    solution_cells = [c for c in nbformat.read(source, as_version=4).cells
+                      if "solution" in c.metadata.get("tags", [])]
+    assert len(exercise_cells) == len(solution_cells) > 0
+    for solution, exercise in zip(solution_cells, exercise_cells):
+        for line in exercises.solution_lines(solution.source):
+            if not line.startswith(("import ", "from ")):
+                assert line not in exercise.source, f"solution line leaked into {committed.name}: {line}"
 
 
 def test_stub_keeps_task_imports_and_signature_but_no_body():
