@@ -100,7 +100,7 @@ def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", d
                batch_size: int = 32, steps: int = 5, options: dict | None = None) -> ModelCost:
     """Parameters, MACs and training / inference images/s of one registered model."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7, backbone=backbone, **(options or {})).to(device)
+    model = create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **(options or {})).to(device)
     macs = count_macs(model, input_size)
     train_speed = measure_training(model, input_size=input_size, batch_size=batch_size, steps=steps)
     infer_speed = measure_inference(model, input_size=input_size, batch_size=batch_size * 2, steps=steps)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import inspect
 import logging
 import math
 import os
@@ -51,7 +50,7 @@ from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
-from hsbs_lib.models.registry import create_model, get_model_factory
+from hsbs_lib.models.registry import create_model
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -126,13 +125,9 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model
-    options = dict(m.options)
-    # Models whose head geometry depends on the image size (CLCL's MSR) are told the size here.
-    if "input_size" in inspect.signature(get_model_factory(m.name)).parameters:
-        options.setdefault("input_size", config.data.input_size)
     return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
                         pretrained=m.pretrained if load_pretrained else None, small_input=m.small_input,
-                        **options)
+                        input_size=config.data.input_size, **m.options)
 
 
 def build_dataset(config: Config, split: str) -> Any:

@@ -1,6 +1,7 @@
 """A timm-style registry: ``register_model``, ``create_model``, ``list_models``."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
@@ -40,7 +41,7 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 **options) -> nn.Module:
+                 *, input_size: int | None = None, **options) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -49,6 +50,11 @@ def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pr
         backbone: resnet18, resnet34 or resnet50.
         pretrained: None, ``"imagenet"`` (torchvision weights from the local torch cache) or a path to a
             local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
+        input_size: the image size, passed on to models whose head geometry depends on it (CLCL's MSR);
+            ignored by the others.
         **options: method switches, e.g. ``hst=False`` or ``small_input=True``.
     """
-    return get_model_factory(name)(num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
+    factory = get_model_factory(name)
+    if input_size is not None and "input_size" in inspect.signature(factory).parameters:
+        options.setdefault("input_size", input_size)
+    return factory(num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
