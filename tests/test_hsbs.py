@@ -56,6 +56,37 @@ def test_hst_scale_and_weights():
     assert torch.allclose(hst_loss(stages, weights=(1.0, 0.0, 1.0)), only_layer1 + only_layer3)
 
 
+def test_default_lambda_follows_the_teacher_grid():
+    """lambda_hst=None: 1e3 at a 7x7 layer4 grid (224 px), scaled by the number of grid positions."""
+    stages = _random_stages()  # layer4 grid 2x2
+    assert torch.allclose(HSTLoss()(stages), 1000.0 * 4 / 49 * hst_loss(stages))
+    assert HSTLoss().scale(49) == 1000.0 and HSTLoss(lambda_hst=20.0).scale(49) == 20.0
+
+
+def test_warm_up_ramps_the_weight_and_survives_a_state_dict_round_trip():
+    stages = _random_stages()
+    loss = HSTLoss(lambda_hst=10.0, warmup_epochs=2)
+    assert loss(stages) == 0 and loss.ramp() == 0.0  # first epoch: the teacher is still random
+    loss.set_epoch(1)
+    assert torch.allclose(loss(stages), 5.0 * hst_loss(stages))
+    restored = HSTLoss(lambda_hst=10.0, warmup_epochs=2)
+    restored.load_state_dict(loss.state_dict())
+    assert restored.ramp() == 0.5
+    loss.set_epoch(7)
+    assert torch.allclose(loss(stages), 10.0 * hst_loss(stages))
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        HSTLoss(warmup_epochs=-1)
+
+
+def test_model_advances_the_warm_up_and_logs_the_gates():
+    model = _hsbs(hst_warmup_epochs=2, lambda_hst=10.0).train()
+    assert model.loss(model(_images()), {"label": LABELS})["hst"] == 0
+    logged = model.epoch_end(0)
+    assert logged == {"hst/ramp": 0.5, "bsa/gamma": 1.0}
+    assert model.loss(model(_images()), {"label": LABELS})["hst"] > 0
+    assert int(model.state_dict()["hst.epochs_done"]) == 1  # saved in checkpoints, so resume is exact
+
+
 def test_chain_and_deep_to_all_differ():
     stages = _random_stages(seed=1)
     assert not torch.isclose(hst_loss(stages, mode="chain"), hst_loss(stages, mode="deep_to_all"))
@@ -132,13 +163,27 @@ def test_masked_diagonal_is_zero_and_a_single_sample_still_works():
     assert torch.isfinite(z_mixed).all() and torch.equal(single, torch.ones(1, 1))
 
 
-def test_gamma_starts_at_zero_so_bsa_is_just_layernorm():
+def test_gate_starts_open_and_trains_the_similarity_from_the_first_step():
     torch.manual_seed(0)
     bsa = BatchSimilarityAttention(32, 16)
     z = torch.randn(6, 32)
-    assert bsa.gamma.item() == 0.0
+    assert bsa.gamma.item() == 1.0 and isinstance(bsa.norm, torch.nn.Identity)
+    z_mixed, _ = bsa(z)
+    assert torch.allclose(z_mixed, z + bsa.out(bsa.similarity(z) @ bsa.value(z)), atol=1e-6)
+    z_mixed.pow(2).sum().backward()
+    for projection in (bsa.query, bsa.key, bsa.value, bsa.out):
+        assert projection.weight.grad.abs().sum() > 0
+
+
+def test_closed_gate_with_layernorm_is_the_described_variant_and_shields_the_attention():
+    torch.manual_seed(0)
+    bsa = BatchSimilarityAttention(32, 16, gamma_init=0.0, norm=True)
+    z = torch.randn(6, 32)
     z_mixed, _ = bsa(z)
     assert torch.allclose(z_mixed, F.layer_norm(z, (32,)), atol=1e-6)
+    z_mixed.pow(2).sum().backward()
+    # gamma = 0 multiplies the attention path: only gamma itself learns, which is why the default is 1.
+    assert all(p.weight.grad.abs().sum() == 0 for p in (bsa.query, bsa.key, bsa.value, bsa.out))
 
 
 def test_zero_query_and_key_reduce_bsa_to_adding_the_batch_mean():
@@ -219,19 +264,30 @@ def test_shared_classifier_on_z_and_z_tilde():
     output = model(_images())
     z_mixed, _ = model.bsa(output.features)
     assert torch.allclose(output.extras["logits_bsa"], model.classifier(z_mixed), atol=1e-6)
-    # The plain path goes through BSA's LayerNorm too, so at gamma = 0 both paths give the same logits.
-    assert torch.allclose(output.logits, model.classifier(model.bsa.norm(output.features)), atol=1e-6)
+    # The plain path is the baseline's: W z.
+    assert torch.allclose(output.logits, model.classifier(output.features), atol=1e-6)
+    assert not torch.allclose(output.logits, output.extras["logits_bsa"], atol=1e-3)
+
+    normed = _hsbs(bsa_norm=True, bsa_gamma_init=0.0).train()  # the plain path shares BSA's LayerNorm
+    output = normed(_images())
+    assert torch.allclose(output.logits, normed.classifier(normed.bsa.norm(output.features)), atol=1e-6)
     assert torch.allclose(output.logits, output.extras["logits_bsa"], atol=1e-5)
 
 
-def test_bsa_supervision_trains_queries_and_keys_from_the_first_step():
+def test_both_bsa_terms_train_queries_and_keys_from_the_first_step():
     model = _hsbs(bsa_supervision=0.1).train()
     terms = model.loss(model(_images()), {"label": LABELS})
     query, key = model.bsa.query.weight, model.bsa.key.weight
     from_ce = torch.autograd.grad(terms["ce_bsa"], [query, key], retain_graph=True)
     from_sim = torch.autograd.grad(terms["bsa_sim"], [query, key])
-    assert all(g.abs().sum() == 0 for g in from_ce)  # gamma = 0 shields them from the CE term
+    assert all(g.abs().sum() > 0 for g in from_ce)
     assert all(g.abs().sum() > 0 for g in from_sim)
+
+    closed = _hsbs(bsa_supervision=0.1, bsa_gamma_init=0.0).train()
+    terms = closed.loss(closed(_images()), {"label": LABELS})
+    from_ce = torch.autograd.grad(terms["ce_bsa"], [closed.bsa.query.weight], retain_graph=True)
+    assert from_ce[0].abs().sum() == 0  # a closed gate shields them from the CE term
+    assert torch.autograd.grad(terms["bsa_sim"], [closed.bsa.query.weight])[0].abs().sum() > 0
 
 
 def test_eval_bypasses_bsa_unless_asked():

@@ -72,31 +72,66 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     return total
 
 
+#: lambda_hst at the reference 7 x 7 teacher grid (224 px ResNet input); see :class:`HSTLoss`.
+REFERENCE_LAMBDA = 1000.0
+REFERENCE_GRID_POSITIONS = 49
+
+
 class HSTLoss(nn.Module):
-    """Hierarchical Semantic Transfer loss, scaled: lambda_hst * L_hst (see :func:`hst_loss`).
+    """Hierarchical Semantic Transfer loss, scaled: ramp * lambda_hst * L_hst (see :func:`hst_loss`).
 
     L_hst = sum_{l=1..3} w_l * mean || Q_l - sg(Q_T(l)) ||^2,  Q_l = normalize(flatten(pool(mean_c F_l^2)))
 
-    forward([x1, x2, x3, x4]) -> scalar. lambda_hst around 1e3 (tune 250 / 500 / 1000). [design]
+    forward([x1, x2, x3, x4]) -> scalar. [design]
+
+    ``lambda_hst``: a number, or None (the default) for 1e3 at a 7 x 7 teacher grid, scaled by the number of
+    grid positions N (lambda = 1e3 * N / 49). L_hst averages over the N positions, so for the same per-image
+    pull the weight has to grow with N: 1e3 at 224 px (7 x 7), about 80 at 64 px (2 x 2).
+    ``warmup_epochs``: the weight ramps linearly from 0 over that many epochs (0 in the first). At
+    initialisation the layer4 teacher is random and its HST gradient on layer1 is several times the
+    cross-entropy's; teaching starts once the teacher has learnt something. The number of finished epochs
+    is a buffer, so a resumed run continues the ramp exactly; the model advances it with :meth:`set_epoch`.
     """
 
     def __init__(self, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
-                 mask_quantile: float | None = None, lambda_hst: float = 1000.0, p: float = 2):
+                 mask_quantile: float | None = None, lambda_hst: float | None = None, p: float = 2,
+                 warmup_epochs: float = 0.0):
         super().__init__()
         if mode not in HST_MODES:
             raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
         if mask_quantile is not None and not 0.0 <= mask_quantile < 1.0:
             raise ValueError(f"mask_quantile must be in [0, 1), got {mask_quantile}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.weights = tuple(float(w) for w in weights)
         self.mode = mode
         self.mask_quantile = mask_quantile
-        self.lambda_hst = float(lambda_hst)
+        self.lambda_hst = None if lambda_hst is None else float(lambda_hst)
         self.p = p
+        self.warmup_epochs = float(warmup_epochs)
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+
+    def scale(self, grid_positions: int) -> float:
+        """lambda_hst for a teacher grid of ``grid_positions`` cells (the auto rule when lambda_hst is None)."""
+        if self.lambda_hst is not None:
+            return self.lambda_hst
+        return REFERENCE_LAMBDA * grid_positions / REFERENCE_GRID_POSITIONS
+
+    def ramp(self) -> float:
+        """The warm-up factor in [0, 1] for the current epoch."""
+        if self.warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, float(self.epochs_done) / self.warmup_epochs)
+
+    def set_epoch(self, epochs_done: int) -> None:
+        self.epochs_done.fill_(int(epochs_done))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        return self.lambda_hst * hst_loss(features, weights=self.weights, mode=self.mode,
-                                          mask_quantile=self.mask_quantile, p=self.p)
+        grid_positions = features[-1].shape[-2] * features[-1].shape[-1]
+        return self.ramp() * self.scale(grid_positions) * hst_loss(
+            features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile, p=self.p)
 
     def extra_repr(self) -> str:
+        lam = "auto (1e3 * N / 49)" if self.lambda_hst is None else self.lambda_hst
         return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
-                f"lambda_hst={self.lambda_hst}")
+                f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}")

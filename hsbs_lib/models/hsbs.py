@@ -23,15 +23,18 @@ from hsbs_lib.models.registry import register_model
 
 @register_model("hsbs")
 class HSBS(FERModel):
-    """ResNet -> pooled z -> shared classifier W, trained with CE(W LN(z)) + CE(W z~) + lambda_hst * L_hst.
+    """ResNet -> pooled z -> shared classifier W, trained with CE(W z) + CE(W z~) + lambda_hst * L_hst.
 
     Switches (the ablation rows): ``hst`` and ``bsa``; with both off the model is the baseline, parameter
     for parameter. ``bsa_at_eval=True`` keeps BSA at evaluation (batch-dependent variant: logits = W z~).
     ``bsa_supervision`` > 0 adds a KL term pulling the similarity toward the same-label matrix (0.1 is the
-    suggested weight).
+    suggested weight). ``lambda_hst=None`` scales the reference weight 1000 (7x7 grid) by grid size, and
+    ``hst_warmup_epochs`` ramps the HST weight linearly from 0, since a full-weight HST term at
+    initialisation outweighs the classification gradient in the early layers. ``bsa_gamma_init`` and
+    ``bsa_norm`` are documented on BatchSimilarityAttention.
 
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
-      logits (B, K) = W LN(z) (W z~ only in eval with bsa_at_eval; W z when bsa=False); features (B, C) = z;
+      logits (B, K) = W z (W LN(z) with bsa_norm; W z~ only in eval with bsa_at_eval); features (B, C) = z;
       maps: ``attention/layer1..4`` (B, H_l, W_l) activation attention at native resolution,
             ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs,
             ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
@@ -42,8 +45,9 @@ class HSBS(FERModel):
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
                  hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all",
                  hst_mask_quantile: float | None = None, hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
-                 lambda_hst: float = 1000.0, bsa_dim: int = 128, bsa_at_eval: bool = False,
-                 bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0, small_input: bool = False,
+                 lambda_hst: float | None = None, hst_warmup_epochs: float = 0.0, bsa_dim: int = 128,
+                 bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0,
+                 bsa_gamma_init: float = 1.0, bsa_norm: bool = False, small_input: bool = False,
                  dropout: float = 0.0):
         super().__init__(num_classes, backbone, pretrained, small_input)
         # Same module names and creation order as the baseline, so hst=bsa=False is the baseline exactly.
@@ -51,18 +55,17 @@ class HSBS(FERModel):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
         self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
-                           lambda_hst=lambda_hst) if hst else None
-        self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim,
-                                            mask_diagonal=bsa_mask_diagonal) if bsa else None
+                           lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs) if hst else None
+        self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim, mask_diagonal=bsa_mask_diagonal,
+                                            gamma_init=bsa_gamma_init, norm=bsa_norm) if bsa else None
         self.bsa_at_eval = bsa_at_eval
         self.bsa_supervision = float(bsa_supervision)
 
     def forward(self, x: Tensor, *, with_similarity: bool = False) -> ModelOutput:
         stages = self.backbone(x)
         z = self.pool(stages[-1]).flatten(1)
-        # The classifier is shared by z and z~ = LayerNorm(z + gamma S v), so the plain path goes through
-        # the same LayerNorm: with gamma = 0 both paths see the same vector, and W never has to serve two
-        # feature scales at once (which slows the plain path down).
+        # With bsa_norm the mixed feature is LayerNorm(z + gamma S v), and the plain path goes through the
+        # same LayerNorm, so the shared classifier never serves two feature scales at once.
         z_plain = self.bsa.norm(z) if self.bsa is not None else z
         logits = self.classifier(self.dropout(z_plain))
         maps: dict[str, Tensor] = {}
@@ -89,7 +92,7 @@ class HSBS(FERModel):
         return self(x, with_similarity=True).maps["bsa_similarity"]
 
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """{"ce": CE(W LN(z)), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
+        """{"ce": CE(W z), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
         terms = {"ce": self.classification_loss(output.logits, targets)}
         if "logits_bsa" in output.extras:
             terms["ce_bsa"] = self.classification_loss(output.extras["logits_bsa"], targets)
@@ -102,3 +105,13 @@ class HSBS(FERModel):
             terms["bsa_sim"] = self.bsa_supervision * similarity_supervision_loss(
                 output.extras["similarity"], labels, mask_diagonal=self.bsa.mask_diagonal)
         return terms
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        """Advance the HST warm-up; log the HST weight and the BSA gate."""
+        logged = {}
+        if self.hst is not None:
+            self.hst.set_epoch(epoch + 1)
+            logged["hst/ramp"] = self.hst.ramp()
+        if self.bsa is not None:
+            logged["bsa/gamma"] = float(self.bsa.gamma.detach())
+        return logged
