@@ -26,6 +26,8 @@ import yaml
 from hsbs_lib.config import load_config, same_recipe
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+#: per-class recall reported beside the overall metrics: the rare classes of the RAF-DB-like imbalance
+MINORITY_CLASSES = ("fear", "disgust")
 
 
 @dataclass
@@ -87,13 +89,21 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list
             results.append(json.loads(eval_file.read_text()))
         summary = {"row": row, "seeds": len(results)}
         for metric in METRICS:
-            values = [float(r[metric]) for r in results]
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean, std
+            summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std([float(r[metric]) for r in results])
+        for name in MINORITY_CLASSES:
+            recalls = [r.get("per_class_recall", {}).get(name) for r in results]
+            if all(value is not None for value in recalls):  # absent in datasets without that class
+                summary[f"recall_{name}_mean"], summary[f"recall_{name}_std"] = _mean_std(recalls)
         summary.update(_cost(config, measure_speed))
         summaries.append(summary)
     return summaries
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single seed)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
 
 
 def _trained_with(run: Path, config) -> bool:
@@ -118,16 +128,20 @@ def _cost(config, measure_speed: bool) -> dict:
 
 
 def format_markdown(summaries: list[dict]) -> str:
+    """Percentages as mean ± std over seeds; minority recall columns when every row has them."""
     speed = "train_img_s" in summaries[0]
-    header = "| row | seeds | accuracy | mean class acc. | macro-F1 | params (M) | GMACs |"
-    rule = "|---|---|---|---|---|---|---|"
+    minority = [name for name in MINORITY_CLASSES if all(f"recall_{name}_mean" in s for s in summaries)]
+    header = ("| row | seeds | accuracy | mean class acc. | macro-F1 |"
+              + "".join(f" {name} recall |" for name in minority) + " params (M) | GMACs |")
+    rule = "|---|---|---|---|---|" + "---|" * len(minority) + "---|---|"
     if speed:
         header += " train img/s | infer img/s |"
         rule += "---|---|"
     lines = [header, rule]
     for s in summaries:
         cells = [s["row"], str(s["seeds"])]
-        cells += [f"{100 * s[f'{m}_mean']:.2f} ± {100 * s[f'{m}_std']:.2f}" for m in METRICS]
+        keys = [*METRICS, *(f"recall_{name}" for name in minority)]
+        cells += [f"{100 * s[f'{key}_mean']:.1f} ± {100 * s[f'{key}_std']:.1f}" for key in keys]
         cells += [f"{s['params_m']:.2f}", f"{s['gmacs']:.3f}"]
         if speed:
             cells += [f"{s['train_img_s']:.0f}", f"{s['infer_img_s']:.0f}"]
@@ -149,14 +163,32 @@ def write_tables(summaries: list[dict], out: str | Path) -> tuple[Path, Path]:
 
 def add_compare_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="comparison YAML (configs/compare_synthfer.yaml)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    # Strings, so that "--seeds 0 1 2 train.epochs=6" works: key=value items after the seeds are overrides.
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default 0 1 2)")
     parser.add_argument("--out", help="override the comparison's output folder")
     parser.add_argument("--rows", nargs="+", help="only these rows")
     parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the images/s measurement")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
 
 
+def split_seeds(items: list[str]) -> tuple[list[int], list[str]]:
+    """``--seeds`` items -> (integer seeds, key=value overrides that followed them)."""
+    seeds, overrides = [], []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        else:
+            try:
+                seeds.append(int(item))
+            except ValueError:
+                raise ValueError(f"--seeds expects integers, got '{item}'") from None
+    if not seeds:
+        raise ValueError("--seeds needs at least one integer seed")
+    return seeds, overrides
+
+
 def run_compare(args) -> int:
+    seeds, trailing = split_seeds([str(item) for item in args.seeds])
     plan = load_plan(args.config)
     if args.out:
         plan.out = args.out
@@ -165,7 +197,7 @@ def run_compare(args) -> int:
         if unknown:
             raise KeyError(f"unknown rows {sorted(unknown)}; the config has {list(plan.rows)}")
         plan.rows = {name: plan.rows[name] for name in args.rows}
-    summaries = run_comparison(plan, args.seeds, extra_overrides=args.overrides, measure_speed=args.speed)
+    summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed)
     md, csv_path = write_tables(summaries, plan.out)
     print(format_markdown(summaries))
     print(f"\nwritten {md} and {csv_path}")
