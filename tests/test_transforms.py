@@ -132,9 +132,13 @@ def test_sample_transform_resizes_any_input_to_the_model_size():
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32
 
 
-def test_pipeline_benchmark_reports_both_paths():
+def test_pipeline_benchmark_reports_every_path_against_decoding():
     from hsbs_lib.engine.loaders import benchmark_pipelines
 
-    table = benchmark_pipelines(size=16, n=64, batch_size=16).splitlines()
-    assert len(table) == 4 and table[2].startswith("| device") and table[3].startswith("| loader")
-    assert all(float(line.rsplit("|", 2)[1].replace(",", "")) > 0 for line in table[2:])
+    table = benchmark_pipelines(size=16, n=64, batch_size=16, epochs=1).splitlines()
+    assert len(table) == 6
+    assert table[2].startswith("| decode every epoch") and table[2].endswith("| 1.0x |")
+    assert table[3].startswith("| uint8 cache, loader") and table[4].startswith("| uint8 cache, device")
+    assert "building the uint8 cache of 64 files" in table[5]
+    speeds = [float(line.split("|")[2].replace(",", "")) for line in table[2:]]
+    assert all(speed > 0 for speed in speeds)
