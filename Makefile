@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HSBS := $(VENV)/bin/hsbs
 STAMP := $(VENV)/.installed
-RUN ?= runs/demo
+RUNS ?= runs
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test test-fast lab figures bench exercises clean
@@ -19,11 +20,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Main job on the embedded SynthFER data: train HSBS, evaluate it, draw its figures.
+## Main job on the embedded SynthFER data: train the baseline and HSBS (finished runs are reused),
+## print their comparison table, draw their figures (confusion matrices side by side among them).
 demo: venv
-	$(HSBS) train --config configs/synthfer_hsbs.yaml --out $(RUN)
-	$(HSBS) eval --checkpoint $(RUN)/best.pt
-	$(HSBS) figures --run $(RUN) --out $(RUN)/figures
+	$(HSBS) demo --runs $(RUNS) $(DEMO_ARGS)
 
 ## The whole test suite (CPU only).
 test: venv

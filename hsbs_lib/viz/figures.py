@@ -353,8 +353,14 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
     return writer.paths
 
 
-def ensure_demo_runs(root: str | Path = "runs") -> dict[str, Path]:
-    """Train the SynthFER demo runs (baseline and HSBS) unless their checkpoints already exist."""
+def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -> dict[str, Path]:
+    """Train the SynthFER demo runs (baseline and HSBS) unless they already finished with the shipped recipe.
+
+    ``overrides`` (``key=value`` strings) apply to both recipes, e.g. ``train.device=cuda``.
+
+    A run finished when its eval.json is written (the last thing ``fit`` does); an interrupted run of the
+    same recipe is resumed from its last.pt, and a run of another recipe is trained again from scratch.
+    """
     import yaml
 
     from hsbs_lib.config import load_config, same_recipe
@@ -363,11 +369,15 @@ def ensure_demo_runs(root: str | Path = "runs") -> dict[str, Path]:
     directories = {}
     for name, recipe in DEMO_RUNS.items():
         directory = Path(root) / name
-        config = load_config(recipe, [f"out={directory}"])
+        config = load_config(recipe, [*overrides, f"out={directory}"])
         saved = directory / "config.yaml"
-        finished = (directory / "best.pt").is_file() and saved.is_file() and same_recipe(
-            yaml.safe_load(saved.read_text()) or {}, config)
-        if not finished:  # missing, or trained with another recipe than the one shipped now
+        same = saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
+        if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
+            log.info("reusing %s (trained with %s)", directory, recipe)
+        elif same and (directory / "last.pt").is_file():
+            log.info("resuming the interrupted run %s", directory)
+            fit(config, resume=directory)
+        else:
             log.info("training %s from %s", name, recipe)
             fit(config)
         directories[name] = directory
@@ -388,6 +398,26 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
 
 
+def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
+                 checkpoint: str = "best.pt", device: str = "cpu", samples: int = 512, cam_method: str = "gradcam",
+                 seed: int = 0, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Every figure of ``run_dir``, and with ``compare_dir`` those of the second run and the side-by-side
+    ones, drawn on the same test images. Returns the written paths."""
+    options = dict(cam_method=cam_method, seed=seed, formats=formats)
+    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+    data = load_eval_data(run, max_samples=samples)
+    summary = write_run_figures(run, data, out, **options)
+    paths = list(summary.paths)
+    if compare_dir is not None:
+        baseline_run = load_run(compare_dir, checkpoint=checkpoint, device=device)
+        if baseline_run.classes != run.classes or baseline_run.input_size != run.input_size:
+            raise ValueError(f"{compare_dir} and {run_dir} differ in classes or input size: cannot compare them")
+        baseline_summary = write_run_figures(baseline_run, data, out, **options)
+        paths += baseline_summary.paths
+        paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
+    return paths
+
+
 def run_figures(args) -> int:
     """Entry point of ``hsbs figures``."""
     run_dir, compare_dir = args.run, args.compare
@@ -398,18 +428,8 @@ def run_figures(args) -> int:
         raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
     out = figures_dir(args.out)
     formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
-    options = dict(cam_method=args.cam_method, seed=args.seed, formats=formats)
-    run = load_run(run_dir, checkpoint=args.checkpoint, device=args.device)
-    data = load_eval_data(run, max_samples=args.samples)
-    summary = write_run_figures(run, data, out, **options)
-    paths = list(summary.paths)
-    if compare_dir is not None:
-        baseline_run = load_run(compare_dir, checkpoint=args.checkpoint, device=args.device)
-        if baseline_run.classes != run.classes or baseline_run.input_size != run.input_size:
-            raise ValueError(f"{compare_dir} and {run_dir} differ in classes or input size: cannot compare them")
-        baseline_summary = write_run_figures(baseline_run, data, out, **options)
-        paths += baseline_summary.paths
-        paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
+    paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
+                         samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats)
     if args.demo:  # the README's picture of the data belongs to the demo set too
         from hsbs_lib.viz.samples import plot_synthfer_grid
 
