@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hsbs_lib.data.labels import CANONICAL_7
-
-#: the minority classes of the RAF-DB-like imbalance, reported separately in the table
-MINORITY_CLASSES = ("fear", "disgust")
+from hsbs_lib.engine.compare import MINORITY_CLASSES
 
 
 def comparison_table(reports: dict[str, dict], minority: Sequence[str] = MINORITY_CLASSES) -> str:
@@ -70,12 +68,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    bad = [item for item in args.overrides if "=" not in item]
-    if bad:
-        raise ValueError(f"overrides must look like key=value, got {bad}")
-    formats = [fmt.strip() for fmt in args.formats.split(",") if fmt.strip()]
+    from hsbs_lib.viz.figures import parse_formats
+
+    # Malformed overrides are refused by load_config before anything is trained or written.
     result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw, device=args.device,
-                          formats=formats)
+                          formats=parse_formats(args.formats))
     print("\nSynthFER test split, best epoch of each run (percent):\n")
     print(result["table"])
     print(f"\nruns: {', '.join(str(path) for path in result['runs'].values())}")

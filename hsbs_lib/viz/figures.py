@@ -398,6 +398,11 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"png, pdf"`` -> ("png", "pdf"): the --formats option of the figure commands."""
+    return tuple(fmt.strip() for fmt in text.split(",") if fmt.strip())
+
+
 def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
                  checkpoint: str = "best.pt", device: str = "cpu", samples: int = 512, cam_method: str = "gradcam",
                  seed: int = 0, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -427,7 +432,7 @@ def run_figures(args) -> int:
     if run_dir is None:
         raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
     out = figures_dir(args.out)
-    formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
+    formats = parse_formats(args.formats)
     paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
                          samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats)
     if args.demo:  # the README's picture of the data belongs to the demo set too
