@@ -5,8 +5,8 @@ import torch
 
 from hsbs_lib.data.base import FERDataset
 from hsbs_lib.data.cache import cache_split
-from hsbs_lib.data.transforms import (AUGMENT_PRESETS, IMAGENET_NORMALIZATION, BatchAugment, augment_spec,
-                                      normalize, sample_transform)
+from hsbs_lib.data.transforms import (AUGMENT_PRESETS, IMAGENET_NORMALIZATION, AugmentSpec, BatchAugment,
+                                      affine_sampling_grid, augment_spec, normalize, sample_transform)
 from hsbs_lib.engine.loaders import DeviceBatchLoader, SampleBatchLoader
 
 
@@ -44,6 +44,27 @@ def test_flip_mirrors_images_and_pose_bins_together():
     expected = torch.where(flipped & (pose >= 0), 4 - pose, pose)
     assert torch.equal(new_pose, expected)
     assert torch.all(new_pose[pose < 0] == -1)
+
+
+def test_flip_inside_the_warp_mirrors_images_and_pose_bins_together():
+    # A crop of the whole image at scale 1 is the identity warp: what is left is the flip the warp carries.
+    spec = AugmentSpec(flip=0.5, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    images = torch.randint(0, 256, (32, 3, 20, 20), dtype=torch.uint8)
+    pose = torch.arange(32) % 5
+    out, new_pose = BatchAugment(spec)(images, pose, torch.Generator().manual_seed(0))
+    plain, mirrored = normalize(images), normalize(images.flip(-1))
+    close = lambda a, b: torch.allclose(a, b, atol=1e-5)
+    flipped = torch.tensor([close(out[i], mirrored[i]) for i in range(32)])
+    kept = torch.tensor([close(out[i], plain[i]) for i in range(32)])
+    assert torch.all(flipped ^ kept) and 4 <= flipped.sum() <= 28
+    assert torch.equal(new_pose, torch.where(flipped, 4 - pose, pose))
+
+
+@pytest.mark.parametrize("height, width", [(7, 9), (16, 16)])
+def test_batchedaffine_sampling_grid_matches_torch(height, width):
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.affine_grid(theta, [5, 3, height, width], align_corners=False)
+    torch.testing.assert_close(affine_sampling_grid(theta, height, width), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", list(AUGMENT_PRESETS))

@@ -69,7 +69,7 @@ def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
         return rgb.astype(np.uint8)
     if mode != "RGB":
         image = image.convert("RGB")   # L, 1, P, CMYK, YCbCr, LAB, HSV
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    return np.array(image, dtype=np.uint8)   # a writable copy: torch.from_numpy warns on read-only buffers
 
 
 def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
