@@ -6,7 +6,7 @@ import torch
 from hsbs_lib.data.base import FERDataset
 from hsbs_lib.data.cache import cache_split
 from hsbs_lib.data.transforms import (AUGMENT_PRESETS, IMAGENET_NORMALIZATION, AugmentSpec, BatchAugment,
-                                      affine_sampling_grid, augment_spec, normalize, sample_transform)
+                                      affine_sampling_grid, as_image, augment_spec, normalize, sample_transform)
 from hsbs_lib.engine.loaders import DeviceBatchLoader, SampleBatchLoader
 
 
@@ -79,6 +79,27 @@ def test_presets_keep_shape_dtype_and_normalised_range(preset):
         assert torch.equal(out, normalize(images))
     else:
         assert not torch.equal(out, normalize(images))
+
+
+@pytest.mark.parametrize("preset", ["standard", "strong"])
+def test_batched_and_per_sample_augmentation_draw_from_the_same_distribution(preset):
+    # One image whose red and green channels are horizontal and vertical ramps, augmented 768 times by
+    # each path: the per-pixel mean and spread must agree. A crop scale of (0.3, 1), 30 degree rotations,
+    # brightness 0.5 or no flip in the batched path each move the spread by 0.05 or more.
+    size, count = 24, 768
+    ramp = torch.linspace(0, 255, size)
+    image = torch.stack([ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size),
+                         torch.full((size, size), 128.0)]).round().to(torch.uint8)
+    batched, _ = BatchAugment(preset)(image.expand(count, -1, -1, -1).contiguous(), None,
+                                      torch.Generator().manual_seed(3))
+    transform = sample_transform(preset, size)
+    torch.manual_seed(3)
+    per_sample = torch.stack([transform(as_image(image.flip(-1) if flip else image))
+                              for flip in torch.rand(count) < 0.5])
+    inner = (slice(None), slice(3, -3), slice(3, -3))   # the rotation fill at the border differs slightly
+    mean_gap = (batched.mean(0) - per_sample.mean(0))[inner].abs().mean()
+    spread_gap = (batched.std(0) - per_sample.std(0))[inner].abs().mean()
+    assert mean_gap < 0.06 and spread_gap < 0.03, (mean_gap, spread_gap)
 
 
 def test_strong_preset_erases_boxes_to_the_mean_colour():
