@@ -152,7 +152,8 @@ class BatchAugment:
             # Flipping the input first reads it at (-x, y): negate the row that produces x.
             theta[:, 0] *= 1 - 2 * flipped.float().view(-1, 1)
         grid = affine_sampling_grid(theta.to(x.device), height, width)
-        # zeros padding: black corners after rotation, as v2.RandomRotation with fill=0
+        # zeros padding: black only where the rotated crop reaches outside the image. v2 rotates the
+        # already cropped image, so its black corners are larger (the two differ at the border only).
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _colour(self, x: Tensor, generator: torch.Generator) -> None:
