@@ -61,7 +61,7 @@ def test_flip_inside_the_warp_mirrors_images_and_pose_bins_together():
 
 
 @pytest.mark.parametrize("height, width", [(7, 9), (16, 16)])
-def test_batchedaffine_sampling_grid_matches_torch(height, width):
+def test_affine_sampling_grid_matches_torch(height, width):
     theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.affine_grid(theta, [5, 3, height, width], align_corners=False)
     torch.testing.assert_close(affine_sampling_grid(theta, height, width), expected, rtol=0, atol=1e-6)

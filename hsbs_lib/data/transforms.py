@@ -73,11 +73,9 @@ def flip_pose(pose: Tensor, flipped: Tensor, pose_bins: int = POSE_BINS) -> Tens
 
 def normalize(images: Tensor, normalization: dict | None = None) -> Tensor:
     """uint8 (B, 3, H, W) -> float32 normalised, exactly as ``ToDtype(scale=True)`` + ``Normalize``."""
-    normalization = normalization or IMAGENET_NORMALIZATION
-    mean = torch.tensor(normalization["mean"], device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(normalization["std"], device=images.device).view(1, -1, 1, 1)
     floats = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return (floats - mean) / std
+    # .float() returns a float32 input itself: copy it so the caller's tensor is left alone
+    return _normalize_(floats.clone() if floats is images else floats, normalization or IMAGENET_NORMALIZATION)
 
 
 def _normalize_(images: Tensor, normalization: dict) -> Tensor:
@@ -162,10 +160,9 @@ class BatchAugment:
         brightness = _uniform(1 - spec.brightness, 1 + spec.brightness, batch, generator).to(x.device)
         contrast = _uniform(1 - spec.contrast, 1 + spec.contrast, batch, generator).to(x.device)
         x.mul_(brightness.view(-1, 1, 1, 1)).clamp_(0, 1)
-        grey = torch.tensor(_GREY_WEIGHTS, device=x.device)
-        grey_mean = x.mean(dim=(2, 3)) @ grey                                    # (B,) mean luma
-        contrast = contrast.view(-1, 1, 1, 1)
-        x.mul_(contrast).add_(((1 - contrast.view(-1)) * grey_mean).view(-1, 1, 1, 1)).clamp_(0, 1)
+        grey_mean = x.mean(dim=(2, 3)) @ torch.tensor(_GREY_WEIGHTS, device=x.device)   # (B,) mean luma
+        offset = (1 - contrast) * grey_mean
+        x.mul_(contrast.view(-1, 1, 1, 1)).add_(offset.view(-1, 1, 1, 1)).clamp_(0, 1)
 
     def _erase(self, x: Tensor, generator: torch.Generator) -> None:
         """RandomErasing in place with value 0 (the mean colour after normalisation), one box per chosen sample."""
