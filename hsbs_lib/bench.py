@@ -5,6 +5,7 @@ reported as ratios to the baseline measured in the same run, because shared mach
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -99,12 +100,56 @@ def measure_inference(model: nn.Module, *, input_size: int, batch_size: int = 64
 def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", device: str = "cpu",
                batch_size: int = 32, steps: int = 5, options: dict | None = None) -> ModelCost:
     """Parameters, MACs and training / inference images/s of one registered model."""
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **(options or {})).to(device)
-    macs = count_macs(model, input_size)
-    train_speed = measure_training(model, input_size=input_size, batch_size=batch_size, steps=steps)
-    infer_speed = measure_inference(model, input_size=input_size, batch_size=batch_size * 2, steps=steps)
-    return ModelCost(name, count_parameters(model), macs, train_speed, infer_speed)
+    return compare_model_costs({name: options or {}}, input_size=input_size, backbone=backbone, device=device,
+                               batch_size=batch_size, steps=steps)[0]
+
+
+def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbone: str = "resnet18",
+                        device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2) -> list[ModelCost]:
+    """Training and inference speed of several models, their steps interleaved, the fastest step kept.
+
+    ``models`` maps a registered name to its options (``stem``, ``backbone_width`` and method switches).
+    Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
+    (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
+    every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed one.
+    """
+    device = torch.device(device)
+    built, inputs, optimizers = {}, {}, {}
+    for name, options in models.items():
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options).to(device)
+        built[name] = model.to(memory_format=torch.channels_last)
+        optimizers[name] = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x_train = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=torch.channels_last)
+    x_eval = torch.randn(2 * batch_size, 3, input_size, input_size, device=device).to(memory_format=torch.channels_last)
+    targets = _fake_targets(batch_size, 7, device)
+    best = {name: [math.inf, math.inf] for name in built}
+
+    def train_step(name):
+        model, optimizer = built[name], optimizers[name]
+        model.train()
+        loss = sum(model.loss(model(x_train), targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def eval_step(name):
+        model = built[name]
+        model.eval()
+        with torch.no_grad():
+            model(x_eval)
+
+    for round_index in range(warmup + steps):
+        for name in built:
+            for slot, step in enumerate((train_step, eval_step)):
+                _sync(device)
+                start = time.perf_counter()
+                step(name)
+                _sync(device)
+                if round_index >= warmup:
+                    best[name][slot] = min(best[name][slot], time.perf_counter() - start)
+    return [ModelCost(name, count_parameters(model), count_macs(model, input_size), batch_size / best[name][0],
+                      2 * batch_size / best[name][1]) for name, model in built.items()]
 
 
 def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> str:
@@ -126,11 +171,14 @@ BENCH_SECTIONS = ("render", "pipeline", "models")
 def add_bench_arguments(parser) -> None:
     parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=list(BENCH_SECTIONS))
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
-    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--config", default=None,
+                        help="time the models at this recipe's input size, backbone, stem and width (default: "
+                             "the SynthFER demo scale of configs/synthfer_baseline.yaml)")
+    parser.add_argument("--input-size", type=int, default=None, help="replaces the recipe's input size")
     parser.add_argument("--pipeline-size", type=int, default=112, help="image size for the input-pipeline bench")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default=None, help="replaces the recipe's backbone")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8, help="interleaved rounds per model (the fastest counts)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--options", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
                         help="model options, e.g. mfer.depthwise=true")
@@ -145,6 +193,17 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
         model, option = key.split(".", 1)
         options.setdefault(model, {})[option] = yaml.safe_load(value)
     return options
+
+
+def _model_scale(args) -> dict:
+    """Input size, backbone, stem and width of the models to time: the recipe's (``--config``, default the
+    SynthFER demo recipe), with ``--input-size`` / ``--backbone`` replacing the recipe's when given."""
+    from hsbs_lib.config import load_config
+    from hsbs_lib.tutorial import config_path
+
+    config = load_config(args.config or config_path("synthfer_baseline"))
+    return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
+            "model": {"stem": config.model.stem, "backbone_width": config.model.backbone_width}}
 
 
 def run_bench(args) -> int:
@@ -168,11 +227,12 @@ def run_bench(args) -> int:
         if "baseline" not in names:
             names = ["baseline", *names]
         options = _parse_model_options(args.options)
-        costs = []
-        for name in names:
-            costs.append(model_cost(name, input_size=args.input_size, backbone=args.backbone, device=device,
-                                    batch_size=args.batch_size, steps=args.steps, options=options.get(name)))
-        print(f"\n## Models at {args.input_size} px, {args.backbone}, batch {args.batch_size} "
-              f"(cost = baseline images/s / model images/s, measured in this run)")
+        scale = _model_scale(args)
+        models = {name: {**scale["model"], **options.get(name, {})} for name in names}
+        costs = compare_model_costs(models, input_size=scale["input_size"], backbone=scale["backbone"], device=device,
+                                    batch_size=args.batch_size, steps=args.steps)
+        described = ", ".join(f"{key} {value}" for key, value in scale["model"].items())
+        print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}), batch {args.batch_size}, "
+              f"{args.steps} interleaved rounds (cost = baseline images/s / model images/s, fastest step of each)")
         print(method_ratio_table(costs))
     return 0

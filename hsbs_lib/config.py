@@ -23,11 +23,19 @@ class DataConfig:
     name: str = "synthfer"            # synthfer, rafdb, fer2013, ferplus, affectnet, sfew, kdef, ckplus, imagefolder
     root: str | None = None           # dataset root; falls back to $HSBS_DATA
     train_split: str = "train"
-    test_split: str = "test"
+    test_split: str = "test"          # scored once, for the checkpoint selected on the validation split
+    # Which split selects best.pt: "auto" (the dataset's own validation split when it has one that
+    # shares nothing with the test split, else "holdout"), "holdout" (a stratified, seeded share of
+    # the training split), a split name, or "none" (best.pt is the last epoch).
+    val_split: str = "auto"
+    val_fraction: float = 0.1         # the hold-out's share of every class
+    val_seed: int = 0                 # fixed across training seeds, so every seed sees the same hold-out
+    max_train_per_class: int | None = None   # a fixed-budget training set: at most this many per class
     num_classes: int = 7
     input_size: int = 64
     # SynthFER only: rendered in memory, deterministic from (seed, index)
     n_train: int = 4000
+    n_val: int = 1000
     n_test: int = 1000
     synth_seed: int = 0
     synth_balanced: bool = False
@@ -51,7 +59,8 @@ class ModelConfig:
     name: str = "hsbs"
     backbone: str = "resnet18"
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
-    small_input: bool = False         # 3x3 stride-1 stem without max-pool, for 48-64 px inputs
+    stem: str = "standard"            # standard | no_maxpool (output stride 16) | small (3x3 stride 1, stride 8)
+    backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)
     options: dict[str, Any] = field(default_factory=dict)   # method switches, e.g. hst, bsa, lambda_hst
 
 
@@ -165,6 +174,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from its ``to_dict()`` form (as stored in checkpoints)."""
     config = Config()
+    values = dict(values)
+    model = dict(values.get("model") or {})
+    if "small_input" in model:  # checkpoints written before ``stem`` replaced the boolean
+        model["stem"] = "small" if model.pop("small_input") else "standard"
+        values["model"] = model
     _merge_into(config, values, "")
     return config
 

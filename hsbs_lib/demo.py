@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hsbs_lib.data.labels import CANONICAL_7
-from hsbs_lib.engine.compare import MINORITY_CLASSES
+from hsbs_lib.constants import MINORITY_CLASSES
 
 
 def comparison_table(reports: dict[str, dict], minority: Sequence[str] = MINORITY_CLASSES) -> str:
@@ -78,7 +78,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nruns: {', '.join(str(path) for path in result['runs'].values())}")
     print(f"table: {result['table_path']}")
     if result["figures"]:
+        from hsbs_lib.viz.figures import figure_notes
+
         confusion = [path for path in result["figures"] if path.stem.endswith("_vs_demo_baseline_confusion")]
         print(f"figures: {len(result['figures'])} files in {result['table_path'].parent}"
               + (f" (confusion matrices: {confusion[0]})" if confusion else ""))
+        print("\n" + figure_notes(result["figures"]))
     return 0

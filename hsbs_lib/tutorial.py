@@ -15,7 +15,7 @@ from torch import nn
 from hsbs_lib.config import Config, load_config, same_recipe
 
 # Sizes that let every notebook finish in well under two minutes on 2 CPU cores.
-SMOKE_OVERRIDES = ("data.n_train=320", "data.n_test=160", "train.batch_size=32", "train.progress=false")
+SMOKE_OVERRIDES = ("data.n_train=320", "data.n_val=160", "data.n_test=160", "train.batch_size=32", "train.progress=false")
 
 
 def repo_root() -> Path:

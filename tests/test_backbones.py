@@ -40,7 +40,7 @@ def test_resnet50_channels_on_the_same_grids():
 
 
 def test_small_input_stem_keeps_fer2013_faces_at_least_3x3():
-    backbone = ResNetBackbone("resnet18", small_input=True).eval()
+    backbone = ResNetBackbone("resnet18", stem="small").eval()
     assert backbone.conv1.kernel_size == (3, 3) and backbone.conv1.stride == (1, 1)
     assert isinstance(backbone.maxpool, nn.Identity)
     with torch.no_grad():

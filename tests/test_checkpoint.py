@@ -7,7 +7,8 @@ import torch
 
 from hsbs_lib.config import Config, apply_overrides
 from hsbs_lib.engine import checkpoint as ckpt
-from hsbs_lib.engine.train import build_model, build_optimizer, build_scheduler
+from hsbs_lib.engine.build import build_model
+from hsbs_lib.engine.train import build_optimizer, build_scheduler
 
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 

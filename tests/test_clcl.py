@@ -8,8 +8,9 @@ from sklearn.metrics import adjusted_rand_score
 from hsbs_lib.config import load_config
 from hsbs_lib.losses.clcl import CLBSLoss, CLFMLoss, channel_codes, cluster_alignment_loss, kmeans
 from hsbs_lib.models import create_model, list_models
-from hsbs_lib.models.backbones import BACKBONES, ResNetBackbone
-from hsbs_lib.models.clcl import MultiScaleHead, msr_geometry, stage_sizes
+from hsbs_lib.models.backbones import ResNetBackbone
+from hsbs_lib.models.backbones import stage_sizes
+from hsbs_lib.models.clcl import MultiScaleHead, msr_geometry
 
 # METHODS.md section 2: (kernel, stride, padding) of the layer1..4 MSR convs.
 METHODS_GEOMETRY = {
@@ -36,24 +37,25 @@ def _batch(size=4, side=64, seed=0):
 def test_msr_conv_geometry_matches_the_released_numbers(size):
     geometry = msr_geometry(size)
     assert [(g.kernel, g.stride, g.padding) for g in geometry] == METHODS_GEOMETRY[size]
-    head = MultiScaleHead(BACKBONES["resnet18"][2], input_size=size)
+    head = MultiScaleHead(ResNetBackbone("resnet18").channels, input_size=size)
     built = [(conv.kernel_size[0], conv.stride[0], conv.padding[0]) for conv in head.projections]
     assert built == METHODS_GEOMETRY[size]
     assert all(conv.bias is None and conv.out_channels == 128 for conv in head.projections)
 
 
-@pytest.mark.parametrize("side,small_input", [(64, False), (112, False), (224, False), (48, True)])
-def test_stage_sizes_match_the_backbone(side, small_input):
-    backbone = ResNetBackbone("resnet18", small_input=small_input).eval()
+@pytest.mark.parametrize("side,stem", [(64, "standard"), (112, "standard"), (224, "standard"), (48, "small"),
+                                       (64, "no_maxpool"), (48, "no_maxpool")])
+def test_stage_sizes_match_the_backbone(side, stem):
+    backbone = ResNetBackbone("resnet18", stem=stem).eval()
     with torch.no_grad():
         stages = backbone(torch.zeros(1, 3, side, side))
-    assert tuple(stage.shape[-1] for stage in stages) == stage_sizes(side, small_input=small_input)
+    assert tuple(stage.shape[-1] for stage in stages) == stage_sizes(side, stem=stem)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("side", [224, 112, 64])
 def test_msr_grid_is_11x11_without_resizing(backbone, side, caplog):
-    channels = BACKBONES[backbone][2]
+    channels = ResNetBackbone(backbone).channels
     head = MultiScaleHead(channels, input_size=side)
     stages = [torch.randn(2, c, s, s) for c, s in zip(channels, stage_sizes(side))]
     with caplog.at_level(logging.WARNING):
@@ -87,7 +89,7 @@ def test_other_input_sizes_are_resized_to_the_built_geometry(caplog):
 
 
 def test_small_input_stem_at_48px():
-    model = _model(input_size=48, small_input=True).eval()
+    model = _model(input_size=48, stem="small").eval()
     with torch.no_grad():
         out = model(_batch(2, side=48)[0])
     assert out.maps["msr_map"].shape == (2, 11, 11)
@@ -292,7 +294,7 @@ def test_readable_option_errors():
 
 def test_registered_and_built_from_the_demo_config():
     from hsbs_lib.data.labels import CANONICAL_7
-    from hsbs_lib.engine.train import build_model
+    from hsbs_lib.engine.build import build_model
 
     assert "clcl" in list_models()
     config = load_config("configs/synthfer_clcl.yaml")

@@ -1,15 +1,21 @@
 """`hsbs compare` trains every row and seed once, tabulates mean and std, and reuses finished runs."""
 import csv
+import json
+import math
+from pathlib import Path
 
 import pytest
 import yaml
 
+from hsbs_lib.config import save_config
 from hsbs_lib.cli import main
 from hsbs_lib.engine import compare
 
-# balanced classes, so that the 48 test faces hold fear and disgust and their recall is tabulated
-TINY = ["data.n_train=96", "data.n_test=48", "data.synth_balanced=true", "train.epochs=1", "train.batch_size=32", "train.progress=false",
-        "train.record_intensity=false"]
+# Known per-seed results: the table bookkeeping and the statistics are checked against hand-computed
+# numbers, without training (the engine itself is tested in test_engine.py and test_splits.py).
+ACCURACY = {("baseline", 0): 0.80, ("baseline", 1): 0.82, ("baseline", 2): 0.81,
+            ("+HST", 0): 0.83, ("+HST", 1): 0.84, ("+HST", 2): 0.82}
+TINY = ["data.n_train=96", "data.n_test=48", "train.epochs=1", "train.progress=false"]
 
 
 @pytest.fixture
@@ -22,37 +28,89 @@ def plan_file(tmp_path):
     return path
 
 
-def test_compare_writes_tables_and_reuses_finished_runs(plan_file, tmp_path, capsys, monkeypatch):
-    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "1", "--no-speed"]) == 0
+@pytest.fixture
+def fake_fit(monkeypatch):
+    """Stands in for training: writes the run's config.yaml and an eval.json with known numbers."""
+    trained = []
+
+    def fit(config, **_):
+        out = Path(config.out)
+        row, seed = out.parent.name, config.train.seed
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        accuracy = ACCURACY[(row, seed)]
+        report = {"accuracy": accuracy, "mean_class_accuracy": accuracy - 0.1, "macro_f1": accuracy - 0.05,
+                  "per_class_recall": {"fear": 0.25 * (seed + 1), "disgust": 0.5, "happiness": 0.9}}
+        (out / "eval.json").write_text(json.dumps(report))
+        trained.append((row, seed))
+
+    monkeypatch.setattr("hsbs_lib.engine.train.fit", fit)
+    return trained
+
+
+def test_compare_writes_tables_and_reuses_finished_runs(plan_file, tmp_path, capsys, monkeypatch, fake_fit):
+    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "1", "2", "--no-speed", "--no-diagnostics"]) == 0
+    assert sorted(fake_fit) == sorted(ACCURACY)
     out = tmp_path / "cmp"
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["row"] for r in rows] == ["baseline", "+HST"]
-    for row in rows:
-        assert row["seeds"] == "2"
-        assert 0.0 <= float(row["accuracy_mean"]) <= 1.0 and float(row["accuracy_std"]) >= 0.0
-        assert float(row["params_m"]) > 10 and float(row["gmacs"]) > 0
-        # the minority classes are reported on their own, mean and std over seeds like the rest
-        assert 0.0 <= float(row["recall_fear_mean"]) <= 1.0 and float(row["recall_disgust_std"]) >= 0.0
+    baseline, hst = rows
+    assert baseline["seeds"] == "3" and float(baseline["accuracy_mean"]) == pytest.approx(0.81)
+    assert float(baseline["accuracy_std"]) == pytest.approx(0.01)
+    assert float(baseline["recall_fear_mean"]) == pytest.approx(0.5)
+    assert float(baseline["params_m"]) > 1 and float(baseline["gmacs"]) > 0
+    # paired by seed: differences 0.03, 0.02, 0.01 -> mean 0.02, sd 0.01, t(0.975, 2) = 4.303
+    half = 4.302653 * 0.01 / math.sqrt(3)
+    assert float(hst["accuracy_diff"]) == pytest.approx(0.02)
+    assert float(hst["accuracy_diff_low"]) == pytest.approx(0.02 - half, abs=1e-6)
+    assert float(hst["accuracy_diff_high"]) == pytest.approx(0.02 + half, abs=1e-6)
+    assert hst["accuracy_verdict"] == "no difference"          # the interval contains 0
+    assert float(hst["accuracy_p"]) == pytest.approx(0.0742, abs=1e-3)
     table = (out / "comparison.md").read_text()
-    assert "| +HST | 2 |" in table and "±" in table
+    assert "| +HST | 3 |" in table and "±" in table
     assert table.splitlines()[0].startswith("| row | seeds | accuracy | mean class acc. | macro-F1 | fear recall |")
-    for row in ("baseline", "+HST"):
-        for seed in (0, 1):
-            assert (out / row / f"seed{seed}" / "eval.json").is_file()
+    assert "Difference to baseline, paired by seed" in table
+    assert "+2.0 [-0.5, +4.5] (p=0.07): no difference" in table
 
     # A second call trains nothing: every run is finished with the same recipe.
-    def no_training(config, **_):
-        raise AssertionError(f"retrained {config.out}")
-
-    monkeypatch.setattr("hsbs_lib.engine.train.fit", no_training)
+    fake_fit.clear()
     capsys.readouterr()
-    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "1", "--no-speed"]) == 0
-    assert capsys.readouterr().out.count("[compare] reusing") == 4
+    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "1", "2", "--no-speed", "--no-diagnostics"]) == 0
+    assert capsys.readouterr().out.count("[compare] reusing") == 6 and not fake_fit
 
     # A changed recipe is not silently reused.
-    with pytest.raises(AssertionError, match="retrained"):
-        main(["compare", "--config", str(plan_file), "train.lr=0.01", "--seeds", "0", "--no-speed",
-              "--rows", "baseline"])
+    assert main(["compare", "--config", str(plan_file), "train.lr=0.01", "--seeds", "0", "--no-speed",
+                 "--rows", "baseline", "--no-diagnostics"]) == 0
+    assert fake_fit == [("baseline", 0)]
+
+
+def test_paired_difference_statistics():
+    clear = compare.paired_difference([0.90, 0.91, 0.92, 0.93], [0.80, 0.80, 0.81, 0.83])
+    assert clear.verdict == "higher" and clear.low > 0 and clear.p_value < 0.01
+    worse = compare.paired_difference([0.70, 0.71, 0.72], [0.80, 0.80, 0.82])
+    assert worse.verdict == "lower" and worse.high < 0
+    noisy = compare.paired_difference([0.80, 0.90, 0.70], [0.81, 0.79, 0.80])
+    assert noisy.verdict == "no difference" and noisy.low < 0 < noisy.high
+    single = compare.paired_difference([0.9], [0.8])
+    assert single.verdict == "no difference" and math.isnan(single.low)     # one seed: no interval, no claim
+    with pytest.raises(ValueError, match="same seeds"):
+        compare.paired_difference([0.9, 0.8], [0.8])
+
+
+def test_diagnostics_are_summarised_over_seeds():
+    def report(seed, share, same):
+        return {"accuracy": 0.8, "mean_class_accuracy": 0.7, "macro_f1": 0.7, "per_class_recall": {},
+                "diagnostics": {"attention": {"layer1": {"energy_share": share, "pointing_hit_rate": 0.5,
+                                                         "outer_ring_share": 0.1}},
+                                "bsa": {"row_entropy": 3.0, "max_column_mass": 0.02, "same_to_different": same}}}
+    results = {"baseline": {0: report(0, 0.10, 1.0), 1: report(1, 0.12, 1.0)},
+               "hsbs": {0: report(0, 0.20, 4.0), 1: report(1, 0.22, 6.0)}}
+    summaries = compare.summarise(results, reference="baseline")
+    assert summaries[1]["layer1_energy_share_mean"] == pytest.approx(0.21)
+    assert summaries[1]["bsa_same_to_different_mean"] == pytest.approx(5.0)
+    table = compare.format_diagnostics_table(summaries)
+    assert "layer1 energy / pointing / ring" in table and "| hsbs | 0.210 ± 0.014 / 0.500 ± 0.000 / 0.100 ± 0.000 |" in table
+    assert "| hsbs | 3.000 ± 0.000 | 0.020 ± 0.000 | 5.000 ± 1.414 |" in table
 
 
 def test_minority_recall_columns_only_when_every_row_has_them():

@@ -45,7 +45,7 @@ def test_shipped_synthfer_recipes(name, model):
     assert (config.data.name, config.data.input_size, config.data.n_train, config.data.n_test) == ("synthfer", 64, 4000, 1000)
     t = config.train
     assert (t.batch_size, t.optimizer, t.lr, t.weight_decay, t.scheduler, t.epochs) == (64, "adamw", 1e-3, 1e-4, "cosine", 8)
-    assert config.model.backbone == "resnet18" and config.model.small_input is False
+    assert (config.model.backbone, config.model.stem, config.model.backbone_width) == ("resnet18", "no_maxpool", 32)
     if model == "hsbs":
         assert config.model.options["hst"] and config.model.options["bsa"]
         # the measured SynthFER setting (docs/BENCHMARKS.md): a small HST weight ramped in over 2 epochs

@@ -45,7 +45,9 @@ class ColourFER(FERDataset):
 
 @pytest.fixture(scope="module")
 def splits():
-    return cache_split(ColourFER(96, seed=0), 32), cache_split(ColourFER(56, seed=1, split="test"), 32)
+    """(train, test, val) cached splits of the colour toy data."""
+    return (cache_split(ColourFER(96, seed=0), 32), cache_split(ColourFER(56, seed=1, split="test"), 32),
+            cache_split(ColourFER(40, seed=2, split="val"), 32))
 
 
 def _config(tmp_path, *overrides) -> Config:
@@ -76,23 +78,26 @@ if "nan_after" not in _MODELS:
 
 def test_training_lowers_the_loss_beats_chance_and_logs_every_column(tmp_path, splits):
     config = _config(tmp_path, "train.epochs=2", "train.record_intensity=true", "data.augment=flip")
-    result = fit(config, train_data=splits[0], test_data=splits[1])
+    result = fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])
     rows = _rows(tmp_path)
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert float(rows[1]["loss/total"]) < float(rows[0]["loss/total"])
     assert result.final["accuracy"] > 0.5 and result.best["mean_class_accuracy"] > 0.5   # chance is 1/7
-    for column in ("loss/ce", "loss/total", "lr", "train/accuracy", "test/accuracy", "test/mean_class_accuracy",
-                   "test/macro_f1", "intensity/layer1", "intensity/layer4"):
+    for column in ("loss/ce", "loss/total", "lr", "train/accuracy", "val/accuracy", "val/mean_class_accuracy",
+                   "val/macro_f1", "intensity/layer1", "intensity/layer4"):
         assert column in rows[0], column
     assert all(float(rows[0][f"intensity/layer{i}"]) > 0 for i in range(1, 5))
     assert {"last.pt", "best.pt", "config.yaml", "eval.json"} <= {p.name for p in tmp_path.iterdir()}
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["epoch"] == result.best_epoch and report["n"] == 56
+    assert report["selected_on"] == "the validation data given to fit"
+    best_row = rows[result.best_epoch - 1]
+    assert report["validation"]["mean_class_accuracy"] == pytest.approx(float(best_row["val/mean_class_accuracy"]))
 
 
 def test_metrics_csv_names_every_loss_term_of_the_method(tmp_path, splits):
     config = _config(tmp_path, "model.name=hsbs", "train.epochs=1", "train.max_steps_per_epoch=2")
-    fit(config, train_data=splits[0], test_data=splits[1])
+    fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])
     columns = _rows(tmp_path)[0].keys()
     assert {"loss/ce", "loss/ce_bsa", "loss/hst", "loss/total"} <= set(columns)
 
@@ -101,10 +106,10 @@ def test_two_epochs_equal_one_epoch_plus_resume(tmp_path, splits):
     overrides = ["data.augment=standard", "model.options.dropout=0.3", "train.max_steps_per_epoch=3",
                  "train.warmup_epochs=0.5", "train.deterministic=true"]
     straight = fit(_config(tmp_path / "straight", "train.epochs=2", *overrides),
-                   train_data=splits[0], test_data=splits[1])
-    fit(_config(tmp_path / "split", "train.epochs=1", *overrides), train_data=splits[0], test_data=splits[1])
+                   train_data=splits[0], val_data=splits[2], test_data=splits[1])
+    fit(_config(tmp_path / "split", "train.epochs=1", *overrides), train_data=splits[0], val_data=splits[2], test_data=splits[1])
     resumed = fit(resume_config(tmp_path / "split", ["train.epochs=2"]), resume=tmp_path / "split",
-                  train_data=splits[0], test_data=splits[1])
+                  train_data=splits[0], val_data=splits[2], test_data=splits[1])
     expected, actual = straight.model.state_dict(), resumed.model.state_dict()
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -117,7 +122,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     config = _config(tmp_path, "model.name=nan_after", "model.options.bad_step=4", "train.epochs=3",
                      "train.max_steps_per_epoch=3")
     with pytest.raises(NonFiniteLossError, match=r"step 4 \(epoch 2, batch 1 of 3\).*aux=nan"):
-        fit(config, train_data=splits[0], test_data=splits[1])
+        fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 3
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, same_label_targets, similarity_supervision_loss
-from hsbs_lib.losses.hst import HSTLoss, activation_attention, hst_loss, quantile_mask
+from hsbs_lib.losses.hst import HSTLoss, activation_attention, hst_loss, pool_to_teacher_grid, quantile_mask
 from hsbs_lib.models import create_model
 
 LABELS = torch.tensor([0, 1, 2, 1])
@@ -35,15 +35,36 @@ def test_activation_attention_is_channel_mean_of_squares():
     assert torch.allclose(activation_attention(feature, p=1), torch.tensor([[[2.0, 1.0]]]))
 
 
+def _hot_spot_stages(offset: int = 0) -> list[torch.Tensor]:
+    """Stage outputs at 32, 16, 8, 4 cells (64 px, stride 16 teacher) with one hot cell each, on the pixel
+    where layer4 cell (1, 2) sits (16, 32), moved ``offset`` student cells up and left."""
+    stages = []
+    for channels, cells in ((2, 32), (4, 16), (8, 8), (16, 4)):
+        ratio = cells // 4
+        stage = torch.full((1, channels, cells, cells), 0.0)
+        row, column = ratio * 1 - (offset if ratio > 1 else 0), ratio * 2 - (offset if ratio > 1 else 0)
+        stage[0, :, row, column] = 1.0
+        stages.append(stage)
+    return stages
+
+
 def test_hst_is_zero_when_every_layer_already_sees_like_the_teacher():
-    base = torch.rand(2, 8, 2, 2)
-    # Repeating channels keeps the channel mean; nearest upsampling then average pooling gives it back.
-    stages = [F.interpolate(base.repeat(1, repeats, 1, 1), scale_factor=scale, mode="nearest")
-              for repeats, scale in [(1, 8), (2, 4), (4, 2), (8, 1)]]
+    stages = _hot_spot_stages()
     for mode in ("deep_to_all", "chain"):
         assert hst_loss(stages, mode=mode) < 1e-10
         assert HSTLoss(mode=mode, mask_quantile=0.5)(stages) < 1e-7
     assert hst_loss(_random_stages()) > 1e-4
+
+
+def test_hst_pools_shallow_maps_onto_the_cell_the_teacher_sits_on():
+    """A ResNet centres layer4 cell i on pixel 16 i: evidence one student cell above-left of that pixel
+    belongs to cell i, not to cell i - 1 as adaptive pooling (cells as blocks) would say."""
+    for stage in _hot_spot_stages(offset=1)[:2]:      # layer1 and layer2 (layer3's cells are 8 px: a tie)
+        pooled = pool_to_teacher_grid(stage.pow(2).mean(dim=1), (4, 4))
+        assert divmod(int(pooled[0].argmax()), 4) == (1, 2)
+        blocks = F.adaptive_avg_pool2d(stage.pow(2).mean(dim=1, keepdim=True), (4, 4))[0, 0]
+        assert divmod(int(blocks.argmax()), 4) == (0, 1)
+    assert hst_loss(_hot_spot_stages(offset=1), weights=(0.5, 1.0, 0.0)) < 1e-10
 
 
 def test_hst_scale_and_weights():
@@ -226,11 +247,18 @@ def test_maps_and_extras():
     model = _hsbs().train()
     output = model(_images())
     for name, grid in zip(("layer1", "layer2", "layer3", "layer4"), (16, 8, 4, 2)):
-        assert output.maps[f"attention/{name}"].shape == (4, grid, grid)
         assert output.maps[f"features/{name}"].shape[-1] == grid
+    # a training step does not build the figure-only attention maps
+    assert not any(key.startswith("attention/") for key in output.maps)
     assert output.maps["bsa_similarity"].shape == (4, 4)
     assert output.extras["logits_bsa"].shape == (4, 7)
     assert output.features.shape == (4, 512)
+    with torch.no_grad():
+        evaluated = model.eval()(_images())
+    for name, grid in zip(("layer1", "layer2", "layer3", "layer4"), (16, 8, 4, 2)):
+        assert evaluated.maps[f"attention/{name}"].shape == (4, grid, grid)
+        expected = evaluated.maps[f"features/{name}"].float().pow(2).mean(dim=1)
+        assert torch.allclose(evaluated.maps[f"attention/{name}"], expected)
 
 
 @pytest.mark.parametrize("options,expected", [

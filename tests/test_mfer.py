@@ -61,7 +61,7 @@ def test_output_shapes(backbone, depthwise):
 
 
 def test_small_input_keeps_a_large_layer4_grid_at_48_px():
-    model = create_model("mfer", small_input=True).eval()
+    model = create_model("mfer", stem="small").eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 48, 48))
     assert out.maps["attention/ds_layer4"].shape == (2, 6, 6)

@@ -146,7 +146,7 @@ def test_eval_is_deterministic(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_small_input_stem_at_48_pixels(name):
-    model = _build(name, small_input=True).eval()
+    model = _build(name, stem="small").eval()
     images = _images(2, 48)
     with torch.no_grad():
         output = model(images)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib.config import load_config
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.build import build_model
 from hsbs_lib.losses.uncertainty import UncertaintyWeighting
 from hsbs_lib.models import create_model
 from hsbs_lib.models.phanet import PhaNet
@@ -49,7 +51,7 @@ def scale_features(model: PhaNet, images: torch.Tensor) -> torch.Tensor:
 ])
 def test_output_shapes(backbone, size, small_input):
     torch.manual_seed(0)
-    model = create_model("phanet", num_classes=NUM_CLASSES, backbone=backbone, small_input=small_input).eval()
+    model = create_model("phanet", num_classes=NUM_CLASSES, backbone=backbone, stem="small" if small_input else "standard").eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size))
     assert out.logits.shape == (2, NUM_CLASSES)
@@ -292,8 +294,6 @@ def test_config_builds_the_model():
     config = load_config(CONFIG)
     assert config.model.name == "phanet" and config.data.input_size == 64
     assert (config.train.epochs, config.train.batch_size, config.train.optimizer) == (8, 64, "adamw")
-    model = create_model(config.model.name, num_classes=config.data.num_classes, backbone=config.model.backbone,
-                         pretrained=config.model.pretrained, small_input=config.model.small_input,
-                         **config.model.options)
+    model = build_model(config, class_names(config.data.num_classes))
     assert isinstance(model, PhaNet) and model.scales == ("layer2", "layer3", "layer4")
     assert model.num_poses == 5

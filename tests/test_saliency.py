@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from hsbs_lib.viz.saliency import (area_share, attention_score_table, dilate, energy_inside, plot_attention_scores,
+from hsbs_lib.models.backbones import ResNetBackbone, cell_stride, cells_to_pixels
+from hsbs_lib.viz.saliency import (area_share, resize_saliency, attention_score_table, dilate, energy_inside, plot_attention_scores,
                                    pointing_game, score_saliency)
 from hsbs_lib.viz.style import save_figure
 
@@ -56,11 +57,44 @@ def test_low_resolution_saliency_is_resized_to_the_mask_grid():
     mask = torch.zeros(1, 32, 32, dtype=torch.bool)
     mask[0, :16, :16] = True
     coarse = torch.zeros(1, 2, 2)
-    coarse[0, 0, 0] = 1.0  # the top-left quarter of a 2x2 grid is the mask
-    # Bilinear upsampling (align_corners=False) spreads the cell over the boundary: per axis 14 of 16
-    # units of weight stay in the top half, so the share is (7/8)^2, not 1.
-    assert energy_inside(coarse, mask).item() == pytest.approx(49 / 64, abs=1e-9)
+    coarse[0, 0, 0] = 1.0  # the top-left cell of a 2x2 grid
+    # A ResNet puts cell (0, 0) of a stride-16 map on pixel (0, 0) and cell (0, 1) on pixel (0, 16): the
+    # weight falls to zero at pixel 16, so all of it lies in the top-left quarter.
+    assert energy_inside(coarse, mask).item() == pytest.approx(1.0, abs=1e-9)
     assert pointing_game(coarse, mask).tolist() == [True]
+    # A plain resize (cells as blocks) spreads the cell over the boundary: per axis 14 of 16 units of
+    # weight stay in the top half, so the share is (7/8)^2.
+    plain = resize_saliency(coarse, (32, 32), cells="block")
+    assert float((plain * mask).sum() / plain.sum()) == pytest.approx(49 / 64, abs=1e-9)
+
+
+@pytest.mark.parametrize("stem,size", [("no_maxpool", 64), ("standard", 224), ("small", 48), ("no_maxpool", 65)])
+def test_resnet_cells_sit_where_cells_to_pixels_puts_them(stem, size):
+    """The centre of a stage cell's receptive field, found by backpropagation, is pixel stride * i."""
+    backbone = ResNetBackbone("resnet18", stem=stem, width=16).eval()
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.Conv2d):   # uniform kernels: every receptive field is symmetric
+                module.weight.fill_(1.0 / module.weight[0].numel())
+    if stem == "standard":
+        # max-pool routes tied gradients to the first element; an average pool of the same geometry does not
+        backbone.maxpool = torch.nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+    image = torch.ones(1, 3, size, size, requires_grad=True)
+    stages = backbone(image)
+    for stage in stages:
+        cells = stage.shape[-1]
+        index = cells // 2
+        image.grad = None
+        stage[0, :, index, index].sum().backward(retain_graph=True)
+        weight = image.grad[0].abs().sum(0)
+        rows = (weight.sum(1) * torch.arange(size)).sum() / weight.sum()
+        stride = cell_stride(cells, size)
+        assert float(rows) == pytest.approx(stride * index, abs=1.0), (stem, size, cells)
+        # cells_to_pixels peaks on the same pixel
+        one = torch.zeros(1, cells, cells)
+        one[0, index, index] = 1.0
+        peak = int(cells_to_pixels(one, (size, size))[0].argmax())
+        assert divmod(peak, size) == (stride * index, stride * index)
 
 
 def test_pointing_game_hits_when_the_peak_is_inside():

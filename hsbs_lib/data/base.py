@@ -64,6 +64,9 @@ class FERDataset(Dataset):
     """
 
     name: str = "dataset"
+    #: True when the source ships a validation split distinct from its test split (FER2013's PublicTest);
+    #: elsewhere "val" is often another name for the test split, and validation is held out of train.
+    has_validation_split: bool = False
 
     def __init__(self, root: str | None, split: str, num_classes: int = 7,
                  transform: Callable | None = None):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hsbs_lib.constants import progress_disabled
 from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
 from hsbs_lib.data.images import ImageDecodeError
 
@@ -147,7 +148,7 @@ def _from_memory(dataset, images: np.ndarray, size: int) -> CachedSplit:
 
 
 def _progress(iterable, total: int, description: str):
-    if os.environ.get("HSBS_NO_PROGRESS"):
+    if progress_disabled():
         return iterable
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=description, unit="img", leave=False)

@@ -6,12 +6,12 @@ every image to catch truncated or fake files, and prints counts per split and cl
 from __future__ import annotations
 
 import argparse
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 import yaml
 
+from hsbs_lib.constants import progress_disabled
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.datasets import canonical_dataset_name, dataset_splits, load_dataset
 from hsbs_lib.data.images import ImageDecodeError
@@ -82,7 +82,7 @@ class CheckResult:
 
 
 def _progress(iterable, total: int, description: str):
-    if os.environ.get("HSBS_NO_PROGRESS"):
+    if progress_disabled():
         return iterable
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=description, unit="img", leave=False)

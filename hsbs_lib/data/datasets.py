@@ -372,6 +372,7 @@ class FER2013(FileDataset):
     """
 
     name = "fer2013"
+    has_validation_split = True       # PublicTest (csv) or a val/ or PublicTest/ folder
 
     def __init__(self, root, split="train", *, num_classes=7, transform=None, skip_bad=False):
         super().__init__(root, split, num_classes=num_classes, transform=transform, skip_bad=skip_bad)
@@ -668,6 +669,7 @@ class ImageFolderFER(FileDataset):
     """Any ``<root>/<split>/<class>/*`` copy; classes by name through the synonym table."""
 
     name = "imagefolder"
+    has_validation_split = True       # a val/ (valid/, validation/) folder beside test/
     _ALIASES = {"val": ("val", "valid", "validation"), "valid": ("valid", "val", "validation"),
                 "validation": ("validation", "val", "valid")}
 

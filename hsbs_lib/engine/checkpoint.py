@@ -18,6 +18,7 @@ from torch import nn
 
 import hsbs_lib
 from hsbs_lib.config import Config, config_from_dict
+from hsbs_lib.engine.build import build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -127,8 +128,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                                ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from the stored config and classes, load its weights, put it in eval mode."""
-    from hsbs_lib.engine.train import build_model  # train imports this module
-
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint["config"])
     model = build_model(config, checkpoint["classes"], load_pretrained=False)

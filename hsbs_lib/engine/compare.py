@@ -1,16 +1,27 @@
-"""``hsbs compare``: one recipe, several methods or ablation rows, several seeds, one table.
+"""``hsbs compare``: one recipe, several methods or ablation rows, several seeds, one table with statistics.
 
 A comparison config names a base recipe, overrides applied to every row, and the rows themselves:
 
     base: configs/synthfer_baseline.yaml
     overrides: [train.epochs=8]
     out: runs/compare_synthfer
+    reference: baseline          # the row every other row is compared with (default: baseline, else the first)
     rows:
       baseline: {model.name: baseline}
       hsbs:     {model.name: hsbs}
 
 Each (row, seed) trains into OUT/ROW/seedS; a finished run (eval.json present, same recipe in its
-config.yaml) is reused, so the command can be interrupted and re-run. The table reports mean and standard deviation over seeds.
+config.yaml) is reused, so the command can be interrupted and re-run. The tables report, per metric of the
+test split (scored once per run, for the checkpoint its validation split selected):
+
+* mean and sample standard deviation over seeds;
+* the difference to the reference row, paired by seed (seed s of a row against seed s of the reference,
+  which saw the same data order and initialisation stream), with its 95% confidence interval
+  (Student t on the paired differences) and the paired t-test's p-value. An interval that contains 0 is
+  reported as "no difference";
+* with ``--diagnostics`` (the default for SynthFER), the attention scores of every backbone stage against
+  the expression masks and the statistics of BSA's batch similarity, mean ± std over seeds
+  (:mod:`hsbs_lib.engine.diagnostics`).
 """
 from __future__ import annotations
 
@@ -19,15 +30,18 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
+from scipy import stats
 
 from hsbs_lib.config import load_config, same_recipe
+from hsbs_lib.constants import MINORITY_CLASSES
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
-#: per-class recall reported beside the overall metrics: the rare classes of the RAF-DB-like imbalance
-MINORITY_CLASSES = ("fear", "disgust")
+METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
+ATTENTION_SCORES = ("energy_share", "pointing_hit_rate", "outer_ring_share")
+BSA_STATISTICS = ("row_entropy", "max_column_mass", "same_to_different")
 
 
 @dataclass
@@ -36,6 +50,12 @@ class ComparePlan:
     out: str
     rows: dict[str, list[str]]
     overrides: list[str] = field(default_factory=list)
+    reference: str | None = None
+
+    def reference_row(self) -> str:
+        if self.reference is not None:
+            return self.reference
+        return "baseline" if "baseline" in self.rows else next(iter(self.rows))
 
 
 def load_plan(path: str | Path) -> ComparePlan:
@@ -44,6 +64,8 @@ def load_plan(path: str | Path) -> ComparePlan:
     if not path.is_file():
         raise FileNotFoundError(f"comparison config {path} not found")
     spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping with base, rows (and optional overrides, out, reference)")
     missing = {"base", "rows"} - set(spec)
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}; expected base, rows (and optional overrides, out)")
@@ -55,8 +77,11 @@ def load_plan(path: str | Path) -> ComparePlan:
             rows[name] = [str(item) for item in row]
         else:
             raise ValueError(f"{path}: row '{name}' must be a mapping of dotted keys or a list of key=value")
+    reference = spec.get("reference")
+    if reference is not None and reference not in rows:
+        raise ValueError(f"{path}: reference row '{reference}' is not among the rows {list(rows)}")
     return ComparePlan(base=spec["base"], out=spec.get("out", f"runs/{path.stem}"), rows=rows,
-                       overrides=[str(o) for o in spec.get("overrides", [])])
+                       overrides=[str(o) for o in spec.get("overrides", [])], reference=reference)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -67,15 +92,66 @@ def run_dir(plan: ComparePlan, row: str, seed: int) -> Path:
     return Path(plan.out) / row / f"seed{seed}"
 
 
-def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list[str] = (),
-                   measure_speed: bool = True) -> list[dict]:
-    """Train every (row, seed) not yet finished, then summarise. Returns one dict per row."""
-    from hsbs_lib.engine.train import fit
+# ---------------------------------------------------------------------------------------------- statistics
 
-    summaries = []
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+@dataclass
+class PairedDifference:
+    """row - reference over the seeds both have: mean, 95% CI and the paired t-test's p-value."""
+
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+
+    @property
+    def verdict(self) -> str:
+        """"no difference" when the interval contains 0 (or cannot be computed), else higher / lower."""
+        if self.n < 2 or math.isnan(self.low) or self.low <= 0 <= self.high:
+            return "no difference"
+        return "higher" if self.mean > 0 else "lower"
+
+
+def paired_difference(values: Sequence[float], reference: Sequence[float], *, confidence: float = 0.95
+                      ) -> PairedDifference:
+    """Paired difference of two equally long per-seed lists: mean, Student-t interval, paired t-test."""
+    if len(values) != len(reference):
+        raise ValueError(f"paired values need the same seeds, got {len(values)} and {len(reference)}")
+    differences = [a - b for a, b in zip(values, reference)]
+    n = len(differences)
+    mean, std = mean_std(differences)
+    if n < 2:
+        return PairedDifference(mean, math.nan, math.nan, math.nan, n)
+    if std == 0:
+        return PairedDifference(mean, mean, mean, 0.0 if mean != 0 else 1.0, n)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    p_value = float(stats.ttest_rel(values, reference).pvalue)
+    return PairedDifference(mean, mean - half, mean + half, p_value, n)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequence[str] = (),
+                   measure_speed: bool = True, diagnostics: bool | None = None) -> list[dict]:
+    """Train every (row, seed) not yet finished, then summarise. Returns one dict per row.
+
+    ``diagnostics``: attention scores and BSA statistics per run (None: only when the data is SynthFER,
+    whose masks say where the expression is).
+    """
+    from hsbs_lib.engine import train
+
+    results: dict[str, dict[int, dict]] = {}
+    configs = {}
     for row, row_overrides in plan.rows.items():
-        results = []
-        config = None
+        results[row] = {}
         for seed in seeds:
             out = run_dir(plan, row, seed)
             overrides = [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={out}"]
@@ -85,25 +161,73 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: list
                 print(f"[compare] reusing {eval_file}")
             else:
                 print(f"[compare] training {row} seed {seed} -> {out}")
-                fit(config)
-            results.append(json.loads(eval_file.read_text()))
-        summary = {"row": row, "seeds": len(results)}
-        for metric in METRICS:
-            summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std([float(r[metric]) for r in results])
-        for name in MINORITY_CLASSES:
-            recalls = [r.get("per_class_recall", {}).get(name) for r in results]
-            if all(value is not None for value in recalls):  # absent in datasets without that class
-                summary[f"recall_{name}_mean"], summary[f"recall_{name}_std"] = _mean_std(recalls)
-        summary.update(_cost(config, measure_speed))
+                train.fit(config)
+            results[row][seed] = json.loads(eval_file.read_text())
+            configs[row] = config
+    if diagnostics is None:
+        diagnostics = all(config.data.name == "synthfer" for config in configs.values())
+    if diagnostics:
+        from hsbs_lib.engine.diagnostics import run_diagnostics
+
+        for row in plan.rows:
+            for seed in seeds:
+                results[row][seed]["diagnostics"] = run_diagnostics(run_dir(plan, row, seed))
+    summaries = summarise(results, reference=plan.reference_row())
+    for summary in summaries:
+        summary.update(_cost(configs[summary["row"]], measure_speed))
+    return summaries
+
+
+def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[dict]:
+    """Per row: mean/std of every metric, minority recalls and diagnostics; paired differences to ``reference``.
+
+    ``results[row][seed]`` is that run's eval.json (optionally with a ``diagnostics`` entry).
+    """
+    if reference not in results:
+        raise KeyError(f"reference row '{reference}' has no results; rows: {list(results)}")
+    summaries = []
+    for row, by_seed in results.items():
+        seeds = sorted(by_seed)
+        summary: dict[str, Any] = {"row": row, "seeds": len(seeds), "seed_list": " ".join(map(str, seeds))}
+        series = _series(by_seed)
+        for key, values in series.items():
+            if len(values) == len(seeds):           # present in every seed (a class may be absent)
+                summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
+        if row != reference:
+            shared = sorted(set(seeds) & set(results[reference]))
+            reference_series = _series({s: results[reference][s] for s in shared})
+            own = _series({s: by_seed[s] for s in shared})
+            for key in (*METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES)):
+                if len(own.get(key, [])) == len(shared) == len(reference_series.get(key, [])) and shared:
+                    difference = paired_difference(own[key], reference_series[key])
+                    summary.update({f"{key}_diff": difference.mean, f"{key}_diff_low": difference.low,
+                                    f"{key}_diff_high": difference.high, f"{key}_p": difference.p_value,
+                                    f"{key}_verdict": difference.verdict, "paired_seeds": difference.n})
         summaries.append(summary)
     return summaries
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single seed)."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
+def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
+    """Per-seed values of every tabulated quantity, keyed like the summary columns."""
+    series: dict[str, list[float]] = {}
+
+    def add(key: str, value) -> None:
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            series.setdefault(key, []).append(float(value))
+
+    for seed in sorted(by_seed):
+        report = by_seed[seed]
+        for metric in METRICS:
+            add(metric, report[metric])
+        for name in MINORITY_CLASSES:
+            add(f"recall_{name}", report.get("per_class_recall", {}).get(name))
+        diagnostics = report.get("diagnostics") or {}
+        for layer, scores in diagnostics.get("attention", {}).items():
+            for score in ATTENTION_SCORES:
+                add(f"{layer}_{score}", scores.get(score))
+        for statistic in BSA_STATISTICS:
+            add(f"bsa_{statistic}", diagnostics.get("bsa", {}).get(statistic))
+    return series
 
 
 def _trained_with(run: Path, config) -> bool:
@@ -115,7 +239,7 @@ def _trained_with(run: Path, config) -> bool:
 def _cost(config, measure_speed: bool) -> dict:
     from hsbs_lib.bench import count_macs, count_parameters, measure_inference, measure_training
     from hsbs_lib.data.labels import class_names
-    from hsbs_lib.engine.train import build_model
+    from hsbs_lib.engine.build import build_model
 
     model = build_model(config, class_names(config.data.num_classes), load_pretrained=False)
     size = config.data.input_size
@@ -125,6 +249,12 @@ def _cost(config, measure_speed: bool) -> dict:
         cost["infer_img_s"] = measure_inference(model, input_size=size, batch_size=config.train.eval_batch_size,
                                                 steps=3)
     return cost
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def _percent(summary: dict, key: str) -> str:
+    return f"{100 * summary[f'{key}_mean']:.1f} ± {100 * summary[f'{key}_std']:.1f}"
 
 
 def format_markdown(summaries: list[dict]) -> str:
@@ -141,7 +271,7 @@ def format_markdown(summaries: list[dict]) -> str:
     for s in summaries:
         cells = [s["row"], str(s["seeds"])]
         keys = [*METRICS, *(f"recall_{name}" for name in minority)]
-        cells += [f"{100 * s[f'{key}_mean']:.1f} ± {100 * s[f'{key}_std']:.1f}" for key in keys]
+        cells += [_percent(s, key) for key in keys]
         cells += [f"{s['params_m']:.2f}", f"{s['gmacs']:.3f}"]
         if speed:
             cells += [f"{s['train_img_s']:.0f}", f"{s['infer_img_s']:.0f}"]
@@ -149,25 +279,89 @@ def format_markdown(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(summaries: list[dict], out: str | Path) -> tuple[Path, Path]:
+def format_differences(summaries: list[dict], reference: str) -> str:
+    """Each row minus the reference, paired by seed: mean [95% CI] in points, p, and the verdict."""
+    rows = [s for s in summaries if any(key.endswith("_diff") for key in s)]
+    if not rows:
+        return ""
+    keys = [key for key in (*METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES))
+            if all(f"{key}_diff" in s for s in rows)]
+    names = {**METRIC_NAMES, **{f"recall_{name}": f"{name} recall" for name in MINORITY_CLASSES}}
+    lines = [f"Difference to {reference}, paired by seed, in points: mean [95% CI] (paired t-test p); an "
+             "interval containing 0 is no difference.", "",
+             "| row | paired seeds | " + " | ".join(names[key] for key in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for s in rows:
+        cells = [s["row"], str(s.get("paired_seeds", ""))]
+        for key in keys:
+            if s[f"{key}_verdict"] == "no difference" and math.isnan(s[f"{key}_diff_low"]):
+                cells.append(f"{100 * s[f'{key}_diff']:+.1f} (one seed: no interval)")
+                continue
+            cells.append(f"{100 * s[f'{key}_diff']:+.1f} [{100 * s[f'{key}_diff_low']:+.1f}, "
+                         f"{100 * s[f'{key}_diff_high']:+.1f}] (p={s[f'{key}_p']:.2f}): {s[f'{key}_verdict']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_diagnostics_table(summaries: list[dict]) -> str:
+    """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
+    layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
+                     if key.startswith("layer") and key.endswith("_energy_share_mean")})
+    lines = []
+    if layers:
+        lines += ["Attention of each stage on the expression regions (test images; chance: energy share "
+                  "= the regions' area, outer ring = a uniform map's ring share):", "",
+                  "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |",
+                  "|---|" + "---|" * len(layers)]
+        for s in summaries:
+            cells = [s["row"]]
+            for layer in layers:
+                parts = [f"{s[f'{layer}_{score}_mean']:.3f} ± {s[f'{layer}_{score}_std']:.3f}"
+                         if f"{layer}_{score}_mean" in s else "-" for score in ATTENTION_SCORES]
+                cells.append(" / ".join(parts))
+            lines.append("| " + " | ".join(cells) + " |")
+    bsa_rows = [s for s in summaries if "bsa_row_entropy_mean" in s]
+    if bsa_rows:
+        lines += ["", "BSA similarity of test batches (row entropy in nats; column mass: the largest share of "
+                  "all attention one sample receives; same/different: mean S of same-class pairs over "
+                  "different-class pairs):", "",
+                  "| row | row entropy | largest column mass | same/different class |", "|---|---|---|---|"]
+        for s in bsa_rows:
+            lines.append("| " + " | ".join([s["row"]] + [f"{s[f'bsa_{k}_mean']:.3f} ± {s[f'bsa_{k}_std']:.3f}"
+                                                        for k in BSA_STATISTICS]) + " |")
+    return "\n".join(lines)
+
+
+def format_report(summaries: list[dict], reference: str) -> str:
+    parts = [format_markdown(summaries), format_differences(summaries, reference), format_diagnostics_table(summaries)]
+    return "\n\n".join(part for part in parts if part)
+
+
+def write_tables(summaries: list[dict], out: str | Path, reference: str) -> tuple[Path, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path = out / "comparison.md", out / "comparison.csv"
-    md.write_text(format_markdown(summaries) + "\n")
+    md.write_text(format_report(summaries, reference) + "\n")
+    fields = list(dict.fromkeys(key for summary in summaries for key in summary))
     with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summaries[0]))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(summaries)
     return md, csv_path
 
+
+# ---------------------------------------------------------------------------------------------- CLI
 
 def add_compare_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="comparison YAML (configs/compare_synthfer.yaml)")
     # Strings, so that "--seeds 0 1 2 train.epochs=6" works: key=value items after the seeds are overrides.
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default 0 1 2)")
     parser.add_argument("--out", help="override the comparison's output folder")
-    parser.add_argument("--rows", nargs="+", help="only these rows")
+    parser.add_argument("--rows", nargs="+", help="only these rows (the reference row is always kept)")
     parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the images/s measurement")
+    parser.add_argument("--diagnostics", dest="diagnostics", action="store_true", default=None,
+                        help="attention scores and BSA statistics per run (default: on for SynthFER)")
+    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
 
 
@@ -192,13 +386,15 @@ def run_compare(args) -> int:
     plan = load_plan(args.config)
     if args.out:
         plan.out = args.out
+    reference = plan.reference_row()
     if args.rows:
         unknown = set(args.rows) - set(plan.rows)
         if unknown:
             raise KeyError(f"unknown rows {sorted(unknown)}; the config has {list(plan.rows)}")
-        plan.rows = {name: plan.rows[name] for name in args.rows}
-    summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed)
-    md, csv_path = write_tables(summaries, plan.out)
-    print(format_markdown(summaries))
+        plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
+    summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
+                               diagnostics=args.diagnostics)
+    md, csv_path = write_tables(summaries, plan.out, reference)
+    print(format_report(summaries, reference))
     print(f"\nwritten {md} and {csv_path}")
     return 0

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from hsbs_lib.config import config_from_dict
 from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.build import build_dataset, select_device
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 from hsbs_lib.engine.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                      make_loader, split_nbytes)
@@ -79,10 +80,16 @@ def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu",
 
 
 def evaluation_report(metrics: dict, *, checkpoint: str | os.PathLike, dataset: str, split: str,
-                      classes: Sequence[str], epoch: int | None = None) -> dict:
-    """The eval.json content: where the numbers come from, then the metrics."""
-    return {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "epoch": epoch,
-            "classes": list(classes), **metrics}
+                      classes: Sequence[str], epoch: int | None = None, selected_on: str | None = None,
+                      validation: dict | None = None) -> dict:
+    """The eval.json content: where the numbers come from (the scored split, the split that selected the
+    checkpoint and its metrics there), then the metrics."""
+    report = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "epoch": epoch}
+    if selected_on is not None:
+        report["selected_on"] = selected_on
+    if validation:
+        report["validation"] = validation
+    return {**report, "classes": list(classes), **metrics}
 
 
 def write_json(values: dict, path: str | os.PathLike) -> Path:
@@ -101,7 +108,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     ``out`` (default: ``eval.json`` beside the checkpoint) and returned.
     """
     from hsbs_lib.config import apply_overrides
-    from hsbs_lib.engine.train import build_dataset, select_device
 
     path = resolve_checkpoint(path, default="best.pt")
     device = select_device(device)

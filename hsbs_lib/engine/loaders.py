@@ -280,6 +280,7 @@ class Loaders:
     normalization: dict
     classes: tuple[str, ...]
     train_labels: np.ndarray | None
+    val: DeviceBatchLoader | SampleBatchLoader | None = None
 
 
 def choose_pipeline(requested: str, nbytes: int, max_gb: float) -> str:
@@ -321,12 +322,12 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
     return SampleBatchLoader(data, size=d.input_size, workers=d.workers, pin_memory=device.type == "cuda", **options)
 
 
-def build_loaders(config: Config, train_data: Any, test_data: Any, *, device: str | torch.device = "cpu",
-                  context: DistributedContext | None = None) -> Loaders:
-    """Train and test loaders for ``config`` (either split may be None)."""
+def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: Any = None,
+                  device: str | torch.device = "cpu", context: DistributedContext | None = None) -> Loaders:
+    """Train, validation and test loaders for ``config`` (any split may be None)."""
     device = torch.device(device)
     size, max_gb = config.data.input_size, config.data.device_cache_max_gb
-    present = [data for data in (train_data, test_data) if data is not None]
+    present = [data for data in (train_data, val_data, test_data) if data is not None]
     pipeline = choose_pipeline(config.data.pipeline, sum(split_nbytes(data, size) for data in present), max_gb)
     normalization = dict(IMAGENET_NORMALIZATION)
     classes = tuple(getattr(present[0], "classes", ())) if present else ()
@@ -336,7 +337,8 @@ def build_loaders(config: Config, train_data: Any, test_data: Any, *, device: st
         train=make_loader(train_data, train=True, **build) if train_data is not None else None,
         test=make_loader(test_data, train=False, **build) if test_data is not None else None,
         pipeline=pipeline, normalization=normalization, classes=classes,
-        train_labels=labels_of(train_data) if train_data is not None else None)
+        train_labels=labels_of(train_data) if train_data is not None else None,
+        val=make_loader(val_data, train=False, **build) if val_data is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- benchmark

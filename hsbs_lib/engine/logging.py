@@ -1,8 +1,8 @@
 """Run logging: metrics.csv (one row per epoch), optional TensorBoard, tqdm progress bars.
 
 Columns of metrics.csv: ``epoch``, ``step``, ``loss/<term>`` for every named loss term (train means),
-``loss/total``, ``lr``, ``train/accuracy``, ``test/accuracy``, ``test/mean_class_accuracy``,
-``test/macro_f1``, whatever ``model.epoch_end`` returns (under its own names), ``intensity/layer1..4``
+``loss/total``, ``lr``, ``train/accuracy``, ``val/accuracy``, ``val/mean_class_accuracy``,
+``val/macro_f1`` (the validation split; the test split is scored once, into eval.json), whatever ``model.epoch_end`` returns (under its own names), ``intensity/layer1..4``
 when learning intensity is recorded, and ``time/epoch_s``.
 """
 from __future__ import annotations
@@ -16,12 +16,14 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
+from hsbs_lib.constants import progress_disabled
+
 log = logging.getLogger("hsbs_lib.engine")
 
 
 def progress_enabled(requested: bool = True) -> bool:
     """Progress bars unless switched off by the config or by ``HSBS_NO_PROGRESS=1``."""
-    return bool(requested) and os.environ.get("HSBS_NO_PROGRESS", "0") not in ("1", "true", "yes")
+    return bool(requested) and not progress_disabled()
 
 
 def progress_bar(iterable: Iterable, *, enabled: bool, desc: str = "", total: int | None = None):
@@ -95,8 +97,8 @@ def _parse_row(row: dict[str, str]) -> dict:
 def format_epoch(row: dict) -> str:
     """One log line per epoch with the headline numbers."""
     parts = [f"epoch {row['epoch']}", f"loss {row['loss/total']:.4f}", f"train acc {row['train/accuracy']:.3f}"]
-    if "test/accuracy" in row:
-        parts += [f"test acc {row['test/accuracy']:.3f}", f"mca {row['test/mean_class_accuracy']:.3f}",
-                  f"F1 {row['test/macro_f1']:.3f}"]
+    if "val/accuracy" in row:
+        parts += [f"val acc {row['val/accuracy']:.3f}", f"mca {row['val/mean_class_accuracy']:.3f}",
+                  f"F1 {row['val/macro_f1']:.3f}"]
     parts.append(f"lr {row['lr']:.2e}")
     return " | ".join(parts)

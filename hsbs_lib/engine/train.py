@@ -6,10 +6,12 @@ directory ``config.out``:
 
 * ``config.yaml``: the resolved config;
 * ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.logging`);
-* ``last.pt`` after every epoch, ``best.pt`` for the epoch with the best test *mean class accuracy*
-  (FER test sets are imbalanced and plain accuracy rewards the majority class; FER benchmarks have no
-  validation split, so like the papers this selects on the test split);
-* ``eval.json``: the metrics of ``best.pt`` on the test split;
+* ``last.pt`` after every epoch, ``best.pt`` for the epoch with the best *validation* mean class accuracy
+  (FER test sets are imbalanced and plain accuracy rewards the majority class). The validation split is
+  the dataset's own when it has one, else a stratified, seeded hold-out of the training split
+  (``data.val_split``, see :func:`build_splits`); the test split is never looked at during training;
+* ``eval.json``: the metrics of ``best.pt`` on the test split, scored once after training, with the split
+  that selected it (``selected_on``) and its validation metrics;
 * ``tensorboard/`` when ``train.tensorboard`` is on.
 
 The engine knows no method by name: it calls ``out = model(x)``, sums the named terms of
@@ -40,8 +42,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import Config, TrainConfig, apply_overrides, config_from_dict, load_config, save_config
 from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.build import build_model, build_splits, select_device
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
@@ -50,11 +54,10 @@ from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
-from hsbs_lib.models.registry import create_model
 
 log = logging.getLogger("hsbs_lib.engine")
 
-INTENSITY_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+INTENSITY_LAYERS = STAGE_NAMES
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,7 +69,8 @@ class RunResult:
     """What :func:`fit` returns.
 
     model: the last epoch's weights (plain module, eval mode); ``best.pt`` holds the best epoch's.
-    history: the metrics.csv rows; final: test metrics of the last epoch; best: eval.json (best.pt).
+    history: the metrics.csv rows; final: validation metrics of the last epoch; best: eval.json (best.pt
+    scored once on the test split).
     """
 
     out_dir: Path
@@ -89,19 +93,6 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------- set-up
 
-def select_device(name: str = "auto", context: DistributedContext | None = None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Under torchrun, CUDA means this rank's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", context.local_rank if context else torch.cuda.current_device())
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -120,27 +111,6 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-
-
-def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
-    """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
-    m = config.model
-    return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
-                        pretrained=m.pretrained if load_pretrained else None, small_input=m.small_input,
-                        input_size=config.data.input_size, **m.options)
-
-
-def build_dataset(config: Config, split: str) -> Any:
-    """One split of ``config.data`` through ``load_dataset`` (SynthFER is rendered, others read from disk)."""
-    from hsbs_lib.data.datasets import load_dataset
-
-    d = config.data
-    if d.name == "synthfer":
-        n = d.n_train if split == d.train_split else d.n_test
-        return load_dataset("synthfer", None, split=split, num_classes=d.num_classes, n=n, size=d.input_size,
-                            seed=d.synth_seed, balanced=d.synth_balanced, **d.options)
-    return load_dataset(d.name, config.data_root(), split, num_classes=d.num_classes, skip_bad=d.skip_bad,
-                        **d.options)
 
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> Tensor:
@@ -327,15 +297,16 @@ def unwrap_to_step_module(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- fit
 
 def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: Any = None,
-        test_data: Any = None) -> RunResult:
+        val_data: Any = None, test_data: Any = None) -> RunResult:
     """Train ``config`` into ``config.out`` and return a :class:`RunResult`.
 
     Args:
         config: the resolved recipe (see :mod:`hsbs_lib.config`).
         resume: a run directory or checkpoint to continue from (its ``last.pt``); ``config`` is used as
             given, so pass the stored config plus overrides (:func:`resume_config` builds it).
-        train_data, test_data: datasets or cached splits to use instead of ``config.data`` (notebooks,
-            tests); with ``train_data`` given, ``test_data=None`` trains without evaluation.
+        train_data, val_data, test_data: datasets or cached splits to use instead of ``config.data``
+            (notebooks, tests). With ``train_data`` given, only the splits passed are used: without
+            ``val_data`` best.pt is the last epoch, without ``test_data`` nothing is scored at the end.
     """
     config = copy.deepcopy(config)
     requested = config.train.device
@@ -343,13 +314,13 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     owns_group = not (dist.is_available() and dist.is_initialized())
     context = init_distributed(device_type)
     try:
-        return _fit(config, context, resume, train_data, test_data)
+        return _fit(config, context, resume, train_data, val_data, test_data)
     finally:
         if owns_group:
             cleanup_distributed(context)
 
 
-def _fit(config: Config, context: DistributedContext, resume, train_data, test_data) -> RunResult:
+def _fit(config: Config, context: DistributedContext, resume, train_data, val_data, test_data) -> RunResult:
     t = config.train
     device = select_device(t.device, context)
     if t.threads and device.type == "cpu":
@@ -363,10 +334,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, test_d
     checkpoint = load_checkpoint(resume) if resume is not None else None
 
     if train_data is None:
-        train_data = build_dataset(config, config.data.train_split)
-        if test_data is None:
-            test_data = build_dataset(config, config.data.test_split)
-    loaders = build_loaders(config, train_data, test_data, device=device, context=context)
+        splits = build_splits(config)
+        train_data, val_data, test_data = splits.train, splits.val, splits.test
+        selection = splits.selection
+    else:
+        selection = "the validation data given to fit" if val_data is not None else "none (best.pt is the last epoch)"
+    loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context)
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
@@ -413,15 +386,16 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, test_d
                 grad_clip=t.grad_clip, amp_dtype=amp_dtype, channels_last=t.channels_last,
                 record_intensity=t.record_intensity, progress=progress, log_every=t.log_every)
             sync_buffers(model, context)
-            if loaders.test is not None:
-                evaluation = evaluate(model, loaders.test, device=device, classes=classes, amp_dtype=amp_dtype,
+            if loaders.val is not None:
+                evaluation = evaluate(model, loaders.val, device=device, classes=classes, amp_dtype=amp_dtype,
                                       progress=progress)
             row = epoch_row(epoch, step, train_stats, optimizer.param_groups[0]["lr"], evaluation,
                             model.epoch_end(epoch), time.perf_counter() - started)
             metrics_log.log(row)
             if context.is_main:
                 log.info(format_epoch(row))
-            score = evaluation.get("mean_class_accuracy", train_stats["train/accuracy"])
+            # Selection looks at the validation split only; without one the latest epoch is kept.
+            score = evaluation["mean_class_accuracy"] if loaders.val is not None else float(epoch)
             improved = score > best_score
             if improved:
                 best_score, best_epoch = score, epoch + 1
@@ -438,7 +412,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, test_d
 
     best_report: dict = {}
     if loaders.test is not None and (out / "best.pt").is_file():
-        best_report = _evaluate_best(out / "best.pt", config, classes, loaders, device, amp_dtype, context)
+        best_report = _evaluate_best(out / "best.pt", config, classes, loaders, device, amp_dtype, context,
+                                     selection=selection)
     return RunResult(out_dir=out, model=model.eval(), classes=classes, history=metrics_log.rows,
                      final=evaluation, best=best_report, best_epoch=best_epoch, pipeline=loaders.pipeline)
 
@@ -452,21 +427,24 @@ def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: d
     row["lr"] = lr
     row["train/accuracy"] = train_stats["train/accuracy"]
     if evaluation:
-        row.update({f"test/{key}": evaluation[key] for key in ("accuracy", "mean_class_accuracy", "macro_f1")})
+        row.update({f"val/{key}": evaluation[key] for key in ("accuracy", "mean_class_accuracy", "macro_f1")})
     row.update({key: float(value) for key, value in extra.items()})
     row.update({key: value for key, value in train_stats.items() if key.startswith("intensity/")})
     row["time/epoch_s"] = seconds
     return row
 
 
-def _evaluate_best(path: Path, config: Config, classes, loaders, device, amp_dtype, context) -> dict:
-    """Evaluate best.pt on the test loader and write eval.json beside it."""
+def _evaluate_best(path: Path, config: Config, classes, loaders, device, amp_dtype, context, *,
+                   selection: str) -> dict:
+    """Score best.pt once on the test loader and write eval.json beside it, saying what selected it."""
     checkpoint = load_checkpoint(path)
     model = build_model(config, classes, load_pretrained=False)
     model.load_state_dict(checkpoint["model"])
     metrics = evaluate(model.to(device), loaders.test, device=device, classes=classes, amp_dtype=amp_dtype)
+    validation = {key.split("/", 1)[1]: value for key, value in checkpoint["metrics"].items() if key.startswith("val/")}
     report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=config.data.test_split,
-                               classes=classes, epoch=checkpoint["epoch"])
+                               classes=classes, epoch=checkpoint["epoch"], selected_on=selection,
+                               validation=validation)
     if context.is_main:
         write_json(report, path.parent / "eval.json")
     return report

@@ -17,8 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+SIMILARITIES = ("dot", "cosine")
+
+
 class BatchSimilarityAttention(nn.Module):
-    """z~ = z + gamma * W_o (S W_v z),  S = softmax_j(q_i . k_j / sqrt(d)); optionally LayerNorm(z~).
+    """z~ = z + gamma * W_o (S W_v z),  S = softmax_j(score(q_i, k_j)); optionally LayerNorm(z~).
+
+    score = q_i . k_j / sqrt(d) (``similarity="dot"``) or cos(q_i, k_j) / tau (``"cosine"``, tau =
+    ``temperature``). With dot products the scores grow with the norms of the keys, and one sample with a
+    large key can take every row's softmax: measured on SynthFER, the dot-product similarity collapsed onto
+    a single column. Cosine scores are bounded by 1 / tau, so no key can win by its norm alone.
 
     forward(z: (B, C)) -> (z~: (B, C), S: (B, B)); every row of S sums to 1.
 
@@ -35,9 +43,15 @@ class BatchSimilarityAttention(nn.Module):
     """
 
     def __init__(self, dim: int, attn_dim: int = 128, *, mask_diagonal: bool = False, gamma_init: float = 1.0,
-                 norm: bool = False):
+                 norm: bool = False, similarity: str = "dot", temperature: float = 0.1):
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown BSA similarity '{similarity}'; choose one of {', '.join(SIMILARITIES)}")
+        if temperature <= 0:
+            raise ValueError(f"BSA temperature must be > 0, got {temperature}")
         self.attn_dim = attn_dim
+        self.kind = similarity
+        self.temperature = float(temperature)
         self.mask_diagonal = mask_diagonal
         self.query = nn.Linear(dim, attn_dim)
         self.key = nn.Linear(dim, attn_dim)
@@ -48,7 +62,11 @@ class BatchSimilarityAttention(nn.Module):
 
     def similarity(self, z: Tensor) -> Tensor:
         """Row-stochastic batch similarity S: (B, C) -> (B, B)."""
-        scores = self.query(z) @ self.key(z).transpose(0, 1) / math.sqrt(self.attn_dim)
+        queries, keys = self.query(z), self.key(z)
+        if self.kind == "cosine":
+            scores = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
+        else:
+            scores = queries @ keys.transpose(0, 1) / math.sqrt(self.attn_dim)
         # A batch of one has nobody else to attend to; masking its only entry would give NaN.
         if self.mask_diagonal and z.shape[0] > 1:
             eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
@@ -83,3 +101,26 @@ def similarity_supervision_loss(similarity: Tensor, labels: Tensor, *, mask_diag
     log_similarity = similarity.float().clamp_min(1e-12).log()
     per_row = F.kl_div(log_similarity, targets, reduction="none").sum(dim=1)
     return per_row[has_partner].mean()
+
+
+def similarity_statistics(similarity: Tensor, labels: Tensor) -> dict[str, float]:
+    """How structured a row-stochastic batch similarity S (B, B) is, for labels (B,).
+
+    ``row_entropy``: mean entropy of the rows (nats), against ``max_entropy`` = log B for uniform rows;
+    ``max_column_mass``: the largest column sum divided by B, the share of all attention that one sample
+    receives (1 / B when spread evenly, 1 when every row picks the same sample: the collapse);
+    ``same_to_different``: mean S over same-label pairs (diagonal excluded) divided by the mean over
+    different-label pairs (1 = no class structure; NaN when the batch lacks either kind of pair).
+    """
+    s = similarity.detach().double().cpu()
+    labels = labels.detach().cpu()
+    size = s.shape[0]
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~torch.eye(size, dtype=torch.bool)
+    same_pairs, different_pairs = s[same & off_diagonal], s[~same]
+    ratio = (float(same_pairs.mean() / different_pairs.mean())
+             if same_pairs.numel() and different_pairs.numel() and float(different_pairs.mean()) > 0 else float("nan"))
+    return {"row_entropy": float(-(s * s.clamp_min(1e-12).log()).sum(dim=1).mean()),
+            "max_entropy": math.log(size),
+            "max_column_mass": float(s.sum(dim=0).max() / size),
+            "same_to_different": ratio}

@@ -9,6 +9,7 @@ teacher. A training-only loss: it adds nothing at inference.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 HST_MODES = ("deep_to_all", "chain")
+HST_TEACHERS = ("activation", "cam")
 
 
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
@@ -29,15 +31,43 @@ def quantile_mask(attention: Tensor, quantile: float) -> Tensor:
     return (attention >= threshold).to(attention.dtype)
 
 
+def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
+    """Average a shallow map (B, H, W) onto a deeper ResNet stage's grid ``size`` = (h, w): (B, h, w).
+
+    A ResNet centres cell i of a stride-s stage on input pixel s*i (see
+    :func:`hsbs_lib.models.backbones.cells_to_pixels`), so teacher cell i sits on student cell r*i
+    (r = the stride ratio, a power of two). The student is averaged over the r + 1 cells centred there
+    (padding not counted). Adaptive pooling would average cells r*i .. r*i + r - 1 instead: half a teacher
+    cell further down and right, which teaches the shallow layers to look below and right of the evidence.
+    """
+    height, width = size
+    ratio = 2 ** max(0, round(math.log2(attention.shape[-2] / height)))
+    maps = attention.unsqueeze(1)
+    if ratio > 1:
+        maps = F.avg_pool2d(maps, kernel_size=ratio + 1, stride=ratio, padding=ratio // 2, count_include_pad=False)
+    return maps[:, 0, :height, :width]
+
+
 def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float) -> Tensor:
     """Attention pooled to the teacher grid and flattened: (B, C, H, W) -> (B, h*w)."""
     # Average pooling to the coarse layer4 grid suppresses the high-frequency background responses
     # of shallow layers: our reading of "ignoring irrelevant noise".
-    return F.adaptive_avg_pool2d(activation_attention(feature, p).unsqueeze(1), size).flatten(1)
+    return pool_to_teacher_grid(activation_attention(feature, p), size).flatten(1)
+
+
+def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Tensor) -> Tensor:
+    """CAM of each sample's own class (Zhou et al., CVPR 2016), clamped at 0: (B, C, h, w) -> (B, h, w).
+
+    CAM_y = relu(sum_c W[y, c] F_c): the per-position contribution to the class-y logit of a global-average
+    -pooled linear classifier, so it lights up where the evidence for the labelled expression is.
+    """
+    weight = classifier_weight.detach().float()[labels]            # (B, C)
+    return torch.einsum("bchw,bc->bhw", feature.detach().float(), weight).clamp_min(0.0)
 
 
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
-             mask_quantile: float | None = None, p: float = 2) -> Tensor:
+             mask_quantile: float | None = None, teacher_quantile: float | None = None, p: float = 2,
+             teacher: Tensor | None = None) -> Tensor:
     """Unscaled HST loss from the four stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
 
     L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
@@ -47,7 +77,11 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     mode "deep_to_all": T = 4 for every student; "chain": 4 teaches 3, 3 teaches 2, 2 teaches 1. Every teacher
     map is detached (stop-gradient), so the deep layers are never pulled toward the shallow ones.
     mask_quantile q: keep only positions where the teacher is at or above its q-quantile, in both maps,
-    before normalising (a second "ignore noise" option). Returns a float32 scalar.
+    before normalising (a second "ignore noise" option: those positions stop counting).
+    teacher_quantile q: zero the teacher below its q-quantile, the student untouched, so the students are
+    pulled off those positions (a third: the noise is suppressed, not ignored). ``teacher`` (B, h, w), e.g. a class activation map
+    on the layer4 grid, replaces layer4's activation attention as the teacher of every student (mode
+    "deep_to_all" only). Returns a float32 scalar.
     """
     if len(features) != 4:
         raise ValueError(f"hst_loss expects the 4 stage outputs [x1, x2, x3, x4], got {len(features)}")
@@ -56,7 +90,14 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     if mode not in HST_MODES:
         raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
     grid = tuple(features[-1].shape[-2:])
-    maps = [_pooled_attention(feature, grid, p) for feature in features]
+    if teacher is not None:
+        if mode != "deep_to_all":
+            raise ValueError("an explicit HST teacher map teaches every student: use mode 'deep_to_all'")
+        if tuple(teacher.shape[-2:]) != grid:
+            raise ValueError(f"teacher map {tuple(teacher.shape)} is not on the layer4 grid {grid}")
+        maps = [_pooled_attention(feature, grid, p) for feature in features[:-1]] + [teacher.float().flatten(1)]
+    else:
+        maps = [_pooled_attention(feature, grid, p) for feature in features]
     teacher_of = {0: 3, 1: 3, 2: 3} if mode == "deep_to_all" else {0: 1, 1: 2, 2: 3}
     total = maps[0].new_zeros(())
     for student, weight in enumerate(weights):
@@ -64,6 +105,8 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
             continue
         teacher_map = maps[teacher_of[student]].detach()
         student_map = maps[student]
+        if teacher_quantile is not None:
+            teacher_map = teacher_map * quantile_mask(teacher_map, teacher_quantile)
         if mask_quantile is not None:
             mask = quantile_mask(teacher_map, mask_quantile)
             teacher_map, student_map = teacher_map * mask, student_map * mask
@@ -94,18 +137,21 @@ class HSTLoss(nn.Module):
     """
 
     def __init__(self, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
-                 mask_quantile: float | None = None, lambda_hst: float | None = None, p: float = 2,
+                 mask_quantile: float | None = None, teacher_quantile: float | None = None,
+                 lambda_hst: float | None = None, p: float = 2,
                  warmup_epochs: float = 0.0):
         super().__init__()
         if mode not in HST_MODES:
             raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
-        if mask_quantile is not None and not 0.0 <= mask_quantile < 1.0:
-            raise ValueError(f"mask_quantile must be in [0, 1), got {mask_quantile}")
+        for name, value in (("mask_quantile", mask_quantile), ("teacher_quantile", teacher_quantile)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.weights = tuple(float(w) for w in weights)
         self.mode = mode
         self.mask_quantile = mask_quantile
+        self.teacher_quantile = teacher_quantile
         self.lambda_hst = None if lambda_hst is None else float(lambda_hst)
         self.p = p
         self.warmup_epochs = float(warmup_epochs)
@@ -126,12 +172,15 @@ class HSTLoss(nn.Module):
     def set_epoch(self, epochs_done: int) -> None:
         self.epochs_done.fill_(int(epochs_done))
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
+    def forward(self, features: Sequence[Tensor], teacher: Tensor | None = None) -> Tensor:
         grid_positions = features[-1].shape[-2] * features[-1].shape[-1]
         return self.ramp() * self.scale(grid_positions) * hst_loss(
-            features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile, p=self.p)
+            features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile,
+            teacher_quantile=self.teacher_quantile, p=self.p,
+            teacher=teacher)
 
     def extra_repr(self) -> str:
         lam = "auto (1e3 * N / 49)" if self.lambda_hst is None else self.lambda_hst
         return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
+                f"teacher_quantile={self.teacher_quantile}, p={self.p}, "
                 f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}")

@@ -42,11 +42,11 @@ class FERModel(nn.Module):
     #: names of the backbone stages that Grad-CAM and attention figures target
     feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 small_input: bool = False):
+    def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
+                 stem: str = "standard", backbone_width: int = 64):
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, small_input=small_input)
+        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, stem=stem, width=backbone_width)
         self.label_smoothing = 0.0
         self.register_buffer("class_weights", torch.ones(num_classes), persistent=False)
 

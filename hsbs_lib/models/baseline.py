@@ -16,8 +16,8 @@ class Baseline(FERModel):
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 small_input: bool = False, dropout: float = 0.0):
-        super().__init__(num_classes, backbone, pretrained, small_input)
+                 *, stem: str = "standard", backbone_width: int = 64, dropout: float = 0.0):
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.out_channels, num_classes)

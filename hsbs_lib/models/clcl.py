@@ -30,7 +30,6 @@ module fuses multi-layer features.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -38,14 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.losses.clcl import CLBSLoss, CLFMLoss
 from hsbs_lib.losses.hst import activation_attention
+from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
+LAYERS = STAGE_NAMES
 #: PixelShuffle factor per stage: each stage is twice as coarse as the previous one, and layer1 itself
 #: is upsampled x2, so every shuffled map has (about) twice the layer1 resolution.
 SHUFFLE_FACTORS = (2, 4, 8, 16)
@@ -70,16 +71,6 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def stage_sizes(input_size: int, *, small_input: bool = False) -> tuple[int, int, int, int]:
-    """Side of the layer1..4 maps of a torchvision ResNet for a square ``input_size`` input."""
-    size = input_size if small_input else math.ceil(math.ceil(input_size / 2) / 2)   # stride-2 stem conv, max-pool
-    sizes = [size]
-    for _ in range(3):
-        size = math.ceil(size / 2)
-        sizes.append(size)
-    return tuple(sizes)
-
-
 def _derived_geometry(size: int, grid: int) -> ConvGeometry:
     """[design] A conv taking a size x size map to grid x grid, chosen for the least window overlap.
 
@@ -102,15 +93,14 @@ def _derived_geometry(size: int, grid: int) -> ConvGeometry:
     return best[1]
 
 
-def msr_geometry(input_size: int = 224, *, small_input: bool = False, grid: int = MSR_GRID) -> tuple[ConvGeometry, ...]:
+def msr_geometry(input_size: int = 224, *, stem: str = "standard", grid: int = MSR_GRID) -> tuple[ConvGeometry, ...]:
     """The four MSR conv geometries for a square ``input_size`` input, each giving a grid x grid map.
 
     224 and 112 px with the standard stem use the released numbers; other sizes use
     :func:`_derived_geometry` on the shuffled map sizes (stage size x shuffle factor).
     """
-    shuffled = [size * factor for size, factor in zip(stage_sizes(input_size, small_input=small_input),
-                                                      SHUFFLE_FACTORS)]
-    if not small_input and grid == MSR_GRID and input_size in RELEASED_GEOMETRY:
+    shuffled = [size * factor for size, factor in zip(stage_sizes(input_size, stem=stem), SHUFFLE_FACTORS)]
+    if stem == "standard" and grid == MSR_GRID and input_size in RELEASED_GEOMETRY:
         geometry = tuple(ConvGeometry(k, s, p, size) for (k, s, p), size in zip(RELEASED_GEOMETRY[input_size], shuffled))
     else:
         geometry = tuple(_derived_geometry(size, grid) for size in shuffled)
@@ -126,11 +116,11 @@ class MultiScaleHead(nn.Module):
     stage, before summing; CLBS projects them), fused is (B, width, 11, 11) after the 3x3 conv and BN.
     """
 
-    def __init__(self, channels: Sequence[int], *, input_size: int = 224, small_input: bool = False,
+    def __init__(self, channels: Sequence[int], *, input_size: int = 224, stem: str = "standard",
                  width: int = 128):
         super().__init__()
         self.input_size = input_size
-        self.geometry = msr_geometry(input_size, small_input=small_input)
+        self.geometry = msr_geometry(input_size, stem=stem)
         for channel, factor in zip(channels, SHUFFLE_FACTORS):
             if channel % (factor * factor):
                 raise ValueError(f"MSR needs stage channels divisible by the squared shuffle factor, got {channel} "
@@ -195,7 +185,7 @@ class CLCL(FERModel):
         clfm_temperature: temperature of the spatial softmax that makes the CLFM channel codes.
         input_size: the input side the MSR conv geometry is built for (other sizes are resized).
         width: channels of the MSR maps (128 as released).
-        small_input: 3x3 stride-1 stem without max-pool, for 48-64 px inputs.
+        stem, backbone_width: the backbone's stem and width (see hsbs_lib.models.backbones).
 
     forward(x: (B, 3, H, W)) -> ModelOutput with logits (B, K); features (B, 121) with msr (the
     flattened map the classifier sees) else (B, C4); maps "features/layer1..4" (raw stage outputs),
@@ -204,11 +194,11 @@ class CLCL(FERModel):
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 small_input: bool = False, *, msr: bool = True, clbs: bool = True, clfm: bool = True,
+                 *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True, clfm: bool = True,
                  layer_weights: Sequence[float] | Mapping = (0.0, 0.1, 0.0, 0.0), batch_mean: bool = False,
                  clbs_clusters: int = 7, clfm_clusters: int = 4, kmeans_iters: int = 10, kmeans_seed: int = 0,
                  clfm_temperature: float = 1.0, input_size: int = 224, width: int = 128):
-        super().__init__(num_classes, backbone, pretrained, small_input)
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         if clbs and not msr:
             raise ValueError("CLBS contrasts the per-layer maps of the MSR head: with msr=False set clbs=False "
                              "(CLFM works without MSR)")
@@ -217,7 +207,7 @@ class CLCL(FERModel):
         self.layer_weights = {name: weight for name, weight in weights.items() if weight != 0}
         channels = self.backbone.channels
         if msr:
-            self.head = MultiScaleHead(channels, input_size=input_size, small_input=small_input, width=width)
+            self.head = MultiScaleHead(channels, input_size=input_size, stem=stem, width=width)
             self.classifier = nn.Linear(MSR_GRID * MSR_GRID, num_classes)
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)

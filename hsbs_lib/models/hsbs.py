@@ -16,7 +16,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss
-from hsbs_lib.losses.hst import HSTLoss, activation_attention
+from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, activation_attention, class_activation_map
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
 
@@ -35,29 +35,36 @@ class HSBS(FERModel):
 
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
       logits (B, K) = W z (W LN(z) with bsa_norm; W z~ only in eval with bsa_at_eval); features (B, C) = z;
-      maps: ``attention/layer1..4`` (B, H_l, W_l) activation attention at native resolution,
-            ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs,
+      maps: ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs; in eval mode also
+            ``attention/layer1..4`` (B, H_l, W_l), activation attention at native resolution;
             ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
             which computes it in eval without changing the logits);
       extras: ``stages`` for HST, ``logits_bsa`` and ``similarity`` for the BSA terms (training only).
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
-                 hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all",
-                 hst_mask_quantile: float | None = None, hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
+                 hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all", hst_teacher: str = "activation",
+                 hst_mask_quantile: float | None = None, hst_teacher_quantile: float | None = None,
+                 hst_p: float = 2.0, hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
                  lambda_hst: float | None = None, hst_warmup_epochs: float = 0.0, bsa_dim: int = 128,
                  bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0,
-                 bsa_gamma_init: float = 1.0, bsa_norm: bool = False, small_input: bool = False,
-                 dropout: float = 0.0):
-        super().__init__(num_classes, backbone, pretrained, small_input)
+                 bsa_gamma_init: float = 1.0, bsa_norm: bool = False, bsa_similarity: str = "dot",
+                 bsa_temperature: float = 0.1, stem: str = "standard",
+                 backbone_width: int = 64, dropout: float = 0.0):
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         # Same module names and creation order as the baseline, so hst=bsa=False is the baseline exactly.
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
+        if hst_teacher not in HST_TEACHERS:
+            raise ValueError(f"unknown hst_teacher '{hst_teacher}'; choose one of {', '.join(HST_TEACHERS)}")
+        self.hst_teacher = hst_teacher
         self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
+                           teacher_quantile=hst_teacher_quantile, p=hst_p,
                            lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs) if hst else None
         self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim, mask_diagonal=bsa_mask_diagonal,
-                                            gamma_init=bsa_gamma_init, norm=bsa_norm) if bsa else None
+                                            gamma_init=bsa_gamma_init, norm=bsa_norm, similarity=bsa_similarity,
+                                            temperature=bsa_temperature) if bsa else None
         self.bsa_at_eval = bsa_at_eval
         self.bsa_supervision = float(bsa_supervision)
 
@@ -68,11 +75,12 @@ class HSBS(FERModel):
         # same LayerNorm, so the shared classifier never serves two feature scales at once.
         z_plain = self.bsa.norm(z) if self.bsa is not None else z
         logits = self.classifier(self.dropout(z_plain))
-        maps: dict[str, Tensor] = {}
-        for name, stage in zip(self.feature_layers, stages):
-            maps[f"features/{name}"] = stage
-            maps[f"attention/{name}"] = activation_attention(stage)
-        extras: dict = {"stages": stages}
+        maps: dict[str, Tensor] = {f"features/{name}": stage for name, stage in zip(self.feature_layers, stages)}
+        if not self.training:
+            # For figures only; a training step does not pay for them (HST computes its own, pooled).
+            maps.update({f"attention/{name}": activation_attention(stage)
+                         for name, stage in zip(self.feature_layers, stages)})
+        extras: dict = {"stages": stages} if self.training else {}
 
         mix_logits = self.training or self.bsa_at_eval
         if self.bsa is not None and (mix_logits or with_similarity):
@@ -97,7 +105,12 @@ class HSBS(FERModel):
         if "logits_bsa" in output.extras:
             terms["ce_bsa"] = self.classification_loss(output.extras["logits_bsa"], targets)
         if self.hst is not None and "stages" in output.extras:
-            terms["hst"] = self.hst(output.extras["stages"])
+            stages = output.extras["stages"]
+            teacher = None
+            if self.hst_teacher == "cam":
+                labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
+                teacher = class_activation_map(stages[-1], self.classifier.weight, labels)
+            terms["hst"] = self.hst(stages, teacher=teacher)
         if self.bsa_supervision > 0 and "similarity" in output.extras:
             labels = targets.get("label")
             if labels is None:

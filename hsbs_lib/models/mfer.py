@@ -27,13 +27,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.losses.center import CenterLoss
 from hsbs_lib.losses.dsf import DeepSmoothFeatureLoss
 from hsbs_lib.losses.lgm import LGMLoss
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
 
-STAGES = ("layer1", "layer2", "layer3", "layer4")
+STAGES = STAGE_NAMES
 
 #: feature loss name -> (loss class, default weight in the total loss).
 #: DSF 1e-3 is MFER's weight; center loss gets the same weight, so the comparison isolates smoothing
@@ -155,12 +156,12 @@ class MFER(FERModel):
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 small_input: bool = False, *, ds_attention: bool = True,
+                 *, stem: str = "standard", backbone_width: int = 64, ds_attention: bool = True,
                  ds_layers: Sequence[str] = ("layer3", "layer4"), ds_kernel_size: int = 7,
                  depthwise: bool = True, msc: bool = True, feature_loss: str = "dsf",
                  feature_loss_weight: float | None = None, feature_loss_options: dict[str, Any] | None = None,
                  label_smoothing: float | None = 0.1):
-        super().__init__(num_classes, backbone, pretrained, small_input)
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         channels = dict(zip(STAGES, self.backbone.channels))
         ds_layers = tuple(ds_layers) if ds_attention else ()
         unknown = [name for name in ds_layers if name not in channels]

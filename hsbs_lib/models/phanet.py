@@ -74,7 +74,7 @@ class PhaNet(FERModel):
         aux_losses: the per-scale auxiliary classifiers and their "ce/layerN" terms.
         pose_loss: the "pose" term (used only for samples whose pose label is >= 0).
         single_scale: e.g. "layer4" to keep that one scale only (no gate: nothing to select).
-        small_input: 3x3 stride-1 stem without max-pool, for 48-64 px inputs.
+        stem, backbone_width: the backbone's stem and width (see hsbs_lib.models.backbones).
 
     forward(x: (B, 3, H, W)) -> ModelOutput with
         logits (B, K), features = fused f (B, E);
@@ -92,8 +92,8 @@ class PhaNet(FERModel):
                  num_poses: int = 5, scales: Sequence[str] = ("layer2", "layer3", "layer4"),
                  embed_dim: int = 256, gate: bool = True, gate_temperature: float = 1.0,
                  learned_weights: bool = True, aux_losses: bool = True, pose_loss: bool = True,
-                 single_scale: str | None = None, small_input: bool = False):
-        super().__init__(num_classes, backbone, pretrained, small_input)
+                 single_scale: str | None = None, stem: str = "standard", backbone_width: int = 64):
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         scales = (single_scale,) if single_scale is not None else tuple(scales)
         unknown = [scale for scale in scales if scale not in self.feature_layers]
         if not scales or unknown or len(set(scales)) != len(scales):

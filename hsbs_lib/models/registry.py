@@ -52,7 +52,7 @@ def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pr
             local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
         input_size: the image size, passed on to models whose head geometry depends on it (CLCL's MSR);
             ignored by the others.
-        **options: method switches, e.g. ``hst=False`` or ``small_input=True``.
+        **options: method switches, e.g. ``hst=False`` or ``stem="no_maxpool"``.
     """
     factory = get_model_factory(name)
     if input_size is not None and "input_size" in inspect.signature(factory).parameters:

@@ -1,6 +1,7 @@
 """Figures: every plot a notebook or ``hsbs figures`` draws. Each function returns a matplotlib Figure;
 ``save_figure(fig, name)`` writes figures/NAME.png and .pdf."""
-from hsbs_lib.viz.style import (CLASS_COLORS, METHOD_COLORS, MINORITY_CLASSES, apply_style, class_color,
+from hsbs_lib.constants import MINORITY_CLASSES
+from hsbs_lib.viz.style import (CLASS_COLORS, METHOD_COLORS, apply_style, class_color,
                                 class_palette, figures_dir, save_figure)
 from hsbs_lib.viz.attention import (activation_attention, attention_maps, overlay, plot_ds_attention,
                                     plot_layer_attention, plot_scale_attention_by_pose, to_display_images,

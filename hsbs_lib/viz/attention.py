@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torch import Tensor, nn
 
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.models.backbones import cells_to_pixels
 from hsbs_lib.viz.style import apply_style
 
 LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = tuple(IMAGENET_NORMALIZATION["mean"])
+IMAGENET_STD = tuple(IMAGENET_NORMALIZATION["std"])
 
 
 def activation_attention(features: Tensor) -> Tensor:
@@ -60,15 +62,24 @@ def attention_maps(model: nn.Module, images: Tensor, *, layers: Sequence[str] = 
     return maps
 
 
-def upsample_to(attention: Tensor | np.ndarray, size: int | tuple[int, int]) -> Tensor:
-    """Bilinear resize of a map (h, w) or a batch of maps (B, h, w) to ``size`` = (H, W); float tensor out."""
+def upsample_to(attention: Tensor | np.ndarray, size: int | tuple[int, int], *, cells: str = "resnet") -> Tensor:
+    """Bilinear resize of a map (h, w) or a batch of maps (B, h, w) to ``size`` = (H, W); float tensor out.
+
+    ``cells="resnet"`` puts cell i of a stride-s ResNet map on pixel s*i, where the network centred it
+    (:func:`~hsbs_lib.models.backbones.cells_to_pixels`); ``"block"`` is a plain resize.
+    """
     size = (size, size) if isinstance(size, int) else tuple(size)
     tensor = torch.as_tensor(np.asarray(attention) if not isinstance(attention, Tensor) else attention).float()
     squeeze = tensor.dim() == 2
-    batch = tensor[None, None] if squeeze else tensor[:, None]
+    batch = tensor[None] if squeeze else tensor
     if tuple(batch.shape[-2:]) != size:
-        batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
-    return batch[0, 0] if squeeze else batch[:, 0]
+        if cells == "resnet":
+            batch = cells_to_pixels(batch, size)
+        elif cells == "block":
+            batch = F.interpolate(batch[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        else:
+            raise ValueError(f"cells must be 'resnet' or 'block', got {cells!r}")
+    return batch[0] if squeeze else batch
 
 
 def to_display_images(images, *, mean: Sequence[float] | None = None,

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from hsbs_lib.viz.style import METHOD_COLORS, MINORITY_CLASSES, apply_style
+from hsbs_lib.constants import MINORITY_CLASSES
+from hsbs_lib.viz.style import METHOD_COLORS, apply_style
 
 X_COLUMNS = ("epoch", "step")
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.viz.attention import attention_maps, plot_ds_attention, plot_layer_attention, plot_scale_attention_by_pose
 from hsbs_lib.viz.confusion import confusion, per_class_recall, plot_confusion, plot_confusion_pair
 from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves, read_metrics
@@ -29,6 +30,7 @@ from hsbs_lib.viz.embedding import plot_tsne, tsne_embedding
 from hsbs_lib.viz.gradcam import CAM_METHODS, gradcam, plot_gradcam_per_class
 from hsbs_lib.viz.intensity import plot_learning_intensity, read_intensity
 from hsbs_lib.viz.saliency import attention_score_table, plot_attention_scores, score_saliency
+from hsbs_lib.losses.bsa import similarity_statistics
 from hsbs_lib.viz.similarity import (ClassSimilarityAccumulator, batch_similarity_maps, plot_class_similarity,
                                      plot_similarity_matrix)
 from hsbs_lib.viz.style import figures_dir, save_figure
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 DEMO_RUNS: dict[str, str] = {"demo_baseline": "configs/synthfer_baseline.yaml",
                              "demo_hsbs": "configs/synthfer_hsbs.yaml"}
 SYNTHFER_REGIONS = ("brows", "eyes", "nose", "mouth")
-DEFAULT_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+DEFAULT_NORMALIZATION = IMAGENET_NORMALIZATION
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RunSummary:
     embedding: np.ndarray | None = None
     embedding_labels: np.ndarray | None = None
     paths: list[Path] = field(default_factory=list)
+    bsa_statistics: dict[str, float] = field(default_factory=dict)
 
 
 def load_run(directory: str | Path, *, checkpoint: str = "best.pt", device: str = "cpu") -> RunArtifacts:
@@ -112,7 +115,7 @@ def load_eval_data(run: RunArtifacts, *, max_samples: int = 512) -> EvalData | N
     are drawn.
     """
     from hsbs_lib.config import config_from_dict
-    from hsbs_lib.engine.train import build_dataset
+    from hsbs_lib.engine.build import build_dataset
 
     config = config_from_dict(run.config)
     if config.data.name == "synthfer":
@@ -264,23 +267,46 @@ def write_run_figures(run: RunArtifacts, data: EvalData | None, out=None, *, sho
                     f"{name}_attention_scores")
         writer.write_text(f"{name}_attention_scores.md", attention_score_table({name: scores}))
 
-    _method_specific_figures(run, data, inputs, shown, writer)
+    bsa_statistics = _method_specific_figures(run, data, inputs, shown, writer)
+    if bsa_statistics:
+        writer.write_text(f"{name}_bsa_statistics.md",
+                          f"{name}: BSA similarity over {len(inputs)} test images in batches of "
+                          f"{bsa_statistics['batch_size']}: {similarity_caption(bsa_statistics)} "
+                          f"(uniform rows: entropy {bsa_statistics['max_entropy']:.2f}, column "
+                          f"{1 / bsa_statistics['batch_size']:.3f}; no class structure: same/diff 1)\n")
     return RunSummary(name, counts, recalls, maps, shown, scores, embedding,
-                      data.labels[subset] if embedding is not None else None, writer.paths)
+                      data.labels[subset] if embedding is not None else None, writer.paths, bsa_statistics)
+
+
+def similarity_caption(statistics: dict) -> str:
+    """One line of :func:`~hsbs_lib.losses.bsa.similarity_statistics` for a figure title."""
+    return (f"row entropy {statistics['row_entropy']:.2f} of {statistics['max_entropy']:.2f}, "
+            f"largest column {statistics['max_column_mass']:.3f}, same/diff class {statistics['same_to_different']:.2f}")
 
 
 def _method_specific_figures(run: RunArtifacts, data: EvalData, inputs: Tensor, shown: np.ndarray,
-                             writer: FigureWriter, *, batch_size: int = 64) -> None:
-    """BSA similarity (HSBS) and per-pose scale attention (PhaNet), when the model returns them."""
+                             writer: FigureWriter, *, batch_size: int = 64) -> dict[str, float]:
+    """BSA similarity (HSBS) and per-pose scale attention (PhaNet), when the model returns them.
+
+    Returns the BSA similarity statistics averaged over the test batches (empty without BSA)."""
     name, classes, model = run.name, run.classes, run.model
     similarity = _similarity(model, inputs[:batch_size])
+    statistics: dict[str, float] = {}
     if similarity is not None:
+        shown_stats = similarity_statistics(similarity, torch.as_tensor(data.labels[:batch_size]))
         writer.save(plot_similarity_matrix(similarity, data.labels[:batch_size], classes,
-                                           title=f"{name}: BSA similarity"), f"{name}_bsa_similarity")
+                                           title=f"{name}: BSA similarity\n{similarity_caption(shown_stats)}"),
+                    f"{name}_bsa_similarity")
         accumulator = ClassSimilarityAccumulator(len(classes))
+        per_batch = []
         for start in range(0, len(inputs), batch_size):
-            accumulator.update(_similarity(model, inputs[start:start + batch_size]),
-                               data.labels[start:start + batch_size])
+            batch_similarity = _similarity(model, inputs[start:start + batch_size])
+            batch_labels = data.labels[start:start + batch_size]
+            accumulator.update(batch_similarity, batch_labels)
+            if len(batch_labels) > 1:
+                per_batch.append(similarity_statistics(batch_similarity, torch.as_tensor(batch_labels)))
+        statistics = {key: float(np.nanmean([batch[key] for batch in per_batch])) for key in per_batch[0]}
+        statistics["batch_size"] = batch_size
         writer.save(plot_class_similarity(accumulator.compute(), classes, title=f"{name}: class-to-class similarity"),
                     f"{name}_class_similarity")
 
@@ -290,6 +316,7 @@ def _method_specific_figures(run: RunArtifacts, data: EvalData, inputs: Tensor, 
         writer.save(plot_scale_attention_by_pose(data.images[by_pose], data.poses[by_pose],
                                                  attention_maps(model, inputs[by_pose]), gates=gates),
                     f"{name}_scale_attention_by_pose")
+    return statistics
 
 
 @torch.no_grad()
@@ -443,4 +470,17 @@ def run_figures(args) -> int:
         plt.close(grid)
     figures = sorted({path.stem for path in paths})
     print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
+    notes = figure_notes(paths)
+    if notes:
+        print("\n" + notes)
     return 0
+
+
+def figure_notes(paths: Sequence[Path]) -> str:
+    """The numbers written beside the figures (attention scores, BSA statistics), for printing.
+
+    When a comparison table of attention scores exists, the per-run ones it contains are left out."""
+    notes = [path for path in paths if path.suffix == ".md"]
+    if any("_vs_" in path.stem for path in notes):
+        notes = [path for path in notes if "_vs_" in path.stem or not path.stem.endswith("_attention_scores")]
+    return "\n".join(path.read_text().strip() for path in sorted(set(notes)))

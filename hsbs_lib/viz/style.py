@@ -21,7 +21,6 @@ CLASS_COLORS: dict[str, str] = {
 METHOD_COLORS: dict[str, str] = {
     "baseline": "#4d4d4d", "hsbs": "#d62728", "clcl": "#1f77b4", "phanet": "#2ca02c", "mfer": "#9467bd",
 }
-MINORITY_CLASSES = ("fear", "disgust")
 
 
 def apply_style() -> None:

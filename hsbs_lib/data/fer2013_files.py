@@ -1,0 +1,102 @@
+"""Write grey faces in FER2013's two distributed layouts: ``fer2013.csv`` and the class-folder export.
+
+Used to turn in-memory faces (a ``.npz`` of FER2013's training split, a subset of it) into files that the
+``fer2013`` adapter reads exactly as it reads a user's download, so real-face tests and benchmarks go
+through the same code path. Labels are given by *class name* and written as FER2013's own codes or
+folder names, so a source whose classes are ordered differently (the alphabetical folder order
+angry, disgust, fear, happy, neutral, sad, surprise puts neutral at 4, the csv code for sad) cannot be
+silently shifted.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from hsbs_lib.data.labels import canonical_name
+
+#: FER2013's csv codes (the ``emotion`` column) by canonical class name.
+FER2013_CODE_OF = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4, "surprise": 5, "neutral": 6}
+#: The folder names of the common image export, by canonical class name.
+FER2013_FOLDER_OF = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy",
+                     "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
+USAGES = ("Training", "PublicTest", "PrivateTest")
+
+
+def _canonical(names: Sequence[str]) -> list[str]:
+    resolved = []
+    for name in names:
+        canonical = canonical_name(str(name))
+        if canonical not in FER2013_CODE_OF:
+            raise ValueError(f"class name {name!r} is not one of FER2013's seven expressions")
+        resolved.append(canonical)
+    return resolved
+
+
+def _grey_faces(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 3:
+        images = images.mean(axis=-1).round().astype(np.uint8)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 grey faces (N, H, W), got {images.dtype} {images.shape}")
+    return images
+
+
+def write_fer2013_csv(path: str | Path, images: np.ndarray, class_of: Sequence[str],
+                      usage: Sequence[str] | str = "Training") -> Path:
+    """``fer2013.csv`` (emotion, pixels, Usage) for uint8 faces (N, 48, 48) and their class names.
+
+    ``usage``: one of Training / PublicTest / PrivateTest for every row, or a sequence of them.
+    """
+    images = _grey_faces(images)
+    names = _canonical(class_of)
+    usages = [usage] * len(images) if isinstance(usage, str) else list(usage)
+    if not len(images) == len(names) == len(usages):
+        raise ValueError(f"{len(images)} images, {len(names)} class names and {len(usages)} usages differ")
+    unknown = sorted(set(usages) - set(USAGES))
+    if unknown:
+        raise ValueError(f"unknown Usage {unknown}; FER2013 uses {', '.join(USAGES)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for image, name, row_usage in zip(images, names, usages):
+            writer.writerow([FER2013_CODE_OF[name], " ".join(map(str, image.reshape(-1).tolist())), row_usage])
+    return path
+
+
+def write_fer2013_folders(root: str | Path, split: str, images: np.ndarray, class_of: Sequence[str],
+                          stems: Sequence[str] | None = None) -> list[Path]:
+    """``root/<split>/<folder>/<stem>.png`` (the common export: angry, disgust, ..., surprise folders)."""
+    images = _grey_faces(images)
+    names = _canonical(class_of)
+    stems = list(stems) if stems is not None else [f"{split}_{i:05d}" for i in range(len(images))]
+    if not len(images) == len(names) == len(stems):
+        raise ValueError(f"{len(images)} images, {len(names)} class names and {len(stems)} file stems differ")
+    written = []
+    for image, name, stem in zip(images, names, stems):
+        folder = Path(root) / split / FER2013_FOLDER_OF[name]
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{Path(stem).stem}.png"
+        Image.fromarray(image, mode="L").save(target)
+        written.append(target)
+    return written
+
+
+def stratified_usage(labels: Sequence[int], shares: dict[str, float], *, seed: int = 0) -> list[str]:
+    """A Usage per sample: each class split by ``shares`` (e.g. {"Training": 0.9, "PrivateTest": 0.1}), seeded."""
+    labels = np.asarray(labels)
+    if not np.isclose(sum(shares.values()), 1.0):
+        raise ValueError(f"usage shares must sum to 1, got {shares}")
+    rng = np.random.default_rng(seed)
+    usage = np.empty(len(labels), dtype=object)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        bounds = np.round(np.cumsum([0.0, *shares.values()]) * len(members)).astype(int)
+        for name, start, stop in zip(shares, bounds[:-1], bounds[1:]):
+            usage[members[start:stop]] = name
+    return usage.tolist()

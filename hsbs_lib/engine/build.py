@@ -1,0 +1,121 @@
+"""Builders shared by training, evaluation, figures and commands: the device, the model, the data splits.
+
+``build_model(config, classes)`` creates the registered model of ``config.model``; ``build_dataset(config,
+split)`` reads one split of ``config.data``; ``build_splits(config)`` returns the train, validation and test
+data of a run (the validation split selects checkpoints; the test split is scored once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hsbs_lib.config import Config
+from hsbs_lib.data.datasets import ADAPTERS, canonical_dataset_name, load_dataset
+from hsbs_lib.data.splits import holdout_split, per_class_subset
+from hsbs_lib.engine.distributed import DistributedContext
+from hsbs_lib.models.registry import create_model
+
+
+def select_device(name: str = "auto", context: DistributedContext | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Under torchrun, CUDA means this rank's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", context.local_rank if context else torch.cuda.current_device())
+    return device
+
+
+def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
+    """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
+    m = config.model
+    return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
+                        pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
+                        backbone_width=m.backbone_width,
+                        input_size=config.data.input_size, **m.options)
+
+
+def build_dataset(config: Config, split: str) -> Any:
+    """One split of ``config.data`` through ``load_dataset`` (SynthFER is rendered, others read from disk)."""
+    d = config.data
+    if d.name == "synthfer":
+        n = {d.train_split: d.n_train, d.test_split: d.n_test}.get(split, d.n_val)
+        return load_dataset("synthfer", None, split=split, num_classes=d.num_classes, n=n, size=d.input_size,
+                            seed=d.synth_seed, balanced=d.synth_balanced, **d.options)
+    return load_dataset(d.name, config.data_root(), split, num_classes=d.num_classes, skip_bad=d.skip_bad,
+                        **d.options)
+
+
+NO_SPLIT = ("none", "null", "")
+
+
+@dataclass
+class Splits:
+    """The three splits of a run and how the validation split was made (``selection``, for reports)."""
+
+    train: Any
+    val: Any
+    test: Any
+    selection: str
+
+
+def build_splits(config: Config) -> Splits:
+    """Train, validation and test data for ``config.data``.
+
+    ``data.val_split``: ``auto`` uses the dataset's own validation split when it has one that shares no
+    image with the test split (SynthFER ``val``, FER2013/FERPlus PublicTest, an ImageFolder ``val/``), else a
+    hold-out; ``holdout`` takes ``data.val_fraction`` of every class of the training split (seed
+    ``data.val_seed``, whole subjects when the dataset knows them); a split name reads that split (refused
+    when it shares images with the test split); ``none`` trains without validation. ``max_train_per_class``
+    then caps the training set (a fixed budget).
+    """
+    d = config.data
+    train = build_dataset(config, d.train_split)
+    test = None if str(d.test_split).lower() in NO_SPLIT else build_dataset(config, d.test_split)
+    mode = str(d.val_split).strip().lower()
+    val, selection = None, "none (best.pt is the last epoch)"
+    if mode == "auto":
+        val = _own_validation_split(config, test)
+        mode = "holdout" if val is None else "own"
+        if val is not None:
+            selection = f"{d.name} {val.split} split"
+    if mode == "holdout":
+        train, val = holdout_split(train, fraction=d.val_fraction, seed=d.val_seed)
+        selection = (f"hold-out of the {d.train_split} split ({100 * d.val_fraction:g}% of every class, "
+                     f"seed {d.val_seed}, {len(val)} images)")
+    elif mode not in ("own", *NO_SPLIT):
+        val = build_dataset(config, d.val_split)
+        shared = _shared_images(val, test)
+        if shared:
+            raise ValueError(f"data.val_split={d.val_split} shares {shared} images with the test split "
+                             f"'{d.test_split}': selecting on it would select on the test set; use "
+                             f"data.val_split=holdout")
+        selection = f"{d.name} {d.val_split} split"
+    if d.max_train_per_class:
+        train = per_class_subset(train, int(d.max_train_per_class), seed=d.val_seed)
+    return Splits(train, val, test, selection)
+
+
+def _shared_images(first: Any, second: Any) -> int:
+    """How many source paths two datasets have in common (0 when either is missing)."""
+    if first is None or second is None:
+        return 0
+    return len({path for path, _ in first.samples} & {path for path, _ in second.samples})
+
+
+def _own_validation_split(config: Config, test: Any) -> Any:
+    """The dataset's own validation split, or None when it has none distinct from the test split."""
+    name = canonical_dataset_name(config.data.name)
+    if name != "synthfer" and not getattr(ADAPTERS.get(name), "has_validation_split", False):
+        return None
+    try:
+        val = build_dataset(config, "val")
+    except (ValueError, FileNotFoundError, KeyError):
+        return None
+    return None if len(val) == 0 or _shared_images(val, test) else val
