@@ -68,6 +68,7 @@ class ModelConfig:
 class TrainConfig:
     """The recipe: optimisation, schedule, precision, reproducibility and logging."""
 
+    trainer: str = "engine"           # engine | reference (plain torchvision ResNet-18 loop, hsbs_lib.engine.reference)
     epochs: int = 8
     batch_size: int = 64
     eval_batch_size: int = 256

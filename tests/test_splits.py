@@ -151,3 +151,19 @@ def test_without_validation_best_is_the_last_epoch(tmp_path):
     result = fit(config, train_data=train, test_data=test)
     report = json.loads((tmp_path / "eval.json").read_text())
     assert result.best_epoch == 2 and report["selected_on"].startswith("none")
+
+
+def test_the_reference_trainer_reads_the_same_splits_and_reports_like_the_engine(tmp_path):
+    """train.trainer=reference: torchvision's ResNet-18 in a plain loop, same validation rule, same eval.json."""
+    config = apply_overrides(Config(), ["train.trainer=reference", "data.n_train=96", "data.n_val=48",
+                                        "data.n_test=40", "data.input_size=32", "train.epochs=2",
+                                        "train.batch_size=16", "train.threads=1", f"out={tmp_path}"])
+    result = fit(config)
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["trainer"].startswith("torchvision resnet18") and report["n"] == 40
+    assert report["selected_on"] == "synthfer val split" and result.best_epoch == report["epoch"]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "val/mean_class_accuracy" in rows[0]
+    assert float(rows[2].split(",")[1]) < float(rows[1].split(",")[1])        # the loss went down
+    with pytest.raises(ValueError, match="train.trainer must be engine or reference"):
+        fit(apply_overrides(Config(), ["train.trainer=keras", f"out={tmp_path / 'x'}"]))

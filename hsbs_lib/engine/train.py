@@ -51,6 +51,7 @@ from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resol
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
 from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
+from hsbs_lib.engine.reference import train_reference
 from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
@@ -309,6 +310,12 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
             ``val_data`` best.pt is the last epoch, without ``test_data`` nothing is scored at the end.
     """
     config = copy.deepcopy(config)
+    if config.train.trainer == "reference":
+        report = train_reference(config)
+        return RunResult(out_dir=Path(config.out), model=None, classes=tuple(report.get("classes", ())),
+                         best=report, best_epoch=int(report["epoch"]), pipeline="reference")
+    if config.train.trainer != "engine":
+        raise ValueError(f"train.trainer must be engine or reference, got '{config.train.trainer}'")
     requested = config.train.device
     device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
     owns_group = not (dist.is_available() and dist.is_initialized())
