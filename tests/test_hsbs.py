@@ -67,6 +67,18 @@ def test_hst_pools_shallow_maps_onto_the_cell_the_teacher_sits_on():
     assert hst_loss(_hot_spot_stages(offset=1), weights=(0.5, 1.0, 0.0)) < 1e-10
 
 
+@pytest.mark.parametrize("cells,teacher", [(32, 4), (16, 4), (8, 4), (33, 5), (48, 6), (4, 4)])
+def test_every_student_cell_reaches_the_teacher_grid(cells, teacher):
+    """Border cells past the last teacher cell count too, so HST leaves no free place for energy."""
+    for row, column in ((cells - 1, cells - 1), (0, 0), (cells - 1, 0), (cells // 2, cells - 1)):
+        student = torch.zeros(1, cells, cells)
+        student[0, row, column] = 1.0
+        pooled = pool_to_teacher_grid(student, (teacher, teacher))
+        assert pooled.shape == (1, teacher, teacher) and pooled.sum() > 0
+    uniform = pool_to_teacher_grid(torch.ones(2, cells, cells), (teacher, teacher))
+    assert torch.allclose(uniform, torch.ones_like(uniform))         # windows average, they do not sum
+
+
 def test_hst_scale_and_weights():
     stages = _random_stages()
     unscaled = hst_loss(stages)

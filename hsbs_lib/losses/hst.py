@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 HST_MODES = ("deep_to_all", "chain")
 HST_TEACHERS = ("activation", "cam")
+HST_POOLINGS = ("registered", "adaptive")
 
 
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
@@ -31,28 +32,44 @@ def quantile_mask(attention: Tensor, quantile: float) -> Tensor:
     return (attention >= threshold).to(attention.dtype)
 
 
+def _window_weights(cells: int, teacher_cells: int, ratio: int, device) -> Tensor:
+    """(teacher_cells, cells) averaging weights: row i averages the student cells of teacher cell i's window."""
+    weights = torch.zeros(teacher_cells, cells, device=device)
+    half = ratio // 2
+    for index in range(teacher_cells):
+        start = max(0, ratio * index - half)
+        # the last window runs to the end, so border cells past the last teacher cell still count
+        stop = cells if index == teacher_cells - 1 else min(cells, ratio * index + half + 1)
+        weights[index, start:stop] = 1.0 / (stop - start)
+    return weights
+
+
 def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
     """Average a shallow map (B, H, W) onto a deeper ResNet stage's grid ``size`` = (h, w): (B, h, w).
 
     A ResNet centres cell i of a stride-s stage on input pixel s*i (see
     :func:`hsbs_lib.models.backbones.cells_to_pixels`), so teacher cell i sits on student cell r*i
-    (r = the stride ratio, a power of two). The student is averaged over the r + 1 cells centred there
-    (padding not counted). Adaptive pooling would average cells r*i .. r*i + r - 1 instead: half a teacher
-    cell further down and right, which teaches the shallow layers to look below and right of the evidence.
+    (r = the stride ratio, a power of two). The student is averaged over the r + 1 cells centred there,
+    and the last window along each axis extends to the map's edge, so every student cell counts (cells
+    no window covers would be a free place for energy). Adaptive pooling would average cells
+    r*i .. r*i + r - 1 instead: half a teacher cell further down and right, which teaches the shallow
+    layers to look below and right of the evidence.
     """
     height, width = size
     ratio = 2 ** max(0, round(math.log2(attention.shape[-2] / height)))
-    maps = attention.unsqueeze(1)
-    if ratio > 1:
-        maps = F.avg_pool2d(maps, kernel_size=ratio + 1, stride=ratio, padding=ratio // 2, count_include_pad=False)
-    return maps[:, 0, :height, :width]
+    rows = _window_weights(attention.shape[-2], height, ratio, attention.device)
+    columns = _window_weights(attention.shape[-1], width, ratio, attention.device)
+    return rows @ attention.float() @ columns.T
 
 
-def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float) -> Tensor:
+def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling: str = "registered") -> Tensor:
     """Attention pooled to the teacher grid and flattened: (B, C, H, W) -> (B, h*w)."""
     # Average pooling to the coarse layer4 grid suppresses the high-frequency background responses
     # of shallow layers: our reading of "ignoring irrelevant noise".
-    return pool_to_teacher_grid(activation_attention(feature, p), size).flatten(1)
+    attention = activation_attention(feature, p)
+    if pooling == "adaptive":   # cells as blocks: kept as an ablation, it misplaces every student cell
+        return F.adaptive_avg_pool2d(attention.unsqueeze(1), size).flatten(1)
+    return pool_to_teacher_grid(attention, size).flatten(1)
 
 
 def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Tensor) -> Tensor:
@@ -67,7 +84,7 @@ def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Ten
 
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
              mask_quantile: float | None = None, teacher_quantile: float | None = None, p: float = 2,
-             teacher: Tensor | None = None) -> Tensor:
+             teacher: Tensor | None = None, pooling: str = "registered") -> Tensor:
     """Unscaled HST loss from the four stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
 
     L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
@@ -81,7 +98,8 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     teacher_quantile q: zero the teacher below its q-quantile, the student untouched, so the students are
     pulled off those positions (a third: the noise is suppressed, not ignored). ``teacher`` (B, h, w), e.g. a class activation map
     on the layer4 grid, replaces layer4's activation attention as the teacher of every student (mode
-    "deep_to_all" only). Returns a float32 scalar.
+    "deep_to_all" only). ``pooling``: "registered" (:func:`pool_to_teacher_grid`) or "adaptive" (adaptive
+    average pooling, the cells-as-blocks reading; an ablation). Returns a float32 scalar.
     """
     if len(features) != 4:
         raise ValueError(f"hst_loss expects the 4 stage outputs [x1, x2, x3, x4], got {len(features)}")
@@ -89,15 +107,17 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
         raise ValueError(f"hst_loss expects 3 weights (layer1, layer2, layer3), got {len(weights)}")
     if mode not in HST_MODES:
         raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
+    if pooling not in HST_POOLINGS:
+        raise ValueError(f"unknown HST pooling '{pooling}'; choose one of {', '.join(HST_POOLINGS)}")
     grid = tuple(features[-1].shape[-2:])
     if teacher is not None:
         if mode != "deep_to_all":
             raise ValueError("an explicit HST teacher map teaches every student: use mode 'deep_to_all'")
         if tuple(teacher.shape[-2:]) != grid:
             raise ValueError(f"teacher map {tuple(teacher.shape)} is not on the layer4 grid {grid}")
-        maps = [_pooled_attention(feature, grid, p) for feature in features[:-1]] + [teacher.float().flatten(1)]
+        maps = [_pooled_attention(feature, grid, p, pooling) for feature in features[:-1]] + [teacher.float().flatten(1)]
     else:
-        maps = [_pooled_attention(feature, grid, p) for feature in features]
+        maps = [_pooled_attention(feature, grid, p, pooling) for feature in features]
     teacher_of = {0: 3, 1: 3, 2: 3} if mode == "deep_to_all" else {0: 1, 1: 2, 2: 3}
     total = maps[0].new_zeros(())
     for student, weight in enumerate(weights):
@@ -138,7 +158,7 @@ class HSTLoss(nn.Module):
 
     def __init__(self, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
                  mask_quantile: float | None = None, teacher_quantile: float | None = None,
-                 lambda_hst: float | None = None, p: float = 2,
+                 lambda_hst: float | None = None, p: float = 2, pooling: str = "registered",
                  warmup_epochs: float = 0.0):
         super().__init__()
         if mode not in HST_MODES:
@@ -152,6 +172,7 @@ class HSTLoss(nn.Module):
         self.mode = mode
         self.mask_quantile = mask_quantile
         self.teacher_quantile = teacher_quantile
+        self.pooling = pooling
         self.lambda_hst = None if lambda_hst is None else float(lambda_hst)
         self.p = p
         self.warmup_epochs = float(warmup_epochs)
@@ -176,7 +197,7 @@ class HSTLoss(nn.Module):
         grid_positions = features[-1].shape[-2] * features[-1].shape[-1]
         return self.ramp() * self.scale(grid_positions) * hst_loss(
             features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile,
-            teacher_quantile=self.teacher_quantile, p=self.p,
+            teacher_quantile=self.teacher_quantile, p=self.p, pooling=self.pooling,
             teacher=teacher)
 
     def extra_repr(self) -> str:

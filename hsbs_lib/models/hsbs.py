@@ -45,7 +45,7 @@ class HSBS(FERModel):
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
                  hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all", hst_teacher: str = "activation",
                  hst_mask_quantile: float | None = None, hst_teacher_quantile: float | None = None,
-                 hst_p: float = 2.0, hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
+                 hst_p: float = 2.0, hst_pooling: str = "registered", hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
                  lambda_hst: float | None = None, hst_warmup_epochs: float = 0.0, bsa_dim: int = 128,
                  bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0,
                  bsa_gamma_init: float = 1.0, bsa_norm: bool = False, bsa_similarity: str = "dot",
@@ -60,7 +60,7 @@ class HSBS(FERModel):
             raise ValueError(f"unknown hst_teacher '{hst_teacher}'; choose one of {', '.join(HST_TEACHERS)}")
         self.hst_teacher = hst_teacher
         self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
-                           teacher_quantile=hst_teacher_quantile, p=hst_p,
+                           teacher_quantile=hst_teacher_quantile, p=hst_p, pooling=hst_pooling,
                            lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs) if hst else None
         self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim, mask_diagonal=bsa_mask_diagonal,
                                             gamma_init=bsa_gamma_init, norm=bsa_norm, similarity=bsa_similarity,
