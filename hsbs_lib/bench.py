@@ -106,50 +106,88 @@ def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", d
 
 def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbone: str = "resnet18",
                         device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2) -> list[ModelCost]:
-    """Training and inference speed of several models, their steps interleaved, the fastest step kept.
-
-    ``models`` maps a registered name to its options (``stem``, ``backbone_width`` and method switches).
-    Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
-    (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
-    every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed one.
-    """
-    device = torch.device(device)
-    built, inputs, optimizers = {}, {}, {}
+    """Training and inference speed of several registered models (name -> options such as ``stem``,
+    ``backbone_width`` and method switches), measured by :func:`time_interleaved`."""
+    built = {}
     for name, options in models.items():
         torch.manual_seed(0)
-        model = create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options).to(device)
-        built[name] = model.to(memory_format=torch.channels_last)
-        optimizers[name] = torch.optim.SGD(model.parameters(), lr=1e-4)
-    x_train = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=torch.channels_last)
-    x_eval = torch.randn(2 * batch_size, 3, input_size, input_size, device=device).to(memory_format=torch.channels_last)
-    targets = _fake_targets(batch_size, 7, device)
-    best = {name: [math.inf, math.inf] for name in built}
+        built[name] = (create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options),
+                       input_size)
+    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup)
 
-    def train_step(name):
-        model, optimizer = built[name], optimizers[name]
+
+def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = "cpu", batch_size: int = 32,
+                     steps: int = 8, warmup: int = 2) -> list[ModelCost]:
+    """Speeds of ``models`` (label -> (model, input size)), their steps interleaved, the fastest step kept.
+
+    Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
+    (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
+    every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed.
+    """
+    device = torch.device(device)
+    states = {}
+    for label, (model, size) in models.items():
+        model = model.to(device).to(memory_format=torch.channels_last)
+        x_train = torch.randn(batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
+        x_eval = torch.randn(2 * batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
+        states[label] = (model, torch.optim.SGD(model.parameters(), lr=1e-4), x_train, x_eval, size)
+    targets = _fake_targets(batch_size, 7, device)
+    best = {label: [math.inf, math.inf] for label in states}
+
+    def train_step(model, optimizer, x_train, _):
         model.train()
         loss = sum(model.loss(model(x_train), targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    def eval_step(name):
-        model = built[name]
+    @torch.no_grad()
+    def eval_step(model, _, __, x_eval):
         model.eval()
-        with torch.no_grad():
-            model(x_eval)
+        model(x_eval)
 
     for round_index in range(warmup + steps):
-        for name in built:
+        for label, (model, optimizer, x_train, x_eval, _) in states.items():
             for slot, step in enumerate((train_step, eval_step)):
                 _sync(device)
                 start = time.perf_counter()
-                step(name)
+                step(model, optimizer, x_train, x_eval)
                 _sync(device)
                 if round_index >= warmup:
-                    best[name][slot] = min(best[name][slot], time.perf_counter() - start)
-    return [ModelCost(name, count_parameters(model), count_macs(model, input_size), batch_size / best[name][0],
-                      2 * batch_size / best[name][1]) for name, model in built.items()]
+                    best[label][slot] = min(best[label][slot], time.perf_counter() - start)
+    return [ModelCost(label, count_parameters(model), count_macs(model, size), batch_size / best[label][0],
+                      2 * batch_size / best[label][1]) for label, (model, _, _, _, size) in states.items()]
+
+
+#: (label, input px, stem, width) of the candidate scales for CPU teaching runs
+SCALES = (("ResNet-18, standard stem", 64, "standard", 64),
+          ("ResNet-18, no max-pool", 64, "no_maxpool", 64),
+          ("ResNet-18 at half width, no max-pool", 64, "no_maxpool", 32),
+          ("ResNet-18, standard stem", 112, "standard", 64),
+          ("ResNet-18, standard stem", 128, "standard", 64),
+          ("ResNet-18, standard stem", 48, "standard", 64),
+          ("ResNet-18, no max-pool", 48, "no_maxpool", 64),
+          ("ResNet-18, small-input stem", 48, "small", 64))
+
+
+def scale_table(*, device: str = "cpu", batch_size: int = 64, steps: int = 4) -> str:
+    """Training speed of the plain baseline at each candidate scale (steps interleaved, fastest kept),
+    as a ratio to the first scale, with the layer4 grid each gives HST's teacher."""
+    from hsbs_lib.models.backbones import stage_sizes
+
+    models = {}
+    for index, (label, size, stem, width) in enumerate(SCALES):
+        torch.manual_seed(0)
+        models[str(index)] = (create_model("baseline", stem=stem, backbone_width=width), size)
+    costs = time_interleaved(models, device=device, batch_size=batch_size, steps=steps)
+    reference = costs[0].train_images_per_s
+    lines = ["| backbone | input | stem | width | layer4 grid | params (M) | train img/s | cost vs first |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (label, size, stem, width), cost in zip(SCALES, costs):
+        grid = stage_sizes(size, stem=stem)[-1]
+        lines.append(f"| {label} | {size} px | {stem} | {width} | {grid}x{grid} | {cost.parameters / 1e6:.2f} | "
+                     f"{cost.train_images_per_s:.0f} | {reference / cost.train_images_per_s:.2f}x |")
+    return "\n".join(lines)
 
 
 def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> str:
@@ -165,11 +203,13 @@ def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> s
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-BENCH_SECTIONS = ("render", "pipeline", "models")
+BENCH_SECTIONS = ("render", "pipeline", "models", "scales")
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=list(BENCH_SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=["render", "pipeline", "models"],
+                        help="what to time (default: render pipeline models; 'scales' times the candidate "
+                             "input scales of the SynthFER demo)")
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
@@ -235,4 +275,7 @@ def run_bench(args) -> int:
         print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}), batch {args.batch_size}, "
               f"{args.steps} interleaved rounds (cost = baseline images/s / model images/s, fastest step of each)")
         print(method_ratio_table(costs))
+    if "scales" in args.sections:
+        print(f"\n## Candidate scales for CPU runs: the baseline's training step, batch {args.batch_size}")
+        print(scale_table(device=device, batch_size=args.batch_size, steps=max(2, args.steps // 2)))
     return 0
