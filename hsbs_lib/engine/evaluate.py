@@ -153,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.name={args.data}")
     if args.root:
-        overrides.append(f"data.root={json.dumps(args.root)}")
+        overrides.append(f"data.root={args.root}")
     report = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, out=args.out,
                                  overrides=overrides, batch_size=args.batch_size)
     print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]")

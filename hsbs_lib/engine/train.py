@@ -462,25 +462,29 @@ def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...]
 # ---------------------------------------------------------------------------------------------- CLI
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML recipe, e.g. configs/synthfer_hsbs.yaml")
+    parser.add_argument("--config", help="a full YAML recipe, e.g. configs/synthfer_hsbs.yaml")
+    parser.add_argument("--data", help="compose the recipe: configs/datasets/DATA.yaml (rafdb, fer2013, ..., or synthfer)")
+    parser.add_argument("--method", help="compose the recipe: configs/methods/METHOD.yaml (baseline, hsbs, clcl, ...)")
     parser.add_argument("--out", help="run directory (default: the config's out)")
     parser.add_argument("--resume", metavar="RUN",
                         help="continue RUN (a run directory or its last.pt) with its stored config plus overrides")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides such as train.epochs=2 data.n_train=256 model.options.bsa=false")
-    parser.epilog = ("Example: hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1; "
-                     "then hsbs train --resume runs/a train.epochs=2. Under torchrun: "
-                     "torchrun --nproc_per_node=2 -m hsbs_lib.cli train --config ...")
+    parser.epilog = ("Examples: hsbs train --data rafdb --method hsbs data.root=/data/RAF-DB/basic; "
+                     "hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1, "
+                     "then hsbs train --resume runs/a train.epochs=2. Layers, later wins: defaults, the recipe "
+                     "(--config FILE, or configs/datasets/DATA.yaml then configs/methods/METHOD.yaml), key=value. "
+                     "Under torchrun: torchrun --nproc_per_node=2 -m hsbs_lib.cli train --data ... --method ...")
 
 
 def run_train(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.config:
+        if args.config or args.data or args.method:
             raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
         config = resume_config(args.resume, args.overrides)
     else:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, data=args.data, method=args.method)
     if args.out:
         config.out = args.out
     if args.device:
