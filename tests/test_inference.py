@@ -43,7 +43,7 @@ def test_crop_face_is_square_with_margin_and_pads_at_borders():
 
 
 def test_predict_on_a_synthfer_face_pasted_into_a_larger_image(checkpoint, tmp_path):
-    from hsbs_lib.data.synthetic import SynthFER
+    from hsbs_lib.data.synthfer import SynthFER
 
     face = SynthFER(split="test", n=1, size=96, seed=3).images[0]
     canvas = np.full((300, 400, 3), 40, np.uint8)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hsbs_lib.config import Config
-from hsbs_lib.data.datasets import ADAPTERS, canonical_dataset_name, load_dataset
+from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
 from hsbs_lib.models.registry import create_model
@@ -111,8 +111,7 @@ def _shared_images(first: Any, second: Any) -> int:
 
 def _own_validation_split(config: Config, test: Any) -> Any:
     """The dataset's own validation split, or None when it has none distinct from the test split."""
-    name = canonical_dataset_name(config.data.name)
-    if name != "synthfer" and not getattr(ADAPTERS.get(name), "has_validation_split", False):
+    if not dataset_adapter(config.data.name).has_validation_split:
         return None
     try:
         val = build_dataset(config, "val")

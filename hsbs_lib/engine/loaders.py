@@ -363,7 +363,7 @@ def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", 
 
     from hsbs_lib.data.cache import cache_split
     from hsbs_lib.data.datasets import load_dataset
-    from hsbs_lib.data.synthetic import write_rafdb_layout
+    from hsbs_lib.data.synthfer import write_rafdb_layout
 
     device = torch.device(device)
     common = dict(batch_size=batch_size, shuffle=True, augment=augment, drop_last=True)

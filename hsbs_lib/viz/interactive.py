@@ -30,7 +30,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
 from hsbs_lib.data.labels import class_names
-from hsbs_lib.data.synthetic import (EXPRESSION_CLASSES, POSE_BINS, POSE_YAW_DEGREES, REGION_NAMES, SPLITS,
+from hsbs_lib.data.synthfer import (EXPRESSION_CLASSES, POSE_BINS, POSE_YAW_DEGREES, REGION_NAMES, SPLITS,
                                      SUBJECTS_PER_SPLIT, render_parameters, sample_parameters)
 from hsbs_lib.viz.attention import (IMAGENET_MEAN, IMAGENET_STD, attention_maps, normalize_map, overlay,
                                     to_display_images, upsample_to)
