@@ -6,15 +6,22 @@ reported as ratios to the baseline measured in the same run, because shared mach
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+import yaml
 
-from hsbs_lib.data.synthfer import render_synthfer
+from hsbs_lib.config import config_path, load_config
+from hsbs_lib.data.datasets import load_dataset
+from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader
+from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
+from hsbs_lib.engine.build import resolve_device
+from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
 from hsbs_lib.models.registry import create_model, list_models
 
 
@@ -25,78 +32,6 @@ class ModelCost:
     macs: int
     train_images_per_s: float
     infer_images_per_s: float
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_macs(model: nn.Module, input_size: int, *, batch_size: int = 1) -> int:
-    """Multiply-accumulates of one eval forward pass per image (FLOPs / 2, torch's flop counter)."""
-    model = model.eval()
-    x = torch.zeros(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // (2 * batch_size)
-
-
-def _fake_targets(batch_size: int, num_classes: int, device) -> dict:
-    labels = torch.arange(batch_size, device=device) % num_classes
-    return {"label": labels, "pose": torch.arange(batch_size, device=device) % 5}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_training(model: nn.Module, *, input_size: int, batch_size: int = 32, steps: int = 5,
-                     warmup: int = 2, channels_last: bool = True, amp: bool = False) -> float:
-    """Training images/s: forward, every loss term, backward and an SGD step on random inputs."""
-    device = next(model.parameters()).device
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    targets = _fake_targets(batch_size, getattr(model, "num_classes", 7), device)
-    use_amp = amp and device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = model(x)
-            loss = sum(model.loss(output, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
-
-
-@torch.no_grad()
-def measure_inference(model: nn.Module, *, input_size: int, batch_size: int = 64, steps: int = 5, warmup: int = 2,
-                      channels_last: bool = True) -> float:
-    """Eval-mode images/s on random inputs."""
-    device = next(model.parameters()).device
-    model.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    for _ in range(warmup):
-        model(x)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(x)
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
 
 
 def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", device: str = "cpu",
@@ -181,6 +116,59 @@ def benchmark_rendering(n: int = 4000, size: int = 64, *, repeats: int = 3) -> f
 
 
 
+# ---------------------------------------------------------------------------------------------- input pipelines
+
+def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", n: int = 1024, batch_size: int = 64,
+                        augment: str = "standard", workers: int = 0, epochs: int = 2) -> str:
+    """Images per second of the input pipelines, as a small Markdown table, on ``n`` JPEG files.
+
+    The files are SynthFER faces written at 100 px in the RAF-DB basic layout (RAF-DB's aligned size) into
+    a temporary folder. Three ways to feed ``epochs`` training epochs at ``size`` px with the ``augment``
+    preset, each timed over whole epochs, augmentation and the copy to ``device`` included:
+
+    * decode every epoch: a DataLoader that reads and decodes every JPEG in every epoch, per-sample v2;
+    * uint8 cache, loader: the same DataLoader over the cached uint8 split (no decoding);
+    * uint8 cache, device: one uint8 tensor on the device, batches sliced there and augmented as batches.
+
+    The cache is built once before timing (it is built once per dataset, then memory-mapped by every
+    later run); its one-off build time is reported on its own line.
+    """
+    device = torch.device(device)
+    common = dict(batch_size=batch_size, shuffle=True, augment=augment, drop_last=True)
+    with tempfile.TemporaryDirectory(prefix="hsbs-bench-") as folder:
+        root = write_rafdb_layout(Path(folder) / "rafdb", n_train=n, n_test=0, size=100)
+        files = load_dataset("rafdb", root, "train")
+        started = time.perf_counter()
+        cached = cache_split(files, size, cache_dir=Path(folder) / "cache")
+        build_seconds = time.perf_counter() - started
+        candidates = {
+            f"decode every epoch (JPEG files, DataLoader, per-sample v2, {workers} workers)":
+                lambda: SampleBatchLoader(files, size=size, workers=workers, **common),
+            f"uint8 cache, loader (DataLoader, per-sample v2, {workers} workers)":
+                lambda: SampleBatchLoader(cached, size=size, workers=workers, **common),
+            "uint8 cache, device (one uint8 tensor, batched augmentation)":
+                lambda: DeviceBatchLoader(cached, device=device, **common),
+        }
+        speeds = {}
+        for name, make in candidates.items():
+            started = time.perf_counter()
+            loader = make()
+            seen = 0
+            for epoch in range(epochs):
+                loader.set_epoch(epoch)
+                for images, _ in loader:
+                    images = images.to(device)
+                    seen += images.shape[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            speeds[name] = seen / (time.perf_counter() - started)
+    reference = next(iter(speeds.values()))
+    lines = ["| pipeline | images/s | vs decoding |", "|---|---:|---:|"]
+    lines += [f"| {name} | {speed:,.0f} | {speed / reference:.1f}x |" for name, speed in speeds.items()]
+    lines.append(f"| (one-off: building the uint8 cache of {n} files) | {n / build_seconds:,.0f} | |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 BENCH_SECTIONS = ("render", "pipeline", "models")
 
@@ -202,8 +190,6 @@ def add_bench_arguments(parser) -> None:
 
 
 def _parse_model_options(items: list[str]) -> dict[str, dict]:
-    import yaml
-
     options: dict[str, dict] = {}
     for item in items:
         key, value = item.split("=", 1)
@@ -215,17 +201,13 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
 def _model_scale(args) -> dict:
     """Input size, backbone, stem and width of the models to time: the recipe's (``--config``, default the
     SynthFER demo recipe), with ``--input-size`` / ``--backbone`` replacing the recipe's when given."""
-    from hsbs_lib.config import load_config
-    from hsbs_lib.tutorial import config_path
-
     config = load_config(args.config or config_path("synthfer_baseline"))
     return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
             "model": {"stem": config.model.stem, "backbone_width": config.model.backbone_width}}
 
 
 def run_bench(args) -> int:
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"# hsbs bench on {where}, torch {torch.__version__}")
     if "render" in args.sections:
@@ -233,8 +215,6 @@ def run_bench(args) -> int:
         print(f"\n## SynthFER rendering\n{benchmark_rendering(n=4000, size=64):,.0f} images/s at 64 px "
               f"(numpy, this process; torch threads {torch_threads})")
     if "pipeline" in args.sections:
-        from hsbs_lib.engine.loaders import benchmark_pipelines
-
         print(f"\n## Input pipelines at {args.pipeline_size} px")
         print(benchmark_pipelines(size=args.pipeline_size, device=device))
     if "models" in args.sections:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hsbs_lib.engine.evaluate", "evaluate a checkpoint: accuracy, mean class accuracy, macro-F1, confusion"),
     "predict": ("hsbs_lib.inference", "detect faces in photos and classify their expression"),
     "export": ("hsbs_lib.inference", "export a checkpoint's eval-mode model to TorchScript or ONNX"),
-    "figures": ("hsbs_lib.viz.figures", "regenerate every figure for trained runs"),
+    "figures": ("hsbs_lib.demo", "regenerate every figure for trained runs"),
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
 }

@@ -13,7 +13,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     import torch
     from hsbs_lib.config import Config, apply_overrides
-    from hsbs_lib.data.cache import CachedSplit
+    from hsbs_lib.data.pipeline.cache import CachedSplit
     from hsbs_lib.engine.train import fit
 
     out = sys.argv[1]

@@ -11,10 +11,10 @@ import torch
 from hsbs_lib.cli import main
 from hsbs_lib.config import Config, apply_overrides
 from hsbs_lib.data.base import FERDataset
-from hsbs_lib.data.cache import cache_split
+from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.checkpoint import load_checkpoint
 from hsbs_lib.engine.evaluate import evaluate_checkpoint
-from hsbs_lib.engine.loaders import DeviceBatchLoader, EpochSampler, class_sample_weights
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, EpochSampler, class_sample_weights
 from hsbs_lib.engine.train import NonFiniteLossError, fit, inverse_frequency_weights, lr_factor, resume_config
 from hsbs_lib.models.baseline import Baseline
 from hsbs_lib.models.registry import _MODELS, register_model

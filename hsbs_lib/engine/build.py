@@ -19,11 +19,16 @@ from hsbs_lib.engine.distributed import DistributedContext
 from hsbs_lib.models.registry import create_model
 
 
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def select_device(name: str = "auto", context: DistributedContext | None = None) -> torch.device:
     """``auto`` -> CUDA when available, else CPU. Under torchrun, CUDA means this rank's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = torch.device(resolve_device(name))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")

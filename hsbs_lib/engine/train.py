@@ -5,7 +5,7 @@ alternates :func:`train_one_epoch` and :func:`~hsbs_lib.engine.evaluate.evaluate
 directory ``config.out``:
 
 * ``config.yaml``: the resolved config;
-* ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.logging`);
+* ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.log`);
 * ``last.pt`` after every epoch, ``best.pt`` for the epoch with the best *validation* mean class accuracy
   (FER test sets are imbalanced and plain accuracy rewards the majority class). The validation split is
   the dataset's own when it has one, else a stratified, seeded hold-out of the training split
@@ -45,14 +45,14 @@ from torch import Tensor, nn
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import Config, TrainConfig, apply_overrides, config_from_dict, load_config, save_config
 from hsbs_lib.data.labels import class_names
-from hsbs_lib.engine.build import build_model, build_splits, select_device
+from hsbs_lib.engine.build import build_model, build_splits, resolve_device, select_device
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
 from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
-from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
-from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
+from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
+from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
 
 log = logging.getLogger("hsbs_lib.engine")
@@ -309,8 +309,7 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
             ``val_data`` best.pt is the last epoch, without ``test_data`` nothing is scored at the end.
     """
     config = copy.deepcopy(config)
-    requested = config.train.device
-    device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    device_type = "cuda" if resolve_device(config.train.device).startswith("cuda") else "cpu"
     owns_group = not (dist.is_available() and dist.is_initialized())
     context = init_distributed(device_type)
     try:
@@ -420,7 +419,7 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
 
 def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: dict, extra: dict,
               seconds: float) -> dict:
-    """One metrics.csv row, columns in a fixed order (see :mod:`hsbs_lib.engine.logging`)."""
+    """One metrics.csv row, columns in a fixed order (see :mod:`hsbs_lib.engine.log`)."""
     row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
     row.update({key: value for key, value in train_stats.items() if key.startswith("loss/") and key != "loss/total"})
     row["loss/total"] = train_stats["loss/total"]

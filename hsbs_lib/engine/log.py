@@ -102,3 +102,46 @@ def format_epoch(row: dict) -> str:
                   f"F1 {row['val/macro_f1']:.3f}"]
     parts.append(f"lr {row['lr']:.2e}")
     return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def _parse(text: str):
+    """A csv cell -> float (NaN when empty), or the text itself when it is not a number."""
+    if text is None or text.strip() == "":
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, list]:
+    """metrics.csv -> {column: values in row order}; numbers as floats, empty cells as NaN.
+
+    Columns are aligned: every list has one entry per row, whatever was logged in that row.
+    """
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: empty metrics file (no header row)")
+        columns: dict[str, list] = {name: [] for name in reader.fieldnames}
+        for row in reader:
+            for name in columns:
+                columns[name].append(_parse(row.get(name)))
+    return columns
+
+
+def read_intensity(metrics_csv: str | os.PathLike) -> dict[str, list[float]]:
+    """The ``intensity/<layer>`` columns of a metrics.csv -> {layer: per-row values}, empty rows dropped.
+
+    Returns {} when the run did not log learning intensity.
+    """
+    metrics = read_metrics(metrics_csv)
+    curves = {}
+    for column, values in metrics.items():
+        if column.startswith("intensity/"):
+            kept = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+            if kept:
+                curves[column.split("/", 1)[1]] = kept
+    return curves

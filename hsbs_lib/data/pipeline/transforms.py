@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -77,6 +79,30 @@ def normalize(images: Tensor, normalization: dict | None = None) -> Tensor:
     floats = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     # .float() returns a float32 input itself: copy it so the caller's tensor is left alone
     return _normalize_(floats.clone() if floats is images else floats, normalization or IMAGENET_NORMALIZATION)
+
+
+def model_inputs(images: np.ndarray | Tensor | Sequence[np.ndarray], normalization: dict | None = None, *,
+                 size: int | None = None) -> Tensor:
+    """uint8 images -> the normalised float32 batch (N, 3, S, S) a model takes, as the evaluation pipeline
+    feeds it. The one conversion used by figures, inference, the interactive explorers and the notebooks.
+
+    ``images``: uint8 (N, H, W, 3) or (N, 3, H, W), as an array or a tensor, or a list of (h, w, 3)
+    arrays of any sizes (face crops; then give ``size``). Float images are taken to be in [0, 1].
+    ``size``: resize each image to (size, size) first (bilinear, antialiased). ``normalization``: the
+    checkpoint's mean and std (default ImageNet's).
+    """
+    if isinstance(images, (list, tuple)):
+        batch = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) for image in images]
+    else:
+        batch = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+        if batch.shape[-1] == 3 and batch.shape[1] != 3:
+            batch = batch.permute(0, 3, 1, 2)
+    if size is not None:
+        # Resized on the 0..255 scale, then scaled: the order the inference path has always used.
+        resized = [F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                 align_corners=False) for image in batch]
+        return normalize(torch.cat(resized) / 255.0, normalization)
+    return normalize(torch.stack(batch) if isinstance(batch, list) else batch, normalization)
 
 
 def _normalize_(images: Tensor, normalization: dict) -> Tensor:

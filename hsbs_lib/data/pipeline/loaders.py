@@ -5,7 +5,7 @@ Two paths, same batches in distribution and the same normalisation:
 * **device**: the split is cached once as a uint8 tensor (N, 3, S, S) and, when it fits
   (``data.device_cache_max_gb``), moved to the device. :class:`DeviceBatchLoader` shuffles indices with a
   generator seeded by (seed, epoch), slices batches on the device and augments whole batches there
-  (:class:`~hsbs_lib.data.transforms.BatchAugment`). No worker processes, no per-sample Python.
+  (:class:`~hsbs_lib.data.pipeline.transforms.BatchAugment`). No worker processes, no per-sample Python.
 * **loader**: a ``DataLoader`` over the dataset with per-sample ``torchvision.transforms.v2`` presets, for
   data that does not fit. Each sample's randomness is seeded by (seed, epoch, index), so results do not
   depend on the number of workers.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -30,9 +29,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hsbs_lib.config import Config
-from hsbs_lib.data.transforms import (IMAGENET_NORMALIZATION, POSE_BINS, BatchAugment, as_image, augment_spec,
-                                      flip_pose, sample_transform)
-from hsbs_lib.engine.distributed import DistributedContext
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.pipeline.transforms import (POSE_BINS, BatchAugment, as_image, augment_spec, flip_pose,
+                                               sample_transform)
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -296,18 +296,18 @@ def as_cached_split(data: Any, size: int, *, cache_dir: str | None = None, skip_
     """A cached uint8 split of ``data`` (a CachedSplit passes through)."""
     if is_cached_split(data):
         return data
-    from hsbs_lib.data.cache import cache_split
-
     return cache_split(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
 
 
 def make_loader(data: Any, config: Config, *, train: bool, device: torch.device, pipeline: str,
-                context: DistributedContext | None = None, normalization: dict | None = None
-                ) -> DeviceBatchLoader | SampleBatchLoader:
-    """One loader for a training (shuffled, augmented, sharded) or evaluation split."""
-    context = context or DistributedContext()
+                context: Any = None, normalization: dict | None = None) -> DeviceBatchLoader | SampleBatchLoader:
+    """One loader for a training (shuffled, augmented, sharded) or evaluation split.
+
+    ``context``: who this process is under DistributedDataParallel (``rank``, ``world_size``, ``enabled``:
+    the engine's DistributedContext); None for a single process.
+    """
     d, t = config.data, config.train
-    sharded = train and context.enabled
+    sharded = train and context is not None and context.enabled
     options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train,
                    augment=d.augment if train else "none", normalization=normalization, seed=t.seed,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
@@ -323,7 +323,7 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
 
 
 def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: Any = None,
-                  device: str | torch.device = "cpu", context: DistributedContext | None = None) -> Loaders:
+                  device: str | torch.device = "cpu", context: Any = None) -> Loaders:
     """Train, validation and test loaders for ``config`` (any split may be None)."""
     device = torch.device(device)
     size, max_gb = config.data.input_size, config.data.device_cache_max_gb
@@ -339,63 +339,3 @@ def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: 
         pipeline=pipeline, normalization=normalization, classes=classes,
         train_labels=labels_of(train_data) if train_data is not None else None,
         val=make_loader(val_data, train=False, **build) if val_data is not None else None)
-
-
-# ---------------------------------------------------------------------------------------------- benchmark
-
-def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", n: int = 1024, batch_size: int = 64,
-                        augment: str = "standard", workers: int = 0, epochs: int = 2) -> str:
-    """Images per second of the input pipelines, as a small Markdown table, on ``n`` JPEG files.
-
-    The files are SynthFER faces written at 100 px in the RAF-DB basic layout (RAF-DB's aligned size) into
-    a temporary folder. Three ways to feed ``epochs`` training epochs at ``size`` px with the ``augment``
-    preset, each timed over whole epochs, augmentation and the copy to ``device`` included:
-
-    * decode every epoch: a DataLoader that reads and decodes every JPEG in every epoch, per-sample v2;
-    * uint8 cache, loader: the same DataLoader over the cached uint8 split (no decoding);
-    * uint8 cache, device: one uint8 tensor on the device, batches sliced there and augmented as batches.
-
-    The cache is built once before timing (it is built once per dataset, then memory-mapped by every
-    later run); its one-off build time is reported on its own line.
-    """
-    import tempfile
-    import time
-
-    from hsbs_lib.data.cache import cache_split
-    from hsbs_lib.data.datasets import load_dataset
-    from hsbs_lib.data.synthfer import write_rafdb_layout
-
-    device = torch.device(device)
-    common = dict(batch_size=batch_size, shuffle=True, augment=augment, drop_last=True)
-    with tempfile.TemporaryDirectory(prefix="hsbs-bench-") as folder:
-        root = write_rafdb_layout(Path(folder) / "rafdb", n_train=n, n_test=0, size=100)
-        files = load_dataset("rafdb", root, "train")
-        started = time.perf_counter()
-        cached = cache_split(files, size, cache_dir=Path(folder) / "cache")
-        build_seconds = time.perf_counter() - started
-        candidates = {
-            f"decode every epoch (JPEG files, DataLoader, per-sample v2, {workers} workers)":
-                lambda: SampleBatchLoader(files, size=size, workers=workers, **common),
-            f"uint8 cache, loader (DataLoader, per-sample v2, {workers} workers)":
-                lambda: SampleBatchLoader(cached, size=size, workers=workers, **common),
-            "uint8 cache, device (one uint8 tensor, batched augmentation)":
-                lambda: DeviceBatchLoader(cached, device=device, **common),
-        }
-        speeds = {}
-        for name, make in candidates.items():
-            started = time.perf_counter()
-            loader = make()
-            seen = 0
-            for epoch in range(epochs):
-                loader.set_epoch(epoch)
-                for images, _ in loader:
-                    images = images.to(device)
-                    seen += images.shape[0]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            speeds[name] = seen / (time.perf_counter() - started)
-    reference = next(iter(speeds.values()))
-    lines = ["| pipeline | images/s | vs decoding |", "|---|---:|---:|"]
-    lines += [f"| {name} | {speed:,.0f} | {speed / reference:.1f}x |" for name, speed in speeds.items()]
-    lines.append(f"| (one-off: building the uint8 cache of {n} files) | {n / build_seconds:,.0f} | |")
-    return "\n".join(lines)
