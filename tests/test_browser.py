@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hsbs_lib.testing import JupyterLabServer, running_jupyterlab
+from jupyterlab_harness import JupyterLabServer, running_jupyterlab
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "00_quickstart.ipynb"
