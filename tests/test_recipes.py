@@ -1,43 +1,128 @@
-"""Every shipped recipe loads, builds its model, and trains one step on a fake copy of its dataset.
-
-The fake copies follow DATASETS.md's layouts exactly (tests/fakes.py), so this is the path a user with
-a real RAF-DB, FER2013, ... copy takes: `hsbs train --config configs/DATASET_METHOD.yaml data.root=...`.
+"""Recipes are composed on the command line: ``hsbs train --data D --method M`` merges
+configs/datasets/D.yaml, then configs/methods/M.yaml (the method wins where both set a key), then
+``key=value`` overrides; the SynthFER demo recipes are full files (configs/synthfer_M.yaml) and replace the
+two layers. Every composition loads, builds its model, and trains one step on a fake copy of its dataset,
+laid out as DATASETS.md says (tests/fakes.py), which is the path a user with a real copy takes:
+``hsbs train --data rafdb --method hsbs data.root=/path/to/copy``.
 """
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import fakes
-from hsbs_lib.config import load_config
+from hsbs_lib.cli import main
+from hsbs_lib.config import load_config, recipe_files
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model
-from hsbs_lib.engine.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 DATASETS = ["rafdb", "fer2013", "ferplus", "affectnet7", "affectnet8", "sfew", "kdef", "ckplus"]
 METHODS = ["baseline", "hsbs", "clcl", "phanet", "mfer"]
+PAIRS = [(data, method) for data in [*DATASETS, "synthfer"] for method in METHODS]
 MAKERS = {
     "rafdb": fakes.make_rafdb_basic, "fer2013": fakes.make_fer2013_csv, "ferplus": fakes.make_ferplus,
     "affectnet7": fakes.make_affectnet_csv, "affectnet8": fakes.make_affectnet_csv, "sfew": fakes.make_sfew,
     "kdef": lambda root: fakes.make_kdef(root)[0], "ckplus": fakes.make_ckplus,
 }
 
+# What every dataset x method recipe resolved to when each was a file of its own (configs/D_M.yaml:
+# ``include: [datasets/D.yaml, methods/M.yaml]`` plus name and out), as a digest of the resolved config
+# without name and out (numbers compared as floats). A deliberate change to a dataset or method file
+# changes these: print the new table with ``python tests/test_recipes.py`` and paste it here.
+RECIPE_DIGESTS = {
+    "affectnet7_baseline": "d2b4955c94ddb416", "affectnet7_clcl": "f370a10738eb64c9",
+    "affectnet7_hsbs": "05651b55c8e3cdde", "affectnet7_mfer": "a2d35a788572ccf1",
+    "affectnet7_phanet": "9e268b6c8d54eb93", "affectnet8_baseline": "52c0cf86906c5511",
+    "affectnet8_clcl": "d22585bb8f76381e", "affectnet8_hsbs": "6afa5a02db14488e",
+    "affectnet8_mfer": "c093b4470427f961", "affectnet8_phanet": "2336ba0cd8cf1334",
+    "ckplus_baseline": "bbc71d91d56f1e5c", "ckplus_clcl": "a273792a95e1eb77", "ckplus_hsbs": "9b5c0428376063cb",
+    "ckplus_mfer": "d8d41caab99a03d5", "ckplus_phanet": "998a03524f708a7d", "fer2013_baseline": "cdc9872e1bd81170",
+    "fer2013_clcl": "916cf4044cc12ed3", "fer2013_hsbs": "be389e41f721830a", "fer2013_mfer": "2368680067b20874",
+    "fer2013_phanet": "968e1e63a58e44a7", "ferplus_baseline": "6cf39fa3cbbf2cca",
+    "ferplus_clcl": "80658722cdda1e9c", "ferplus_hsbs": "f0e739a7ce706689", "ferplus_mfer": "a865574533de8bf4",
+    "ferplus_phanet": "0d39511fe6d421c7", "kdef_baseline": "8e7f0ca4b7dd198e", "kdef_clcl": "9ae22b920004c7a5",
+    "kdef_hsbs": "f0b02746741e5e13", "kdef_mfer": "d6ccaef7488f14be", "kdef_phanet": "06371ff73cd84bc5",
+    "rafdb_baseline": "81e5fc4bac6a2177", "rafdb_clcl": "73552c4723826fc3", "rafdb_hsbs": "6c61d1818077f8fc",
+    "rafdb_mfer": "5832bf9cf6bbb462", "rafdb_phanet": "3845ae1c08ed16ef", "sfew_baseline": "a8b27b80ae2f4dd0",
+    "sfew_clcl": "0cd1bae23d339a09", "sfew_hsbs": "5358d0c6280c9519", "sfew_mfer": "153fb5ddf41772d1",
+    "sfew_phanet": "6d5ff0c9b9009879", "synthfer_baseline": "0b0dfabe8e66dc84",
+    "synthfer_clcl": "833b979e74289aec", "synthfer_hsbs": "b6047e0cdc095566", "synthfer_mfer": "cd1a5dda03e6f708",
+    "synthfer_phanet": "9a6ced53bcfebfb6"
+}
 
-def recipe_files():
-    return sorted(p for p in (ROOT / "configs").glob("*.yaml")
-                  if not p.name.startswith(("compare_", "ablation_")))
+
+def recipe_digest(config) -> str:
+    def canonical(value):
+        if isinstance(value, dict):
+            return {key: canonical(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(item) for item in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    values = config.to_dict()
+    values.pop("name"), values.pop("out")
+    return hashlib.sha256(json.dumps(canonical(values), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def test_one_recipe_per_dataset_and_method():
-    names = {p.stem for p in recipe_files()}
-    missing = {f"{d}_{m}" for d in DATASETS + ["synthfer"] for m in METHODS} - names
-    assert not missing, f"missing recipes: {sorted(missing)}"
+def test_the_shipped_files_cover_every_dataset_and_method():
+    assert sorted(path.stem for path in (CONFIGS / "datasets").glob("*.yaml")) == sorted(DATASETS)
+    assert sorted(path.stem for path in (CONFIGS / "methods").glob("*.yaml")) == sorted(METHODS)
+    assert sorted(path.stem for path in CONFIGS.glob("*_*.yaml")
+                  if not path.name.startswith(("compare_", "ablation_"))) == [f"synthfer_{m}" for m in sorted(METHODS)]
 
 
-@pytest.mark.parametrize("path", recipe_files(), ids=lambda p: p.stem)
-def test_recipe_loads_and_builds_its_model(path):
-    config = load_config(path)
+@pytest.mark.parametrize("data, method", PAIRS, ids=lambda value: str(value))
+def test_a_composition_resolves_to_the_recipe_its_file_held(data, method):
+    config = load_config(data=data, method=method)
+    assert (config.name, config.out) == (f"{data}_{method}", f"runs/{data}_{method}")
+    assert recipe_digest(config) == RECIPE_DIGESTS[f"{data}_{method}"], (
+        f"{data} x {method} no longer resolves to the recipe configs/{data}_{method}.yaml held")
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_a_composition_is_the_dataset_file_then_the_method_file(data, tmp_path):
+    for method in METHODS:
+        pair = tmp_path / f"{data}_{method}.yaml"
+        pair.write_text(yaml.safe_dump({"include": [str(CONFIGS / "datasets" / f"{data}.yaml"),
+                                                    str(CONFIGS / "methods" / f"{method}.yaml")]}))
+        composed = load_config(data=data, method=method, overrides=["train.epochs=3"]).to_dict()
+        included = load_config(pair, ["train.epochs=3"]).to_dict()
+        assert {**composed, "name": "", "out": ""} == {**included, "name": "", "out": ""}
+
+
+def test_precedence_defaults_dataset_method_overrides(tmp_path):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "datasets" / "toy.yaml").write_text("data: {name: rafdb, input_size: 96}\ntrain: {epochs: 3, lr: 0.1}\n")
+    (tmp_path / "methods" / "plain.yaml").write_text("model: {name: baseline}\ntrain: {epochs: 7}\n")
+    assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "datasets" / "toy.yaml",
+                                                      tmp_path / "methods" / "plain.yaml"]
+    (tmp_path / "toy_plain.yaml").write_text("model: {name: hsbs}\n")
+    assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "toy_plain.yaml"]   # a full recipe replaces both
+    with pytest.raises(FileNotFoundError, match="--method takes one of: plain"):
+        recipe_files("toy", "fancy", tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data takes one of: toy"):
+        recipe_files("mnist", "plain", tmp_path)
+
+    config = load_config(data="rafdb", method="hsbs", overrides=["train.epochs=2", "data.root=/data/RAF-DB/basic"])
+    assert (config.data.input_size, config.model.name, config.train.epochs) == (224, "hsbs", 2)
+    assert config.data.root == "/data/RAF-DB/basic"
+    with pytest.raises(ValueError, match="not both"):
+        load_config(CONFIGS / "synthfer_hsbs.yaml", data="rafdb", method="hsbs")
+    with pytest.raises(ValueError, match="go together"):
+        load_config(data="rafdb")
+
+
+@pytest.mark.parametrize("data, method", PAIRS, ids=lambda value: str(value))
+def test_recipe_loads_and_builds_its_model(data, method):
+    config = load_config(data=data, method=method)
     model = build_model(config, class_names(config.data.num_classes), load_pretrained=False).eval()
     size = config.data.input_size
     with torch.no_grad():
@@ -54,11 +139,15 @@ NO_HOLDOUT = {"rafdb", "ferplus", "affectnet7", "affectnet8", "sfew"}
 def test_recipe_trains_a_step_on_a_fake_copy(dataset, tmp_path):
     MAKERS[dataset](tmp_path / "copy")
     validation = ["data.val_split=none"] if dataset in NO_HOLDOUT else []
-    config = load_config(ROOT / "configs" / f"{dataset}_baseline.yaml", [*validation,
-        f"data.root={tmp_path / 'copy'}", "data.input_size=48", "train.epochs=1", "train.batch_size=4",
-        "train.eval_batch_size=8", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
-        f"out={tmp_path / 'run'}"])
-    result = fit(config)
+    assert main(["train", "--data", dataset, "--method", "baseline", "--out", str(tmp_path / "run"), *validation,
+                 f"data.root={tmp_path / 'copy'}", "data.input_size=48", "train.epochs=1", "train.batch_size=4",
+                 "train.eval_batch_size=8", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert (tmp_path / "run" / "best.pt").is_file()
-    assert result.classes == class_names(config.data.num_classes)
-    assert 0.0 <= result.best["accuracy"] <= 1.0
+    assert tuple(report["classes"]) == class_names(load_config(data=dataset, method="baseline").data.num_classes)
+    assert 0.0 <= report["accuracy"] <= 1.0
+
+
+if __name__ == "__main__":
+    for data, method in PAIRS:
+        print(f'    "{data}_{method}": "{recipe_digest(load_config(data=data, method=method))}",')
