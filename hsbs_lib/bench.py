@@ -6,6 +6,7 @@ reported as ratios to the baseline measured in the same run, because shared mach
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from hsbs_lib.config import config_path, load_config
+from hsbs_lib.config import config_path, load_config, repo_root
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader
@@ -169,12 +170,45 @@ def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", 
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- notebooks
+
+def benchmark_notebooks(paths: list[Path], *, timeout: int = 1200) -> str:
+    """Seconds each notebook takes top to bottom with SMOKE=1 (what the test suite runs), as a Markdown table.
+
+    Each runs in a fresh kernel with its runs in a temporary folder, one after the other.
+    """
+    # Deferred: nbclient and nbformat are development dependencies (pip install -e '.[dev]').
+    import nbformat
+    from nbclient import NotebookClient
+
+    lines = ["| notebook | seconds (SMOKE=1) |", "|---|---:|"]
+    saved = {key: os.environ.get(key) for key in ("SMOKE", "HSBS_RUNS", "HSBS_NO_PROGRESS")}
+    with tempfile.TemporaryDirectory(prefix="hsbs-bench-notebooks-") as folder:
+        try:
+            os.environ.update(SMOKE="1", HSBS_NO_PROGRESS="1")
+            for path in paths:
+                os.environ["HSBS_RUNS"] = str(Path(folder) / path.stem)
+                notebook = nbformat.read(path, as_version=4)
+                client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                        resources={"metadata": {"path": str(path.parent)}})
+                started = time.perf_counter()
+                client.execute()
+                lines.append(f"| {path.stem} | {time.perf_counter() - started:.0f} |")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
-BENCH_SECTIONS = ("render", "pipeline", "models")
+BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "notebooks" runs only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=list(BENCH_SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "notebooks"), default=list(BENCH_SECTIONS))
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
@@ -230,4 +264,8 @@ def run_bench(args) -> int:
         print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}), batch {args.batch_size}, "
               f"{args.steps} interleaved rounds (cost = baseline images/s / model images/s, fastest step of each)")
         print(method_ratio_table(costs))
+    if "notebooks" in args.sections:
+        notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        print(f"\n## Notebooks with SMOKE=1 (the test suite's setting), {torch.get_num_threads()} torch threads")
+        print(benchmark_notebooks(notebooks))
     return 0

@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory):
     from hsbs_lib.engine.train import fit
 
     out = tmp_path_factory.mktemp("run")
-    config = load_config(None, ["model.name=baseline", "data.n_train=64", "data.n_test=32", "train.epochs=1",
+    config = load_config(None, ["model.name=baseline", "data.n_train=64", "data.n_val=32", "data.n_test=32", "train.epochs=1",
                                 "train.batch_size=32", "train.progress=false", f"out={out}"])
     fit(config)
     return out / "best.pt"

@@ -377,8 +377,8 @@ def test_figures_command_end_to_end_on_trained_runs(tmp_path):
     from hsbs_lib.config import load_config
 
     config = load_config(None, [f"out={tmp_path / 'hsbs'}", "model.name=hsbs", "data.name=synthfer",
-                                "data.n_train=128", "data.n_test=48", "data.input_size=48", "train.epochs=1",
-                                "train.batch_size=32", "train.device=cpu", "train.progress=false",
+                                "data.n_train=128", "data.n_val=48", "data.n_test=48", "data.input_size=48",
+                                "train.epochs=1", "train.batch_size=32", "train.device=cpu", "train.progress=false",
                                 "train.record_intensity=true", "train.threads=1"])
     train.fit(config)
     out = tmp_path / "figures"

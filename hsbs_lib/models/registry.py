@@ -25,6 +25,11 @@ def register_model(name: str) -> Callable:
     return decorator
 
 
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a test that registers a stand-in model cleans up with this)."""
+    _MODELS.pop(name, None)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
     return sorted(_MODELS)
