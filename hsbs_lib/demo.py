@@ -26,7 +26,7 @@ from hsbs_lib.config import load_config, same_recipe
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.engine.train import fit
-from hsbs_lib.viz.figures import draw_figures, figure_notes, parse_formats
+from hsbs_lib.viz.figures import draw_figures
 from hsbs_lib.viz.gradcam import CAM_METHODS
 from hsbs_lib.viz.samples import plot_synthfer_grid
 from hsbs_lib.viz.style import figures_dir, save_figure
@@ -35,6 +35,21 @@ log = logging.getLogger(__name__)
 
 DEMO_RUNS: dict[str, str] = {"demo_baseline": "configs/synthfer_baseline.yaml",
                              "demo_hsbs": "configs/synthfer_hsbs.yaml"}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"png, pdf"`` -> ("png", "pdf"): the --formats option of the figure commands."""
+    return tuple(fmt.strip() for fmt in text.split(",") if fmt.strip())
+
+
+def figure_notes(paths: Sequence[Path]) -> str:
+    """The numbers written beside the figures (attention scores, BSA statistics), for printing.
+
+    When a comparison table of attention scores exists, the per-run ones it contains are left out."""
+    notes = [path for path in paths if path.suffix == ".md"]
+    if any("_vs_" in path.stem for path in notes):
+        notes = [path for path in notes if "_vs_" in path.stem or not path.stem.endswith("_attention_scores")]
+    return "\n".join(path.read_text().strip() for path in sorted(set(notes)))
 
 
 def comparison_table(reports: dict[str, dict], minority: Sequence[str] = MINORITY_CLASSES) -> str:

@@ -252,11 +252,6 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
     return writer.paths
 
 
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``"png, pdf"`` -> ("png", "pdf"): the --formats option of the figure commands."""
-    return tuple(fmt.strip() for fmt in text.split(",") if fmt.strip())
-
-
 def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
                  checkpoint: str = "best.pt", device: str = "cpu", samples: int = 512, cam_method: str = "gradcam",
                  seed: int = 0, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -275,13 +270,3 @@ def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out
         paths += baseline_summary.paths
         paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
     return paths
-
-
-def figure_notes(paths: Sequence[Path]) -> str:
-    """The numbers written beside the figures (attention scores, BSA statistics), for printing.
-
-    When a comparison table of attention scores exists, the per-run ones it contains are left out."""
-    notes = [path for path in paths if path.suffix == ".md"]
-    if any("_vs_" in path.stem for path in notes):
-        notes = [path for path in notes if "_vs_" in path.stem or not path.stem.endswith("_attention_scores")]
-    return "\n".join(path.read_text().strip() for path in sorted(set(notes)))
