@@ -32,7 +32,7 @@ import yaml
 class DataConfig:
     """Which data, at which size, through which input pipeline."""
 
-    name: str = "synthfer"            # a registered dataset: synthfer, rafdb, fer2013, ferplus, affectnet, sfew, kdef, ckplus, imagefolder
+    name: str = "synthfer"            # any registered dataset: synthfer, rafdb, fer2013, ferplus, affectnet, sfew, ...
     root: str | None = None           # dataset root; falls back to $HSBS_DATA
     train_split: str = "train"
     test_split: str = "test"          # scored once, for the checkpoint selected on the validation split

@@ -100,7 +100,8 @@ def test_a_composition_is_the_dataset_file_then_the_method_file(data, tmp_path):
 def test_precedence_defaults_dataset_method_overrides(tmp_path):
     (tmp_path / "datasets").mkdir()
     (tmp_path / "methods").mkdir()
-    (tmp_path / "datasets" / "toy.yaml").write_text("data: {name: rafdb, input_size: 96}\ntrain: {epochs: 3, lr: 0.1}\n")
+    (tmp_path / "datasets" / "toy.yaml").write_text("data: {name: rafdb, input_size: 96}\n"
+                                                    "train: {epochs: 3, lr: 0.1}\n")
     (tmp_path / "methods" / "plain.yaml").write_text("model: {name: baseline}\ntrain: {epochs: 7}\n")
     assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "datasets" / "toy.yaml",
                                                       tmp_path / "methods" / "plain.yaml"]

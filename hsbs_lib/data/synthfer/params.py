@@ -231,7 +231,8 @@ def sample_parameters(indices, *, seed: int = 0, split: str = "train", balanced:
     p["grating_angle"] = draw.uniform(0.0, np.pi, size=2)
     p["grating_phase"] = draw.uniform(0.0, 2 * np.pi, size=2)
     p["grating_color"] = draw.uniform(-1.0, 1.0, size=6).reshape(n, 2, 3)
-    p["clutter"] = draw.uniform(0.0, 1.0, size=CLUTTER_SHAPES * 9).reshape(n, CLUTTER_SHAPES, 9)   # present, kind, x, y, rx, ry, rgb
+    # per clutter shape: present, kind, x, y, rx, ry, rgb
+    p["clutter"] = draw.uniform(0.0, 1.0, size=CLUTTER_SHAPES * 9).reshape(n, CLUTTER_SHAPES, 9)
     # photometric nuisances
     p["light_gradient"] = draw.uniform(0.0, LIGHT_GRADIENT_MAX)
     p["light_angle"] = draw.uniform(0.0, 2 * np.pi)
