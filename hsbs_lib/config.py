@@ -385,12 +385,14 @@ def recipe_files(data: str, method: str, configs: str | os.PathLike | None = Non
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                data: str | None = None, method: str | None = None) -> Config:
+                data: str | None = None, method: str | None = None,
+                configs: str | os.PathLike | None = None) -> Config:
     """Defaults, then the recipe, then the overrides.
 
     The recipe is the YAML file ``path`` (after the files it lists under ``include:``) or the composition
-    of ``data`` and ``method`` (:func:`recipe_files`); a composition is named ``DATA_METHOD`` and writes
-    to ``runs/DATA_METHOD`` unless its files or the overrides say otherwise.
+    of ``data`` and ``method`` from the ``configs`` folder (default: the repository's; :func:`recipe_files`);
+    a composition is named ``DATA_METHOD`` and writes to ``runs/DATA_METHOD`` unless its files or the
+    overrides say otherwise.
     """
     config = Config()
     if data is not None or method is not None:
@@ -398,7 +400,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             raise ValueError("give a recipe file (--config) or a dataset and a method (--data, --method), not both")
         if data is None or method is None:
             raise ValueError("--data and --method go together, e.g. --data rafdb --method hsbs")
-        for file in recipe_files(data, method):
+        for file in recipe_files(data, method, configs):
             _merge_file(config, file)
         config.name = config.name or f"{data}_{method}"
         if config.out == Config.out:

@@ -15,7 +15,7 @@ import yaml
 
 import fakes
 from hsbs_lib.cli import main
-from hsbs_lib.config import load_config, recipe_files
+from hsbs_lib.config import Config, load_config, recipe_files
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model
 
@@ -105,8 +105,14 @@ def test_precedence_defaults_dataset_method_overrides(tmp_path):
     (tmp_path / "methods" / "plain.yaml").write_text("model: {name: baseline}\ntrain: {epochs: 7}\n")
     assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "datasets" / "toy.yaml",
                                                       tmp_path / "methods" / "plain.yaml"]
+    config = load_config(data="toy", method="plain", configs=tmp_path)
+    assert (config.data.input_size, config.model.name) == (96, "baseline")
+    assert (config.train.epochs, config.train.lr) == (7, 0.1)          # the method file wins where both set a key
+    assert (config.name, config.out) == ("toy_plain", "runs/toy_plain")
+    assert load_config(data="toy", method="plain", configs=tmp_path, overrides=["train.epochs=2"]).train.epochs == 2
     (tmp_path / "toy_plain.yaml").write_text("model: {name: hsbs}\n")
     assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "toy_plain.yaml"]   # a full recipe replaces both
+    assert load_config(data="toy", method="plain", configs=tmp_path).train.epochs == Config().train.epochs
     with pytest.raises(FileNotFoundError, match="--method takes one of: plain"):
         recipe_files("toy", "fancy", tmp_path)
     with pytest.raises(FileNotFoundError, match="--data takes one of: toy"):
