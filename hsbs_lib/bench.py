@@ -6,13 +6,25 @@ reported as ratios to the baseline measured in the same run, because shared mach
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from hsbs_lib.config import config_path, load_config, repo_root
+from hsbs_lib.data.datasets import load_dataset
+from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader
+from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
+from hsbs_lib.engine.build import resolve_device
+from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
+from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.registry import create_model, list_models
 
 
@@ -23,78 +35,6 @@ class ModelCost:
     macs: int
     train_images_per_s: float
     infer_images_per_s: float
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_macs(model: nn.Module, input_size: int, *, batch_size: int = 1) -> int:
-    """Multiply-accumulates of one eval forward pass per image (FLOPs / 2, torch's flop counter)."""
-    model = model.eval()
-    x = torch.zeros(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // (2 * batch_size)
-
-
-def _fake_targets(batch_size: int, num_classes: int, device) -> dict:
-    labels = torch.arange(batch_size, device=device) % num_classes
-    return {"label": labels, "pose": torch.arange(batch_size, device=device) % 5}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_training(model: nn.Module, *, input_size: int, batch_size: int = 32, steps: int = 5,
-                     warmup: int = 2, channels_last: bool = True, amp: bool = False) -> float:
-    """Training images/s: forward, every loss term, backward and an SGD step on random inputs."""
-    device = next(model.parameters()).device
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    targets = _fake_targets(batch_size, getattr(model, "num_classes", 7), device)
-    use_amp = amp and device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = model(x)
-            loss = sum(model.loss(output, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
-
-
-@torch.no_grad()
-def measure_inference(model: nn.Module, *, input_size: int, batch_size: int = 64, steps: int = 5, warmup: int = 2,
-                      channels_last: bool = True) -> float:
-    """Eval-mode images/s on random inputs."""
-    device = next(model.parameters()).device
-    model.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    for _ in range(warmup):
-        model(x)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(x)
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
 
 
 def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", device: str = "cpu",
@@ -173,8 +113,6 @@ SCALES = (("ResNet-18, standard stem", 64, "standard", 64),
 def scale_table(*, device: str = "cpu", batch_size: int = 64, steps: int = 4) -> str:
     """Training speed of the plain baseline at each candidate scale (steps interleaved, fastest kept),
     as a ratio to the first scale, with the layer4 grid each gives HST's teacher."""
-    from hsbs_lib.models.backbones import stage_sizes
-
     models = {}
     for index, (label, size, stem, width) in enumerate(SCALES):
         torch.manual_seed(0)
@@ -202,14 +140,116 @@ def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> s
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- SynthFER
+
+def benchmark_rendering(n: int = 4000, size: int = 64, *, repeats: int = 3) -> float:
+    """Images per second rendered by :func:`render_synthfer`: best of ``repeats`` after a full warm-up
+    (the first call pays for allocating the working arrays and the noise bank)."""
+    render_synthfer(np.arange(n), size=size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render_synthfer(np.arange(n), size=size)
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+
+# ---------------------------------------------------------------------------------------------- input pipelines
+
+def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", n: int = 1024, batch_size: int = 64,
+                        augment: str = "standard", workers: int = 0, epochs: int = 2) -> str:
+    """Images per second of the input pipelines, as a small Markdown table, on ``n`` JPEG files.
+
+    The files are SynthFER faces written at 100 px in the RAF-DB basic layout (RAF-DB's aligned size) into
+    a temporary folder. Three ways to feed ``epochs`` training epochs at ``size`` px with the ``augment``
+    preset, each timed over whole epochs, augmentation and the copy to ``device`` included:
+
+    * decode every epoch: a DataLoader that reads and decodes every JPEG in every epoch, per-sample v2;
+    * uint8 cache, loader: the same DataLoader over the cached uint8 split (no decoding);
+    * uint8 cache, device: one uint8 tensor on the device, batches sliced there and augmented as batches.
+
+    The cache is built once before timing (it is built once per dataset, then memory-mapped by every
+    later run); its one-off build time is reported on its own line.
+    """
+    device = torch.device(device)
+    common = dict(batch_size=batch_size, shuffle=True, augment=augment, drop_last=True)
+    with tempfile.TemporaryDirectory(prefix="hsbs-bench-") as folder:
+        root = write_rafdb_layout(Path(folder) / "rafdb", n_train=n, n_test=0, size=100)
+        files = load_dataset("rafdb", root, "train")
+        started = time.perf_counter()
+        cached = cache_split(files, size, cache_dir=Path(folder) / "cache")
+        build_seconds = time.perf_counter() - started
+        candidates = {
+            f"decode every epoch (JPEG files, DataLoader, per-sample v2, {workers} workers)":
+                lambda: SampleBatchLoader(files, size=size, workers=workers, **common),
+            f"uint8 cache, loader (DataLoader, per-sample v2, {workers} workers)":
+                lambda: SampleBatchLoader(cached, size=size, workers=workers, **common),
+            "uint8 cache, device (one uint8 tensor, batched augmentation)":
+                lambda: DeviceBatchLoader(cached, device=device, **common),
+        }
+        speeds = {}
+        for name, make in candidates.items():
+            started = time.perf_counter()
+            loader = make()
+            seen = 0
+            for epoch in range(epochs):
+                loader.set_epoch(epoch)
+                for images, _ in loader:
+                    images = images.to(device)
+                    seen += images.shape[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            speeds[name] = seen / (time.perf_counter() - started)
+    reference = next(iter(speeds.values()))
+    lines = ["| pipeline | images/s | vs decoding |", "|---|---:|---:|"]
+    lines += [f"| {name} | {speed:,.0f} | {speed / reference:.1f}x |" for name, speed in speeds.items()]
+    lines.append(f"| (one-off: building the uint8 cache of {n} files) | {n / build_seconds:,.0f} | |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- notebooks
+
+def benchmark_notebooks(paths: list[Path], *, timeout: int = 1200) -> str:
+    """Seconds each notebook takes top to bottom with SMOKE=1 (what the test suite runs), as a Markdown table.
+
+    Each runs in a fresh kernel with its runs in a temporary folder, one after the other.
+    """
+    # Deferred: nbclient and nbformat are development dependencies (pip install -e '.[dev]').
+    import nbformat
+    from nbclient import NotebookClient
+
+    lines = ["| notebook | seconds (SMOKE=1) |", "|---|---:|"]
+    saved = {key: os.environ.get(key) for key in ("SMOKE", "HSBS_RUNS", "HSBS_NO_PROGRESS")}
+    with tempfile.TemporaryDirectory(prefix="hsbs-bench-notebooks-") as folder:
+        try:
+            os.environ.update(SMOKE="1", HSBS_NO_PROGRESS="1")
+            for path in paths:
+                os.environ["HSBS_RUNS"] = str(Path(folder) / path.stem)
+                notebook = nbformat.read(path, as_version=4)
+                client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                        resources={"metadata": {"path": str(path.parent)}})
+                started = time.perf_counter()
+                client.execute()
+                lines.append(f"| {path.stem} | {time.perf_counter() - started:.0f} |")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
-BENCH_SECTIONS = ("render", "pipeline", "models", "scales")
+BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=BENCH_SECTIONS, default=["render", "pipeline", "models"],
-                        help="what to time (default: render pipeline models; 'scales' times the candidate "
-                             "input scales of the SynthFER demo)")
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks"),
+                        default=list(BENCH_SECTIONS),
+                        help="what to time (default: render pipeline models; 'scales' times the candidate input "
+                             "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
@@ -225,8 +265,6 @@ def add_bench_arguments(parser) -> None:
 
 
 def _parse_model_options(items: list[str]) -> dict[str, dict]:
-    import yaml
-
     options: dict[str, dict] = {}
     for item in items:
         key, value = item.split("=", 1)
@@ -238,28 +276,20 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
 def _model_scale(args) -> dict:
     """Input size, backbone, stem and width of the models to time: the recipe's (``--config``, default the
     SynthFER demo recipe), with ``--input-size`` / ``--backbone`` replacing the recipe's when given."""
-    from hsbs_lib.config import load_config
-    from hsbs_lib.tutorial import config_path
-
     config = load_config(args.config or config_path("synthfer_baseline"))
     return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
             "model": {"stem": config.model.stem, "backbone_width": config.model.backbone_width}}
 
 
 def run_bench(args) -> int:
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"# hsbs bench on {where}, torch {torch.__version__}")
     if "render" in args.sections:
-        from hsbs_lib.data.synthetic import benchmark_rendering
-
         torch_threads = torch.get_num_threads()
         print(f"\n## SynthFER rendering\n{benchmark_rendering(n=4000, size=64):,.0f} images/s at 64 px "
               f"(numpy, this process; torch threads {torch_threads})")
     if "pipeline" in args.sections:
-        from hsbs_lib.engine.loaders import benchmark_pipelines
-
         print(f"\n## Input pipelines at {args.pipeline_size} px")
         print(benchmark_pipelines(size=args.pipeline_size, device=device))
     if "models" in args.sections:
@@ -278,4 +308,8 @@ def run_bench(args) -> int:
     if "scales" in args.sections:
         print(f"\n## Candidate scales for CPU runs: the baseline's training step, batch {args.batch_size}")
         print(scale_table(device=device, batch_size=args.batch_size, steps=max(2, args.steps // 2)))
+    if "notebooks" in args.sections:
+        notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        print(f"\n## Notebooks with SMOKE=1 (the test suite's setting), {torch.get_num_threads()} torch threads")
+        print(benchmark_notebooks(notebooks))
     return 0

@@ -12,13 +12,13 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hsbs_lib.demo", "the main job: train baseline and HSBS on SynthFER, compare them, draw their figures"),
-    "synth": ("hsbs_lib.data.synthetic", "render SynthFER to disk in the RAF-DB basic layout"),
+    "synth": ("hsbs_lib.data.synthfer.writer", "render SynthFER to disk in the RAF-DB basic layout"),
     "check": ("hsbs_lib.data.checks", "validate a dataset copy: counts per split and class, every bad entry"),
     "train": ("hsbs_lib.engine.train", "train a model from a YAML recipe plus key=value overrides"),
     "eval": ("hsbs_lib.engine.evaluate", "evaluate a checkpoint: accuracy, mean class accuracy, macro-F1, confusion"),
     "predict": ("hsbs_lib.inference", "detect faces in photos and classify their expression"),
     "export": ("hsbs_lib.inference", "export a checkpoint's eval-mode model to TorchScript or ONNX"),
-    "figures": ("hsbs_lib.viz.figures", "regenerate every figure for trained runs"),
+    "figures": ("hsbs_lib.demo", "regenerate every figure for trained runs"),
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
 }

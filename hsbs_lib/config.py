@@ -1,17 +1,29 @@
 """Run configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
 
-A config is resolved in three steps: the dataclass defaults, then a YAML file (which may first
-``include:`` others, e.g. a dataset file and a method file), then overrides such as
-``train.epochs=5 model.options.lambda_hst=500``. The resolved config is saved next to every run, so a
-run can always be reproduced from its own directory.
+A config is resolved in layers, each overriding the one before:
+
+1. the dataclass defaults below;
+2. a recipe: one YAML file (``--config FILE``; it may first ``include:`` others), or a composition
+   ``--data D --method M`` of ``configs/datasets/D.yaml`` then ``configs/methods/M.yaml`` (the method
+   file wins where both set a key; a full recipe ``configs/D_M.yaml``, where one is shipped, replaces the
+   two, see :func:`recipe_files`);
+3. overrides such as ``train.epochs=5 data.root=/data/RAF-DB model.options.lambda_hst=500``.
+
+Every value is coerced to its field's type, wherever it comes from: ``train.lr=3e-4`` is a float (YAML 1.1
+would read a string), ``data.root=/path/to/copy`` is a string as written (no quoting needed), and a value
+that cannot be coerced is refused with one message naming the key, the value and the expected type. The
+resolved config is saved next to every run, so a run can always be reproduced from its own directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -20,7 +32,7 @@ import yaml
 class DataConfig:
     """Which data, at which size, through which input pipeline."""
 
-    name: str = "synthfer"            # synthfer, rafdb, fer2013, ferplus, affectnet, sfew, kdef, ckplus, imagefolder
+    name: str = "synthfer"            # any registered dataset: synthfer, rafdb, fer2013, ferplus, affectnet, sfew, ...
     root: str | None = None           # dataset root; falls back to $HSBS_DATA
     train_split: str = "train"
     test_split: str = "test"          # scored once, for the checkpoint selected on the validation split
@@ -112,13 +124,151 @@ class Config:
         return self.data.root or os.environ.get("HSBS_DATA")
 
 
+class ConfigValueError(ValueError):
+    """A config value that cannot be coerced to its field's type."""
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that ``3e-4`` and ``1e3`` are floats (YAML 1.2; YAML 1.1 reads strings)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as the configs read it (see :class:`_YAMLLoader`)."""
+    return yaml.load(text, Loader=_YAMLLoader)
+
+
 def _parse_value(text: str) -> Any:
     """YAML scalar parsing, so ``epochs=5`` is an int and ``pretrained=null`` is None."""
-    return yaml.safe_load(text) if text != "" else ""
+    return load_yaml(text) if text != "" else ""
+
+
+_NULL_WORDS = ("null", "Null", "NULL", "~", "None")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotation of every field of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def _describe_type(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _describe_type(arg) for arg in args)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return "a list"
+    if origin is dict or annotation is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def coerce_value(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` as the type ``annotation`` says (int, float, bool, str, Optional, list, dict).
+
+    Strings are converted (``"3e-4"`` -> 3e-4, ``"true"`` -> True), integers widen to floats, integral
+    floats narrow to integers; anything else raises :class:`ConfigValueError` naming ``key``.
+    """
+    if annotation is Any:
+        return value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+
+    def refuse() -> ConfigValueError:
+        return ConfigValueError(f"config key '{key}' expects {_describe_type(annotation)}, got {value!r}")
+
+    if origin in (Union, types.UnionType):
+        options = [arg for arg in args if arg is not type(None)]
+        if value is None:
+            if len(options) < len(args):
+                return None
+            raise refuse()
+        for option in options:
+            try:
+                return coerce_value(value, option, key)
+            except ConfigValueError:
+                continue
+        raise refuse()
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        raise refuse()
+    if annotation is int:
+        if isinstance(value, bool):
+            raise refuse()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+            try:
+                value_as_float = float(value)
+            except ValueError:
+                raise refuse() from None
+        else:
+            value_as_float = value
+        if isinstance(value_as_float, float) and value_as_float.is_integer():
+            return int(value_as_float)
+        raise refuse()
+    if annotation is float:
+        if isinstance(value, bool):
+            raise refuse()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise refuse() from None
+        raise refuse()
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise refuse()
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise refuse()
+        item_type = args[0] if args else Any
+        items = [coerce_value(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if (origin or annotation) is tuple else items
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise refuse()
+        return dict(value)
+    return value
+
+
+def _coerce_text(text: str, annotation: Any, key: str) -> Any:
+    """An override's text as the field's type. String fields take the text as written (quotes around it
+    are removed), so paths need no quoting; ``null`` clears an optional field."""
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    optional = typing.get_origin(annotation) in (Union, types.UnionType) and len(options) == 1
+    target = options[0] if optional else annotation
+    if target is str:
+        stripped = text.strip()
+        if optional and stripped in _NULL_WORDS:
+            return None
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+            return coerce_value(_parse_value(stripped), annotation, key)
+        return stripped
+    return coerce_value(_parse_value(text), annotation, key)
 
 
 def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
-    """Recursively set dataclass fields from a nested dict, refusing unknown keys."""
+    """Recursively set dataclass fields from a nested dict, refusing unknown keys, coercing types."""
     known = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in known:
@@ -126,12 +276,45 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise TypeError(f"config key '{where}{key}' is a section; expected a mapping, got {value!r}")
+                raise ConfigValueError(f"config key '{where}{key}' is a section; expected a mapping, got {value!r}")
             _merge_into(current, value, f"{where}{key}.")
-        elif isinstance(current, dict) and isinstance(value, dict):
+            continue
+        value = coerce_value(value, _field_types(type(obj))[key], f"{where}{key}")
+        if isinstance(current, dict) and isinstance(value, dict):
             current.update(value)
         else:
             setattr(obj, key, value)
+
+
+def _apply_override(config: Config, parts: list[str], text: str) -> None:
+    """Set one dotted key (``train.epochs``, ``data.root``, ``model.options.lambda_hst``) from its text."""
+    target, where = config, ""
+    for index, part in enumerate(parts):
+        known = {f.name: f for f in dataclasses.fields(target)}
+        if part not in known:
+            raise KeyError(f"unknown config key '{where}{part}'; known keys: {', '.join(sorted(known))}")
+        current, rest = getattr(target, part), parts[index + 1:]
+        if dataclasses.is_dataclass(current):
+            if not rest:
+                raise ConfigValueError(f"config key '{where}{part}' is a section; set one of its keys, e.g. "
+                                       f"{where}{part}.{dataclasses.fields(current)[0].name}=...")
+            target, where = current, f"{where}{part}."
+            continue
+        key = f"{where}{part}"
+        if rest:                      # a key inside a mapping field, e.g. model.options.lambda_hst
+            if not isinstance(current, dict):
+                raise KeyError(f"unknown config key '{key}.{rest[0]}': '{key}' holds a single value")
+            nested: Any = _parse_value(text)
+            for name in reversed(rest[1:]):
+                nested = {name: nested}
+            current[rest[0]] = nested
+            return
+        value = _coerce_text(text, _field_types(type(target))[part], key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)
+        else:
+            setattr(target, part, value)
+        return
 
 
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -140,11 +323,7 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         if "=" not in item:
             raise ValueError(f"override '{item}' must look like section.key=value, e.g. train.epochs=5")
         dotted, text = item.split("=", 1)
-        parts = dotted.strip().split(".")
-        nested: dict[str, Any] = {parts[-1]: _parse_value(text)}
-        for part in reversed(parts[:-1]):
-            nested = {part: nested}
-        _merge_into(config, nested, "")
+        _apply_override(config, dotted.strip().split("."), text)
     return config
 
 
@@ -155,7 +334,7 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
         raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
     if path in seen:
         raise ValueError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path.read_text()) or {}
     if not isinstance(values, dict):
         raise TypeError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
     includes = values.pop("include", [])
@@ -164,10 +343,70 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
     _merge_into(config, values, f"{path.name}: ")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (after the files it lists under ``include:``), then the overrides."""
+# ---------------------------------------------------------------------------------------------- recipes
+
+def repo_root() -> Path:
+    """The repository root (the folder holding configs/ and hsbs_lib/), from the root or notebooks/;
+    the current folder when run outside a checkout."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "configs").is_dir() and (folder / "hsbs_lib").is_dir():
+            return folder
+    source_checkout = Path(__file__).resolve().parents[1]
+    return source_checkout if (source_checkout / "configs").is_dir() else here
+
+
+def config_path(name: str) -> Path:
+    """configs/NAME.yaml at the repository root."""
+    return repo_root() / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
+
+
+def _names(folder: Path) -> str:
+    return ", ".join(sorted(path.stem for path in folder.glob("*.yaml"))) or "none"
+
+
+def recipe_files(data: str, method: str, configs: str | os.PathLike | None = None) -> list[Path]:
+    """The YAML files ``--data DATA --method METHOD`` merges, in order.
+
+    ``configs/DATA_METHOD.yaml`` when the repository ships that full recipe (the SynthFER demo recipes,
+    tuned per method), else ``configs/datasets/DATA.yaml`` then ``configs/methods/METHOD.yaml``.
+    """
+    configs = Path(configs) if configs is not None else repo_root() / "configs"
+    full_recipe = configs / f"{data}_{method}.yaml"
+    if full_recipe.is_file():
+        return [full_recipe]
+    dataset_file, method_file = configs / "datasets" / f"{data}.yaml", configs / "methods" / f"{method}.yaml"
+    if not dataset_file.is_file():
+        raise FileNotFoundError(f"no dataset recipe {dataset_file}; --data takes one of: "
+                                f"{_names(configs / 'datasets')} (and synthfer with the methods of "
+                                f"configs/synthfer_*.yaml)")
+    if not method_file.is_file():
+        raise FileNotFoundError(f"no method recipe {method_file}; --method takes one of: {_names(configs / 'methods')}")
+    return [dataset_file, method_file]
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                data: str | None = None, method: str | None = None,
+                configs: str | os.PathLike | None = None) -> Config:
+    """Defaults, then the recipe, then the overrides.
+
+    The recipe is the YAML file ``path`` (after the files it lists under ``include:``) or the composition
+    of ``data`` and ``method`` from the ``configs`` folder (default: the repository's; :func:`recipe_files`);
+    a composition is named ``DATA_METHOD`` and writes to ``runs/DATA_METHOD`` unless its files or the
+    overrides say otherwise.
+    """
     config = Config()
-    if path is not None:
+    if data is not None or method is not None:
+        if path is not None:
+            raise ValueError("give a recipe file (--config) or a dataset and a method (--data, --method), not both")
+        if data is None or method is None:
+            raise ValueError("--data and --method go together, e.g. --data rafdb --method hsbs")
+        for file in recipe_files(data, method, configs):
+            _merge_file(config, file)
+        config.name = config.name or f"{data}_{method}"
+        if config.out == Config.out:
+            config.out = f"runs/{config.name}"
+    elif path is not None:
         _merge_file(config, Path(path))
     return apply_overrides(config, list(overrides))
 

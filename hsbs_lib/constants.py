@@ -1,4 +1,5 @@
-"""Values with one meaning across the package, each defined once here."""
+"""Values with one meaning across the package, each defined once here: normalisation statistics, layer
+names, the minority classes, and the environment flags the package reads."""
 from __future__ import annotations
 
 import os
@@ -16,3 +17,8 @@ MINORITY_CLASSES: tuple[str, ...] = ("fear", "disgust")
 def progress_disabled() -> bool:
     """True when ``HSBS_NO_PROGRESS`` is set to 1 / true / yes (tests and CI set it)."""
     return os.environ.get("HSBS_NO_PROGRESS", "0").strip().lower() in ("1", "true", "yes")
+
+
+def smoke_run() -> bool:
+    """True when ``SMOKE`` is set to anything but 0 / false / no (headless notebook runs, the tests)."""
+    return os.environ.get("SMOKE", "").strip().lower() not in ("", "0", "false", "no")

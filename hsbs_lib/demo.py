@@ -1,20 +1,55 @@
-"""``hsbs demo``: the main job on the built-in SynthFER data, what ``make demo`` runs.
+"""``hsbs demo``, the main job on the built-in SynthFER data (what ``make demo`` runs), and ``hsbs figures``.
 
-Trains the two demo runs (``runs/demo_baseline`` from configs/synthfer_baseline.yaml and
+``hsbs demo`` trains the two demo runs (``runs/demo_baseline`` from configs/synthfer_baseline.yaml and
 ``runs/demo_hsbs`` from configs/synthfer_hsbs.yaml; a run already finished with the same recipe is
 reused), prints one table comparing them on the test split, writes it as ``demo_comparison.md`` and draws
 every figure of the two runs (among them the side-by-side confusion matrices
 ``demo_hsbs_vs_demo_baseline_confusion``) into the figures folder, ``runs/demo_figures`` by default.
+
+``hsbs figures`` draws every figure of a trained run (:mod:`hsbs_lib.viz.figures`):
+
+    hsbs figures --run runs/demo_hsbs --compare runs/demo_baseline --out figures/
+    hsbs figures --demo          # train the SynthFER demo runs if missing, then redraw figures/
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
-from hsbs_lib.data.labels import CANONICAL_7
+import matplotlib.pyplot as plt
+import yaml
+
+from hsbs_lib.config import load_config, same_recipe
 from hsbs_lib.constants import MINORITY_CLASSES
+from hsbs_lib.data.labels import CANONICAL_7
+from hsbs_lib.engine.train import fit
+from hsbs_lib.viz.figures import draw_figures
+from hsbs_lib.viz.gradcam import CAM_METHODS
+from hsbs_lib.viz.samples import plot_synthfer_grid
+from hsbs_lib.viz.style import figures_dir, save_figure
+
+log = logging.getLogger(__name__)
+
+DEMO_RUNS: dict[str, str] = {"demo_baseline": "configs/synthfer_baseline.yaml",
+                             "demo_hsbs": "configs/synthfer_hsbs.yaml"}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"png, pdf"`` -> ("png", "pdf"): the --formats option of the figure commands."""
+    return tuple(fmt.strip() for fmt in text.split(",") if fmt.strip())
+
+
+def figure_notes(paths: Sequence[Path]) -> str:
+    """The numbers written beside the figures (attention scores, BSA statistics), for printing.
+
+    When a comparison table of attention scores exists, the per-run ones it contains are left out."""
+    notes = [path for path in paths if path.suffix == ".md"]
+    if any("_vs_" in path.stem for path in notes):
+        notes = [path for path in notes if "_vs_" in path.stem or not path.stem.endswith("_attention_scores")]
+    return "\n".join(path.read_text().strip() for path in sorted(set(notes)))
 
 
 def comparison_table(reports: dict[str, dict], minority: Sequence[str] = MINORITY_CLASSES) -> str:
@@ -30,12 +65,36 @@ def comparison_table(reports: dict[str, dict], minority: Sequence[str] = MINORIT
     return "\n".join(lines)
 
 
+def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -> dict[str, Path]:
+    """Train the SynthFER demo runs (baseline and HSBS) unless they already finished with the shipped recipe.
+
+    ``overrides`` (``key=value`` strings) apply to both recipes, e.g. ``train.device=cuda``.
+
+    A run finished when its eval.json is written (the last thing ``fit`` does); an interrupted run of the
+    same recipe is resumed from its last.pt, and a run of another recipe is trained again from scratch.
+    """
+    directories = {}
+    for name, recipe in DEMO_RUNS.items():
+        directory = Path(root) / name
+        config = load_config(recipe, [*overrides, f"out={directory}"])
+        saved = directory / "config.yaml"
+        same = saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
+        if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
+            log.info("reusing %s (trained with %s)", directory, recipe)
+        elif same and (directory / "last.pt").is_file():
+            log.info("resuming the interrupted run %s", directory)
+            fit(config, resume=directory)
+        else:
+            log.info("training %s from %s", name, recipe)
+            fit(config)
+        directories[name] = directory
+    return directories
+
+
 def run_demo_job(root: str | Path = "runs", figures_out: str | Path | None = None, *,
                  overrides: Sequence[str] = (), draw: bool = True, device: str = "cpu",
                  formats: Sequence[str] = ("png", "pdf")) -> dict:
     """Train (or reuse) the demo runs, tabulate them and draw their figures. Returns what it wrote."""
-    from hsbs_lib.viz.figures import draw_figures, ensure_demo_runs
-
     runs = ensure_demo_runs(root, overrides)
     reports = {}
     for name, directory in runs.items():
@@ -68,8 +127,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from hsbs_lib.viz.figures import parse_formats
-
     # Malformed overrides are refused by load_config before anything is trained or written.
     result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw, device=args.device,
                           formats=parse_formats(args.formats))
@@ -78,10 +135,48 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nruns: {', '.join(str(path) for path in result['runs'].values())}")
     print(f"table: {result['table_path']}")
     if result["figures"]:
-        from hsbs_lib.viz.figures import figure_notes
-
         confusion = [path for path in result["figures"] if path.stem.endswith("_vs_demo_baseline_confusion")]
         print(f"figures: {len(result['figures'])} files in {result['table_path'].parent}"
               + (f" (confusion matrices: {confusion[0]})" if confusion else ""))
         print("\n" + figure_notes(result["figures"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- hsbs figures
+
+def add_figures_arguments(parser) -> None:
+    parser.add_argument("--run", help="run directory (config.yaml, metrics.csv, best.pt)")
+    parser.add_argument("--compare", help="a second run, usually the baseline, drawn side by side with --run")
+    parser.add_argument("--out", default=None, help="figures folder (default: figures/, or $HSBS_FIGURES)")
+    parser.add_argument("--demo", action="store_true",
+                        help="train the SynthFER demo runs if missing, then redraw every demo figure")
+    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run (default best.pt)")
+    parser.add_argument("--samples", type=int, default=512, help="test images used for the figures (default 512)")
+    parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and of the sample choice")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
+
+
+def run_figures(args) -> int:
+    """Entry point of ``hsbs figures``."""
+    run_dir, compare_dir = args.run, args.compare
+    if args.demo:
+        demo = ensure_demo_runs()
+        run_dir, compare_dir = run_dir or demo["demo_hsbs"], compare_dir or demo["demo_baseline"]
+    if run_dir is None:
+        raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
+    out = figures_dir(args.out)
+    formats = parse_formats(args.formats)
+    paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
+                         samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats)
+    if args.demo:  # the README's picture of the data belongs to the demo set too
+        grid = plot_synthfer_grid()
+        paths += save_figure(grid, "synthfer_samples", out, formats=formats)
+        plt.close(grid)
+    figures = sorted({path.stem for path in paths})
+    print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
+    notes = figure_notes(paths)
+    if notes:
+        print("\n" + notes)
     return 0

@@ -19,6 +19,8 @@ from typing import Callable
 import nbformat
 import torch
 
+from hsbs_lib.losses.hst import activation_attention
+
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
 
 
@@ -106,8 +108,6 @@ def _report(ok: bool, message: str) -> None:
 
 def check_activation_attention(student_fn: Callable) -> None:
     """Checks an activation-attention function: (B, C, H, W) -> (B, H, W), mean over channels of F^2."""
-    from hsbs_lib.losses.hst import activation_attention
-
     torch.manual_seed(0)
     features = torch.randn(2, 8, 5, 5)
     got = student_fn(features)

@@ -14,8 +14,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.data.images import decode_image
+from hsbs_lib.data.pipeline.transforms import model_inputs
+from hsbs_lib.engine.build import resolve_device
+from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
+from hsbs_lib.losses.hst import activation_attention
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -102,26 +108,16 @@ class Predictor:
     """A checkpoint ready for inference: model in eval mode plus its own preprocessing and labels."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu"):
-        from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
-
-        self.device = torch.device(_resolve_device(device))
+        self.device = torch.device(resolve_device(device))
         self.model, meta = load_model_from_checkpoint(checkpoint, device=self.device)
         self.model.eval()
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
-        norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.5] * 3}
-        self.mean = torch.tensor(norm["mean"], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm["std"], device=self.device).view(1, 3, 1, 1)
+        self.normalization: dict = dict(meta.get("normalization") or IMAGENET_NORMALIZATION)
 
     def preprocess(self, faces: Sequence[np.ndarray]) -> Tensor:
         """uint8 (h, w, 3) crops -> normalised float batch (B, 3, S, S)."""
-        batch = []
-        for face in faces:
-            tensor = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float()
-            batch.append(F.interpolate(tensor, size=(self.input_size, self.input_size), mode="bilinear",
-                                       antialias=True, align_corners=False))
-        x = torch.cat(batch).to(self.device) / 255.0
-        return (x - self.mean) / self.std
+        return model_inputs(list(faces), self.normalization, size=self.input_size).to(self.device)
 
     @torch.no_grad()
     def classify(self, faces: Sequence[np.ndarray], *, with_attention: bool = False):
@@ -132,16 +128,10 @@ class Predictor:
         if with_attention:
             stage = output.maps.get("features/layer3")
             if stage is not None:
-                heat = stage.float().pow(2).mean(dim=1)
+                heat = activation_attention(stage)
                 heat = heat - heat.amin(dim=(1, 2), keepdim=True)
                 attention = (heat / heat.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)).cpu().numpy()
         return probabilities, attention
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -164,8 +154,6 @@ def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | s
     Unreadable files are appended to ``skipped`` (when given) and never stop the run. With
     ``detect=False`` each image is taken as an already aligned face (box = the whole image).
     """
-    from hsbs_lib.data.images import decode_image
-
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device=device)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -260,7 +248,8 @@ def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torc
     else:
         raise ValueError(f"unknown export format '{format}'; expected torchscript or onnx")
     sidecar = {"classes": predictor.classes, "input_size": predictor.input_size,
-               "normalization": {"mean": predictor.mean.flatten().tolist(), "std": predictor.std.flatten().tolist()},
+               "normalization": {"mean": list(predictor.normalization["mean"]),
+                                 "std": list(predictor.normalization["std"])},
                "input": "float32 (B, 3, S, S), RGB scaled to [0, 1] then normalised", "output": "logits (B, K)"}
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return out
@@ -281,8 +270,6 @@ def add_predict_arguments(parser) -> None:
 
 def run_predict(args) -> int:
     from PIL import Image
-
-    from hsbs_lib.data.images import decode_image
 
     skipped: list[SkippedFile] = []
     faces = predict(args.checkpoint, args.inputs, detect=args.detect, margin=args.margin, device=args.device,

@@ -9,34 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import nn
 
-from hsbs_lib.config import Config, load_config, same_recipe
+from hsbs_lib.config import Config, config_path, load_config, repo_root, same_recipe  # noqa: F401 (notebooks)
+from hsbs_lib.engine.build import resolve_device  # noqa: F401 (notebooks)
+from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from hsbs_lib.engine.train import fit
 
 # Sizes that let every notebook finish in well under two minutes on 2 CPU cores.
 SMOKE_OVERRIDES = ("data.n_train=320", "data.n_val=160", "data.n_test=160", "train.batch_size=32", "train.progress=false")
 
 
-def repo_root() -> Path:
-    """The repository root (the folder holding configs/ and hsbs_lib/), from the root or notebooks/;
-    the current folder when run outside a checkout."""
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / "configs").is_dir() and (folder / "hsbs_lib").is_dir():
-            return folder
-    source_checkout = Path(__file__).resolve().parents[1]
-    return source_checkout if (source_checkout / "configs").is_dir() else here
-
-
 def runs_dir() -> Path:
     """Where notebook runs are written: $HSBS_RUNS, else runs/ at the repository root."""
     return Path(os.environ.get("HSBS_RUNS") or repo_root() / "runs")
-
-
-def config_path(name: str) -> Path:
-    """configs/NAME.yaml at the repository root."""
-    return repo_root() / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
 
 
 def recipe(name: str, overrides: Sequence[str] = (), *, smoke: bool = False, epochs: int | None = None,
@@ -75,9 +61,6 @@ def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse
 
     Returns the best epoch's model on ``device`` in eval mode.
     """
-    from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
-    from hsbs_lib.engine.train import fit
-
     if checkpoint:
         model, meta = load_model_from_checkpoint(checkpoint, device=device)
         return TrainedRun(model, meta, Path(checkpoint).parent)
@@ -86,10 +69,3 @@ def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse
         fit(config)
     model, meta = load_model_from_checkpoint(best, device=device)
     return TrainedRun(model, meta, Path(config.out))
-
-
-def resolve_device(name: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name

@@ -16,14 +16,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hsbs_lib.testing import JupyterLabServer, running_jupyterlab
+from jupyterlab_harness import JupyterLabServer, running_jupyterlab
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "00_quickstart.ipynb"
 README_SCREENSHOT = ROOT / "figures" / "jupyterlab_quickstart.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUN_TIMEOUT_MS = 240_000  # the quickstart trains tiny models with SMOKE=1 on 2 shared CPU cores
+RUN_TIMEOUT_MS = 1_200_000  # catches a hung kernel only: the quickstart's speed is measured by hsbs bench
 
 # Selectors checked against JupyterLab 4.6.
 NOTEBOOK_CELL = ".jp-NotebookPanel .jp-Notebook .jp-Cell"

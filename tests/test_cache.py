@@ -9,7 +9,7 @@ import torch
 
 import fakes
 from hsbs_lib.data.base import BadDatasetError, FERDataset
-from hsbs_lib.data.cache import cache_split, resize_square
+from hsbs_lib.data.pipeline.cache import cache_split, resize_square
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.images import decode_image
 

@@ -141,6 +141,7 @@ def test_plan_errors_are_readable(tmp_path):
 
 
 def test_bench_prints_cost_ratios_to_the_baseline(capsys):
-    assert main(["bench", "--sections", "models", "--models", "hsbs", "--steps", "1", "--batch-size", "8"]) == 0
+    assert main(["bench", "--sections", "models", "--models", "hsbs", "--steps", "1", "--batch-size", "8",
+                 "--input-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "| baseline |" in out and "| hsbs |" in out and "1.00x" in out

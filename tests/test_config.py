@@ -54,3 +54,34 @@ def test_shipped_synthfer_recipes(name, model):
         plan = yaml.safe_load((CONFIGS / "compare_synthfer.yaml").read_text())
         for key in ("lambda_hst", "hst_warmup_epochs"):
             assert plan["rows"]["hsbs"][f"model.options.{key}"] == config.model.options[key]
+
+
+def test_values_are_coerced_to_the_field_type(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 3e-4\n  warmup_epochs: 1\n  epochs: 4.0\ndata:\n  train_split: 2019\n")
+    config = load_config(recipe, ["train.weight_decay=5e-5", "train.grad_clip=1", "train.amp=no", "train.epochs='6'",
+                                  "data.root=/data/my copy #2: RAF-DB", "model.pretrained=\"~/weights/resnet18.pt\"",
+                                  "data.max_train_per_class=null", "model.options.lambda_hst=1e3",
+                                  "data.options={fold: 2, n_folds: 5}"])
+    t = config.train
+    assert (t.lr, t.weight_decay, t.warmup_epochs, t.grad_clip) == (3e-4, 5e-5, 1.0, 1.0)
+    assert all(isinstance(v, float) for v in (t.lr, t.weight_decay, t.warmup_epochs, t.grad_clip))
+    assert t.amp is False and t.epochs == 6 and isinstance(t.epochs, int)
+    assert config.data.root == "/data/my copy #2: RAF-DB"          # a path as written, no quoting needed
+    assert config.data.train_split == "2019" and config.data.max_train_per_class is None
+    assert config.model.pretrained == "~/weights/resnet18.pt"       # quotes around a value are removed
+    assert config.model.options["lambda_hst"] == 1000.0 and config.data.options == {"fold": 2, "n_folds": 5}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.epochs=five", "'train.epochs' expects an integer, got 'five'"),
+    ("train.epochs=2.5", "'train.epochs' expects an integer, got 2.5"),
+    ("train.lr=fast", "'train.lr' expects a number, got 'fast'"),
+    ("train.amp=maybe", "'train.amp' expects true or false, got 'maybe'"),
+    ("train.grad_clip=[1]", "'train.grad_clip' expects a number or null, got [1]"),
+    ("data.options=3", "'data.options' expects a mapping, got 3"),
+])
+def test_a_value_that_cannot_be_coerced_names_key_value_and_type(override, expected):
+    with pytest.raises(ValueError) as error:
+        apply_overrides(Config(), [override])
+    assert expected in str(error.value)

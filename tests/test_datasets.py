@@ -359,7 +359,7 @@ def test_every_name_is_served():
                                   "imagefolder", "synthfer"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hsbs_lib.data.synthetic") is None, reason="SynthFER not available")
+@pytest.mark.skipif(importlib.util.find_spec("hsbs_lib.data.synthfer") is None, reason="SynthFER not available")
 def test_synthfer_smoke():
     dataset = load_dataset("synthfer", None, "train", n=8, size=32, seed=0)
     assert len(dataset) == 8

@@ -3,8 +3,8 @@ import pytest
 
 from hsbs_lib.demo import comparison_table
 
-TINY = ["data.n_train=96", "data.n_test=48", "data.input_size=48", "train.epochs=1", "train.batch_size=32",
-        "train.device=cpu", "train.progress=false", "train.threads=1"]
+TINY = ["data.n_train=96", "data.n_val=48", "data.n_test=48", "data.input_size=48", "train.epochs=1",
+        "train.batch_size=32", "train.device=cpu", "train.progress=false", "train.threads=1"]
 
 
 def _report(accuracy, fear=None):

@@ -13,7 +13,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     import torch
     from hsbs_lib.config import Config, apply_overrides
-    from hsbs_lib.data.cache import CachedSplit
+    from hsbs_lib.data.pipeline.cache import CachedSplit
     from hsbs_lib.engine.train import fit
 
     out = sys.argv[1]
@@ -42,7 +42,8 @@ def test_two_cpu_replicas_stay_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HSBS_NO_PROGRESS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", str(script), str(tmp_path)]
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+    # The timeout only catches a deadlocked process group, however slow the machine.
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
 
     replicas = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

@@ -11,13 +11,13 @@ import torch
 from hsbs_lib.cli import main
 from hsbs_lib.config import Config, apply_overrides
 from hsbs_lib.data.base import FERDataset
-from hsbs_lib.data.cache import cache_split
+from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.checkpoint import load_checkpoint
 from hsbs_lib.engine.evaluate import evaluate_checkpoint
-from hsbs_lib.engine.loaders import DeviceBatchLoader, EpochSampler, class_sample_weights
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, EpochSampler, class_sample_weights
 from hsbs_lib.engine.train import NonFiniteLossError, fit, inverse_frequency_weights, lr_factor, resume_config
 from hsbs_lib.models.baseline import Baseline
-from hsbs_lib.models.registry import _MODELS, register_model
+from hsbs_lib.models.registry import list_models, register_model, unregister_model
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40], [40, 230, 230], [230, 40, 230],
@@ -60,20 +60,27 @@ def _rows(run_dir):
         return list(csv.DictReader(file))
 
 
-if "nan_after" not in _MODELS:
-    @register_model("nan_after")
-    class NanAfter(Baseline):
-        """A baseline whose loss turns NaN from training step ``bad_step`` (1-based) on."""
+class NanAfter(Baseline):
+    """A baseline whose loss turns NaN from training step ``bad_step`` (1-based) on."""
 
-        def __init__(self, *args, bad_step: int = 3, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.bad_step, self.steps = bad_step, 0
+    def __init__(self, *args, bad_step: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_step, self.steps = bad_step, 0
 
-        def loss(self, output, targets):
-            self.steps += 1
-            terms = super().loss(output, targets)
-            terms["aux"] = output.logits.sum() * (math.nan if self.steps >= self.bad_step else 0.0)
-            return terms
+    def loss(self, output, targets):
+        self.steps += 1
+        terms = super().loss(output, targets)
+        terms["aux"] = output.logits.sum() * (math.nan if self.steps >= self.bad_step else 0.0)
+        return terms
+
+
+@pytest.fixture
+def nan_after_model():
+    """``nan_after`` in the model registry for one test, removed afterwards."""
+    register_model("nan_after")(NanAfter)
+    yield "nan_after"
+    unregister_model("nan_after")
+    assert "nan_after" not in list_models()
 
 
 def test_training_lowers_the_loss_beats_chance_and_logs_every_column(tmp_path, splits):
@@ -118,8 +125,9 @@ def test_two_epochs_equal_one_epoch_plus_resume(tmp_path, splits):
     assert load_checkpoint(tmp_path / "split")["epoch"] == 2
 
 
-def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, splits):
-    config = _config(tmp_path, "model.name=nan_after", "model.options.bad_step=4", "train.epochs=3",
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, splits,
+                                                                                       nan_after_model):
+    config = _config(tmp_path, f"model.name={nan_after_model}", "model.options.bad_step=4", "train.epochs=3",
                      "train.max_steps_per_epoch=3")
     with pytest.raises(NonFiniteLossError, match=r"step 4 \(epoch 2, batch 1 of 3\).*aux=nan"):
         fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])
@@ -162,7 +170,7 @@ def test_train_and_resume_and_eval_commands_on_synthfer(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     common = ["train.progress=false", "train.threads=1", "data.cache_dir=cache"]
     assert main(["train", "--config", str(REPO / "configs/synthfer_hsbs.yaml"), "--out", "runs/a",
-                 "train.epochs=1", "data.n_train=256", "data.n_test=128", *common]) == 0
+                 "train.epochs=1", "data.n_train=256", "data.n_val=128", "data.n_test=128", *common]) == 0
     assert main(["train", "--resume", "runs/a", "train.epochs=2"]) == 0
     rows = _rows(tmp_path / "runs/a")
     assert [int(row["epoch"]) for row in rows] == [1, 2] and "loss/hst" in rows[0]

@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory):
     from hsbs_lib.engine.train import fit
 
     out = tmp_path_factory.mktemp("run")
-    config = load_config(None, ["model.name=baseline", "data.n_train=64", "data.n_test=32", "train.epochs=1",
+    config = load_config(None, ["model.name=baseline", "data.n_train=64", "data.n_val=32", "data.n_test=32", "train.epochs=1",
                                 "train.batch_size=32", "train.progress=false", f"out={out}"])
     fit(config)
     return out / "best.pt"
@@ -43,7 +43,7 @@ def test_crop_face_is_square_with_margin_and_pads_at_borders():
 
 
 def test_predict_on_a_synthfer_face_pasted_into_a_larger_image(checkpoint, tmp_path):
-    from hsbs_lib.data.synthetic import SynthFER
+    from hsbs_lib.data.synthfer import SynthFER
 
     face = SynthFER(split="test", n=1, size=96, seed=3).images[0]
     canvas = np.full((300, 400, 3), 40, np.uint8)

@@ -11,7 +11,7 @@ from torch import nn
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
-from hsbs_lib.data.synthetic import EXPRESSION_CLASSES, REGION_NAMES, render_synthfer  # noqa: E402
+from hsbs_lib.data.synthfer import EXPRESSION_CLASSES, REGION_NAMES, render_synthfer  # noqa: E402
 from hsbs_lib.models import create_model  # noqa: E402
 from hsbs_lib.models.base import ModelOutput  # noqa: E402
 from hsbs_lib.viz import interactive  # noqa: E402

@@ -81,7 +81,7 @@ def test_a_short_run_on_real_faces_beats_the_majority_class(faces, tmp_path):
     index = np.concatenate([train, test])
     usage = ["Training"] * len(train) + ["PrivateTest"] * len(test)
     write_fer2013_csv(tmp_path / "data" / "fer2013.csv", images[index], [classes[labels[i]] for i in index], usage)
-    config = load_config(ROOT / "configs" / "fer2013_baseline.yaml", [
+    config = load_config(data="fer2013", method="baseline", overrides=[
         f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}",
         "model.stem=standard", "train.epochs=4", "train.progress=false", "train.threads=2"])
     result = fit(config)

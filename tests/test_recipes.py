@@ -1,43 +1,140 @@
-"""Every shipped recipe loads, builds its model, and trains one step on a fake copy of its dataset.
-
-The fake copies follow DATASETS.md's layouts exactly (tests/fakes.py), so this is the path a user with
-a real RAF-DB, FER2013, ... copy takes: `hsbs train --config configs/DATASET_METHOD.yaml data.root=...`.
+"""Recipes are composed on the command line: ``hsbs train --data D --method M`` merges
+configs/datasets/D.yaml, then configs/methods/M.yaml (the method wins where both set a key), then
+``key=value`` overrides; the SynthFER demo recipes are full files (configs/synthfer_M.yaml) and replace the
+two layers. Every composition loads, builds its model, and trains one step on a fake copy of its dataset,
+laid out as DATASETS.md says (tests/fakes.py), which is the path a user with a real copy takes:
+``hsbs train --data rafdb --method hsbs data.root=/path/to/copy``.
 """
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import fakes
-from hsbs_lib.config import load_config
+from hsbs_lib.cli import main
+from hsbs_lib.config import Config, load_config, recipe_files
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model
-from hsbs_lib.engine.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 DATASETS = ["rafdb", "fer2013", "ferplus", "affectnet7", "affectnet8", "sfew", "kdef", "ckplus"]
 METHODS = ["baseline", "hsbs", "clcl", "phanet", "mfer"]
+PAIRS = [(data, method) for data in [*DATASETS, "synthfer"] for method in METHODS]
 MAKERS = {
     "rafdb": fakes.make_rafdb_basic, "fer2013": fakes.make_fer2013_csv, "ferplus": fakes.make_ferplus,
     "affectnet7": fakes.make_affectnet_csv, "affectnet8": fakes.make_affectnet_csv, "sfew": fakes.make_sfew,
     "kdef": lambda root: fakes.make_kdef(root)[0], "ckplus": fakes.make_ckplus,
 }
 
+# What every dataset x method recipe resolved to when each was a file of its own (configs/D_M.yaml:
+# ``include: [datasets/D.yaml, methods/M.yaml]`` plus name and out), as a digest of the resolved config
+# without name and out (numbers compared as floats). A deliberate change to a dataset or method file
+# changes these: print the new table with ``python tests/test_recipes.py`` and paste it here.
+RECIPE_DIGESTS = {
+    "rafdb_baseline": "df1fff7ef86ded36", "rafdb_hsbs": "fdde30bdcd64c053",
+    "rafdb_clcl": "be8b6e765652604c", "rafdb_phanet": "12d971a51e30f7af",
+    "rafdb_mfer": "1b8006e7025f3b41", "fer2013_baseline": "679f6d0f0f962647",
+    "fer2013_hsbs": "9db05c77a57b2db9", "fer2013_clcl": "ffe17bf23fd05c3e",
+    "fer2013_phanet": "bbd7092fdb7679cf", "fer2013_mfer": "702ab7fc9417a8c9",
+    "ferplus_baseline": "19ba8af781ef5d5c", "ferplus_hsbs": "20f200aa06e8505d",
+    "ferplus_clcl": "dac4e1b41bdec237", "ferplus_phanet": "2641866ba3f749b5",
+    "ferplus_mfer": "57612f749199cd1b", "affectnet7_baseline": "7efdea651e2dc5c4",
+    "affectnet7_hsbs": "7fb98b017c49aad4", "affectnet7_clcl": "c29a8fc15ec625c4",
+    "affectnet7_phanet": "1310f26be94589b8", "affectnet7_mfer": "a508d40b65f9847d",
+    "affectnet8_baseline": "00de4cf9a217b62e", "affectnet8_hsbs": "c5211ff0ccc8bbad",
+    "affectnet8_clcl": "8f49e7d2d3055b83", "affectnet8_phanet": "9594d6e126bc4f02",
+    "affectnet8_mfer": "334796cb49cecb5f", "sfew_baseline": "36097008cad08386",
+    "sfew_hsbs": "007f2801471ff28c", "sfew_clcl": "ab7f73026ceadf82",
+    "sfew_phanet": "c9c5a7977f26d1c3", "sfew_mfer": "315f828dc523a681",
+    "kdef_baseline": "38e3aa9b8cbec588", "kdef_hsbs": "93ef5ccf905a3ea2",
+    "kdef_clcl": "ece7dbd16e44c6f6", "kdef_phanet": "8337f5ae2b076b30",
+    "kdef_mfer": "23098f3d7389d268", "ckplus_baseline": "1c4ecc345aac4788",
+    "ckplus_hsbs": "4f67e7fd65bb85b9", "ckplus_clcl": "e6f80926f31845a2",
+    "ckplus_phanet": "861e67e2b632a9b3", "ckplus_mfer": "4730430b1f5f9c33",
+    "synthfer_baseline": "c3f69b2e38b7ba4f", "synthfer_hsbs": "eaf4cf2b3679194a",
+    "synthfer_clcl": "ff2fc2a3a7ed11ab", "synthfer_phanet": "da72ef8e0e0d05fc",
+    "synthfer_mfer": "011fc45d5aa472d7",
+}
 
-def recipe_files():
-    return sorted(p for p in (ROOT / "configs").glob("*.yaml")
-                  if not p.name.startswith(("compare_", "ablation_")))
+
+def recipe_digest(config) -> str:
+    def canonical(value):
+        if isinstance(value, dict):
+            return {key: canonical(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(item) for item in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    values = config.to_dict()
+    values.pop("name"), values.pop("out")
+    return hashlib.sha256(json.dumps(canonical(values), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def test_one_recipe_per_dataset_and_method():
-    names = {p.stem for p in recipe_files()}
-    missing = {f"{d}_{m}" for d in DATASETS + ["synthfer"] for m in METHODS} - names
-    assert not missing, f"missing recipes: {sorted(missing)}"
+def test_the_shipped_files_cover_every_dataset_and_method():
+    assert sorted(path.stem for path in (CONFIGS / "datasets").glob("*.yaml")) == sorted(DATASETS)
+    assert sorted(path.stem for path in (CONFIGS / "methods").glob("*.yaml")) == sorted(METHODS)
+    assert sorted(path.stem for path in CONFIGS.glob("*_*.yaml")
+                  if not path.name.startswith(("compare_", "ablation_"))) == [f"synthfer_{m}" for m in sorted(METHODS)]
 
 
-@pytest.mark.parametrize("path", recipe_files(), ids=lambda p: p.stem)
-def test_recipe_loads_and_builds_its_model(path):
-    config = load_config(path)
+@pytest.mark.parametrize("data, method", PAIRS, ids=lambda value: str(value))
+def test_a_composition_resolves_to_the_recipe_its_file_held(data, method):
+    config = load_config(data=data, method=method)
+    assert (config.name, config.out) == (f"{data}_{method}", f"runs/{data}_{method}")
+    assert recipe_digest(config) == RECIPE_DIGESTS[f"{data}_{method}"], (
+        f"{data} x {method} no longer resolves to the recipe configs/{data}_{method}.yaml held")
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_a_composition_is_the_dataset_file_then_the_method_file(data, tmp_path):
+    for method in METHODS:
+        pair = tmp_path / f"{data}_{method}.yaml"
+        pair.write_text(yaml.safe_dump({"include": [str(CONFIGS / "datasets" / f"{data}.yaml"),
+                                                    str(CONFIGS / "methods" / f"{method}.yaml")]}))
+        composed = load_config(data=data, method=method, overrides=["train.epochs=3"]).to_dict()
+        included = load_config(pair, ["train.epochs=3"]).to_dict()
+        assert {**composed, "name": "", "out": ""} == {**included, "name": "", "out": ""}
+
+
+def test_precedence_defaults_dataset_method_overrides(tmp_path):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "datasets" / "toy.yaml").write_text("data: {name: rafdb, input_size: 96}\n"
+                                                    "train: {epochs: 3, lr: 0.1}\n")
+    (tmp_path / "methods" / "plain.yaml").write_text("model: {name: baseline}\ntrain: {epochs: 7}\n")
+    assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "datasets" / "toy.yaml",
+                                                      tmp_path / "methods" / "plain.yaml"]
+    config = load_config(data="toy", method="plain", configs=tmp_path)
+    assert (config.data.input_size, config.model.name) == (96, "baseline")
+    assert (config.train.epochs, config.train.lr) == (7, 0.1)          # the method file wins where both set a key
+    assert (config.name, config.out) == ("toy_plain", "runs/toy_plain")
+    assert load_config(data="toy", method="plain", configs=tmp_path, overrides=["train.epochs=2"]).train.epochs == 2
+    (tmp_path / "toy_plain.yaml").write_text("model: {name: hsbs}\n")
+    assert recipe_files("toy", "plain", tmp_path) == [tmp_path / "toy_plain.yaml"]   # a full recipe replaces both
+    assert load_config(data="toy", method="plain", configs=tmp_path).train.epochs == Config().train.epochs
+    with pytest.raises(FileNotFoundError, match="--method takes one of: plain"):
+        recipe_files("toy", "fancy", tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data takes one of: toy"):
+        recipe_files("mnist", "plain", tmp_path)
+
+    config = load_config(data="rafdb", method="hsbs", overrides=["train.epochs=2", "data.root=/data/RAF-DB/basic"])
+    assert (config.data.input_size, config.model.name, config.train.epochs) == (224, "hsbs", 2)
+    assert config.data.root == "/data/RAF-DB/basic"
+    with pytest.raises(ValueError, match="not both"):
+        load_config(CONFIGS / "synthfer_hsbs.yaml", data="rafdb", method="hsbs")
+    with pytest.raises(ValueError, match="go together"):
+        load_config(data="rafdb")
+
+
+@pytest.mark.parametrize("data, method", PAIRS, ids=lambda value: str(value))
+def test_recipe_loads_and_builds_its_model(data, method):
+    config = load_config(data=data, method=method)
     model = build_model(config, class_names(config.data.num_classes), load_pretrained=False).eval()
     size = config.data.input_size
     with torch.no_grad():
@@ -54,11 +151,15 @@ NO_HOLDOUT = {"rafdb", "ferplus", "affectnet7", "affectnet8", "sfew"}
 def test_recipe_trains_a_step_on_a_fake_copy(dataset, tmp_path):
     MAKERS[dataset](tmp_path / "copy")
     validation = ["data.val_split=none"] if dataset in NO_HOLDOUT else []
-    config = load_config(ROOT / "configs" / f"{dataset}_baseline.yaml", [*validation,
-        f"data.root={tmp_path / 'copy'}", "data.input_size=48", "train.epochs=1", "train.batch_size=4",
-        "train.eval_batch_size=8", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
-        f"out={tmp_path / 'run'}"])
-    result = fit(config)
+    assert main(["train", "--data", dataset, "--method", "baseline", "--out", str(tmp_path / "run"), *validation,
+                 f"data.root={tmp_path / 'copy'}", "data.input_size=48", "train.epochs=1", "train.batch_size=4",
+                 "train.eval_batch_size=8", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert (tmp_path / "run" / "best.pt").is_file()
-    assert result.classes == class_names(config.data.num_classes)
-    assert 0.0 <= result.best["accuracy"] <= 1.0
+    assert tuple(report["classes"]) == class_names(load_config(data=dataset, method="baseline").data.num_classes)
+    assert 0.0 <= report["accuracy"] <= 1.0
+
+
+if __name__ == "__main__":
+    for data, method in PAIRS:
+        print(f'    "{data}_{method}": "{recipe_digest(load_config(data=data, method=method))}",')

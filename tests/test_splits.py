@@ -7,9 +7,9 @@ import pytest
 
 import hsbs_lib.engine.train as train_module
 from hsbs_lib.config import Config, apply_overrides
-from hsbs_lib.data.cache import cache_split
+from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.datasets import load_dataset
-from hsbs_lib.data.synthetic import write_rafdb_layout
+from hsbs_lib.data.synthfer import write_rafdb_layout
 from hsbs_lib.data.splits import SplitView, holdout_indices, holdout_split, per_class_subset
 from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.train import fit

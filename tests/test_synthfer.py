@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hsbs_lib.data.synthetic as synthetic
+from hsbs_lib.bench import benchmark_rendering
 from hsbs_lib.data.labels import CANONICAL_7
-from hsbs_lib.data.synthetic import (EXPRESSION_CLASSES, POSE_BINS, RAFDB_TRAIN_DISTRIBUTION, REGION_NAMES,
-                                     SynthFER, render_parameters, render_synthfer, sample_parameters,
-                                     write_rafdb_layout)
+from hsbs_lib.data.synthfer import (EXPRESSION_CLASSES, POSE_BINS, POSE_YAW_DEGREES, RAFDB_TRAIN_DISTRIBUTION,
+                                    REGION_NAMES, SynthFER, render_parameters, render_synthfer, sample_parameters,
+                                    subject_parameters, write_rafdb_layout)
+from hsbs_lib.data.synthfer import render as renderer
 
 BROWS, EYES, NOSE, MOUTH = range(4)
 
@@ -50,7 +51,7 @@ def test_same_index_gives_same_pixels_whatever_the_batch():
 
 def test_chunking_does_not_change_pixels(monkeypatch):
     reference = render_synthfer(np.arange(10), size=48, seed=1)
-    monkeypatch.setattr(synthetic, "_PIXELS_PER_CHUNK", 3 * 48 * 48)   # chunks of 3 images
+    monkeypatch.setattr(renderer, "_PIXELS_PER_CHUNK", 3 * 48 * 48)   # chunks of 3 images
     chunked = render_synthfer(np.arange(10), size=48, seed=1)
     assert np.array_equal(reference["images"], chunked["images"])
     assert np.array_equal(reference["masks"], chunked["masks"])
@@ -61,10 +62,10 @@ def test_feature_window_matches_a_full_image_render():
     p = sample_parameters(np.arange(12), seed=5)
     p["scale"][:4] = 1.2           # the largest faces and strongest rolls the sampler produces
     p["roll"][:4] = np.radians([12, -12, 12, -12])
-    s = synthetic.subject_parameters(p["subject"])
-    units = synthetic._action_units(p, s)
-    windowed = synthetic._render_chunk(p, s, units, 64)
-    full = synthetic._render_chunk(p, s, units, 64, full_window=True)
+    s = subject_parameters(p["subject"])
+    units = renderer._action_units(p, s)
+    windowed = renderer._render_chunk(p, s, units, 64)
+    full = renderer._render_chunk(p, s, units, 64, full_window=True)
     np.testing.assert_allclose(windowed[0].astype(int), full[0].astype(int), atol=1)
     assert np.array_equal(windowed[1], full[1])
 
@@ -157,7 +158,7 @@ def test_pose_bins_go_left_to_right():
     p = _clean_frontal(5, seed=8)
     p["subject"][:] = p["subject"][0]
     p["pose"] = np.arange(5)
-    p["yaw"] = np.radians(synthetic.POSE_YAW_DEGREES).astype(np.float32)
+    p["yaw"] = np.radians(POSE_YAW_DEGREES).astype(np.float32)
     out = render_parameters(p, size=96)
     columns = np.arange(96)[None, :]
     offsets = []
@@ -202,7 +203,7 @@ def test_splits_are_subject_disjoint():
 
 
 def test_identity_depends_on_the_subject_only():
-    a = synthetic.subject_parameters(np.array([3, 6, 3]))
+    a = subject_parameters(np.array([3, 6, 3]))
     assert np.array_equal(a["skin"][0], a["skin"][2]) and a["face_rx"][0] == a["face_rx"][2]
     assert not np.array_equal(a["skin"][0], a["skin"][1])
 
@@ -272,7 +273,7 @@ def test_hsbs_synth_command(tmp_path, capsys):
 
 
 def test_benchmark_rendering_reports_a_rate():
-    assert synthetic.benchmark_rendering(n=32, size=32) > 0
+    assert benchmark_rendering(n=32, size=32) > 0
 
 
 def test_sample_figures(tmp_path):

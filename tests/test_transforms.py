@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.base import FERDataset
-from hsbs_lib.data.cache import cache_split
-from hsbs_lib.data.transforms import (AUGMENT_PRESETS, IMAGENET_NORMALIZATION, AugmentSpec, BatchAugment,
-                                      affine_sampling_grid, as_image, augment_spec, normalize, sample_transform)
-from hsbs_lib.engine.loaders import DeviceBatchLoader, SampleBatchLoader
+from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader
+from hsbs_lib.data.pipeline.transforms import (AUGMENT_PRESETS, AugmentSpec, BatchAugment, affine_sampling_grid,
+                                               as_image, augment_spec, normalize, sample_transform)
 
 
 class NoiseFER(FERDataset):
@@ -175,7 +176,7 @@ def test_sample_transform_resizes_any_input_to_the_model_size():
 
 
 def test_pipeline_benchmark_reports_every_path_against_decoding():
-    from hsbs_lib.engine.loaders import benchmark_pipelines
+    from hsbs_lib.bench import benchmark_pipelines
 
     table = benchmark_pipelines(size=16, n=64, batch_size=16, epochs=1).splitlines()
     assert len(table) == 6

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hsbs_lib import demo as demo_module
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.models import ModelOutput, create_model
 from hsbs_lib.viz import (ClassSimilarityAccumulator, LearningIntensityRecorder, attention_maps,
@@ -351,7 +352,7 @@ def test_figures_command_arguments_and_errors(monkeypatch, tmp_path):
     from hsbs_lib.cli import main
 
     parser = argparse.ArgumentParser()
-    figures_module.add_figures_arguments(parser)
+    demo_module.add_figures_arguments(parser)
     args = parser.parse_args(["--run", "runs/x", "--compare", "runs/y", "--out", "figs", "--samples", "64"])
     assert (args.run, args.compare, args.out, args.samples, args.demo) == ("runs/x", "runs/y", "figs", 64, False)
     assert main(["figures"]) == 1  # neither --run nor --demo: a readable error, not a traceback
@@ -360,7 +361,7 @@ def test_figures_command_arguments_and_errors(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(figures_module, "load_run", lambda path, **kw: _stand_in_run(str(path).rsplit("/", 1)[-1]))
     monkeypatch.setattr(figures_module, "load_eval_data", lambda run, **kw: None)  # metric figures only
-    monkeypatch.setattr(figures_module, "ensure_demo_runs",
+    monkeypatch.setattr(demo_module, "ensure_demo_runs",
                         lambda: calls.append("trained") or {"demo_hsbs": "runs/demo_hsbs",
                                                             "demo_baseline": "runs/demo_baseline"})
     assert main(["figures", "--demo", "--out", str(tmp_path / "demo"), "--formats", "png"]) == 0
@@ -376,8 +377,8 @@ def test_figures_command_end_to_end_on_trained_runs(tmp_path):
     from hsbs_lib.config import load_config
 
     config = load_config(None, [f"out={tmp_path / 'hsbs'}", "model.name=hsbs", "data.name=synthfer",
-                                "data.n_train=128", "data.n_test=48", "data.input_size=48", "train.epochs=1",
-                                "train.batch_size=32", "train.device=cpu", "train.progress=false",
+                                "data.n_train=128", "data.n_val=48", "data.n_test=48", "data.input_size=48",
+                                "train.epochs=1", "train.batch_size=32", "train.device=cpu", "train.progress=false",
                                 "train.record_intensity=true", "train.threads=1"])
     train.fit(config)
     out = tmp_path / "figures"

@@ -67,6 +67,8 @@ class FERDataset(Dataset):
     #: True when the source ships a validation split distinct from its test split (FER2013's PublicTest);
     #: elsewhere "val" is often another name for the test split, and validation is held out of train.
     has_validation_split: bool = False
+    #: False for a source that is generated rather than read from a copy on disk (SynthFER).
+    needs_root: bool = True
 
     def __init__(self, root: str | None, split: str, num_classes: int = 7,
                  transform: Callable | None = None):
@@ -87,6 +89,11 @@ class FERDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @classmethod
+    def splits_on_disk(cls, root) -> list[str]:
+        """The split names a copy at ``root`` holds (what ``dataset_splits`` and ``hsbs check`` report)."""
+        raise NotImplementedError(f"{cls.__name__} does not say which splits a copy holds")
 
     def load_image(self, index: int) -> np.ndarray:
         """Decode sample ``index`` as a uint8 (H, W, 3) RGB array."""

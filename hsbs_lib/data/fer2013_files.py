@@ -16,10 +16,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from hsbs_lib.data.datasets.fer2013 import FER2013_CODES
 from hsbs_lib.data.labels import canonical_name
 
-#: FER2013's csv codes (the ``emotion`` column) by canonical class name.
-FER2013_CODE_OF = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4, "surprise": 5, "neutral": 6}
+#: FER2013's csv codes (the ``emotion`` column) by canonical class name: the adapter's table, inverted.
+FER2013_CODE_OF = {name: code for code, name in FER2013_CODES.items()}
 #: The folder names of the common image export, by canonical class name.
 FER2013_FOLDER_OF = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy",
                      "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}

@@ -13,17 +13,22 @@ import torch
 from torch import nn
 
 from hsbs_lib.config import Config
-from hsbs_lib.data.datasets import ADAPTERS, canonical_dataset_name, load_dataset
+from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
 from hsbs_lib.models.registry import create_model
 
 
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def select_device(name: str = "auto", context: DistributedContext | None = None) -> torch.device:
     """``auto`` -> CUDA when available, else CPU. Under torchrun, CUDA means this rank's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = torch.device(resolve_device(name))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")
@@ -111,8 +116,7 @@ def _shared_images(first: Any, second: Any) -> int:
 
 def _own_validation_split(config: Config, test: Any) -> Any:
     """The dataset's own validation split, or None when it has none distinct from the test split."""
-    name = canonical_dataset_name(config.data.name)
-    if name != "synthfer" and not getattr(ADAPTERS.get(name), "has_validation_split", False):
+    if not dataset_adapter(config.data.name).has_validation_split:
         return None
     try:
         val = build_dataset(config, "val")

@@ -37,6 +37,11 @@ from scipy import stats
 
 from hsbs_lib.config import load_config, same_recipe
 from hsbs_lib.constants import MINORITY_CLASSES
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine import train
+from hsbs_lib.engine.build import build_model
+from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
+from hsbs_lib.engine.diagnostics import run_diagnostics
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
@@ -146,8 +151,6 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     ``diagnostics``: attention scores and BSA statistics per run (None: only when the data is SynthFER,
     whose masks say where the expression is).
     """
-    from hsbs_lib.engine import train
-
     results: dict[str, dict[int, dict]] = {}
     configs = {}
     for row, row_overrides in plan.rows.items():
@@ -167,8 +170,6 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     if diagnostics is None:
         diagnostics = all(config.data.name == "synthfer" for config in configs.values())
     if diagnostics:
-        from hsbs_lib.engine.diagnostics import run_diagnostics
-
         for row in plan.rows:
             for seed in seeds:
                 results[row][seed]["diagnostics"] = run_diagnostics(run_dir(plan, row, seed))
@@ -237,10 +238,6 @@ def _trained_with(run: Path, config) -> bool:
 
 
 def _cost(config, measure_speed: bool) -> dict:
-    from hsbs_lib.bench import count_macs, count_parameters, measure_inference, measure_training
-    from hsbs_lib.data.labels import class_names
-    from hsbs_lib.engine.build import build_model
-
     model = build_model(config, class_names(config.data.num_classes), load_pretrained=False)
     size = config.data.input_size
     cost = {"params_m": count_parameters(model) / 1e6, "gmacs": count_macs(model, size) / 1e9}

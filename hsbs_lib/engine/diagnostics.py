@@ -23,6 +23,7 @@ import torch
 
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import config_from_dict
+from hsbs_lib.engine.build import build_dataset
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
 from hsbs_lib.engine.evaluate import as_eval_loader
 from hsbs_lib.engine.saliency import score_saliency
@@ -40,8 +41,6 @@ def diagnostics_file(run_dir: str | Path, split: str, n: int) -> Path:
 def run_diagnostics(run_dir: str | Path, *, split: str = "test", n: int = 512, device: str = "cpu",
                     reuse: bool = True) -> dict:
     """Attention scores and BSA statistics of ``run_dir/best.pt`` on the first ``n`` images of ``split``."""
-    from hsbs_lib.engine.build import build_dataset
-
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "best.pt"
     if not checkpoint_path.is_file():

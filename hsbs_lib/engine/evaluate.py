@@ -16,13 +16,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.config import config_from_dict
+from hsbs_lib.config import apply_overrides, config_from_dict
 from hsbs_lib.data.labels import class_names
+from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
+                                            make_loader, split_nbytes)
 from hsbs_lib.engine.build import build_dataset, select_device
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
-from hsbs_lib.engine.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
-                                     make_loader, split_nbytes)
-from hsbs_lib.engine.logging import progress_bar
+from hsbs_lib.engine.log import progress_bar
 from hsbs_lib.engine.metrics import classification_metrics, format_metrics
 
 
@@ -107,8 +107,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     ``overrides`` change the data section (``data.root=/x`` or ``root=/x``). The report is written to
     ``out`` (default: ``eval.json`` beside the checkpoint) and returned.
     """
-    from hsbs_lib.config import apply_overrides
-
     path = resolve_checkpoint(path, default="best.pt")
     device = select_device(device)
     model, checkpoint = load_model_from_checkpoint(path, device=device)
@@ -153,7 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.name={args.data}")
     if args.root:
-        overrides.append(f"data.root={json.dumps(args.root)}")
+        overrides.append(f"data.root={args.root}")
     report = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, out=args.out,
                                  overrides=overrides, batch_size=args.batch_size)
     print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]")

@@ -27,7 +27,7 @@ import torchvision
 
 from hsbs_lib.config import Config, save_config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
-from hsbs_lib.data.cache import cache_split
+from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.evaluate import write_json
 from hsbs_lib.engine.metrics import classification_metrics

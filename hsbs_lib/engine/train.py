@@ -5,7 +5,7 @@ alternates :func:`train_one_epoch` and :func:`~hsbs_lib.engine.evaluate.evaluate
 directory ``config.out``:
 
 * ``config.yaml``: the resolved config;
-* ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.logging`);
+* ``metrics.csv``: one row per epoch (columns in :mod:`hsbs_lib.engine.log`);
 * ``last.pt`` after every epoch, ``best.pt`` for the epoch with the best *validation* mean class accuracy
   (FER test sets are imbalanced and plain accuracy rewards the majority class). The validation split is
   the dataset's own when it has one, else a stratified, seeded hold-out of the training split
@@ -45,15 +45,15 @@ from torch import Tensor, nn
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import Config, TrainConfig, apply_overrides, config_from_dict, load_config, save_config
 from hsbs_lib.data.labels import class_names
-from hsbs_lib.engine.build import build_model, build_splits, select_device
+from hsbs_lib.engine.build import build_model, build_splits, resolve_device, select_device
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
 from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.reference import train_reference
-from hsbs_lib.engine.loaders import STREAM_GLOBAL, build_loaders, derive_seed
-from hsbs_lib.engine.logging import MetricsLog, format_epoch, progress_bar, progress_enabled
+from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
+from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
 
 log = logging.getLogger("hsbs_lib.engine")
@@ -316,8 +316,7 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
                          best=report, best_epoch=int(report["epoch"]), pipeline="reference")
     if config.train.trainer != "engine":
         raise ValueError(f"train.trainer must be engine or reference, got '{config.train.trainer}'")
-    requested = config.train.device
-    device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    device_type = "cuda" if resolve_device(config.train.device).startswith("cuda") else "cpu"
     owns_group = not (dist.is_available() and dist.is_initialized())
     context = init_distributed(device_type)
     try:
@@ -427,7 +426,7 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
 
 def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: dict, extra: dict,
               seconds: float) -> dict:
-    """One metrics.csv row, columns in a fixed order (see :mod:`hsbs_lib.engine.logging`)."""
+    """One metrics.csv row, columns in a fixed order (see :mod:`hsbs_lib.engine.log`)."""
     row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
     row.update({key: value for key, value in train_stats.items() if key.startswith("loss/") and key != "loss/total"})
     row["loss/total"] = train_stats["loss/total"]
@@ -469,25 +468,29 @@ def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...]
 # ---------------------------------------------------------------------------------------------- CLI
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML recipe, e.g. configs/synthfer_hsbs.yaml")
+    parser.add_argument("--config", help="a full YAML recipe, e.g. configs/synthfer_hsbs.yaml")
+    parser.add_argument("--data", help="compose the recipe: configs/datasets/DATA.yaml (rafdb, fer2013, ..., or synthfer)")
+    parser.add_argument("--method", help="compose the recipe: configs/methods/METHOD.yaml (baseline, hsbs, clcl, ...)")
     parser.add_argument("--out", help="run directory (default: the config's out)")
     parser.add_argument("--resume", metavar="RUN",
                         help="continue RUN (a run directory or its last.pt) with its stored config plus overrides")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides such as train.epochs=2 data.n_train=256 model.options.bsa=false")
-    parser.epilog = ("Example: hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1; "
-                     "then hsbs train --resume runs/a train.epochs=2. Under torchrun: "
-                     "torchrun --nproc_per_node=2 -m hsbs_lib.cli train --config ...")
+    parser.epilog = ("Examples: hsbs train --data rafdb --method hsbs data.root=/data/RAF-DB/basic; "
+                     "hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1, "
+                     "then hsbs train --resume runs/a train.epochs=2. Layers, later wins: defaults, the recipe "
+                     "(--config FILE, or configs/datasets/DATA.yaml then configs/methods/METHOD.yaml), key=value. "
+                     "Under torchrun: torchrun --nproc_per_node=2 -m hsbs_lib.cli train --data ... --method ...")
 
 
 def run_train(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.config:
+        if args.config or args.data or args.method:
             raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
         config = resume_config(args.resume, args.overrides)
     else:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, data=args.data, method=args.method)
     if args.out:
         config.out = args.out
     if args.device:

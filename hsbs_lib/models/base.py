@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.models.backbones import ResNetBackbone
 
 
@@ -40,7 +41,7 @@ class FERModel(nn.Module):
     """
 
     #: names of the backbone stages that Grad-CAM and attention figures target
-    feature_layers: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+    feature_layers: tuple[str, ...] = STAGE_NAMES
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
                  stem: str = "standard", backbone_width: int = 64):

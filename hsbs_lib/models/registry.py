@@ -1,4 +1,8 @@
-"""A timm-style registry: ``register_model``, ``create_model``, ``list_models``."""
+"""A timm-style registry: ``register_model``, ``create_model``, ``list_models``.
+
+The method modules register themselves when imported; ``hsbs_lib.models`` imports them all, and Python
+imports that package before this module, so the built-in models are always listed.
+"""
 from __future__ import annotations
 
 import inspect
@@ -21,20 +25,18 @@ def register_model(name: str) -> Callable:
     return decorator
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the method modules registers them; done lazily so the registry has no import cycle.
-    import hsbs_lib.models  # noqa: F401
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a test that registers a stand-in model cleans up with this)."""
+    _MODELS.pop(name, None)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
-    _ensure_builtin_models()
     return sorted(_MODELS)
 
 
 def get_model_factory(name: str) -> Callable[..., nn.Module]:
     """The class or function registered under ``name`` (to inspect its options)."""
-    _ensure_builtin_models()
     if name not in _MODELS:
         raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
     return _MODELS[name]

@@ -16,18 +16,14 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torch import Tensor, nn
 
-from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.constants import IMAGENET_NORMALIZATION, STAGE_NAMES
+from hsbs_lib.losses.hst import activation_attention  # (B, C, H, W) -> (B, H, W) = mean over channels of F^2
 from hsbs_lib.models.backbones import cells_to_pixels
 from hsbs_lib.viz.style import apply_style
 
-LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+LAYERS: tuple[str, ...] = STAGE_NAMES
 IMAGENET_MEAN = tuple(IMAGENET_NORMALIZATION["mean"])
 IMAGENET_STD = tuple(IMAGENET_NORMALIZATION["std"])
-
-
-def activation_attention(features: Tensor) -> Tensor:
-    """Activation-based attention (p = 2): (B, C, H, W) -> (B, H, W) = mean over channels of F^2."""
-    return features.float().pow(2).mean(dim=1)
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """Training curves from a run's metrics.csv, and per-class accuracy bars with the minority classes marked."""
 from __future__ import annotations
 
-import csv
 import math
 import os
 from typing import Mapping, Sequence
@@ -11,35 +10,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from hsbs_lib.constants import MINORITY_CLASSES
+from hsbs_lib.engine.log import read_metrics
 from hsbs_lib.viz.style import METHOD_COLORS, apply_style
 
 X_COLUMNS = ("epoch", "step")
-
-
-def _parse(text: str):
-    """A csv cell -> float (NaN when empty), or the text itself when it is not a number."""
-    if text is None or text.strip() == "":
-        return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def read_metrics(path: str | os.PathLike) -> dict[str, list]:
-    """metrics.csv -> {column: values in row order}; numbers as floats, empty cells as NaN.
-
-    Columns are aligned: every list has one entry per row, whatever was logged in that row.
-    """
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty metrics file (no header row)")
-        columns: dict[str, list] = {name: [] for name in reader.fieldnames}
-        for row in reader:
-            for name in columns:
-                columns[name].append(_parse(row.get(name)))
-    return columns
 
 
 def _numeric(values: Sequence) -> np.ndarray:

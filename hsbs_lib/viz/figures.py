@@ -1,18 +1,15 @@
-"""``hsbs figures``: regenerate every figure of a trained run, and the side-by-side versions of two runs.
-
-    hsbs figures --run runs/demo_hsbs --compare runs/demo_baseline --out figures/
-    hsbs figures --demo          # train the SynthFER demo runs if missing, then redraw figures/
+"""Every figure of a trained run, and the side-by-side versions of two runs (what ``hsbs figures`` draws).
 
 For a run directory (config.yaml, metrics.csv, best.pt) it writes, with stable names:
 ``RUN_curves``, ``RUN_confusion_counts``, ``RUN_confusion``, ``RUN_per_class``, ``RUN_tsne``,
 ``RUN_attention`` (+ ``RUN_attention_scores`` and its .md table when the data is SynthFER, whose masks
 say where the expression is), ``RUN_gradcam``, ``RUN_bsa_similarity`` / ``RUN_class_similarity``
 (models with BSA), ``RUN_scale_attention_by_pose`` (PhaNet), ``RUN_ds_attention`` (MFER) and
-``RUN_intensity`` (when learning intensity was logged). ``--compare BASE`` adds ``RUN_vs_BASE_*``.
+``RUN_intensity`` (when learning intensity was logged). A comparison adds ``RUN_vs_BASE_*``. Runs are
+read with :mod:`hsbs_lib.engine.runs`; the command itself lives in :mod:`hsbs_lib.demo`.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,51 +19,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.constants import STAGE_NAMES
+from hsbs_lib.engine.runs import EvalData, RunArtifacts, load_eval_data, load_run, model_inputs, predict_batches
+from hsbs_lib.losses.bsa import similarity_statistics
 from hsbs_lib.viz.attention import attention_maps, plot_ds_attention, plot_layer_attention, plot_scale_attention_by_pose
 from hsbs_lib.viz.confusion import confusion, per_class_recall, plot_confusion, plot_confusion_pair
-from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves, read_metrics
+from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves
 from hsbs_lib.viz.embedding import plot_tsne, tsne_embedding
-from hsbs_lib.viz.gradcam import CAM_METHODS, gradcam, plot_gradcam_per_class
-from hsbs_lib.viz.intensity import plot_learning_intensity, read_intensity
+from hsbs_lib.viz.gradcam import gradcam, plot_gradcam_per_class
+from hsbs_lib.viz.intensity import plot_learning_intensity
 from hsbs_lib.viz.saliency import attention_score_table, plot_attention_scores, score_saliency
-from hsbs_lib.losses.bsa import similarity_statistics
 from hsbs_lib.viz.similarity import (ClassSimilarityAccumulator, batch_similarity_maps, plot_class_similarity,
                                      plot_similarity_matrix)
 from hsbs_lib.viz.style import figures_dir, save_figure
-
-log = logging.getLogger(__name__)
-
-DEMO_RUNS: dict[str, str] = {"demo_baseline": "configs/synthfer_baseline.yaml",
-                             "demo_hsbs": "configs/synthfer_hsbs.yaml"}
-SYNTHFER_REGIONS = ("brows", "eyes", "nose", "mouth")
-DEFAULT_NORMALIZATION = IMAGENET_NORMALIZATION
-
-
-@dataclass
-class RunArtifacts:
-    """What the figures need from one run: its model, label names, input format and logged metrics."""
-
-    name: str
-    model: nn.Module | None
-    classes: list[str]
-    input_size: int
-    normalization: dict = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
-    config: dict = field(default_factory=dict)
-    metrics: dict[str, list] | None = None
-    intensity: dict[str, list] = field(default_factory=dict)
-
-
-@dataclass
-class EvalData:
-    """A test sample: images uint8 (N, S, S, 3), labels (N,), optional region masks (N, R, S, S) bool
-    and pose bins (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray | None = None
-    poses: np.ndarray | None = None
-    region_names: Sequence[str] = SYNTHFER_REGIONS
 
 
 @dataclass
@@ -83,99 +48,6 @@ class RunSummary:
     embedding_labels: np.ndarray | None = None
     paths: list[Path] = field(default_factory=list)
     bsa_statistics: dict[str, float] = field(default_factory=dict)
-
-
-def load_run(directory: str | Path, *, checkpoint: str = "best.pt", device: str = "cpu") -> RunArtifacts:
-    """Read a run directory written by the engine: the checkpoint (``best.pt``, else ``last.pt``) and
-    metrics.csv (optional)."""
-    from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"run directory {directory} not found")
-    candidates = [directory / checkpoint, directory / "last.pt"]
-    path = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {directory} (looked for {checkpoint} and last.pt)")
-    model, state = load_model_from_checkpoint(path, device=device)
-    metrics_path = directory / "metrics.csv"
-    return RunArtifacts(
-        name=directory.name, model=model, classes=list(state["classes"]), input_size=int(state["input_size"]),
-        normalization=dict(state.get("normalization") or DEFAULT_NORMALIZATION), config=dict(state.get("config") or {}),
-        metrics=read_metrics(metrics_path) if metrics_path.is_file() else None,
-        intensity=read_intensity(metrics_path) if metrics_path.is_file() else {})
-
-
-def load_eval_data(run: RunArtifacts, *, max_samples: int = 512) -> EvalData | None:
-    """Up to ``max_samples`` test images of the run's data, resized to the run's input size.
-
-    SynthFER is re-rendered from the stored seed (its first N test images, with region masks and poses);
-    other datasets are read from their root (evenly spaced images, since folder-ordered test sets are
-    sorted by class). Returns None when the data is not available here: then only the metric figures
-    are drawn.
-    """
-    from hsbs_lib.config import config_from_dict
-    from hsbs_lib.engine.build import build_dataset
-
-    config = config_from_dict(run.config)
-    if config.data.name == "synthfer":
-        # rendering is deterministic per (seed, index), so fewer images are a prefix of the full test set
-        config.data.n_test = min(config.data.n_test, max_samples)
-    try:
-        dataset = build_dataset(config, config.data.test_split)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as error:
-        log.warning("test data of %s not available (%s); drawing metric figures only", run.name, error)
-        return None
-    total = len(dataset)
-    if total == 0:
-        return None
-    if hasattr(dataset, "images"):
-        index = np.arange(min(total, max_samples))
-        images = np.asarray(dataset.images)[index]
-    else:
-        index = np.unique(np.linspace(0, total - 1, min(total, max_samples)).round().astype(int))
-        images = np.stack([_resized(dataset.load_image(int(i)), run.input_size) for i in index])
-    if images.shape[1:3] != (run.input_size, run.input_size):
-        images = np.stack([_resized(image, run.input_size) for image in images])
-    masks = getattr(dataset, "masks", None)
-    poses = [dataset.poses[i] for i in index] if len(getattr(dataset, "poses", []) or []) == total else []
-    known_poses = bool(poses) and all(p is not None and int(p) >= 0 for p in poses)
-    return EvalData(images=images, labels=np.asarray(dataset.targets)[index],
-                    masks=np.asarray(masks)[index] if masks is not None else None,
-                    poses=np.asarray(poses, dtype=int) if known_poses else None)
-
-
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> (size, size, 3) with the eval pipeline's antialiased bilinear resize."""
-    from torchvision.transforms.v2 import functional as TF
-
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return TF.resize(tensor, [size, size], antialias=True).permute(1, 2, 0).numpy()
-
-
-def model_inputs(images: np.ndarray, normalization: dict) -> Tensor:
-    """uint8 (N, S, S, 3) -> normalised float (N, 3, S, S), as the engine's eval pipeline feeds the model."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(normalization["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(normalization["std"]).view(1, -1, 1, 1)
-    return (tensor - mean) / std
-
-
-@torch.no_grad()
-def predict_batches(model: nn.Module, inputs: Tensor, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode logits (N, K) and pooled features (N, C), batch by batch; the training flag is restored."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits, features = [], []
-    try:
-        for start in range(0, len(inputs), batch_size):
-            output = model(inputs[start:start + batch_size].to(device))
-            logits.append(output.logits.float().cpu())
-            features.append(output.features.float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(features).numpy()
 
 
 def display_indices(labels: np.ndarray, count: int) -> np.ndarray:
@@ -247,7 +119,7 @@ def write_run_figures(run: RunArtifacts, data: EvalData | None, out=None, *, sho
 
     maps = _attention_over(run.model, inputs)
     shown = display_indices(data.labels, show)
-    layers = [layer for layer in ("layer1", "layer2", "layer3", "layer4") if layer in maps]
+    layers = [layer for layer in STAGE_NAMES if layer in maps]
     shown_maps = {layer: value[shown] for layer, value in maps.items()}
     writer.save(plot_layer_attention(data.images[shown], {name: shown_maps}, layers,
                                      row_labels=[classes[k] for k in data.labels[shown]]), f"{name}_attention")
@@ -364,7 +236,7 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
     writer.save(plot_per_class_accuracy({baseline.name: baseline.recalls, method.name: method.recalls}, classes),
                 f"{stem}_per_class")
     shown = method.display_index
-    layers = [layer for layer in ("layer1", "layer2", "layer3", "layer4") if layer in method.maps]
+    layers = [layer for layer in STAGE_NAMES if layer in method.maps]
     maps_by_model = {baseline.name: {layer: baseline.maps[layer][shown] for layer in layers if layer in baseline.maps},
                      method.name: {layer: method.maps[layer][shown] for layer in layers}}
     writer.save(plot_layer_attention(data.images[shown], maps_by_model, layers,
@@ -378,56 +250,6 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
                     f"{stem}_attention_scores")
         writer.write_text(f"{stem}_attention_scores.md", attention_score_table(scores))
     return writer.paths
-
-
-def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -> dict[str, Path]:
-    """Train the SynthFER demo runs (baseline and HSBS) unless they already finished with the shipped recipe.
-
-    ``overrides`` (``key=value`` strings) apply to both recipes, e.g. ``train.device=cuda``.
-
-    A run finished when its eval.json is written (the last thing ``fit`` does); an interrupted run of the
-    same recipe is resumed from its last.pt, and a run of another recipe is trained again from scratch.
-    """
-    import yaml
-
-    from hsbs_lib.config import load_config, same_recipe
-    from hsbs_lib.engine.train import fit
-
-    directories = {}
-    for name, recipe in DEMO_RUNS.items():
-        directory = Path(root) / name
-        config = load_config(recipe, [*overrides, f"out={directory}"])
-        saved = directory / "config.yaml"
-        same = saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
-        if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
-            log.info("reusing %s (trained with %s)", directory, recipe)
-        elif same and (directory / "last.pt").is_file():
-            log.info("resuming the interrupted run %s", directory)
-            fit(config, resume=directory)
-        else:
-            log.info("training %s from %s", name, recipe)
-            fit(config)
-        directories[name] = directory
-    return directories
-
-
-def add_figures_arguments(parser) -> None:
-    parser.add_argument("--run", help="run directory (config.yaml, metrics.csv, best.pt)")
-    parser.add_argument("--compare", help="a second run, usually the baseline, drawn side by side with --run")
-    parser.add_argument("--out", default=None, help="figures folder (default: figures/, or $HSBS_FIGURES)")
-    parser.add_argument("--demo", action="store_true",
-                        help="train the SynthFER demo runs if missing, then redraw every demo figure")
-    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run (default best.pt)")
-    parser.add_argument("--samples", type=int, default=512, help="test images used for the figures (default 512)")
-    parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and of the sample choice")
-    parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``"png, pdf"`` -> ("png", "pdf"): the --formats option of the figure commands."""
-    return tuple(fmt.strip() for fmt in text.split(",") if fmt.strip())
 
 
 def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
@@ -448,39 +270,3 @@ def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out
         paths += baseline_summary.paths
         paths += write_comparison_figures(summary, baseline_summary, (run, baseline_run), data, out, formats=formats)
     return paths
-
-
-def run_figures(args) -> int:
-    """Entry point of ``hsbs figures``."""
-    run_dir, compare_dir = args.run, args.compare
-    if args.demo:
-        demo = ensure_demo_runs()
-        run_dir, compare_dir = run_dir or demo["demo_hsbs"], compare_dir or demo["demo_baseline"]
-    if run_dir is None:
-        raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
-    out = figures_dir(args.out)
-    formats = parse_formats(args.formats)
-    paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
-                         samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats)
-    if args.demo:  # the README's picture of the data belongs to the demo set too
-        from hsbs_lib.viz.samples import plot_synthfer_grid
-
-        grid = plot_synthfer_grid()
-        paths += save_figure(grid, "synthfer_samples", out, formats=formats)
-        plt.close(grid)
-    figures = sorted({path.stem for path in paths})
-    print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
-    notes = figure_notes(paths)
-    if notes:
-        print("\n" + notes)
-    return 0
-
-
-def figure_notes(paths: Sequence[Path]) -> str:
-    """The numbers written beside the figures (attention scores, BSA statistics), for printing.
-
-    When a comparison table of attention scores exists, the per-run ones it contains are left out."""
-    notes = [path for path in paths if path.suffix == ".md"]
-    if any("_vs_" in path.stem for path in notes):
-        notes = [path for path in notes if "_vs_" in path.stem or not path.stem.endswith("_attention_scores")]
-    return "\n".join(path.read_text().strip() for path in sorted(set(notes)))

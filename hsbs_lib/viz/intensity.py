@@ -7,18 +7,18 @@ logs the same quantity as ``intensity/layer1..4`` columns in metrics.csv when
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import nn
 
-from hsbs_lib.viz.curves import _run_color, read_metrics
+from hsbs_lib.constants import STAGE_NAMES
+from hsbs_lib.engine.log import read_intensity  # noqa: F401 (re-exported)
+from hsbs_lib.viz.curves import _run_color
 from hsbs_lib.viz.style import apply_style
 
-LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+LAYERS: tuple[str, ...] = STAGE_NAMES
 
 
 class LearningIntensityRecorder:
@@ -77,21 +77,6 @@ class LearningIntensityRecorder:
             self.epochs[layer].append(value)
             self.steps[layer] = []
         return means
-
-
-def read_intensity(metrics_csv: str | os.PathLike) -> dict[str, list[float]]:
-    """The ``intensity/<layer>`` columns of a metrics.csv -> {layer: per-row values}, empty rows dropped.
-
-    Returns {} when the run did not log learning intensity.
-    """
-    metrics = read_metrics(metrics_csv)
-    curves = {}
-    for column, values in metrics.items():
-        if column.startswith("intensity/"):
-            kept = [v for v in values if isinstance(v, float) and not math.isnan(v)]
-            if kept:
-                curves[column.split("/", 1)[1]] = kept
-    return curves
 
 
 def plot_learning_intensity(curves_by_method: Mapping[str, Mapping[str, Sequence[float]]], *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import matplotlib.pyplot as plt
 
-from hsbs_lib.data.synthetic import (EXPRESSION_CLASSES, INTENSITY_RANGE, REGION_NAMES, render_parameters,
+from hsbs_lib.data.synthfer import (EXPRESSION_CLASSES, INTENSITY_RANGE, REGION_NAMES, render_parameters,
                                      render_synthfer, sample_parameters)
 from hsbs_lib.viz.style import apply_style, class_color
 

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))  # headless by default; notebooks set inline themselves
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hsbs_lib.config import repo_root  # noqa: E402
 from hsbs_lib.data.labels import CANONICAL_8  # noqa: E402
 
 DPI = 150
@@ -46,8 +47,6 @@ def figures_dir(out: str | os.PathLike | None = None) -> Path:
     if out is None:
         out = os.environ.get("HSBS_FIGURES")
     if out is None:
-        from hsbs_lib.tutorial import repo_root
-
         out = repo_root() / "figures"
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)

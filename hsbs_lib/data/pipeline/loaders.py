@@ -1,0 +1,341 @@
+"""Input pipelines: batches of normalised images plus a dict of target tensors.
+
+Two paths, same batches in distribution and the same normalisation:
+
+* **device**: the split is cached once as a uint8 tensor (N, 3, S, S) and, when it fits
+  (``data.device_cache_max_gb``), moved to the device. :class:`DeviceBatchLoader` shuffles indices with a
+  generator seeded by (seed, epoch), slices batches on the device and augments whole batches there
+  (:class:`~hsbs_lib.data.pipeline.transforms.BatchAugment`). No worker processes, no per-sample Python.
+* **loader**: a ``DataLoader`` over the dataset with per-sample ``torchvision.transforms.v2`` presets, for
+  data that does not fit. Each sample's randomness is seeded by (seed, epoch, index), so results do not
+  depend on the number of workers.
+
+``pipeline="auto"`` picks device when the uint8 split fits. Every batch is ``(images, targets)`` with
+images float32 (B, 3, S, S) and targets ``{"label": (B,), "pose": (B,), "soft_label": (B, K), "index": (B,)}``;
+"pose" is present when the split has pose labels (-1 marks an unknown pose), "soft_label" when the split
+has label distributions. Shuffling (and class-balanced sampling) is identical on every rank and each rank
+takes its stride of the epoch's indices, the rule DistributedSampler follows.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hsbs_lib.config import Config
+from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.pipeline.transforms import (POSE_BINS, BatchAugment, as_image, augment_spec, flip_pose,
+                                               sample_transform)
+
+log = logging.getLogger("hsbs_lib.engine")
+
+# Independent random streams derived from the run seed.
+STREAM_ORDER, STREAM_AUGMENT, STREAM_SAMPLE, STREAM_GLOBAL = 1, 2, 3, 4
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers such as (seed, epoch, stream, rank)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def epoch_generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+def labels_of(data: Any) -> np.ndarray:
+    """(N,) int64 labels of a dataset (``.targets``) or cached split (``.labels``), without decoding images."""
+    labels = data.labels if hasattr(data, "labels") else data.targets
+    return np.asarray(labels, dtype=np.int64)
+
+
+def poses_of(data: Any) -> np.ndarray | None:
+    """(N,) int64 pose bins with -1 for unknown, or None when the data has no pose labels at all."""
+    poses = getattr(data, "poses", None)
+    if poses is None:
+        return None
+    poses = np.asarray(poses, dtype=np.int64)
+    return poses if (poses >= 0).any() else None
+
+
+def soft_labels_of(data: Any) -> np.ndarray | None:
+    soft = getattr(data, "soft_labels", None)
+    return None if soft is None else np.asarray(soft, dtype=np.float32)
+
+
+def is_cached_split(data: Any) -> bool:
+    """A CachedSplit-like object: (N, 3, S, S) ``images`` and ``labels``, no per-sample decoding."""
+    return hasattr(data, "images") and hasattr(data, "labels") and not hasattr(data, "load_image")
+
+
+def split_nbytes(data: Any, size: int) -> int:
+    """Bytes of the uint8 (N, 3, S, S) cache of ``data``."""
+    return len(labels_of(data)) * 3 * size * size
+
+
+def class_sample_weights(labels: np.ndarray, num_classes: int) -> Tensor:
+    """Per-sample weights 1 / count(label): every class is drawn equally often in expectation."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.from_numpy(1.0 / np.maximum(counts, 1)[labels])
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+
+class EpochSampler(Sampler[int]):
+    """Indices for one epoch, a pure function of (seed, epoch, rank).
+
+    Shuffled (``torch.randperm``), class-weighted with replacement (``torch.multinomial``, as
+    WeightedRandomSampler) or in order. Under DDP the epoch's index list is padded to a multiple of the
+    world size and rank r takes positions r, r + W, ..., exactly as DistributedSampler does.
+    """
+
+    def __init__(self, size: int, *, seed: int = 0, shuffle: bool = True, weights: Tensor | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> Tensor:
+        generator = epoch_generator(self.seed, self.epoch, STREAM_ORDER)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.world_size > 1:
+            total = math.ceil(self.size / self.world_size) * self.world_size
+            order = torch.cat([order, order[: total - self.size]])[self.rank:total:self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+
+def _num_batches(count: int, batch_size: int, drop_last: bool, max_steps: int | None) -> int:
+    batches = count // batch_size if drop_last and count >= batch_size else math.ceil(count / batch_size)
+    return min(batches, max_steps) if max_steps else batches
+
+
+# ---------------------------------------------------------------------------------------------- device path
+
+class DeviceBatchLoader:
+    """Batches sliced from a uint8 split tensor on the device, augmented as whole batches.
+
+    ``split``: an object with ``images`` (N, 3, S, S) uint8, ``labels`` (N,), optional ``poses`` and
+    ``soft_labels`` (a CachedSplit). The images go to ``device`` once when they take at most ``max_gb``;
+    otherwise they stay in host memory and each batch is copied over.
+    """
+
+    def __init__(self, split: Any, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
+                 augment: str = "none", normalization: dict | None = None, seed: int = 0,
+                 drop_last: bool = False, balanced: bool = False, num_classes: int | None = None,
+                 rank: int = 0, world_size: int = 1, max_steps: int | None = None, pose_bins: int = POSE_BINS,
+                 max_gb: float = 4.0):
+        self.device = torch.device(device)
+        self.batch_size, self.drop_last, self.max_steps, self.seed, self.rank = batch_size, drop_last, max_steps, seed, rank
+        self.normalization = normalization or IMAGENET_NORMALIZATION
+        self.augment = BatchAugment(augment, normalization=self.normalization, pose_bins=pose_bins)
+        images = np.asarray(split.images)
+        fits = images.nbytes <= max_gb * 1e9
+        # Copy out of a read-only memmap when it fits; otherwise index the memmap batch by batch.
+        images = torch.from_numpy(np.array(images) if fits else images)
+        self.images = images.to(self.device) if fits else images
+        labels = labels_of(split)
+        target_device = self.images.device
+        self.targets: dict[str, Tensor] = {"label": torch.from_numpy(labels).to(target_device)}
+        poses, soft = poses_of(split), soft_labels_of(split)
+        if poses is not None:
+            self.targets["pose"] = torch.from_numpy(poses).to(target_device)
+        if soft is not None:
+            self.targets["soft_label"] = torch.from_numpy(soft).to(target_device)
+        weights = class_sample_weights(labels, num_classes or int(labels.max()) + 1) if balanced else None
+        self.sampler = EpochSampler(len(labels), seed=seed, shuffle=shuffle, weights=weights, rank=rank,
+                                    world_size=world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return _num_batches(len(self.sampler), self.batch_size, self.drop_last, self.max_steps)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        order = self.sampler.indices().to(self.images.device)
+        generator = epoch_generator(self.seed, self.epoch, STREAM_AUGMENT, self.rank)
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            images = self.images[index].to(self.device, non_blocking=True)
+            targets = {key: value[index].to(self.device, non_blocking=True) for key, value in self.targets.items()}
+            targets["index"] = index.to(self.device)
+            images, pose = self.augment(images, targets.get("pose"), generator)
+            if pose is not None:
+                targets["pose"] = pose
+            yield images, targets
+
+
+# ---------------------------------------------------------------------------------------------- loader path
+
+class TransformedDataset(Dataset):
+    """Per-sample pipeline over a FERDataset (decoded with ``load_image``) or a cached split.
+
+    Item i of epoch e is a pure function of (seed, e, i): the v2 transforms draw from torch's global
+    generator, which is seeded per sample inside ``fork_rng``. The flip is done here so the pose label
+    can be mirrored with the image.
+    """
+
+    def __init__(self, data: Any, *, size: int, augment: str = "none", normalization: dict | None = None,
+                 seed: int = 0, pose_bins: int = POSE_BINS):
+        self.data = data
+        self.spec = augment_spec(augment)
+        self.transform = sample_transform(self.spec, size, normalization=normalization)
+        self.labels = labels_of(data)
+        self.poses, self.soft_labels = poses_of(data), soft_labels_of(data)
+        self.seed, self.pose_bins, self.epoch = seed, pose_bins, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _image(self, index: int) -> Tensor:
+        if is_cached_split(self.data):
+            return torch.from_numpy(np.array(self.data.images[index]))
+        return torch.from_numpy(np.ascontiguousarray(self.data.load_image(index))).permute(2, 0, 1)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image = self._image(index)
+        target = {"label": torch.tensor(self.labels[index]), "index": torch.tensor(index)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.epoch, STREAM_SAMPLE, index))
+            flipped = bool(torch.rand(()) < self.spec.flip)
+            if flipped:
+                image = image.flip(-1)
+            image = self.transform(as_image(image))
+        if self.poses is not None:
+            target["pose"] = flip_pose(torch.tensor(self.poses[index]), torch.tensor(flipped), self.pose_bins)
+        if self.soft_labels is not None:
+            target["soft_label"] = torch.from_numpy(self.soft_labels[index])
+        return image.as_subclass(Tensor), target
+
+
+class SampleBatchLoader:
+    """A DataLoader over :class:`TransformedDataset` with the same interface as DeviceBatchLoader."""
+
+    def __init__(self, data: Any, *, size: int, batch_size: int, shuffle: bool = False, augment: str = "none",
+                 normalization: dict | None = None, seed: int = 0, drop_last: bool = False,
+                 balanced: bool = False, num_classes: int | None = None, rank: int = 0, world_size: int = 1,
+                 max_steps: int | None = None, workers: int = 0, pin_memory: bool = False,
+                 pose_bins: int = POSE_BINS):
+        self.dataset = TransformedDataset(data, size=size, augment=augment, normalization=normalization,
+                                          seed=seed, pose_bins=pose_bins)
+        labels = self.dataset.labels
+        weights = class_sample_weights(labels, num_classes or int(labels.max()) + 1) if balanced else None
+        self.sampler = EpochSampler(len(labels), seed=seed, shuffle=shuffle, weights=weights, rank=rank,
+                                    world_size=world_size)
+        self.batch_size, self.drop_last, self.max_steps = batch_size, drop_last, max_steps
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 pin_memory=pin_memory, drop_last=drop_last and len(self.sampler) >= batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        # Workers are started per epoch (not persistent), so they pick up the new epoch.
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return _num_batches(len(self.sampler), self.batch_size, self.drop_last, self.max_steps)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        for batch, item in enumerate(self.loader):
+            if batch >= len(self):
+                break
+            yield item
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+@dataclass
+class Loaders:
+    """What :func:`build_loaders` returns."""
+
+    train: DeviceBatchLoader | SampleBatchLoader | None
+    test: DeviceBatchLoader | SampleBatchLoader | None
+    pipeline: str
+    normalization: dict
+    classes: tuple[str, ...]
+    train_labels: np.ndarray | None
+    val: DeviceBatchLoader | SampleBatchLoader | None = None
+
+
+def choose_pipeline(requested: str, nbytes: int, max_gb: float) -> str:
+    """``device`` or ``loader``; ``auto`` picks device when the uint8 split fits in ``max_gb``."""
+    if requested not in ("auto", "device", "loader"):
+        raise ValueError(f"data.pipeline must be auto, device or loader, got '{requested}'")
+    if requested != "auto":
+        return requested
+    return "device" if nbytes <= max_gb * 1e9 else "loader"
+
+
+def as_cached_split(data: Any, size: int, *, cache_dir: str | None = None, skip_bad: bool | None = None) -> Any:
+    """A cached uint8 split of ``data`` (a CachedSplit passes through)."""
+    if is_cached_split(data):
+        return data
+    return cache_split(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
+
+
+def make_loader(data: Any, config: Config, *, train: bool, device: torch.device, pipeline: str,
+                context: Any = None, normalization: dict | None = None) -> DeviceBatchLoader | SampleBatchLoader:
+    """One loader for a training (shuffled, augmented, sharded) or evaluation split.
+
+    ``context``: who this process is under DistributedDataParallel (``rank``, ``world_size``, ``enabled``:
+    the engine's DistributedContext); None for a single process.
+    """
+    d, t = config.data, config.train
+    sharded = train and context is not None and context.enabled
+    options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train,
+                   augment=d.augment if train else "none", normalization=normalization, seed=t.seed,
+                   drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
+                   rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,
+                   max_steps=t.max_steps_per_epoch if train else None,
+                   pose_bins=POSE_BINS)  # SynthFER and KDEF both use 5 yaw bins
+    if d.sampler not in ("none", "balanced"):
+        raise ValueError(f"data.sampler must be none or balanced, got '{d.sampler}'")
+    if pipeline == "device":
+        split = as_cached_split(data, d.input_size, cache_dir=d.cache_dir, skip_bad=d.skip_bad)
+        return DeviceBatchLoader(split, device=device, max_gb=d.device_cache_max_gb, **options)
+    return SampleBatchLoader(data, size=d.input_size, workers=d.workers, pin_memory=device.type == "cuda", **options)
+
+
+def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: Any = None,
+                  device: str | torch.device = "cpu", context: Any = None) -> Loaders:
+    """Train, validation and test loaders for ``config`` (any split may be None)."""
+    device = torch.device(device)
+    size, max_gb = config.data.input_size, config.data.device_cache_max_gb
+    present = [data for data in (train_data, val_data, test_data) if data is not None]
+    pipeline = choose_pipeline(config.data.pipeline, sum(split_nbytes(data, size) for data in present), max_gb)
+    normalization = dict(IMAGENET_NORMALIZATION)
+    classes = tuple(getattr(present[0], "classes", ())) if present else ()
+    log.info("input pipeline: %s", pipeline)
+    build = dict(config=config, device=device, pipeline=pipeline, context=context, normalization=normalization)
+    return Loaders(
+        train=make_loader(train_data, train=True, **build) if train_data is not None else None,
+        test=make_loader(test_data, train=False, **build) if test_data is not None else None,
+        pipeline=pipeline, normalization=normalization, classes=classes,
+        train_labels=labels_of(train_data) if train_data is not None else None,
+        val=make_loader(val_data, train=False, **build) if val_data is not None else None)
