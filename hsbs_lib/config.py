@@ -427,7 +427,7 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config) -> bool:
     """True when two configs train the same thing (where a run is written or shown does not count)."""
     stored = stored.to_dict() if isinstance(stored, Config) else stored
     wanted_dict = wanted.to_dict()
-    ignore = {"progress", "device"}
+    ignore = {"progress", "device", "threads"}   # machine settings, not the recipe
     return all(
         {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
         == {k: v for k, v in wanted_dict[section].items() if k not in ignore}

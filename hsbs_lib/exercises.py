@@ -18,8 +18,9 @@ from typing import Callable
 
 import nbformat
 import torch
+import torch.nn.functional as F
 
-from hsbs_lib.losses.hst import activation_attention
+from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
 
@@ -116,23 +117,39 @@ def check_activation_attention(student_fn: Callable) -> None:
             "values equal the mean over channels of the squared features")
 
 
-def check_hst_loss(student_fn: Callable) -> None:
-    """Checks an HST loss student_fn(student (B,h,w), teacher (B,h',w')) -> scalar.
+def reference_hst_term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """One student's HST term, as the library computes it: (B, h, w), (B, h', w') -> scalar."""
+    pooled = pool_to_teacher_grid(student, tuple(teacher.shape[-2:])).flatten(1)
+    target = teacher.detach().flatten(1)
+    return (F.normalize(pooled, dim=1) - F.normalize(target, dim=1)).pow(2).mean()
 
-    Expected: pool the student to the teacher grid, L2-normalise both flattened maps, mean squared
-    distance, and no gradient into the teacher.
+
+def check_hst_loss(student_fn: Callable) -> None:
+    """Checks an HST loss student_fn(student (B,h,w), teacher (B,h',w')) -> scalar against the library's.
+
+    Expected: the student put on the teacher's grid with ``pool_to_teacher_grid``, both maps flattened and
+    L2-normalised per sample, the squared distance averaged over samples and positions, no gradient into
+    the teacher. Compared on several shapes (64 px maps: 32 -> 4 cells; 65 px maps: 33 -> 5; a batch of one).
     """
-    torch.manual_seed(0)
-    teacher = torch.rand(3, 4, 4, requires_grad=True)
-    student = torch.rand(3, 8, 8, requires_grad=True)
-    loss = student_fn(student, teacher)
-    _report(loss.dim() == 0, "returns a scalar")
-    loss.backward()
-    _report(student.grad is not None and student.grad.abs().sum() > 0, "the gradient reaches the student map")
-    _report(teacher.grad is None or teacher.grad.abs().sum() == 0, "the teacher is detached (stop-gradient)")
-    same = teacher.detach().repeat_interleave(2, 1).repeat_interleave(2, 2)
-    _report(float(student_fn(same, teacher.detach())) < 1e-6,
-            "a student equal to the upsampled teacher has zero loss")
+    generator = torch.Generator().manual_seed(0)
+    for batch, cells, teacher_cells in ((3, 32, 4), (2, 33, 5), (1, 8, 4), (4, 17, 5)):
+        teacher = torch.rand(batch, teacher_cells, teacher_cells, generator=generator, requires_grad=True)
+        student = torch.rand(batch, cells, cells, generator=generator, requires_grad=True)
+        loss = student_fn(student, teacher)
+        _report(torch.is_tensor(loss) and loss.dim() == 0,
+                f"returns a scalar tensor for a ({batch}, {cells}, {cells}) student")
+        expected = reference_hst_term(student.detach(), teacher.detach())
+        _report(torch.allclose(loss.detach().float(), expected, rtol=1e-4, atol=1e-7),
+                f"value for a {cells}x{cells} student on a {teacher_cells}x{teacher_cells} teacher: expected "
+                f"{float(expected):.6g}, got {float(loss):.6g} (pool with pool_to_teacher_grid, normalise each "
+                f"sample's flattened map to unit length, mean of the squared differences)")
+        loss.backward()
+        _report(student.grad is not None and student.grad.abs().sum() > 0, "the gradient reaches the student map")
+        _report(teacher.grad is None or teacher.grad.abs().sum() == 0, "the teacher is detached (stop-gradient)")
+    scaled = torch.rand(2, 32, 32, generator=generator)
+    teacher = torch.rand(2, 4, 4, generator=generator)
+    _report(torch.allclose(student_fn(10 * scaled, teacher), student_fn(scaled, teacher), rtol=1e-4),
+            "only the shape of a map matters, not its scale (normalise before comparing)")
 
 
 def check_uniform_similarity(similarity: torch.Tensor, batch_size: int) -> None:

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch.nn.functional as F
 import torch
 
 from hsbs_lib import exercises
+from hsbs_lib.losses.hst import pool_to_teacher_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
@@ -68,3 +70,50 @@ def test_checks_accept_right_answers_and_reject_wrong_ones():
     with pytest.raises(AssertionError, match="not yet"):
         exercises.check_mean_class_accuracy(lambda cm: cm.diagonal().sum() / cm.sum())
     exercises.check_uniform_similarity(torch.full((4, 4), 0.25), 4)
+
+
+def _hst_right(student, teacher):
+    pooled = pool_to_teacher_grid(student, tuple(teacher.shape[-2:])).flatten(1)
+    return (F.normalize(pooled, dim=1) - F.normalize(teacher.detach().flatten(1), dim=1)).pow(2).mean()
+
+
+def _hst_with(pool=None, normalise=True, dim=1, reduce="mean", power=2, detach=True):
+    """A variant of the HST term with one thing done wrong."""
+    def term(student, teacher):
+        size = tuple(teacher.shape[-2:])
+        pooled = (pool or pool_to_teacher_grid)(student, size).flatten(1)
+        target = (teacher.detach() if detach else teacher).flatten(1)
+        if normalise:
+            pooled, target = F.normalize(pooled, dim=dim), F.normalize(target, dim=dim)
+        difference = (pooled - target).abs().pow(power)
+        return difference.mean() if reduce == "mean" else difference.sum()
+    return term
+
+
+def _adaptive(student, size):
+    return F.adaptive_avg_pool2d(student[:, None], size)[:, 0]
+
+
+def _max_pool(student, size):
+    return F.adaptive_max_pool2d(student[:, None], size)[:, 0]
+
+
+HST_WRONG = {
+    "no normalisation": _hst_with(normalise=False),
+    "sum instead of mean": _hst_with(reduce="sum"),
+    "normalised over the batch axis": _hst_with(dim=0),
+    "max-pool instead of average-pool": _hst_with(pool=_max_pool),
+    "adaptive pooling (cells as blocks)": _hst_with(pool=_adaptive),
+    "L1 instead of squared error": _hst_with(power=1),
+    "teacher not detached": _hst_with(detach=False),
+}
+
+
+def test_the_hst_check_accepts_the_library_term():
+    exercises.check_hst_loss(_hst_right)
+
+
+@pytest.mark.parametrize("wrong", HST_WRONG, ids=list(HST_WRONG))
+def test_the_hst_check_rejects_a_wrong_term(wrong):
+    with pytest.raises(AssertionError, match="not yet"):
+        exercises.check_hst_loss(HST_WRONG[wrong])

@@ -29,7 +29,10 @@ def _targets(batch: int) -> dict[str, torch.Tensor]:
 
 def _build(name: str, *, backbone: str = "resnet18", seed: int = 0, **options):
     torch.manual_seed(seed)
-    return create_model(name, num_classes=NUM_CLASSES, backbone=backbone, **options)
+    model = create_model(name, num_classes=NUM_CLASSES, backbone=backbone, **options)
+    for epoch in range(5):   # terms that ramp in over the first epochs (HST) are checked at full weight
+        model.epoch_end(epoch)
+    return model
 
 
 def _train_step_loss(model, images, targets) -> tuple[ModelOutput, dict[str, torch.Tensor]]:

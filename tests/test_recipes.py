@@ -55,9 +55,9 @@ RECIPE_DIGESTS = {
     "kdef_mfer": "23098f3d7389d268", "ckplus_baseline": "1c4ecc345aac4788",
     "ckplus_hsbs": "4f67e7fd65bb85b9", "ckplus_clcl": "e6f80926f31845a2",
     "ckplus_phanet": "861e67e2b632a9b3", "ckplus_mfer": "4730430b1f5f9c33",
-    "synthfer_baseline": "c3f69b2e38b7ba4f", "synthfer_hsbs": "eaf4cf2b3679194a",
-    "synthfer_clcl": "ff2fc2a3a7ed11ab", "synthfer_phanet": "da72ef8e0e0d05fc",
-    "synthfer_mfer": "011fc45d5aa472d7",
+    "synthfer_baseline": "cea760c7c8352507", "synthfer_hsbs": "1819eb328cd9d76d",
+    "synthfer_clcl": "070a3227a1700f1e", "synthfer_phanet": "a3956256647440a0",
+    "synthfer_mfer": "daae4abfc64b24ac",
 }
 
 

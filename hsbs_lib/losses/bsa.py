@@ -73,6 +73,10 @@ class BatchSimilarityAttention(nn.Module):
             scores = scores.masked_fill(eye, float("-inf"))
         return scores.float().softmax(dim=1).to(z.dtype)
 
+    def extra_repr(self) -> str:
+        temperature = f", temperature={self.temperature}" if self.kind == "cosine" else ""
+        return f"similarity={self.kind}{temperature}, mask_diagonal={self.mask_diagonal}"
+
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         similarity = self.similarity(z)
         mixed = self.out(similarity @ self.value(z))

@@ -27,11 +27,15 @@ class HSBS(FERModel):
 
     Switches (the ablation rows): ``hst`` and ``bsa``; with both off the model is the baseline, parameter
     for parameter. ``bsa_at_eval=True`` keeps BSA at evaluation (batch-dependent variant: logits = W z~).
-    ``bsa_supervision`` > 0 adds a KL term pulling the similarity toward the same-label matrix (0.1 is the
-    suggested weight). ``lambda_hst=None`` scales the reference weight 1000 (7x7 grid) by grid size, and
-    ``hst_warmup_epochs`` ramps the HST weight linearly from 0, since a full-weight HST term at
-    initialisation outweighs the classification gradient in the early layers. ``bsa_gamma_init`` and
-    ``bsa_norm`` are documented on BatchSimilarityAttention.
+
+    Defaults, each chosen by measurement on SynthFER's validation split (docs/METHODS.md, BENCHMARKS.md):
+    HST with layer4's activation attention as teacher (``hst_teacher="cam"``: the class activation map of
+    the true class), shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
+    is the misregistered ablation), ``lambda_hst=None`` = 0.8 per teacher cell, ramped in over
+    ``hst_warmup_epochs=2`` (the layer4 teacher is random at first). BSA with cosine similarity at
+    temperature 0.1 (``bsa_similarity="dot"``, scaled dot products, collapsed onto one sample) and a KL term
+    pulling S toward the same-label matrix (``bsa_supervision=0.1``; 0 turns it off). ``bsa_gamma_init``
+    and ``bsa_norm`` are documented on BatchSimilarityAttention.
 
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
       logits (B, K) = W z (W LN(z) with bsa_norm; W z~ only in eval with bsa_at_eval); features (B, C) = z;
@@ -46,9 +50,9 @@ class HSBS(FERModel):
                  hst: bool = True, bsa: bool = True, hst_mode: str = "deep_to_all", hst_teacher: str = "activation",
                  hst_mask_quantile: float | None = None, hst_teacher_quantile: float | None = None,
                  hst_p: float = 2.0, hst_pooling: str = "registered", hst_weights: Sequence[float] = (0.5, 1.0, 1.0),
-                 lambda_hst: float | None = None, hst_warmup_epochs: float = 0.0, bsa_dim: int = 128,
-                 bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.0,
-                 bsa_gamma_init: float = 1.0, bsa_norm: bool = False, bsa_similarity: str = "dot",
+                 lambda_hst: float | None = None, hst_warmup_epochs: float = 2.0, bsa_dim: int = 128,
+                 bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.1,
+                 bsa_gamma_init: float = 1.0, bsa_norm: bool = False, bsa_similarity: str = "cosine",
                  bsa_temperature: float = 0.1, stem: str = "standard",
                  backbone_width: int = 64, dropout: float = 0.0):
         super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
