@@ -5,7 +5,6 @@ The faces come from ``../shared/data/fer2013_train.npz`` (or ``$HSBS_FER2013_NPZ
 development machines only; the tests are skipped, with that message, everywhere else. Nothing from the
 file is written into the repository: exports go to pytest's temporary folder.
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,15 @@ import pytest
 
 from hsbs_lib.config import load_config
 from hsbs_lib.data.datasets import load_dataset
-from hsbs_lib.data.fer2013_files import stratified_usage, write_fer2013_csv, write_fer2013_folders
+from hsbs_lib.data.fer2013_files import (find_fer2013_npz, stratified_usage, write_fer2013_csv,
+                                         write_fer2013_folders)
 from hsbs_lib.data.labels import canonical_name
 from hsbs_lib.engine.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-NPZ = Path(os.environ.get("HSBS_FER2013_NPZ") or ROOT.parent / "shared" / "data" / "fer2013_train.npz")
-pytestmark = pytest.mark.skipif(not NPZ.is_file(), reason=f"real FER2013 faces not found at {NPZ} "
-                                                          "(development machines only; set HSBS_FER2013_NPZ)")
+NPZ = find_fer2013_npz()
+pytestmark = pytest.mark.skipif(NPZ is None, reason="real FER2013 faces not found at ../shared/data/fer2013_train.npz "
+                                                    "(development machines only; or set HSBS_FER2013_NPZ)")
 
 
 @pytest.fixture(scope="module")

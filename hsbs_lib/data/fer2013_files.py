@@ -10,12 +10,14 @@ silently shifted.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from hsbs_lib.config import repo_root
 from hsbs_lib.data.datasets.fer2013 import FER2013_CODES
 from hsbs_lib.data.labels import canonical_name
 
@@ -101,3 +103,22 @@ def stratified_usage(labels: Sequence[int], shares: dict[str, float], *, seed: i
         for name, start, stop in zip(shares, bounds[:-1], bounds[1:]):
             usage[members[start:stop]] = name
     return usage.tolist()
+
+
+def find_fer2013_npz() -> Path | None:
+    """The development copy of FER2013's training split (``fer2013_train.npz``), or None.
+
+    ``$HSBS_FER2013_NPZ`` when set, else ``../shared/data/fer2013_train.npz`` beside the repository (where
+    development machines keep it). Users have their own fer2013.csv instead; nothing is downloaded.
+    """
+    candidate = os.environ.get("HSBS_FER2013_NPZ")
+    path = Path(candidate) if candidate else repo_root().parent / "shared" / "data" / "fer2013_train.npz"
+    return path if path.is_file() else None
+
+
+def load_fer2013_npz(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Faces uint8 (N, 48, 48) and their canonical class names from a ``.npz`` with ``images``, ``labels``
+    and ``classes`` (class names in the file's own order, mapped by name)."""
+    with np.load(path) as data:
+        images, labels, classes = data["images"], data["labels"], [str(name) for name in data["classes"]]
+    return images, _canonical([classes[label] for label in labels])

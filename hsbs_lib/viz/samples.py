@@ -2,6 +2,8 @@
 attention maps."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import matplotlib.pyplot as plt
 
@@ -102,5 +104,35 @@ def plot_synthfer_examples(*, n: int = 24, size: int = 64, seed: int = 0, split:
             name = EXPRESSION_CLASSES[out["labels"][i]]
             ax.imshow(out["images"][i])
             ax.set_title(f"{name[:5]} p{out['poses'][i]}", color=class_color(name))
+    fig.tight_layout()
+    return fig
+
+
+def plot_real_beside_synthfer(real_images: np.ndarray, real_classes: Sequence[str], *, per_class: int = 4,
+                              size: int = 48, seed: int = 0):
+    """One row per expression: ``per_class`` real faces (uint8 (N, H, W) or (N, H, W, 3), canonical class
+    names (N,)) beside ``per_class`` SynthFER faces of the same class, all drawn at ``size`` px."""
+    apply_style()
+    real_classes = np.asarray(real_classes)
+    rng = np.random.default_rng(seed)
+    synth = render_synthfer(np.arange(60 * per_class * len(EXPRESSION_CLASSES)), size=size, seed=seed,
+                            balanced=True)
+    fig, axes = plt.subplots(len(EXPRESSION_CLASSES), 2 * per_class,
+                             figsize=(1.0 * 2 * per_class + 0.6, 1.05 * len(EXPRESSION_CLASSES)), squeeze=False)
+    for row, name in enumerate(EXPRESSION_CLASSES):
+        real = rng.permutation(np.flatnonzero(real_classes == name))[:per_class]
+        rendered = np.flatnonzero(synth["labels"] == row)[:per_class]
+        for column in range(2 * per_class):
+            ax = axes[row, column]
+            ax.set_axis_off()
+            if column < per_class and column < len(real):
+                image = real_images[real[column]]
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+            elif column >= per_class and column - per_class < len(rendered):
+                ax.imshow(synth["images"][rendered[column - per_class]])
+        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center",
+                          color=class_color(name))
+    axes[0, 0].set_title("real (FER2013)", loc="left")
+    axes[0, per_class].set_title("SynthFER", loc="left")
     fig.tight_layout()
     return fig
