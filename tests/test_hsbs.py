@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, same_label_targets, similarity_supervision_loss
 from hsbs_lib.losses.hst import LAMBDA_PER_CELL, HSTLoss, activation_attention, hst_loss, pool_to_teacher_grid, quantile_mask
 from hsbs_lib.models import create_model
+from hsbs_lib.viz.attention import attention_maps
 
 LABELS = torch.tensor([0, 1, 2, 1])
 
@@ -261,17 +262,18 @@ def test_maps_and_extras():
     output = model(_images())
     for name, grid in zip(("layer1", "layer2", "layer3", "layer4"), (16, 8, 4, 2)):
         assert output.maps[f"features/{name}"].shape[-1] == grid
-    # a training step does not build the figure-only attention maps
+    # neither a training step nor inference builds attention maps: figures compute them from the features
     assert not any(key.startswith("attention/") for key in output.maps)
     assert output.maps["bsa_similarity"].shape == (4, 4)
     assert output.extras["logits_bsa"].shape == (4, 7)
     assert output.features.shape == (4, 512)
     with torch.no_grad():
         evaluated = model.eval()(_images())
+    assert not any(key.startswith("attention/") for key in evaluated.maps) and not evaluated.extras
+    maps = attention_maps(model, _images())
     for name, grid in zip(("layer1", "layer2", "layer3", "layer4"), (16, 8, 4, 2)):
-        assert evaluated.maps[f"attention/{name}"].shape == (4, grid, grid)
         expected = evaluated.maps[f"features/{name}"].float().pow(2).mean(dim=1)
-        assert torch.allclose(evaluated.maps[f"attention/{name}"], expected)
+        assert maps[name].shape == (4, grid, grid) and torch.allclose(maps[name], expected)
 
 
 @pytest.mark.parametrize("options,expected", [

@@ -16,7 +16,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss
-from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, activation_attention, class_activation_map
+from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, class_activation_map
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
 
@@ -39,8 +39,8 @@ class HSBS(FERModel):
 
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
       logits (B, K) = W z (W LN(z) with bsa_norm; W z~ only in eval with bsa_at_eval); features (B, C) = z;
-      maps: ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs; in eval mode also
-            ``attention/layer1..4`` (B, H_l, W_l), activation attention at native resolution;
+      maps: ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs (their activation attention is
+            what HST aligns; ``attention_maps`` computes it for figures);
             ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
             which computes it in eval without changing the logits);
       extras: ``stages`` for HST, ``logits_bsa`` and ``similarity`` for the BSA terms (training only).
@@ -79,11 +79,9 @@ class HSBS(FERModel):
         # same LayerNorm, so the shared classifier never serves two feature scales at once.
         z_plain = self.bsa.norm(z) if self.bsa is not None else z
         logits = self.classifier(self.dropout(z_plain))
+        # Like the baseline, only the raw stage outputs: figures compute activation attention from them
+        # (hsbs_lib.viz.attention.attention_maps), so neither training nor inference pays for maps.
         maps: dict[str, Tensor] = {f"features/{name}": stage for name, stage in zip(self.feature_layers, stages)}
-        if not self.training:
-            # For figures only; a training step does not pay for them (HST computes its own, pooled).
-            maps.update({f"attention/{name}": activation_attention(stage)
-                         for name, stage in zip(self.feature_layers, stages)})
         extras: dict = {"stages": stages} if self.training else {}
 
         mix_logits = self.training or self.bsa_at_eval
