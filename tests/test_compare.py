@@ -145,3 +145,12 @@ def test_bench_prints_cost_ratios_to_the_baseline(capsys):
                  "--input-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "| baseline |" in out and "| hsbs |" in out and "1.00x" in out
+
+
+def test_any_row_can_be_the_reference(plan_file, tmp_path, capsys, fake_fit):
+    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "1", "2", "--no-speed", "--no-diagnostics",
+                 "--reference", "+HST"]) == 0
+    rows = {row["row"]: row for row in csv.DictReader((tmp_path / "cmp" / "comparison.csv").open())}
+    assert float(rows["baseline"]["accuracy_diff"]) == pytest.approx(-0.02) and rows["+HST"]["accuracy_diff"] == ""
+    assert "Difference to +HST" in capsys.readouterr().out
+    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "--no-speed", "--reference", "nope"]) == 1

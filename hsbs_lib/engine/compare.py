@@ -355,6 +355,7 @@ def add_compare_arguments(parser) -> None:
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default 0 1 2)")
     parser.add_argument("--out", help="override the comparison's output folder")
     parser.add_argument("--rows", nargs="+", help="only these rows (the reference row is always kept)")
+    parser.add_argument("--reference", help="the row the others are compared with (default: the plan's reference)")
     parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the images/s measurement")
     parser.add_argument("--diagnostics", dest="diagnostics", action="store_true", default=None,
                         help="attention scores and BSA statistics per run (default: on for SynthFER)")
@@ -383,6 +384,10 @@ def run_compare(args) -> int:
     plan = load_plan(args.config)
     if args.out:
         plan.out = args.out
+    if args.reference:
+        if args.reference not in plan.rows:
+            raise KeyError(f"unknown reference row '{args.reference}'; the config has {list(plan.rows)}")
+        plan.reference = args.reference
     reference = plan.reference_row()
     if args.rows:
         unknown = set(args.rows) - set(plan.rows)
