@@ -141,7 +141,7 @@ def check_hst_loss(student_fn: Callable) -> None:
         expected = reference_hst_term(student.detach(), teacher.detach())
         _report(torch.allclose(loss.detach().float(), expected, rtol=1e-4, atol=1e-7),
                 f"value for a {cells}x{cells} student on a {teacher_cells}x{teacher_cells} teacher: expected "
-                f"{float(expected):.6g}, got {float(loss):.6g} (pool with pool_to_teacher_grid, normalise each "
+                f"{float(expected):.6g}, got {float(loss.detach()):.6g} (pool with pool_to_teacher_grid, normalise each "
                 f"sample's flattened map to unit length, mean of the squared differences)")
         loss.backward()
         _report(student.grad is not None and student.grad.abs().sum() > 0, "the gradient reaches the student map")

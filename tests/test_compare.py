@@ -154,3 +154,18 @@ def test_any_row_can_be_the_reference(plan_file, tmp_path, capsys, fake_fit):
     assert float(rows["baseline"]["accuracy_diff"]) == pytest.approx(-0.02) and rows["+HST"]["accuracy_diff"] == ""
     assert "Difference to +HST" in capsys.readouterr().out
     assert main(["compare", "--config", str(plan_file), "--seeds", "0", "--no-speed", "--reference", "nope"]) == 1
+
+
+def test_a_plan_may_compose_its_base_from_data_and_method(tmp_path):
+    """``base: {data, method}`` loads like ``--data/--method``; the shipped FER2013 plan has the plain
+    reference trainer as its reference row, and the rows differ from the recipe only where they say."""
+    plan = compare.load_plan(Path(__file__).resolve().parents[1] / "configs" / "compare_fer2013.yaml")
+    assert plan.base == {"data": "fer2013", "method": "baseline"} and plan.reference_row() == "reference"
+    configs = {row: compare.load_plan_config(plan, overrides) for row, overrides in plan.rows.items()}
+    assert configs["reference"].train.trainer == "reference" and configs["hsbs"].model.name == "hsbs"
+    assert {config.data.input_size for config in configs.values()} == {48}
+    assert len({(config.train.lr, config.train.epochs, config.data.augment) for config in configs.values()}) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {method: hsbs}\nrows: {a: {model.name: baseline}}\n")
+    with pytest.raises(ValueError, match="mapping with data"):
+        compare.load_plan(bad)

@@ -357,3 +357,28 @@ def test_eval_bypasses_bsa_unless_asked():
 def test_similarity_needs_bsa():
     with pytest.raises(RuntimeError, match="bsa=False"):
         _hsbs(bsa=False).similarity(_images(2))
+
+
+@pytest.mark.parametrize("data", ["fer2013", "rafdb", "synthfer"])
+def test_shipped_hsbs_recipes_keep_the_hst_term_under_the_cross_entropy(data):
+    """At full weight (warm-up over), lambda_hst * L_hst stays below CE on every shipped grid: FER2013's 2x2
+    at 48 px, RAF-DB's 7x7 at 224 px, SynthFER's 5x5 at 65 px. At 48 px the former fixed lambda_hst=1000
+    fails this already at initialisation (and kept FER2013's training accuracy near chance)."""
+    from hsbs_lib.config import load_config
+    from hsbs_lib.data.labels import class_names
+    from hsbs_lib.engine.build import build_model
+
+    config = load_config(None, data=data, method="hsbs")
+    torch.manual_seed(0)
+    model = build_model(config, class_names(config.data.num_classes)).train()
+    for epoch in range(int(config.model.options.get("hst_warmup_epochs", 2)) + 1):
+        model.epoch_end(epoch)
+    size = config.data.input_size
+    terms = model.loss(model(_images(batch=4, size=size)), {"label": LABELS})
+    assert 0 < terms["hst"].item() < terms["ce"].item(), (data, {k: v.item() for k, v in terms.items()})
+    if data != "fer2013":
+        return
+    forced = create_model("hsbs", num_classes=7, lambda_hst=1000.0, hst_warmup_epochs=0.0,
+                          stem=config.model.stem, backbone_width=config.model.backbone_width).train()
+    forced_terms = forced.loss(forced(_images(batch=4, size=size)), {"label": LABELS})
+    assert forced_terms["hst"].item() > forced_terms["ce"].item()

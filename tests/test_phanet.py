@@ -292,7 +292,7 @@ def test_a_few_steps_reduce_the_loss():
 
 def test_config_builds_the_model():
     config = load_config(CONFIG)
-    assert config.model.name == "phanet" and config.data.input_size == 64
+    assert config.model.name == "phanet" and config.data.input_size == 65
     assert (config.train.epochs, config.train.batch_size, config.train.optimizer) == (8, 64, "adamw")
     model = build_model(config, class_names(config.data.num_classes))
     assert isinstance(model, PhaNet) and model.scales == ("layer2", "layer3", "layer4")

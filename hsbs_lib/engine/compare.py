@@ -2,7 +2,7 @@
 
 A comparison config names a base recipe, overrides applied to every row, and the rows themselves:
 
-    base: configs/synthfer_baseline.yaml
+    base: configs/synthfer_baseline.yaml     # or a composition: {data: fer2013, method: baseline}
     overrides: [train.epochs=8]
     out: runs/compare_synthfer
     reference: baseline          # the row every other row is compared with (default: baseline, else the first)
@@ -51,7 +51,7 @@ BSA_STATISTICS = ("row_entropy", "max_column_mass", "same_to_different")
 
 @dataclass
 class ComparePlan:
-    base: str
+    base: str | dict[str, str]          # a recipe file, or {data: ..., method: ...}
     out: str
     rows: dict[str, list[str]]
     overrides: list[str] = field(default_factory=list)
@@ -85,12 +85,28 @@ def load_plan(path: str | Path) -> ComparePlan:
     reference = spec.get("reference")
     if reference is not None and reference not in rows:
         raise ValueError(f"{path}: reference row '{reference}' is not among the rows {list(rows)}")
-    return ComparePlan(base=spec["base"], out=spec.get("out", f"runs/{path.stem}"), rows=rows,
+    base = spec["base"]
+    if isinstance(base, dict):
+        unknown = set(base) - {"data", "method"}
+        if unknown or "data" not in base:
+            raise ValueError(f"{path}: base must be a recipe file or a mapping with data (and method), "
+                             f"got keys {sorted(base)}")
+        base = {"data": str(base["data"]), "method": str(base.get("method", "baseline"))}
+    elif not isinstance(base, str):
+        raise ValueError(f"{path}: base must be a recipe file or a mapping with data and method, got {base!r}")
+    return ComparePlan(base=base, out=spec.get("out", f"runs/{path.stem}"), rows=rows,
                        overrides=[str(o) for o in spec.get("overrides", [])], reference=reference)
 
 
 def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_plan_config(plan: ComparePlan, overrides: list[str]):
+    """The plan's base recipe (a file, or a ``{data, method}`` composition as ``--data/--method``) + overrides."""
+    if isinstance(plan.base, dict):
+        return load_config(None, overrides, data=plan.base["data"], method=plan.base["method"])
+    return load_config(plan.base, overrides)
 
 
 def run_dir(plan: ComparePlan, row: str, seed: int) -> Path:
@@ -158,7 +174,7 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
         for seed in seeds:
             out = run_dir(plan, row, seed)
             overrides = [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={out}"]
-            config = load_config(plan.base, overrides)
+            config = load_plan_config(plan, overrides)
             eval_file = out / "eval.json"
             if eval_file.is_file() and _trained_with(out, config):
                 print(f"[compare] reusing {eval_file}")
