@@ -130,7 +130,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # Malformed overrides are refused by load_config before anything is trained or written.
     result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw, device=args.device,
                           formats=parse_formats(args.formats))
-    print("\nSynthFER test split, best epoch of each run (percent):\n")
+    print("\nSynthFER test split, scored once for the checkpoint each run's validation split selected (percent):\n")
     print(result["table"])
     print(f"\nruns: {', '.join(str(path) for path in result['runs'].values())}")
     print(f"table: {result['table_path']}")
