@@ -40,7 +40,9 @@ def fake_fit(monkeypatch):
         save_config(config, out / "config.yaml")
         accuracy = ACCURACY[(row, seed)]
         report = {"accuracy": accuracy, "mean_class_accuracy": accuracy - 0.1, "macro_f1": accuracy - 0.05,
-                  "per_class_recall": {"fear": 0.25 * (seed + 1), "disgust": 0.5, "happiness": 0.9}}
+                  "per_class_recall": {"fear": 0.25 * (seed + 1), "disgust": 0.5, "happiness": 0.9},
+                  "validation": {"accuracy": accuracy - 0.02, "mean_class_accuracy": accuracy - 0.12,
+                                 "macro_f1": accuracy - 0.07}}
         (out / "eval.json").write_text(json.dumps(report))
         trained.append((row, seed))
 
@@ -71,6 +73,9 @@ def test_compare_writes_tables_and_reuses_finished_runs(plan_file, tmp_path, cap
     assert table.splitlines()[0].startswith("| row | seeds | accuracy | mean class acc. | macro-F1 | fear recall |")
     assert "Difference to baseline, paired by seed" in table
     assert "+2.0 [-0.5, +4.5] (p=0.07): no difference" in table
+    # the validation split, where choices are made, has its own table with the paired interval
+    assert "Validation split" in table and "| +HST | 3 | 81.0 ± 1.0; +2.0 [-0.5, +4.5] |" in table
+    assert float(hst["val_accuracy_diff"]) == pytest.approx(0.02)
 
     # A second call trains nothing: every run is finished with the same recipe.
     fake_fit.clear()

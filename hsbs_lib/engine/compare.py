@@ -45,6 +45,8 @@ from hsbs_lib.engine.diagnostics import run_diagnostics
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
+# The validation split's scores of the selected checkpoint (eval.json "validation"): where choices are made.
+VAL_METRICS = tuple(f"val_{metric}" for metric in METRICS)
 ATTENTION_SCORES = ("energy_share", "pointing_hit_rate", "outer_ring_share")
 BSA_STATISTICS = ("row_entropy", "max_column_mass", "same_to_different")
 
@@ -214,7 +216,7 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
             shared = sorted(set(seeds) & set(results[reference]))
             reference_series = _series({s: results[reference][s] for s in shared})
             own = _series({s: by_seed[s] for s in shared})
-            for key in (*METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES)):
+            for key in (*METRICS, *VAL_METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES)):
                 if len(own.get(key, [])) == len(shared) == len(reference_series.get(key, [])) and shared:
                     difference = paired_difference(own[key], reference_series[key])
                     summary.update({f"{key}_diff": difference.mean, f"{key}_diff_low": difference.low,
@@ -236,6 +238,7 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
         report = by_seed[seed]
         for metric in METRICS:
             add(metric, report[metric])
+            add(f"val_{metric}", (report.get("validation") or {}).get(metric))
         for name in MINORITY_CLASSES:
             add(f"recall_{name}", report.get("per_class_recall", {}).get(name))
         diagnostics = report.get("diagnostics") or {}
@@ -316,6 +319,28 @@ def format_differences(summaries: list[dict], reference: str) -> str:
     return "\n".join(lines)
 
 
+def format_validation(summaries: list[dict], reference: str) -> str:
+    """The validation split's scores (where every choice is made), mean ± std and the paired difference."""
+    keys = [key for key in VAL_METRICS if all(f"{key}_mean" in s for s in summaries)]
+    if not keys:
+        return ""
+    names = {f"val_{metric}": name for metric, name in METRIC_NAMES.items()}
+    lines = [f"Validation split (the checkpoint's selection split; choices are made here, not on the test "
+             f"split): mean ± std, and the difference to {reference} paired by seed [95% CI].", "",
+             "| row | seeds | " + " | ".join(names[key] for key in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for s in summaries:
+        cells = [s["row"], str(s["seeds"])]
+        for key in keys:
+            cell = _percent(s, key)
+            if f"{key}_diff" in s:
+                low, high = s[f"{key}_diff_low"], s[f"{key}_diff_high"]
+                cell += (f"; {100 * s[f'{key}_diff']:+.1f}" if math.isnan(low) else
+                         f"; {100 * s[f'{key}_diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_diagnostics_table(summaries: list[dict]) -> str:
     """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
     layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
@@ -346,7 +371,8 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
 
 
 def format_report(summaries: list[dict], reference: str) -> str:
-    parts = [format_markdown(summaries), format_differences(summaries, reference), format_diagnostics_table(summaries)]
+    parts = [format_markdown(summaries), format_differences(summaries, reference),
+             format_validation(summaries, reference), format_diagnostics_table(summaries)]
     return "\n\n".join(part for part in parts if part)
 
 
