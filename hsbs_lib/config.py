@@ -16,6 +16,7 @@ resolved config is saved next to every run, so a run can always be reproduced fr
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -423,15 +424,34 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config
 
 
-def same_recipe(stored: Config | dict[str, Any], wanted: Config) -> bool:
-    """True when two configs train the same thing (where a run is written or shown does not count)."""
-    stored = stored.to_dict() if isinstance(stored, Config) else stored
+def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defaults: dict | None = None) -> bool:
+    """True when two configs train the same thing (where a run is written or shown does not count).
+
+    ``option_defaults``: the model's option defaults (``models.registry.model_option_defaults``); an option
+    left out on one side then equals the same option set to its default on the other.
+    """
+    stored = copy.deepcopy(stored.to_dict() if isinstance(stored, Config) else stored)
     wanted_dict = wanted.to_dict()
+    if option_defaults is not None:
+        # YAML stores tuples as lists: compare both through one plain form.
+        plain = yaml.safe_load(yaml.safe_dump(_plain(option_defaults)))
+        for side in (stored, wanted_dict):
+            model = side.setdefault("model", {})
+            model["options"] = {**plain, **yaml.safe_load(yaml.safe_dump(_plain(model.get("options") or {})))}
     ignore = {"progress", "device", "threads"}   # machine settings, not the recipe
     return all(
         {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
         == {k: v for k, v in wanted_dict[section].items() if k not in ignore}
         for section in ("data", "model", "train"))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (what a YAML round trip gives)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

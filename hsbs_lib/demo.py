@@ -22,7 +22,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import yaml
 
-from hsbs_lib.config import load_config, same_recipe
+from hsbs_lib.config import load_config
+from hsbs_lib.engine.build import trained_same_recipe
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.engine.train import fit
@@ -78,7 +79,7 @@ def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -
         directory = Path(root) / name
         config = load_config(recipe, [*overrides, f"out={directory}"])
         saved = directory / "config.yaml"
-        same = saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
+        same = saved.is_file() and trained_same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
         if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
             log.info("reusing %s (trained with %s)", directory, recipe)
         elif same and (directory / "last.pt").is_file():

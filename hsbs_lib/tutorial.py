@@ -12,7 +12,7 @@ from typing import Sequence
 from torch import nn
 
 from hsbs_lib.config import Config, config_path, load_config, repo_root, same_recipe  # noqa: F401 (notebooks)
-from hsbs_lib.engine.build import resolve_device  # noqa: F401 (notebooks)
+from hsbs_lib.engine.build import resolve_device, trained_same_recipe  # noqa: F401 (notebooks)
 from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from hsbs_lib.engine.train import fit
 
@@ -65,7 +65,7 @@ def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse
         model, meta = load_model_from_checkpoint(checkpoint, device=device)
         return TrainedRun(model, meta, Path(checkpoint).parent)
     best = Path(config.out) / "best.pt"
-    if not (reuse and best.is_file() and same_recipe(load_checkpoint(best)["config"], config)):
+    if not (reuse and best.is_file() and trained_same_recipe(load_checkpoint(best)["config"], config)):
         fit(config)
     model, meta = load_model_from_checkpoint(best, device=device)
     return TrainedRun(model, meta, Path(config.out))

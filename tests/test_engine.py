@@ -186,3 +186,18 @@ def test_train_and_resume_and_eval_commands_on_synthfer(tmp_path, monkeypatch, c
     assert sum(map(sum, report["confusion_matrix"])) == 128
     again = evaluate_checkpoint("runs/a/best.pt", out="again.json", overrides=["data.pipeline=loader"])
     assert again["confusion_matrix"] == report["confusion_matrix"], "loader and device paths agree"
+
+
+def test_a_run_is_reused_when_its_options_differ_only_by_spelled_out_defaults():
+    """An ablation row (model.name=hsbs, no options) and configs/synthfer_hsbs.yaml (every option written
+    out at its default) train the same model; a real change of an option is still a different recipe."""
+    from hsbs_lib.config import load_config
+    from hsbs_lib.engine.build import trained_same_recipe
+
+    row = load_config("configs/synthfer_baseline.yaml", ["model.name=hsbs"]).to_dict()
+    demo = load_config("configs/synthfer_hsbs.yaml")
+    assert row["model"]["options"] == {} and demo.model.options
+    assert trained_same_recipe(row, demo)
+    assert not trained_same_recipe(row, load_config("configs/synthfer_hsbs.yaml", ["model.options.lambda_hst=5"]))
+    assert not trained_same_recipe(row, load_config("configs/synthfer_hsbs.yaml", ["model.options.bsa=false"]))
+    assert not trained_same_recipe(row, load_config("configs/synthfer_baseline.yaml"))

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config
+from hsbs_lib.config import Config, same_recipe
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
-from hsbs_lib.models.registry import create_model
+from hsbs_lib.models.registry import create_model, model_option_defaults
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -44,6 +44,17 @@ def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.
                         pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
                         backbone_width=m.backbone_width,
                         input_size=config.data.input_size, **m.options)
+
+
+def trained_same_recipe(stored: Config | dict, wanted: Config) -> bool:
+    """A stored run's config trains what ``wanted`` asks for; model options written out at their default
+    value count as left out (a recipe file that spells out HSBS's defaults reuses a run that did not)."""
+    name = (stored.model.name if isinstance(stored, Config) else (stored.get("model") or {}).get("name"))
+    try:
+        defaults = model_option_defaults(wanted.model.name) if name == wanted.model.name else None
+    except KeyError:
+        defaults = None
+    return same_recipe(stored, wanted, option_defaults=defaults)
 
 
 def build_dataset(config: Config, split: str) -> Any:

@@ -35,11 +35,11 @@ from typing import Any, Sequence
 import yaml
 from scipy import stats
 
-from hsbs_lib.config import load_config, same_recipe
+from hsbs_lib.config import load_config
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
-from hsbs_lib.engine.build import build_model
+from hsbs_lib.engine.build import build_model, trained_same_recipe
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
 
@@ -253,7 +253,7 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
 def _trained_with(run: Path, config) -> bool:
     """A finished run is reused only when its saved config is the recipe asked for now."""
     saved = run / "config.yaml"
-    return saved.is_file() and same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
+    return saved.is_file() and trained_same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
 
 
 def _cost(config, measure_speed: bool) -> dict:

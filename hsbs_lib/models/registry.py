@@ -42,6 +42,17 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
+# Constructor arguments that are not method options (set from config.model's own fields or by the engine).
+_NOT_OPTIONS = {"self", "num_classes", "backbone", "pretrained", "stem", "backbone_width", "input_size"}
+
+
+def model_option_defaults(name: str) -> dict:
+    """The options of model ``name`` with their default values, e.g. {"hst": True, "lambda_hst": None, ...}."""
+    parameters = inspect.signature(get_model_factory(name)).parameters.values()
+    return {p.name: p.default for p in parameters if p.name not in _NOT_OPTIONS and p.default is not p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
                  *, input_size: int | None = None, **options) -> nn.Module:
     """Build a registered model.
