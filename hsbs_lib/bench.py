@@ -103,6 +103,7 @@ def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = 
 SCALES = (("ResNet-18, standard stem", 64, "standard", 64),
           ("ResNet-18, no max-pool", 64, "no_maxpool", 64),
           ("ResNet-18 at half width, no max-pool", 64, "no_maxpool", 32),
+          ("ResNet-18 at half width, no max-pool (the demo)", 65, "no_maxpool", 32),
           ("ResNet-18, standard stem", 112, "standard", 64),
           ("ResNet-18, standard stem", 128, "standard", 64),
           ("ResNet-18, standard stem", 48, "standard", 64),
