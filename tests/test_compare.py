@@ -109,12 +109,15 @@ def test_diagnostics_are_summarised_over_seeds():
                                                          "outer_ring_share": 0.1}},
                                 "bsa": {"row_entropy": 3.0, "max_column_mass": 0.02, "same_to_different": same}}}
     results = {"baseline": {0: report(0, 0.10, 1.0), 1: report(1, 0.12, 1.0)},
-               "hsbs": {0: report(0, 0.20, 4.0), 1: report(1, 0.22, 6.0)}}
+               "hsbs": {0: report(0, 0.20, 4.0), 1: report(1, 0.24, 6.0)}}
     summaries = compare.summarise(results, reference="baseline")
-    assert summaries[1]["layer1_energy_share_mean"] == pytest.approx(0.21)
+    assert summaries[1]["layer1_energy_share_mean"] == pytest.approx(0.22)
     assert summaries[1]["bsa_same_to_different_mean"] == pytest.approx(5.0)
     table = compare.format_diagnostics_table(summaries)
-    assert "layer1 energy / pointing / ring" in table and "| hsbs | 0.210 ± 0.014 / 0.500 ± 0.000 / 0.100 ± 0.000 |" in table
+    assert "layer1 energy / pointing / ring" in table and "| hsbs | 0.220 ± 0.028 / 0.500 ± 0.000 / 0.100 ± 0.000 |" in table
+    # paired by seed: differences 0.10 and 0.12 -> mean 0.11, half-width t(0.975, 1) * 0.01414 / sqrt(2) = 0.127
+    assert summaries[1]["layer1_energy_share_diff"] == pytest.approx(0.11)
+    assert "| hsbs | +0.110 [-0.017, +0.237] / " in table
     assert "| hsbs | 3.000 ± 0.000 | 0.020 ± 0.000 | 5.000 ± 1.414 |" in table
 
 

@@ -216,7 +216,8 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
             shared = sorted(set(seeds) & set(results[reference]))
             reference_series = _series({s: results[reference][s] for s in shared})
             own = _series({s: by_seed[s] for s in shared})
-            for key in (*METRICS, *VAL_METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES)):
+            attention = [key for key in own if key.startswith("layer")]
+            for key in (*METRICS, *VAL_METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES), *attention):
                 if len(own.get(key, [])) == len(shared) == len(reference_series.get(key, [])) and shared:
                     difference = paired_difference(own[key], reference_series[key])
                     summary.update({f"{key}_diff": difference.mean, f"{key}_diff_low": difference.low,
@@ -341,6 +342,16 @@ def format_validation(summaries: list[dict], reference: str) -> str:
     return "\n".join(lines)
 
 
+def _interval(summary: dict, key: str) -> str:
+    """``+0.044 [+0.021, +0.067]`` for a paired difference in the score's own units ("-" when absent)."""
+    if f"{key}_diff" not in summary:
+        return "-"
+    low, high = summary[f"{key}_diff_low"], summary[f"{key}_diff_high"]
+    if math.isnan(low):
+        return f"{summary[f'{key}_diff']:+.3f}"
+    return f"{summary[f'{key}_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def format_diagnostics_table(summaries: list[dict]) -> str:
     """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
     layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
@@ -358,6 +369,17 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
                          if f"{layer}_{score}_mean" in s else "-" for score in ATTENTION_SCORES]
                 cells.append(" / ".join(parts))
             lines.append("| " + " | ".join(cells) + " |")
+        compared = [s for s in summaries if any(f"{layer}_energy_share_diff" in s for layer in layers)]
+        if compared:
+            lines += ["", "Attention scores minus the reference's, paired by seed: mean [95% CI]; an interval "
+                      "containing 0 is no difference:", "",
+                      "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |",
+                      "|---|" + "---|" * len(layers)]
+            for s in compared:
+                cells = [s["row"]]
+                for layer in layers:
+                    cells.append(" / ".join(_interval(s, f"{layer}_{score}") for score in ATTENTION_SCORES))
+                lines.append("| " + " | ".join(cells) + " |")
     bsa_rows = [s for s in summaries if "bsa_row_entropy_mean" in s]
     if bsa_rows:
         lines += ["", "BSA similarity of test batches (row entropy in nats; column mass: the largest share of "
