@@ -356,30 +356,25 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
     """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
     layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
                      if key.startswith("layer") and key.endswith("_energy_share_mean")})
+    def attention_table(intro: str, rows: list[dict], cell) -> list[str]:
+        """One line per row, one cell per layer: its three scores joined by slashes."""
+        header = "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |"
+        return [intro, "", header, "|---|" + "---|" * len(layers),
+                *("| " + " | ".join([s["row"], *(" / ".join(cell(s, f"{layer}_{score}") for score in ATTENTION_SCORES)
+                                                  for layer in layers)]) + " |" for s in rows)]
+
+    def mean_std(s: dict, key: str) -> str:
+        return f"{s[f'{key}_mean']:.3f} ± {s[f'{key}_std']:.3f}" if f"{key}_mean" in s else "-"
+
     lines = []
     if layers:
-        lines += ["Attention of each stage on the expression regions (test images; chance: energy share "
-                  "= the regions' area, outer ring = a uniform map's ring share):", "",
-                  "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |",
-                  "|---|" + "---|" * len(layers)]
-        for s in summaries:
-            cells = [s["row"]]
-            for layer in layers:
-                parts = [f"{s[f'{layer}_{score}_mean']:.3f} ± {s[f'{layer}_{score}_std']:.3f}"
-                         if f"{layer}_{score}_mean" in s else "-" for score in ATTENTION_SCORES]
-                cells.append(" / ".join(parts))
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += attention_table("Attention of each stage on the expression regions (test images; chance: energy "
+                                 "share = the regions' area, outer ring = a uniform map's ring share):",
+                                 summaries, mean_std)
         compared = [s for s in summaries if any(f"{layer}_energy_share_diff" in s for layer in layers)]
         if compared:
-            lines += ["", "Attention scores minus the reference's, paired by seed: mean [95% CI]; an interval "
-                      "containing 0 is no difference:", "",
-                      "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |",
-                      "|---|" + "---|" * len(layers)]
-            for s in compared:
-                cells = [s["row"]]
-                for layer in layers:
-                    cells.append(" / ".join(_interval(s, f"{layer}_{score}") for score in ATTENTION_SCORES))
-                lines.append("| " + " | ".join(cells) + " |")
+            lines += [""] + attention_table("Attention scores minus the reference's, paired by seed: mean [95% CI]; "
+                                            "an interval containing 0 is no difference:", compared, _interval)
     bsa_rows = [s for s in summaries if "bsa_row_entropy_mean" in s]
     if bsa_rows:
         lines += ["", "BSA similarity of test batches (row entropy in nats; column mass: the largest share of "
