@@ -122,11 +122,11 @@ def test_diagnostics_are_summarised_over_seeds():
 
 
 def test_minority_recall_columns_only_when_every_row_has_them():
-    row = {"row": "a", "seeds": 1, "params_m": 11.2, "gmacs": 0.148,
+    row = {"row": "a", "seeds": 2, "params_m": 11.2, "gmacs": 0.148,
            **{f"{m}_{k}": 0.5 for m in compare.METRICS for k in ("mean", "std")}}
     with_recall = {**row, "recall_fear_mean": 0.25, "recall_fear_std": 0.0}
     assert "fear recall" in compare.format_markdown([with_recall]).splitlines()[0]
-    assert "| a | 1 | 50.0 ± 50.0 | 50.0 ± 50.0 | 50.0 ± 50.0 | 25.0 ± 0.0 | 11.20 |" in compare.format_markdown([with_recall])
+    assert "| a | 2 | 50.0 ± 50.0 | 50.0 ± 50.0 | 50.0 ± 50.0 | 25.0 ± 0.0 | 11.20 |" in compare.format_markdown([with_recall])
     # a dataset without fear (or a seed whose test split lacks it) gets no fear column, not a fake number
     assert "fear recall" not in compare.format_markdown([with_recall, row])
 
@@ -177,3 +177,13 @@ def test_a_plan_may_compose_its_base_from_data_and_method(tmp_path):
     bad.write_text("base: {method: hsbs}\nrows: {a: {model.name: baseline}}\n")
     with pytest.raises(ValueError, match="mapping with data"):
         compare.load_plan(bad)
+
+
+def test_one_seed_shows_no_spread():
+    """A single seed has no standard deviation: the tables show its value alone, not "± 0.0"."""
+    summaries = compare.summarise({"baseline": {0: {"accuracy": 0.8, "mean_class_accuracy": 0.7, "macro_f1": 0.6}}},
+                                  reference="baseline")
+    for summary in summaries:
+        summary.update(params_m=1.0, gmacs=0.1)
+    row = compare.format_markdown(summaries).splitlines()[2]
+    assert row.startswith("| baseline | 1 | 80.0 | 70.0 | 60.0 |") and "±" not in row

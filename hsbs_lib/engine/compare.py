@@ -271,6 +271,9 @@ def _cost(config, measure_speed: bool) -> dict:
 # ---------------------------------------------------------------------------------------------- tables
 
 def _percent(summary: dict, key: str) -> str:
+    """``83.5 ± 0.6`` in percent; one seed has no spread, so only its value."""
+    if summary.get("seeds") == 1:
+        return f"{100 * summary[f'{key}_mean']:.1f}"
     return f"{100 * summary[f'{key}_mean']:.1f} ± {100 * summary[f'{key}_std']:.1f}"
 
 
@@ -364,7 +367,9 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
                                                   for layer in layers)]) + " |" for s in rows)]
 
     def mean_std(s: dict, key: str) -> str:
-        return f"{s[f'{key}_mean']:.3f} ± {s[f'{key}_std']:.3f}" if f"{key}_mean" in s else "-"
+        if f"{key}_mean" not in s:
+            return "-"
+        return f"{s[f'{key}_mean']:.3f}" + ("" if s.get("seeds") == 1 else f" ± {s[f'{key}_std']:.3f}")
 
     lines = []
     if layers:
