@@ -433,11 +433,10 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
     stored = copy.deepcopy(stored.to_dict() if isinstance(stored, Config) else stored)
     wanted_dict = wanted.to_dict()
     if option_defaults is not None:
-        # YAML stores tuples as lists: compare both through one plain form.
-        plain = yaml.safe_load(yaml.safe_dump(_plain(option_defaults)))
+        # A stored config went through YAML, which keeps tuples as lists: compare both sides as lists.
         for side in (stored, wanted_dict):
             model = side.setdefault("model", {})
-            model["options"] = {**plain, **yaml.safe_load(yaml.safe_dump(_plain(model.get("options") or {})))}
+            model["options"] = _plain({**option_defaults, **(model.get("options") or {})})
     ignore = {"progress", "device", "threads"}   # machine settings, not the recipe
     return all(
         {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
