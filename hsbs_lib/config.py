@@ -11,13 +11,15 @@ A config is resolved in layers, each overriding the one before:
 
 Every value is coerced to its field's type, wherever it comes from: ``train.lr=3e-4`` is a float (YAML 1.1
 would read a string), ``data.root=/path/to/copy`` is a string as written (no quoting needed), and a value
-that cannot be coerced is refused with one message naming the key, the value and the expected type. The
+that cannot be coerced is refused with one message naming the key, the value and the expected type;
+:func:`validate_config` refuses values outside the range any run can use (``train.batch_size=0``). The
 resolved config is saved next to every run, so a run can always be reproduced from its own directory.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import types
@@ -144,9 +146,21 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAMLLoader)
 
 
-def _parse_value(text: str) -> Any:
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where (line and column, 1-based)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _parse_value(text: str, key: str = "") -> Any:
     """YAML scalar parsing, so ``epochs=5`` is an int and ``pretrained=null`` is None."""
-    return load_yaml(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigValueError(f"config key '{key}': cannot read the value {text!r} ({_yaml_problem(error)})") from None
 
 
 _NULL_WORDS = ("null", "Null", "NULL", "~", "None")
@@ -263,9 +277,9 @@ def _coerce_text(text: str, annotation: Any, key: str) -> Any:
         if optional and stripped in _NULL_WORDS:
             return None
         if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
-            return coerce_value(_parse_value(stripped), annotation, key)
+            return coerce_value(_parse_value(stripped, key), annotation, key)
         return stripped
-    return coerce_value(_parse_value(text), annotation, key)
+    return coerce_value(_parse_value(text, key), annotation, key)
 
 
 def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
@@ -305,7 +319,7 @@ def _apply_override(config: Config, parts: list[str], text: str) -> None:
         if rest:                      # a key inside a mapping field, e.g. model.options.lambda_hst
             if not isinstance(current, dict):
                 raise KeyError(f"unknown config key '{key}.{rest[0]}': '{key}' holds a single value")
-            nested: Any = _parse_value(text)
+            nested: Any = _parse_value(text, f"{key}.{'.'.join(rest)}")
             for name in reversed(rest[1:]):
                 nested = {name: nested}
             current[rest[0]] = nested
@@ -328,6 +342,57 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
     return config
 
 
+def _positive(value: Any) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _not_negative(value: Any) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+# (dotted key, test, what the key expects): the ranges no run can work outside of. ``None`` is allowed
+# where the field is optional (it means "off" or "unlimited").
+VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("data.num_classes", lambda v: v in (7, 8), "7 or 8"),
+    ("data.input_size", _positive, "a positive number of pixels"),
+    ("data.n_train", _positive, "at least 1 image"),
+    ("data.n_val", _not_negative, "0 or more images"),
+    ("data.n_test", _positive, "at least 1 image (data.test_split=none scores no test split)"),
+    ("data.val_fraction", lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    ("data.max_train_per_class", _positive, "at least 1 image per class, or null"),
+    ("data.device_cache_max_gb", _not_negative, "0 or more"),
+    ("data.workers", _not_negative, "0 or more"),
+    ("model.backbone_width", _positive, "a positive number of channels"),
+    ("train.epochs", _positive, "at least 1"),
+    ("train.batch_size", _positive, "at least 1"),
+    ("train.eval_batch_size", _positive, "at least 1"),
+    ("train.lr", _positive, "a positive number"),
+    ("train.weight_decay", _not_negative, "0 or more"),
+    ("train.momentum", _not_negative, "0 or more"),
+    ("train.gamma", _positive, "a positive number"),
+    ("train.warmup_epochs", _not_negative, "0 or more"),
+    ("train.label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    ("train.grad_clip", _positive, "a positive number, or null"),
+    ("train.max_steps_per_epoch", _positive, "at least 1, or null"),
+    ("train.log_every", _positive, "at least 1"),
+    ("train.threads", _positive, "at least 1, or null"),
+)
+
+
+def validate_config(config: Config) -> Config:
+    """Refuse values outside the range a run can work with, before any work is done.
+
+    Raises :class:`ConfigValueError` naming the first bad key, its value and what it expects
+    (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best").
+    """
+    for key, allowed, expected in VALUE_RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and not allowed(value):
+            raise ConfigValueError(f"config key '{key}' expects {expected}, got {value!r}")
+    return config
+
+
 def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
     """Merge one YAML file into ``config``; its ``include:`` files (relative to it) are merged first."""
     path = path.resolve()
@@ -335,13 +400,28 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
         raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
     if path in seen:
         raise ValueError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    values = load_yaml(path.read_text()) or {}
+    try:
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigValueError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise ConfigValueError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(values, dict):
-        raise TypeError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
-    includes = values.pop("include", [])
-    for include in [includes] if isinstance(includes, str) else includes:
+        raise ConfigValueError(f"config file {path}: expected a mapping of sections (data:, model:, train:) at the "
+                               f"top level, got {type(values).__name__}")
+    includes = values.pop("include", None) or []
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(include, str) for include in includes):
+        raise ConfigValueError(f"config file {path}: 'include' expects a file name or a list of file names, "
+                               f"got {includes!r}")
+    for include in includes:
         _merge_file(config, path.parent / include, (*seen, path))
-    _merge_into(config, values, f"{path.name}: ")
+    try:
+        _merge_into(config, values, "")
+    except ConfigValueError as error:      # say which file holds the bad value
+        raise ConfigValueError(f"{path}: {error}") from None
+    except KeyError as error:
+        raise KeyError(f"{path}: {error.args[0]}") from None
 
 
 # ---------------------------------------------------------------------------------------------- recipes
@@ -436,7 +516,7 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
         # A stored config went through YAML, which keeps tuples as lists: compare both sides as lists.
         for side in (stored, wanted_dict):
             model = side.setdefault("model", {})
-            model["options"] = _plain({**option_defaults, **(model.get("options") or {})})
+            model["options"] = plain_values({**option_defaults, **(model.get("options") or {})})
     ignore = {"progress", "device", "threads"}   # machine settings, not the recipe
     return all(
         {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
@@ -444,12 +524,12 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
         for section in ("data", "model", "train"))
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
     """Tuples as lists, recursively (what a YAML round trip gives)."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_values(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_values(item) for item in value]
     return value
 
 
