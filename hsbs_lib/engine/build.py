@@ -6,17 +6,19 @@ data of a run (the validation split selects checkpoints; the test split is score
 """
 from __future__ import annotations
 
+import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config, same_recipe
+from hsbs_lib.config import Config, ModelConfig, coerce_value, same_recipe
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
-from hsbs_lib.models.registry import create_model, model_option_defaults
+from hsbs_lib.models.registry import create_model, get_model_factory, model_option_defaults
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -37,13 +39,35 @@ def select_device(name: str = "auto", context: DistributedContext | None = None)
     return device
 
 
+def model_options(model: ModelConfig) -> dict[str, Any]:
+    """``model.options`` checked against the model's constructor: every key must be one of its options, and
+    each value is coerced to the option's annotated type (``model.options.dropout=1e-1`` is a float).
+
+    Raises KeyError for an unknown model or option, ConfigValueError for a value of the wrong type.
+    """
+    factory = get_model_factory(model.name)
+    function = factory.__init__ if inspect.isclass(factory) else factory
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    known = model_option_defaults(model.name)
+    unknown = sorted(set(model.options) - set(known))
+    if unknown and not takes_any:
+        raise KeyError(f"unknown model option 'model.options.{unknown[0]}' for model '{model.name}'; its options are: "
+                       f"{', '.join(sorted(known)) or 'none'}")
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError):   # annotations that do not resolve: pass the values as written
+        hints = {}
+    return {key: coerce_value(value, hints.get(key, Any), f"model.options.{key}")
+            for key, value in model.options.items()}
+
+
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model
     return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
                         pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
                         backbone_width=m.backbone_width,
-                        input_size=config.data.input_size, **m.options)
+                        input_size=config.data.input_size, **model_options(m))
 
 
 def trained_same_recipe(stored: Config | dict, wanted: Config) -> bool:

@@ -43,9 +43,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from hsbs_lib.constants import STAGE_NAMES
-from hsbs_lib.config import Config, TrainConfig, apply_overrides, config_from_dict, load_config, save_config
+from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_dict, load_config, plain_values,
+                             save_config, validate_config)
 from hsbs_lib.data.labels import class_names
-from hsbs_lib.engine.build import build_model, build_splits, resolve_device, select_device
+from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
@@ -55,6 +56,7 @@ from hsbs_lib.engine.reference import train_reference
 from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
+from hsbs_lib.models.registry import model_option_defaults
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -309,13 +311,14 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
             (notebooks, tests). With ``train_data`` given, only the splits passed are used: without
             ``val_data`` best.pt is the last epoch, without ``test_data`` nothing is scored at the end.
     """
-    config = copy.deepcopy(config)
+    config = validate_config(copy.deepcopy(config))
     if config.train.trainer == "reference":
         report = train_reference(config)
         return RunResult(out_dir=Path(config.out), model=None, classes=tuple(report.get("classes", ())),
                          best=report, best_epoch=int(report["epoch"]), pipeline="reference")
     if config.train.trainer != "engine":
         raise ValueError(f"train.trainer must be engine or reference, got '{config.train.trainer}'")
+    config.model.options = model_options(config.model)   # unknown or mistyped options: refused before any work
     device_type = "cuda" if resolve_device(config.train.device).startswith("cuda") else "cpu"
     owns_group = not (dist.is_available() and dist.is_initialized())
     context = init_distributed(device_type)
@@ -333,11 +336,13 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         torch.set_num_threads(t.threads)
     configure_determinism(t.deterministic, device)
     seed_everything(t.seed)
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None:   # before anything is written: a refused resume leaves the run as it was
+        refuse_changed_recipe(config_from_dict(checkpoint["config"]), config, resume)
     out = Path(config.out)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
-    checkpoint = load_checkpoint(resume) if resume is not None else None
 
     if train_data is None:
         splits = build_splits(config)
@@ -456,6 +461,39 @@ def _evaluate_best(path: Path, config: Config, classes, loaders, device, amp_dty
     return report
 
 
+# What a resumed run must keep: the keys that decide the model's shape and method, and which images, labels
+# and sizes it trains and is scored on. Where the data is read from and how fast (root, cache, pipeline,
+# workers), the number of epochs and the machine settings may change.
+RESUME_FIXED_KEYS = (
+    "model.name", "model.backbone", "model.stem", "model.backbone_width", "model.options",
+    "data.name", "data.train_split", "data.test_split", "data.val_split", "data.val_fraction", "data.val_seed",
+    "data.max_train_per_class", "data.num_classes", "data.input_size", "data.n_train", "data.n_val",
+    "data.n_test", "data.synth_seed", "data.synth_balanced", "data.skip_bad", "data.options", "data.augment",
+    "data.sampler",
+)
+
+
+def refuse_changed_recipe(stored: Config, wanted: Config, run: str | os.PathLike) -> None:
+    """Raise ValueError naming the first of :data:`RESUME_FIXED_KEYS` that ``wanted`` changes from the
+    ``stored`` config of ``run``; a model option written out at its default equals one left out."""
+    for key in RESUME_FIXED_KEYS:
+        section, name = key.split(".")
+        old, new = getattr(getattr(stored, section), name), getattr(getattr(wanted, section), name)
+        if key == "model.options" and stored.model.name == wanted.model.name:
+            defaults = model_option_defaults(wanted.model.name)
+            old, new = ({**defaults, **model_options(config.model)} for config in (stored, wanted))
+            changed = [option for option in sorted(set(old) | set(new))
+                       if plain_values(old.get(option)) != plain_values(new.get(option))]
+            if not changed:
+                continue
+            key, old, new = f"model.options.{changed[0]}", old.get(changed[0]), new.get(changed[0])
+        elif plain_values(old) == plain_values(new):
+            continue
+        raise ValueError(f"{run}: cannot resume with {key}={new!r}; the run was trained with {key}={old!r}. "
+                         f"Resuming continues the same model on the same data: start a new run (--out) to change "
+                         f"{key}")
+
+
 def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory."""
     path = resolve_checkpoint(run)
@@ -473,7 +511,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", help="compose the recipe: configs/methods/METHOD.yaml (baseline, hsbs, clcl, ...)")
     parser.add_argument("--out", help="run directory (default: the config's out)")
     parser.add_argument("--resume", metavar="RUN",
-                        help="continue RUN (a run directory or its last.pt) with its stored config plus overrides")
+                        help="continue RUN (a run directory or its last.pt) with its stored config plus overrides; "
+                             "the model and the data it was trained on cannot change")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides such as train.epochs=2 data.n_train=256 model.options.bsa=false")
