@@ -99,6 +99,21 @@ def write_json(values: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def refuse_other_classes(trained: Sequence[str], data_classes: Sequence[str] | None, checkpoint: Any) -> None:
+    """Raise ValueError when the data's class list is not the one the checkpoint was trained on: the model's
+    outputs would be read as the wrong classes, and images of a class it never had would go uncounted."""
+    if data_classes is None or tuple(data_classes) == tuple(trained):
+        return
+    extra = [name for name in data_classes if name not in trained]
+    missing = [name for name in trained if name not in data_classes]
+    difference = "; ".join(part for part in (
+        f"the data adds {', '.join(extra)}" if extra else "", f"the data lacks {', '.join(missing)}" if missing else "",
+        "" if extra or missing else "the data orders them differently") if part)
+    raise ValueError(f"{checkpoint} was trained on {len(trained)} classes ({', '.join(trained)}) but the data has "
+                     f"{len(data_classes)} ({difference}); evaluate on the same classes, e.g. "
+                     f"data.num_classes={len(trained)}")
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str | None = None,
                         device: str = "auto", out: str | os.PathLike | None = None,
                         overrides: Sequence[str] = (), batch_size: int | None = None) -> dict:
@@ -117,6 +132,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     if data is None:
         split = split or config.data.test_split
         data = build_dataset(config, split)
+    refuse_other_classes(checkpoint["classes"], getattr(data, "classes", None), path)
     if is_cached_split(data) or hasattr(data, "load_image"):
         pipeline = choose_pipeline(config.data.pipeline, split_nbytes(data, config.data.input_size),
                                    config.data.device_cache_max_gb)
