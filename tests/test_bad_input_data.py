@@ -233,10 +233,17 @@ def utf16_csv_is_read(ctx):
     return hsbs(ctx, "check", "affectnet", str(root), "--num-classes", "8")
 
 
+def utf16_without_bom_label_file_is_read(ctx):
+    root = ctx.tmp_path / "raf"
+    fakes.make_rafdb_basic(root)
+    rafdb_label_lines(root, rafdb_lines(root), "utf-16-be")
+    return hsbs(ctx, "check", "rafdb", str(root))
+
+
 def undecodable_label_file_is_named(ctx):
     root = ctx.tmp_path / "raf"
     fakes.make_rafdb_basic(root)
-    rafdb_label_lines(root, rafdb_lines(root), "utf-16-be")         # UTF-16 without a BOM
+    rafdb_label_lines(root, rafdb_lines(root) + ["train_café.jpg 1"], "latin-1")   # not UTF-8
     return hsbs(ctx, "check", "rafdb", str(root))
 
 
@@ -313,6 +320,8 @@ CASES = [
     Case("labels: a UTF-16 label file (with BOM) is read", utf16_label_file_is_read, exit=0,
          says=("no bad entries",)),
     Case("labels: a UTF-16 csv (with BOM) is read", utf16_csv_is_read, exit=0, says=("no bad entries",)),
+    Case("labels: a UTF-16 label file without a BOM is read", utf16_without_bom_label_file_is_read, exit=0,
+         says=("no bad entries",)),
     Case("labels: an undecodable label file is named in one line", undecodable_label_file_is_named, exit=1,
          says=("list_patition_label.txt", "UTF-8"), one_line_error=True),
     Case("labels: a Unicode digit label is a bad entry", unicode_digit_label_is_a_bad_entry, exit=1,
