@@ -159,6 +159,53 @@ def cache_split(dataset, size: int, *, cache_dir: str | os.PathLike | None = Non
     return cached
 
 
+class _DecodeCheck(torch.utils.data.Dataset):
+    """Item i: "" when sample i of ``dataset`` decodes, else the reason it does not (for DataLoader workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, index: int) -> str:
+        try:
+            self.dataset.load_image(index)
+        except (ImageDecodeError, OSError) as error:
+            return getattr(error, "reason", str(error)) or type(error).__name__
+        return ""
+
+
+def find_bad_images(dataset, *, cache_dir: str | os.PathLike | None = None, workers: int = 0) -> list[BadEntry]:
+    """Decode every image of ``dataset`` once and return those that fail: the DataLoader path's counterpart
+    of the cache build, run before training so a broken file never stops a run halfway.
+
+    The answer is remembered in the cache folder under the same key as a cache (each file's size and
+    modification time included), so a later run on an unchanged copy decodes nothing here.
+    ``workers`` decoding processes share the pass (0: this process).
+    """
+    name = getattr(dataset, "name", type(dataset).__name__)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    record = root / f"{name}-{dataset.split}-decodes-{cache_key(dataset, 0)[:20]}.json"
+    if record.is_file():
+        return [BadEntry(path, reason) for path, reason in json.loads(record.read_text())["bad"]]
+    n = len(dataset.samples)
+    log.info("decoding each of %d %s/%s images once before training", n, name, dataset.split)
+    loader = torch.utils.data.DataLoader(_DecodeCheck(dataset), batch_size=64, num_workers=workers,
+                                         collate_fn=list)
+    reasons = [reason for batch in _progress(loader, len(loader), f"decode {name}/{dataset.split}", "batch")
+               for reason in batch]
+    bad = [BadEntry(str(path), reason) for (path, _), reason in zip(dataset.samples, reasons) if reason]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        temporary = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps({"bad": [[entry.path, entry.reason] for entry in bad]}))
+        os.replace(temporary, record)
+    except OSError as error:     # a read-only or full cache folder: the pass is simply not remembered
+        log.debug("could not remember the decode pass in %s: %s", root, error)
+    return bad
+
+
 def _from_memory(dataset, images: np.ndarray, size: int) -> CachedSplit:
     """(N, H, W, 3) uint8 already in memory -> CachedSplit without touching the disk."""
     labels, poses, soft = _label_arrays(dataset)
@@ -172,11 +219,11 @@ def _from_memory(dataset, images: np.ndarray, size: int) -> CachedSplit:
                        [str(path) for path, _ in dataset.samples])
 
 
-def _progress(iterable, total: int, description: str):
+def _progress(iterable, total: int, description: str, unit: str = "img"):
     if progress_disabled():
         return iterable
     from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=description, unit="img", leave=False)
+    return tqdm(iterable, total=total, desc=description, unit=unit, leave=False)
 
 
 # .NAME.tmp-HOST-PID-XXXXXXXX: the host and process that build it, so a later build can tell a folder
