@@ -140,6 +140,20 @@ def device_skip_bad_lists_skipped_too(ctx):
     return outcome
 
 
+def loader_decode_pass_is_remembered_until_the_file_changes(ctx):
+    from hsbs_lib.data.pipeline.cache import find_bad_images
+    root = image_copy(ctx, bad_train=True)
+    dataset = load_dataset("imagefolder", root, "train")
+    assert [Path(e.path).name for e in find_bad_images(dataset, cache_dir=ctx.tmp_path / "cache")] == ["cut_train.jpg"]
+    decoded = []
+    ctx.monkeypatch.setattr(type(dataset), "load_image", lambda self, i: decoded.append(i) or np.zeros((4, 4, 3), np.uint8))
+    assert len(find_bad_images(dataset, cache_dir=ctx.tmp_path / "cache")) == 1 and not decoded   # remembered
+    ctx.monkeypatch.undo()
+    fakes.write_class_image(root / "train" / "happiness" / "cut_train.jpg", "happiness")            # repaired
+    assert find_bad_images(load_dataset("imagefolder", root, "train"), cache_dir=ctx.tmp_path / "cache") == []
+    return Outcome(0)
+
+
 # ------------------------------------------------------------------ 2. the cache key follows the files
 
 def cache_rereads_a_replaced_image(ctx):
@@ -307,6 +321,8 @@ CASES = [
          loader_skip_bad_trains_and_lists_skipped, exit=0, says=("skipped 2 bad entries", "cut_test.jpg")),
     Case("device: skip_bad=true lists skipped entries in skipped.txt", device_skip_bad_lists_skipped_too,
          exit=0, says=("skipped 1 bad entries",)),
+    Case("loader: the decode pass is remembered, and redone for a repaired file",
+         loader_decode_pass_is_remembered_until_the_file_changes, exit=0),
     Case("cache: an image replaced after caching is re-read", cache_rereads_a_replaced_image, exit=0),
     Case("cache: a repaired image is accepted, as `hsbs check` says", cache_accepts_a_repaired_image,
          exit=0, says=("no bad entries",)),

@@ -198,7 +198,8 @@ def find_bad_images(dataset, *, cache_dir: str | os.PathLike | None = None, work
     bad = [BadEntry(str(path), reason) for (path, _), reason in zip(dataset.samples, reasons) if reason]
     try:
         root.mkdir(parents=True, exist_ok=True)
-        temporary = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+        remove_stale_temporaries(root)
+        temporary = _temporary_name(record)
         temporary.write_text(json.dumps({"bad": [[entry.path, entry.reason] for entry in bad]}))
         os.replace(temporary, record)
     except OSError as error:     # a read-only or full cache folder: the pass is simply not remembered
@@ -231,6 +232,10 @@ def _progress(iterable, total: int, description: str, unit: str = "img"):
 _TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -242,12 +247,16 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Delete the temporary folders that builds on this host left when they were killed; returns them."""
+    """Delete the temporary folders and files that builds on this host left when they were killed;
+    returns them."""
     host, removed = socket.gethostname(), []
     for entry in root.iterdir() if root.is_dir() else ():
         match = _TEMPORARY.match(entry.name)
         if match and match["host"] == host and not _process_alive(int(match["pid"])):
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry)
             log.info("removed %s, left by an interrupted cache build", entry)
     return removed
@@ -288,7 +297,7 @@ def _build(dataset, size: int, folder: Path, skip_bad: bool) -> None:
     if free < needed:
         raise _space_error(folder.parent, f"not enough space to cache {what} in {folder.parent}: it needs "
                                           f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free")
-    temporary = folder.with_name(f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    temporary = _temporary_name(folder)
     temporary.mkdir(parents=True)
     try:
         _write(dataset, size, folder, temporary, skip_bad)
