@@ -5,6 +5,7 @@ A module that serves subcommand NAME defines ``add_NAME_arguments(parser)`` and 
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import logging
 import sys
@@ -22,6 +23,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
 }
+
+
+def escape_unencodable(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler for printing: a byte of a file name that is not UTF-8 (which Python holds as a
+    surrogate, ``os.fsdecode``) prints as ``\\xe9``, any other unencodable character as ``\\u00b2``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in text), error.end
+
+
+codecs.register_error("hsbs.escape", escape_unencodable)
+
+
+def printable_streams() -> None:
+    """Make stdout and stderr escape what they cannot encode instead of raising: a file name that is not
+    UTF-8 must not abort a command on a strict UTF-8 terminal."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="hsbs.escape")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    printable_streams()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse gives a positional list one run of words: key=value overrides after an option

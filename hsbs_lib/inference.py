@@ -135,14 +135,22 @@ class Predictor:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images inside them (sorted, recursive)."""
+    """Files as given, folders expanded to the images inside them (sorted, recursive).
+
+    Raises FileNotFoundError for an input that does not exist or a folder that holds no image."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"{item}: the folder holds no image file "
+                                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif item.exists():
             paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
     return paths
 
 
@@ -151,14 +159,16 @@ def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | s
             skipped: list[SkippedFile] | None = None) -> list[FacePrediction]:
     """Classify the expression of every face in the given images or folders.
 
-    Unreadable files are appended to ``skipped`` (when given) and never stop the run. With
+    Unreadable files are appended to ``skipped`` (when given) and never stop the run; an input that does
+    not exist, or a folder without images, raises FileNotFoundError before any work. With
     ``detect=False`` each image is taken as an already aligned face (box = the whole image).
     """
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device=device)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
+    paths = expand_inputs(inputs)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device=device)
     results: list[FacePrediction] = []
-    for path in expand_inputs(inputs):
+    for path in paths:
         try:
             image = decode_image(path)
         except Exception as error:  # reported, never fatal for a folder

@@ -44,7 +44,7 @@ class BadDatasetError(ValueError):
 
     def __init__(self, report: DatasetReport):
         self.report = report
-        super().__init__(report.summary() + "\nFix these entries or pass skip_bad=True (hsbs check lists them).")
+        super().__init__(report.summary() + "\nFix these entries or pass skip_bad=True (data.skip_bad=true; hsbs check lists them).")
 
 
 class FERDataset(Dataset):

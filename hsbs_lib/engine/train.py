@@ -10,6 +10,8 @@ directory ``config.out``:
   (FER test sets are imbalanced and plain accuracy rewards the majority class). The validation split is
   the dataset's own when it has one, else a stratified, seeded hold-out of the training split
   (``data.val_split``, see :func:`build_splits`); the test split is never looked at during training;
+* ``skipped.txt``: with ``data.skip_bad=true``, every bad entry left out of any split and why (also
+  listed on screen); without it a bad entry stops the run before training, naming each one;
 * ``eval.json``: the metrics of ``best.pt`` on the test split, scored once after training, with the split
   that selected it (``selected_on``) and its validation metrics;
 * ``tensorboard/`` when ``train.tensorboard`` is on.
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_dict, load_config, plain_values,
                              save_config, validate_config)
+from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
@@ -351,6 +354,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     else:
         selection = "the validation data given to fit" if val_data is not None else "none (best.pt is the last epoch)"
     loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context)
+    if context.is_main:
+        report_skipped(loaders.skipped, out)
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
@@ -427,6 +432,25 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                                      selection=selection)
     return RunResult(out_dir=out, model=model.eval(), classes=classes, history=metrics_log.rows,
                      final=evaluation, best=best_report, best_epoch=best_epoch, pipeline=loaders.pipeline)
+
+
+def report_skipped(skipped: dict[str, list[BadEntry]], out: Path, *, shown: int = 10) -> None:
+    """List the bad entries ``data.skip_bad`` left out ({split role: entries}) on screen and in
+    ``out/skipped.txt``, one ``[role] path: reason`` line each (an entry shared by two views once)."""
+    lines, seen = [], set()
+    for role, entries in skipped.items():
+        for entry in entries:
+            if (entry.path, entry.reason) not in seen:
+                seen.add((entry.path, entry.reason))
+                lines.append(f"[{role}] {entry.path}: {entry.reason}")
+    if not lines:
+        return
+    path = out / "skipped.txt"
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+    more = [f"  ... and {len(lines) - shown} more"] if len(lines) > shown else []
+    log.warning("\n".join([f"skipped {len(lines)} bad entries (data.skip_bad=true), listed in {path}:"]
+                          + [f"  {line}" for line in lines[:shown]] + more))
 
 
 def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: dict, extra: dict,

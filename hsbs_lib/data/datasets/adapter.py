@@ -9,6 +9,7 @@ majorities, AffectNet codes 8..10, contempt in a 7-class run) are not bad: they 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import sys
@@ -73,15 +74,54 @@ def _unknown_split(name: str, split: str, present: list[str]) -> ValueError:
     return ValueError(f"{name}: unknown split {split!r}; splits here: {', '.join(present) or 'none'}")
 
 
+def ascii_number(text: str) -> int | None:
+    """The integer written in ASCII digits ``0-9``, else None: ``'²'`` and ``'٣'`` pass ``str.isdigit`` but
+    are not labels."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def text_encoding(path: Path) -> str:
+    """How to read a label file: by its byte-order mark (UTF-16 from Windows Notepad's "Unicode", UTF-8
+    with a BOM), as UTF-16 when NUL bytes fill every other byte (UTF-16 without a mark), else UTF-8."""
+    with open(path, "rb") as handle:
+        start = handle.read(4096)
+    if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    if b"\0" in start:
+        even, odd = start[0::2], start[1::2]
+        if odd and odd.count(0) > len(odd) // 2:
+            return "utf-16-le"     # ASCII text in UTF-16: the high bytes are NUL
+        if even and even.count(0) > len(even) // 2:
+            return "utf-16-be"
+    return "utf-8-sig"
+
+
+def open_text(path: Path, **options):
+    """A label file opened for reading as text in the encoding :func:`text_encoding` finds."""
+    return open(path, encoding=text_encoding(path), **options)
+
+
+def not_text_error(path: Path, error: UnicodeDecodeError, line: int | None = None) -> ValueError:
+    """One readable error for a label file that is not UTF-8 (or UTF-16 with a BOM) text."""
+    where = f" (line {line})" if line else ""
+    return ValueError(f"{path}: cannot read as UTF-8 text{where}: {error.reason}; save it as UTF-8 "
+                      f"(UTF-16 with a byte-order mark is read too)")
+
+
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[dict[str, int], Iterator[tuple[int, list[str]]]]:
     """A csv file with a header: (column index by lower-case name, lazy (line number, fields) rows).
 
     Rows are streamed, so the 290 MB fer2013.csv is never held as text in memory.
     """
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))   # FER2013 pixel fields are ~9 kB
-    handle = open(path, newline="", encoding="utf-8-sig")
+    handle = open_text(path, newline="")
     reader = csv.reader(handle)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError as error:
+        handle.close()
+        raise not_text_error(path, error, 1) from None
     columns = {field.strip().lower(): i for i, field in enumerate(header or [])}
     missing = [column for column in required if column.lower() not in columns]
     if missing:
@@ -91,9 +131,12 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[dict[str, int], It
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         with handle:
-            for row in reader:
-                if row:
-                    yield reader.line_num, row
+            try:
+                for row in reader:
+                    if row:
+                        yield reader.line_num, row
+            except UnicodeDecodeError as error:
+                raise not_text_error(path, error, reader.line_num + 1) from None
 
     return columns, rows()
 
@@ -134,11 +177,11 @@ class FileDataset(FERDataset):
 
     def _folder_class(self, folder: str, digit_table: dict[int, str] | None) -> tuple[str | None, str]:
         """Canonical class name of a class folder, or (None, reason it is unusable)."""
-        if folder.strip().isdigit():
+        code = ascii_number(folder)
+        if code is not None:
             if digit_table is None:
                 return None, (f"numeric class folder {folder!r} has no meaning for {self.name}; "
                               f"name class folders by expression (angry, happy, ...)")
-            code = int(folder)
             if code not in digit_table:
                 return None, (f"class folder {folder!r} out of range "
                               f"{min(digit_table)}..{max(digit_table)} for {self.name}")

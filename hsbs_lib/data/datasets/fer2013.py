@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsbs_lib.data.datasets.adapter import FileDataset, _child, _describe, _read_csv, _unknown_split
+from hsbs_lib.data.datasets.adapter import FileDataset, _child, _describe, _read_csv, _unknown_split, ascii_number
 from hsbs_lib.data.datasets.registry import register_dataset
 from hsbs_lib.data.labels import canonical_name
 
@@ -130,7 +130,7 @@ class FER2013(FileDataset):
             if row_usage != usage:
                 continue
             code = row[columns["emotion"]].strip()
-            if not code.isdigit() or int(code) not in FER2013_CODES:
+            if ascii_number(code) not in FER2013_CODES:
                 self._bad(where, f"emotion {code!r} out of range 0..6")
                 continue
             grey, reason = _pixels_to_grey(row[columns["pixels"]])

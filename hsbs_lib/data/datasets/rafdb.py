@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hsbs_lib.data.datasets.adapter import FileDataset, _child, _describe, _unknown_split
+from hsbs_lib.data.datasets.adapter import (FileDataset, _child, _describe, _unknown_split, ascii_number, not_text_error,
+                                            open_text)
 from hsbs_lib.data.datasets.registry import register_dataset
 
 # RAF-DB's own digits -> canonical class names (the order is translated by name, never by position).
@@ -41,7 +42,11 @@ class RAFDB(FileDataset):
         label_file = next((root / n for n in cls.LABEL_FILES if (root / n).is_file()), None)
         if label_file is None:
             return list(cls.folder_splits(root))
-        prefixes = {line.split()[0].split("_")[0] for line in label_file.read_text().splitlines() if line.split()}
+        try:
+            with open_text(label_file) as handle:
+                prefixes = {line.split()[0].split("_")[0] for line in handle if line.split()}
+        except UnicodeDecodeError as error:
+            raise not_text_error(label_file, error) from None
         return [split for split in ("train", "test") if split in prefixes]
 
     @staticmethod
@@ -73,7 +78,14 @@ class RAFDB(FileDataset):
                 f"{_describe(root / 'Image')}. Pass {other} to use the other image set.")
         on_disk = set(os.listdir(image_dir))
         relative = label_file.relative_to(root)
-        with open(label_file, encoding="utf-8-sig") as handle:
+        try:
+            self._read_label_file(label_file, relative, prefix, image_dir, on_disk)
+        except UnicodeDecodeError as error:
+            raise not_text_error(label_file, error) from None
+
+    def _read_label_file(self, label_file: Path, relative: Path, prefix: str, image_dir: Path,
+                         on_disk: set[str]) -> None:
+        with open_text(label_file) as handle:
             for line_number, line in enumerate(handle, start=1):
                 fields = line.split()
                 where = f"{relative} line {line_number}"
@@ -91,7 +103,7 @@ class RAFDB(FileDataset):
                 stem, extension = os.path.splitext(file_name)
                 image_name = f"{stem}_aligned{extension}" if self.aligned else file_name
                 image_path = image_dir / image_name
-                if not code.isdigit() or int(code) not in RAF_DIGITS:
+                if ascii_number(code) not in RAF_DIGITS:
                     self._bad(image_path, f"label {code!r} out of range 1..7 ({where})")
                     continue
                 if image_name not in on_disk:

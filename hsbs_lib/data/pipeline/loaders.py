@@ -10,7 +10,10 @@ Two paths, same batches in distribution and the same normalisation:
   data that does not fit. Each sample's randomness is seeded by (seed, epoch, index), so results do not
   depend on the number of workers.
 
-``pipeline="auto"`` picks device when the uint8 split fits. Every batch is ``(images, targets)`` with
+``pipeline="auto"`` picks device when the uint8 split fits. Either way every image is decoded once before
+training (the cache build, or :func:`decodable_part` on the loader path): a broken image stops the run
+before it starts, naming every one, or with ``data.skip_bad`` is left out and listed in the loader's
+``skipped``. Every batch is ``(images, targets)`` with
 images float32 (B, 3, S, S) and targets ``{"label": (B,), "pose": (B,), "soft_label": (B, K), "index": (B,)}``;
 "pose" is present when the split has pose labels (-1 marks an unknown pose), "soft_label" when the split
 has label distributions. Shuffling (and class-balanced sampling) is identical on every rank and each rank
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -30,7 +33,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
-from hsbs_lib.data.pipeline.cache import cache_split
+from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
+from hsbs_lib.data.pipeline.cache import cache_split, find_bad_images
+from hsbs_lib.data.splits import SplitView
 from hsbs_lib.data.pipeline.transforms import (POSE_BINS, BatchAugment, as_image, augment_spec, flip_pose,
                                                sample_transform)
 
@@ -74,6 +79,39 @@ def soft_labels_of(data: Any) -> np.ndarray | None:
 def is_cached_split(data: Any) -> bool:
     """A CachedSplit-like object: (N, 3, S, S) ``images`` and ``labels``, no per-sample decoding."""
     return hasattr(data, "images") and hasattr(data, "labels") and not hasattr(data, "load_image")
+
+
+def decodes_from_files(data: Any) -> bool:
+    """True for a dataset whose images are decoded from files on each read (not cached, not in memory)."""
+    return (hasattr(data, "load_image") and not is_cached_split(data)
+            and not isinstance(getattr(data, "images", None), np.ndarray))
+
+
+def decodable_part(data: Any, *, skip_bad: bool, cache_dir: str | None = None, workers: int = 0
+                   ) -> tuple[Any, list[BadEntry]]:
+    """``data`` without the images that fail to decode, and those images, found by one decoding pass
+    (:func:`~hsbs_lib.data.pipeline.cache.find_bad_images`) before any training.
+
+    Raises BadDatasetError listing every such image unless ``skip_bad``; then they are left out of a
+    :class:`SplitView` and returned. Cached and in-memory data pass through unchanged.
+    """
+    if not decodes_from_files(data):
+        return data, []
+    bad = find_bad_images(data, cache_dir=cache_dir, workers=workers)
+    if not bad:
+        return data, []
+    if not skip_bad:
+        raise BadDatasetError(DatasetReport(getattr(data, "name", type(data).__name__),
+                                            str(getattr(data, "root", None)), str(data.split), bad))
+    broken = {entry.path for entry in bad}
+    keep = [i for i, (path, _) in enumerate(data.samples) if str(path) not in broken]
+    return SplitView(data, keep, f"{data.split}-decodable"), bad
+
+
+def skipped_at_indexing(data: Any) -> list[BadEntry]:
+    """The bad entries a dataset skipped while indexing (``skip_bad``: missing files, bad labels)."""
+    report = getattr(data, "report", None)
+    return list(getattr(report, "bad", None) or [])
 
 
 def split_nbytes(data: Any, size: int) -> int:
@@ -167,10 +205,15 @@ class DeviceBatchLoader:
         self.sampler = EpochSampler(len(labels), seed=seed, shuffle=shuffle, weights=weights, rank=rank,
                                     world_size=world_size)
         self.epoch = 0
+        self.skipped: list[BadEntry] = []     # bad entries data.skip_bad left out (set by make_loader)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
+
+    def sample_labels(self) -> np.ndarray:
+        """(N,) int64 labels of the samples this loader draws from (bad entries left out)."""
+        return self.targets["label"].cpu().numpy()
 
     def __len__(self) -> int:
         return _num_batches(len(self.sampler), self.batch_size, self.drop_last, self.max_steps)
@@ -252,11 +295,16 @@ class SampleBatchLoader:
         self.batch_size, self.drop_last, self.max_steps = batch_size, drop_last, max_steps
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
                                  pin_memory=pin_memory, drop_last=drop_last and len(self.sampler) >= batch_size)
+        self.skipped: list[BadEntry] = []     # bad entries data.skip_bad left out (set by make_loader)
 
     def set_epoch(self, epoch: int) -> None:
         # Workers are started per epoch (not persistent), so they pick up the new epoch.
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
+
+    def sample_labels(self) -> np.ndarray:
+        """(N,) int64 labels of the samples this loader draws from (bad entries left out)."""
+        return self.dataset.labels
 
     def __len__(self) -> int:
         return _num_batches(len(self.sampler), self.batch_size, self.drop_last, self.max_steps)
@@ -281,6 +329,7 @@ class Loaders:
     classes: tuple[str, ...]
     train_labels: np.ndarray | None
     val: DeviceBatchLoader | SampleBatchLoader | None = None
+    skipped: dict[str, list[BadEntry]] = field(default_factory=dict)   # "train"/"val"/"test" -> entries left out
 
 
 def choose_pipeline(requested: str, nbytes: int, max_gb: float) -> str:
@@ -316,10 +365,19 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
                    pose_bins=POSE_BINS)  # SynthFER and KDEF both use 5 yaw bins
     if d.sampler not in ("none", "balanced"):
         raise ValueError(f"data.sampler must be none or balanced, got '{d.sampler}'")
+    skipped = skipped_at_indexing(data)
     if pipeline == "device":
         split = as_cached_split(data, d.input_size, cache_dir=d.cache_dir, skip_bad=d.skip_bad)
-        return DeviceBatchLoader(split, device=device, max_gb=d.device_cache_max_gb, **options)
-    return SampleBatchLoader(data, size=d.input_size, workers=d.workers, pin_memory=device.type == "cuda", **options)
+        loader = DeviceBatchLoader(split, device=device, max_gb=d.device_cache_max_gb, **options)
+        skipped += list(getattr(split, "bad", None) or [])
+    else:
+        # Decode every image once now, as the cache build does, so no broken file stops training midway.
+        data, undecodable = decodable_part(data, skip_bad=d.skip_bad, cache_dir=d.cache_dir, workers=d.workers)
+        loader = SampleBatchLoader(data, size=d.input_size, workers=d.workers, pin_memory=device.type == "cuda",
+                                   **options)
+        skipped += undecodable
+    loader.skipped = skipped
+    return loader
 
 
 def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: Any = None,
@@ -333,9 +391,13 @@ def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: 
     classes = tuple(getattr(present[0], "classes", ())) if present else ()
     log.info("input pipeline: %s", pipeline)
     build = dict(config=config, device=device, pipeline=pipeline, context=context, normalization=normalization)
+    # Every split is built (and each image decoded once) before training starts: a bad test image is
+    # found now, not after the last epoch.
+    loaders = {role: make_loader(data, train=role == "train", **build) if data is not None else None
+               for role, data in (("train", train_data), ("val", val_data), ("test", test_data))}
+    train_loader = loaders["train"]
     return Loaders(
-        train=make_loader(train_data, train=True, **build) if train_data is not None else None,
-        test=make_loader(test_data, train=False, **build) if test_data is not None else None,
-        pipeline=pipeline, normalization=normalization, classes=classes,
-        train_labels=labels_of(train_data) if train_data is not None else None,
-        val=make_loader(val_data, train=False, **build) if val_data is not None else None)
+        train=train_loader, test=loaders["test"], pipeline=pipeline, normalization=normalization, classes=classes,
+        train_labels=None if train_loader is None else train_loader.sample_labels(),
+        val=loaders["val"],
+        skipped={role: loader.skipped for role, loader in loaders.items() if loader is not None and loader.skipped})
