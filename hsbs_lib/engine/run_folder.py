@@ -118,9 +118,7 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
     Raises ValueError when the folder holds files that are not a run (unless ``overwrite``) and
     :class:`RunFolderBusyError` when another live process is writing into it."""
     folder = Path(folder)
-    if not main_process:
-        yield folder
-        return
+    # Every process checks (the main one only adds run files and its lock), so all of them refuse together.
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"run folder {folder} is a file, not a folder; choose another --out")
     foreign = foreign_files(folder)
@@ -128,6 +126,9 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ValueError(f"run folder {folder} holds files that are not a training run ({shown}); "
                          "choose an empty or new --out, or pass --overwrite to write into it anyway")
+    if not main_process:
+        yield folder
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(folder):
         remove_stale_temporaries(folder)
