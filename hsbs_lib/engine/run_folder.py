@@ -95,7 +95,8 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
             if holder is not None:
                 raise RunFolderBusyError(
                     f"run folder {folder} is in use by process {holder['pid']} on {holder['host']} "
-                    f"(lock file {path}); wait for it to finish or choose another --out") from None
+                    f"(lock file {path}); wait for it to finish or choose another --out (delete the lock file only "
+                    "if that process is not training)") from None
             log.info("taking over the stale lock %s (its process is gone)", path)
             path.unlink(missing_ok=True)
             continue
