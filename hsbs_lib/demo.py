@@ -9,7 +9,9 @@ every figure of the two runs (among them the side-by-side confusion matrices
 ``hsbs figures`` draws every figure of a trained run (:mod:`hsbs_lib.viz.figures`):
 
     hsbs figures --run runs/demo_hsbs --compare runs/demo_baseline --out figures/
-    hsbs figures --demo          # train the SynthFER demo runs if missing, then redraw figures/
+    hsbs figures --demo --out figures/   # train the SynthFER demo runs if missing, then redraw figures/
+
+Without ``--out`` (and ``$HSBS_FIGURES``) the figures go into ``RUN/figures``, never into the checkout.
 """
 from __future__ import annotations
 
