@@ -9,13 +9,16 @@ every figure of the two runs (among them the side-by-side confusion matrices
 ``hsbs figures`` draws every figure of a trained run (:mod:`hsbs_lib.viz.figures`):
 
     hsbs figures --run runs/demo_hsbs --compare runs/demo_baseline --out figures/
-    hsbs figures --demo          # train the SynthFER demo runs if missing, then redraw figures/
+    hsbs figures --demo --out figures/   # train the SynthFER demo runs if missing, then redraw figures/
+
+Without ``--out`` (and ``$HSBS_FIGURES``) the figures go into ``RUN/figures``, never into the checkout.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -149,7 +152,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_figures_arguments(parser) -> None:
     parser.add_argument("--run", help="run directory (config.yaml, metrics.csv, best.pt)")
     parser.add_argument("--compare", help="a second run, usually the baseline, drawn side by side with --run")
-    parser.add_argument("--out", default=None, help="figures folder (default: figures/, or $HSBS_FIGURES)")
+    parser.add_argument("--out", default=None, help="figures folder (default: $HSBS_FIGURES, else RUN/figures)")
+    parser.add_argument("--root", help="root of the run's dataset here (default: $HSBS_DATA, else the run's stored root)")
     parser.add_argument("--demo", action="store_true",
                         help="train the SynthFER demo runs if missing, then redraw every demo figure")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run (default best.pt)")
@@ -168,10 +172,12 @@ def run_figures(args) -> int:
         run_dir, compare_dir = run_dir or demo["demo_hsbs"], compare_dir or demo["demo_baseline"]
     if run_dir is None:
         raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
-    out = figures_dir(args.out)
+    # Never into the package's own checkout: an explicit folder, $HSBS_FIGURES, else beside the run.
+    out = figures_dir(args.out or os.environ.get("HSBS_FIGURES") or Path(run_dir) / "figures")
     formats = parse_formats(args.formats)
     paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
-                         samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats)
+                         samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats,
+                         data_overrides=[f"data.root={args.root}"] if args.root else ())
     if args.demo:  # the README's picture of the data belongs to the demo set too
         grid = plot_synthfer_grid()
         paths += save_figure(grid, "synthfer_samples", out, formats=formats)

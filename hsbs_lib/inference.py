@@ -7,6 +7,7 @@ normalisation -> eval-mode model -> label names stored in the checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.images import decode_image
 from hsbs_lib.data.pipeline.transforms import model_inputs
 from hsbs_lib.engine.build import resolve_device
-from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
+from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, non_finite_entries, resolve_checkpoint
 from hsbs_lib.losses.hst import activation_attention
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -110,6 +111,10 @@ class Predictor:
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu"):
         self.device = torch.device(resolve_device(device))
         self.model, meta = load_model_from_checkpoint(checkpoint, device=self.device)
+        broken = non_finite_entries(self.model.state_dict())
+        if broken:  # its outputs would be NaN: refuse rather than print meaningless (and invalid JSON) numbers
+            raise ValueError(f"checkpoint {checkpoint} holds non-finite weights ({', '.join(broken[:3])}"
+                             f"{' ...' if len(broken) > 3 else ''}); it comes from a diverged run")
         self.model.eval()
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
@@ -183,6 +188,8 @@ def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | s
             continue
         crops = [crop_face(image, box, margin=margin) if detect else image for box in boxes]
         probabilities, attention = predictor.classify(crops, with_attention=with_attention)
+        if not torch.isfinite(probabilities).all():
+            raise ValueError(f"{path}: the model gave non-finite probabilities (an overflow inside it)")
         for i, box in enumerate(boxes):
             probs = probabilities[i]
             best = int(probs.argmax())
@@ -222,6 +229,31 @@ def draw_overlay(image: np.ndarray, faces: Sequence[FacePrediction], *, margin: 
     return canvas
 
 
+def overlay_names(paths: Sequence[str | Path]) -> dict[str, str]:
+    """A distinct overlay file name per input: ``STEM_pred.png``, or, for inputs sharing a stem
+    (``a/face.jpg``, ``b/face.jpg``, ``a/face.png``), the path below their common folder spelled out
+    (``a_face_jpg_pred.png``)."""
+    paths = [str(path) for path in dict.fromkeys(str(p) for p in paths)]
+    stems: dict[str, int] = {}
+    for path in paths:
+        stems[Path(path).stem] = stems.get(Path(path).stem, 0) + 1
+    common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths])) if paths else Path()
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        if stems[Path(path).stem] == 1:
+            name = f"{Path(path).stem}_pred.png"
+        else:
+            relative = Path(path).resolve().relative_to(common)
+            name = "_".join([*relative.parent.parts, relative.name.replace(".", "_")]) + "_pred.png"
+        base, count = name[:-len("_pred.png")], 2
+        while name in taken:   # still taken ("a_b.jpg" beside "a/b.jpg"): number it
+            name, count = f"{base}_{count}_pred.png", count + 1
+        taken.add(name)
+        names[path] = name
+    return names
+
+
 def format_table(faces: Sequence[FacePrediction]) -> str:
     if not faces:
         return "no faces"
@@ -237,12 +269,47 @@ def format_table(faces: Sequence[FacePrediction]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torchscript") -> Path:
+EXPORT_MARK = "hsbs export"
+
+
+def _written_by_export(sidecar: Path) -> bool:
+    """True when ``sidecar`` is the metadata file of an earlier ``hsbs export``."""
+    try:
+        values = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and (values.get("written_by") == EXPORT_MARK
+                                         or {"classes", "input_size", "normalization", "output"} <= set(values))
+
+
+def check_export_paths(checkpoint: str | Path, out: Path, *, overwrite: bool = False) -> None:
+    """Refuse an export that would destroy a file it did not write: the checkpoint itself, a model file
+    replaced by its own sidecar (``--out x.json``), or any existing file unless it is an earlier export
+    (or ``overwrite``)."""
+    sidecar = out.with_suffix(".json")
+    if sidecar == out:
+        raise ValueError(f"--out {out}: the metadata file would overwrite the exported model; "
+                         "name the model .pt (TorchScript) or .onnx")
+    source = resolve_checkpoint(checkpoint).resolve()
+    for target in (out, sidecar):
+        if target.resolve() == source:
+            raise ValueError(f"--out {out} would replace the checkpoint {checkpoint} being exported; "
+                             "choose another file name")
+    existing = [str(target) for target in (out, sidecar) if target.exists()]
+    if existing and not overwrite and not _written_by_export(sidecar):
+        raise ValueError(f"{' and '.join(existing)} already exist(s) and were not written by hsbs export; "
+                         "choose another --out, or pass --force to replace them")
+
+
+def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torchscript",
+                 overwrite: bool = False) -> Path:
     """Export the eval-mode model (logits only) to TorchScript (.pt) or ONNX (.onnx).
 
     A JSON sidecar (same name, .json) records classes, input size and normalisation, so the exported
-    file can be used without hsbs_lib.
+    file can be used without hsbs_lib. Existing files are replaced only when an earlier export wrote
+    them, or with ``overwrite`` (never the checkpoint itself).
     """
+    check_export_paths(checkpoint, Path(out), overwrite=overwrite)
     predictor = Predictor(checkpoint, device="cpu")
     module = LogitsOnly(predictor.model).eval()
     example = torch.zeros(1, 3, predictor.input_size, predictor.input_size)
@@ -260,7 +327,8 @@ def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torc
     sidecar = {"classes": predictor.classes, "input_size": predictor.input_size,
                "normalization": {"mean": list(predictor.normalization["mean"]),
                                  "std": list(predictor.normalization["std"])},
-               "input": "float32 (B, 3, S, S), RGB scaled to [0, 1] then normalised", "output": "logits (B, K)"}
+               "input": "float32 (B, 3, S, S), RGB scaled to [0, 1] then normalised", "output": "logits (B, K)",
+               "written_by": EXPORT_MARK}
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return out
 
@@ -286,7 +354,7 @@ def run_predict(args) -> int:
                     with_attention=args.attention, skipped=skipped)
     if args.format == "jsonl":
         for face in faces:
-            print(json.dumps(face.to_json()))
+            print(json.dumps(face.to_json(), allow_nan=False))
     else:
         print(format_table(faces))
     if args.save_overlay:
@@ -295,9 +363,10 @@ def run_predict(args) -> int:
         by_file: dict[str, list[FacePrediction]] = {}
         for face in faces:
             by_file.setdefault(face.path, []).append(face)
+        names = overlay_names(list(by_file))
         for path, file_faces in by_file.items():
             overlay = draw_overlay(decode_image(path), file_faces, margin=args.margin)
-            Image.fromarray(overlay).save(out / f"{Path(path).stem}_pred.png")
+            Image.fromarray(overlay).save(out / names[path])
         print(f"overlays written to {out}", file=sys.stderr)
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -308,11 +377,13 @@ def add_export_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt")
     parser.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
     parser.add_argument("--out", help="output file (default: next to the checkpoint)")
+    parser.add_argument("--force", "--overwrite", dest="overwrite", action="store_true",
+                        help="replace existing files at --out (never the checkpoint itself)")
 
 
 def run_export(args) -> int:
     suffix = ".onnx" if args.format == "onnx" else ".ts.pt"
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
-    path = export_model(args.checkpoint, out, format=args.format)
+    path = export_model(args.checkpoint, out, format=args.format, overwrite=args.overwrite)
     print(f"exported {args.format} model to {path} (metadata in {path.with_suffix('.json')})")
     return 0

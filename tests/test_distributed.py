@@ -39,19 +39,20 @@ def _free_port() -> int:
 def test_two_cpu_replicas_stay_identical(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    out = tmp_path / "run"     # the run folder holds only what the run writes, not this script
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HSBS_NO_PROGRESS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", str(script), str(tmp_path)]
+               f"--master_port={_free_port()}", str(script), str(out)]
     # The timeout only catches a deadlocked process group, however slow the machine.
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
 
-    replicas = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
-    saved = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    replicas = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    saved = torch.load(out / "last.pt", weights_only=True)["model"]
     for name, tensor in replicas[0].items():
         assert torch.equal(tensor, replicas[1][name]), name
         assert torch.equal(tensor, saved[name]), name
     # Each rank took half of the 64 samples: 2 steps of 16, not 4.
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].split(",")[:2] == ["1", "2"]
-    assert Path(tmp_path / "eval.json").is_file()
+    assert Path(out / "eval.json").is_file()

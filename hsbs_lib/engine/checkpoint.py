@@ -83,12 +83,24 @@ def build_checkpoint(*, model: nn.Module, config: Config | dict, classes, input_
     }
 
 
+def non_finite_entries(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict (weights, BatchNorm statistics) holding NaN or inf."""
+    return [name for name, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
 def save_checkpoint(path: str | os.PathLike, **parts: Any) -> Path:
     """Write ``parts`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 
-    A crash or an error mid-write leaves the previous file untouched and no partial file behind.
+    A crash or an error mid-write leaves the previous file untouched; a kill mid-write leaves a
+    ``.NAME.*.tmp`` file that the next run in the folder removes (:mod:`hsbs_lib.engine.run_folder`).
+    Non-finite model weights are refused (ValueError): a diverged model never replaces a good file.
     """
     path = Path(path)
+    broken = non_finite_entries(parts.get("model") or {})
+    if broken:
+        raise ValueError(f"refusing to write {path}: the model holds non-finite values in {', '.join(broken[:3])}"
+                         + (" ..." if len(broken) > 3 else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

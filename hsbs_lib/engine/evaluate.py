@@ -16,13 +16,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.config import apply_overrides, config_from_dict
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                             make_loader, split_nbytes)
 from hsbs_lib.engine.build import build_dataset, select_device
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 from hsbs_lib.engine.log import progress_bar
+from hsbs_lib.engine.runs import checkpoint_data_config
 from hsbs_lib.engine.metrics import classification_metrics, format_metrics
 
 
@@ -119,14 +119,17 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
                         overrides: Sequence[str] = (), batch_size: int | None = None) -> dict:
     """Evaluate a checkpoint on ``data`` or on a split of its own (or overridden) data config.
 
-    ``overrides`` change the data section (``data.root=/x`` or ``root=/x``). The report is written to
+    ``overrides`` change the data section (``data.root=/x`` or ``root=/x``); a path stored in the checkpoint
+    is used only when the user gives none (and is logged). The report is written to
     ``out`` (default: ``eval.json`` beside the checkpoint) and returned.
     """
     path = resolve_checkpoint(path, default="best.pt")
     device = select_device(device)
     model, checkpoint = load_model_from_checkpoint(path, device=device)
-    config = config_from_dict(checkpoint["config"])
-    apply_overrides(config, [item if item.startswith("data.") else f"data.{item}" for item in overrides])
+    # The user's data settings win over the checkpoint's stored paths and sizes (see checkpoint_data_config).
+    config = checkpoint_data_config(checkpoint["config"],
+                                    [item if item.startswith("data.") else f"data.{item}" for item in overrides],
+                                    source=f"checkpoint {path}")
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
     if data is None:

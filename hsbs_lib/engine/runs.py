@@ -9,6 +9,7 @@ notebooks and ``hsbs figures`` all start here.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from hsbs_lib.config import config_from_dict
+from hsbs_lib.config import Config, apply_overrides, config_from_dict
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.pipeline.transforms import model_inputs  # noqa: F401 (the conversion every caller uses)
 from hsbs_lib.data.synthfer import REGION_NAMES
@@ -29,6 +30,35 @@ from hsbs_lib.engine.log import read_intensity, read_metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_NORMALIZATION = IMAGENET_NORMALIZATION
+# Paths a checkpoint's config may carry, and the environment variable that is the user's own setting.
+STORED_PATHS = {"root": "HSBS_DATA", "cache_dir": "HSBS_CACHE"}
+MAX_STORED_N_TEST = 100_000   # SynthFER test images a checkpoint may ask for without the user saying so
+
+
+def checkpoint_data_config(stored: dict, overrides: Sequence[str] = (), *, source: str = "the checkpoint") -> Config:
+    """The config stored in a checkpoint, with the user's data settings taking precedence.
+
+    ``overrides`` are ``data.key=value`` strings. A stored ``data.root`` or ``data.cache_dir`` is used
+    only when the user set neither the key nor its environment variable ($HSBS_DATA, $HSBS_CACHE), and is
+    then logged; a stored SynthFER ``n_test`` above :data:`MAX_STORED_N_TEST` is refused (ValueError)
+    unless the user gives ``data.n_test``. A checkpoint is data, not instructions.
+    """
+    config = config_from_dict(stored)
+    given = {item.split("=", 1)[0].strip().removeprefix("data.") for item in overrides}
+    for key, variable in STORED_PATHS.items():
+        value = getattr(config.data, key)
+        if key in given or value is None:
+            continue
+        if os.environ.get(variable):
+            setattr(config.data, key, None)   # the user's $HSBS_DATA / $HSBS_CACHE wins
+        else:
+            log.info("using data.%s=%s stored in %s (give data.%s=... or $%s to use another)",
+                     key, value, source, key, variable)
+    apply_overrides(config, list(overrides))
+    if config.data.name == "synthfer" and "n_test" not in given and config.data.n_test > MAX_STORED_N_TEST:
+        raise ValueError(f"{source} asks for data.n_test={config.data.n_test} SynthFER test images (more than "
+                         f"{MAX_STORED_N_TEST}); give data.n_test=N to evaluate on N images")
+    return config
 
 
 @dataclass
@@ -76,18 +106,20 @@ def load_run(directory: str | Path, *, checkpoint: str = "best.pt", device: str 
         intensity=read_intensity(metrics_path) if metrics_path.is_file() else {})
 
 
-def load_eval_data(run: RunArtifacts, *, max_samples: int = 512) -> EvalData | None:
+def load_eval_data(run: RunArtifacts, *, max_samples: int = 512, overrides: Sequence[str] = ()) -> EvalData | None:
     """Up to ``max_samples`` test images of the run's data, resized to the run's input size.
 
     SynthFER is re-rendered from the stored seed (its first N test images, with region masks and poses);
     other datasets are read from their root (evenly spaced images, since folder-ordered test sets are
-    sorted by class). Returns None when the data is not available here: then only the metric figures
-    are drawn.
+    sorted by class). ``overrides`` (``data.key=value``) are the user's data settings, which take
+    precedence over the run's (:func:`checkpoint_data_config`). Returns None when the data is not
+    available here: then only the metric figures are drawn.
     """
-    config = config_from_dict(run.config)
-    if config.data.name == "synthfer":
+    stored = {**run.config, "data": {**(run.config.get("data") or {})}}
+    if stored["data"].get("name", "synthfer") == "synthfer":
         # rendering is deterministic per (seed, index), so fewer images are a prefix of the full test set
-        config.data.n_test = min(config.data.n_test, max_samples)
+        stored["data"]["n_test"] = min(int(stored["data"].get("n_test", max_samples)), max_samples)
+    config = checkpoint_data_config(stored, overrides, source=f"run {run.name}")
     try:
         dataset = build_dataset(config, config.data.test_split)
     except (FileNotFoundError, ValueError, KeyError, OSError) as error:

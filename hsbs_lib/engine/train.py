@@ -27,6 +27,7 @@ stopped. The learning-rate schedule is a function of the step and of ``train.epo
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import logging
@@ -50,12 +51,13 @@ from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_d
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
-from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state,
-                                        save_checkpoint)
+from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, non_finite_entries, resolve_checkpoint,
+                                        restore_rng_state, save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
 from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.reference import train_reference
+from hsbs_lib.engine.run_folder import RunFolderBusyError, claim_run_folder, refuse_another_run
 from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
@@ -67,7 +69,29 @@ INTENSITY_LAYERS = STAGE_NAMES
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step, the epoch and the terms."""
+    """Training diverged: the loss became NaN or infinite, exploded (:class:`LossExplosionMonitor`), or the
+    weights turned non-finite. The message names the step or epoch and the last good checkpoint."""
+
+
+class LossExplosionMonitor:
+    """Flags a training loss above ``factor`` times the running median of the last ``window`` losses.
+
+    The median is floored at ``floor`` so that a loss near zero followed by an ordinary one is not
+    taken for an explosion; nothing is flagged before ``min_history`` steps.
+    """
+
+    def __init__(self, factor: float = 1e4, window: int = 200, min_history: int = 10, floor: float = 1e-2):
+        self.factor, self.min_history, self.floor = factor, min_history, floor
+        self.history: collections.deque[float] = collections.deque(maxlen=window)
+
+    def exceeded(self, loss: float) -> float | None:
+        """Record ``loss``; return the running median when ``loss`` exploded past it, else None."""
+        if len(self.history) >= self.min_history:
+            median = float(np.median(self.history))
+            if loss > self.factor * max(median, self.floor):
+                return median
+        self.history.append(loss)
+        return None
 
 
 @dataclass
@@ -236,9 +260,12 @@ def move_batch(images: Tensor, targets: dict[str, Tensor], device: torch.device,
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, device: torch.device,
                     epoch: int, scheduler=None, step: int = 0, grad_clip: float | None = None,
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                    record_intensity: bool = False, progress: bool = False, log_every: int = 10
-                    ) -> tuple[dict[str, float], int]:
+                    record_intensity: bool = False, progress: bool = False, log_every: int = 10,
+                    explosion: LossExplosionMonitor | None = None) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns (epoch means, optimizer steps so far).
+
+    Raises :class:`NonFiniteLossError` before the backward pass of a non-finite loss, or of a loss that
+    ``explosion`` flags.
 
     ``model`` is a FERModel or a :class:`ModelWithLoss` (possibly inside DDP). The means are
     ``loss/<term>`` for each named term, ``loss/total``, ``train/accuracy`` and, when recorded,
@@ -264,8 +291,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             named = ", ".join(f"{name}={value:.4g}" for name, value in zip(["total", *terms], values))
             raise NonFiniteLossError(
                 f"loss is not finite at step {step + 1} (epoch {epoch + 1}, batch {batch + 1} of {len(loader)}): "
-                f"{named}. Training stopped; last.pt holds the last good epoch. Lower train.lr, set "
-                f"train.grad_clip, or check the data and the loss weights.")
+                f"{named}. Training stopped. Lower train.lr, set train.grad_clip, or check the data and the "
+                f"loss weights.")
+        median = explosion.exceeded(values[0]) if explosion is not None else None
+        if median is not None:
+            raise NonFiniteLossError(
+                f"loss exploded at step {step + 1} (epoch {epoch + 1}, batch {batch + 1} of {len(loader)}): "
+                f"total={values[0]:.4g}, more than {explosion.factor:g} times the running median {median:.4g}; "
+                f"training diverged and was stopped. Lower train.lr or set train.grad_clip.")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if grad_clip:
@@ -303,7 +336,7 @@ def unwrap_to_step_module(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- fit
 
 def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: Any = None,
-        val_data: Any = None, test_data: Any = None) -> RunResult:
+        val_data: Any = None, test_data: Any = None, overwrite: bool = False) -> RunResult:
     """Train ``config`` into ``config.out`` and return a :class:`RunResult`.
 
     Args:
@@ -313,10 +346,16 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
         train_data, val_data, test_data: datasets or cached splits to use instead of ``config.data``
             (notebooks, tests). With ``train_data`` given, only the splits passed are used: without
             ``val_data`` best.pt is the last epoch, without ``test_data`` nothing is scored at the end.
+        overwrite: write into ``config.out`` even when it holds files that are not a training run.
+
+    ``config.out`` is locked for the run (a second writer gets :class:`RunFolderBusyError`) and the
+    temporary files of a killed checkpoint write are removed first (:mod:`hsbs_lib.engine.run_folder`).
     """
     config = validate_config(copy.deepcopy(config))
+    main_process = int(os.environ.get("RANK", "0")) == 0
     if config.train.trainer == "reference":
-        report = train_reference(config)
+        with claim_run_folder(config.out, overwrite=overwrite, main_process=main_process):
+            report = train_reference(config)
         return RunResult(out_dir=Path(config.out), model=None, classes=tuple(report.get("classes", ())),
                          best=report, best_epoch=int(report["epoch"]), pipeline="reference")
     if config.train.trainer != "engine":
@@ -326,7 +365,8 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     owns_group = not (dist.is_available() and dist.is_initialized())
     context = init_distributed(device_type)
     try:
-        return _fit(config, context, resume, train_data, val_data, test_data)
+        with claim_run_folder(config.out, overwrite=overwrite, main_process=context.is_main):
+            return _fit(config, context, resume, train_data, val_data, test_data)
     finally:
         if owns_group:
             cleanup_distributed(context)
@@ -392,6 +432,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     parts = dict(config=config, classes=classes, input_size=config.data.input_size,
                  normalization=loaders.normalization)
     evaluation: dict = {}
+    explosion = LossExplosionMonitor()
+    saved_epoch = start_epoch if checkpoint is not None else 0
     try:
         for epoch in range(start_epoch, t.epochs):
             started = time.perf_counter()
@@ -400,13 +442,21 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
             train_stats, step = train_one_epoch(
                 step_module, loaders.train, optimizer, device=device, epoch=epoch, scheduler=scheduler, step=step,
                 grad_clip=t.grad_clip, amp_dtype=amp_dtype, channels_last=t.channels_last,
-                record_intensity=t.record_intensity, progress=progress, log_every=t.log_every)
+                record_intensity=t.record_intensity, progress=progress, log_every=t.log_every,
+                explosion=explosion)
             sync_buffers(model, context)
             if loaders.val is not None:
                 evaluation = evaluate(model, loaders.val, device=device, classes=classes, amp_dtype=amp_dtype,
                                       progress=progress)
             row = epoch_row(epoch, step, train_stats, optimizer.param_groups[0]["lr"], evaluation,
                             model.epoch_end(epoch), time.perf_counter() - started)
+            # A step can leave NaN in the weights or the BatchNorm statistics with a finite loss: never save them.
+            broken = non_finite_entries(model.state_dict())
+            if broken:
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1} ended with non-finite weights or BatchNorm statistics "
+                    f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing was saved for it. "
+                    "Lower train.lr or set train.grad_clip.")
             metrics_log.log(row)
             if context.is_main:
                 log.info(format_epoch(row))
@@ -419,10 +469,14 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                 state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                                          step=step, metrics={**row, "best_score": best_score,
                                                              "best_epoch": best_epoch}, **parts)
-                save_checkpoint(out / "last.pt", **state)
+                # best.pt first: last.pt must never name a best epoch whose file was not written.
                 if improved:
                     save_checkpoint(out / "best.pt", **state)
+                save_checkpoint(out / "last.pt", **state)
+            saved_epoch = epoch + 1
             barrier(context)
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(f"{error} {_last_good_checkpoint(out, saved_epoch)}") from None
     finally:
         metrics_log.close()
 
@@ -451,6 +505,14 @@ def report_skipped(skipped: dict[str, list[BadEntry]], out: Path, *, shown: int 
     more = [f"  ... and {len(lines) - shown} more"] if len(lines) > shown else []
     log.warning("\n".join([f"skipped {len(lines)} bad entries (data.skip_bad=true), listed in {path}:"]
                           + [f"  {line}" for line in lines[:shown]] + more))
+
+
+def _last_good_checkpoint(out: Path, saved_epoch: int) -> str:
+    """The sentence a divergence message ends with: which checkpoint holds the last good weights."""
+    if saved_epoch and (out / "last.pt").is_file():
+        return (f"The last good checkpoint is {out / 'last.pt'} (epoch {saved_epoch}); continue from it with "
+                f"hsbs train --resume {out} and a lower train.lr.")
+    return "No checkpoint was written: the run diverged before its first epoch ended."
 
 
 def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: dict, extra: dict,
@@ -538,6 +600,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue RUN (a run directory or its last.pt) with its stored config plus overrides; "
                              "the model and the data it was trained on cannot change")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
+    parser.add_argument("--overwrite", "--force", action="store_true",
+                        help="write into --out even when it holds another run or files that are not a run")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides such as train.epochs=2 data.n_train=256 model.options.bsa=false")
     parser.epilog = ("Examples: hsbs train --data rafdb --method hsbs data.root=/data/RAF-DB/basic; "
@@ -558,9 +622,11 @@ def run_train(args: argparse.Namespace) -> int:
         config.out = args.out
     if args.device:
         config.train.device = args.device
+    if not args.resume:
+        refuse_another_run(config.out, config, overwrite=args.overwrite)
     try:
-        result = fit(config, resume=args.resume)
-    except NonFiniteLossError as error:
+        result = fit(config, resume=args.resume, overwrite=args.overwrite)
+    except (NonFiniteLossError, RunFolderBusyError) as error:
         print(f"hsbs train: {error}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

@@ -254,12 +254,14 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
 
 def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
                  checkpoint: str = "best.pt", device: str = "cpu", samples: int = 512, cam_method: str = "gradcam",
-                 seed: int = 0, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+                 seed: int = 0, formats: Sequence[str] = ("png", "pdf"),
+                 data_overrides: Sequence[str] = ()) -> list[Path]:
     """Every figure of ``run_dir``, and with ``compare_dir`` those of the second run and the side-by-side
-    ones, drawn on the same test images. Returns the written paths."""
+    ones, drawn on the same test images. ``data_overrides`` (``data.root=...``) are the user's data settings,
+    which win over the run's stored ones. Returns the written paths."""
     options = dict(cam_method=cam_method, seed=seed, formats=formats)
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
-    data = load_eval_data(run, max_samples=samples)
+    data = load_eval_data(run, max_samples=samples, overrides=data_overrides)
     summary = write_run_figures(run, data, out, **options)
     paths = list(summary.paths)
     if compare_dir is not None:

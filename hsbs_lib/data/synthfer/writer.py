@@ -11,20 +11,44 @@ from hsbs_lib.data.synthfer.params import EXPRESSION_CLASSES
 from hsbs_lib.data.synthfer.render import render_synthfer
 
 
+META_NAME = "synthfer_meta.npz"   # also the mark of a folder this writer filled
+WRITING_NAME = ".hsbs-synth-writing"   # present while writing, so an interrupted write can be redone
+
+
+def refuse_foreign_folder(root: Path, *, overwrite: bool = False) -> None:
+    """Refuse a folder that holds files and was not written by :func:`write_rafdb_layout` (no
+    synthfer_meta.npz), e.g. a RAF-DB copy whose label file and images would be replaced."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"--out {root} is a file, not a folder")
+    names = sorted(path.name for path in root.iterdir())
+    if names and META_NAME not in names and WRITING_NAME not in names and not overwrite:
+        shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+        raise ValueError(f"--out {root} already holds files ({shown}) that hsbs synth did not write; its label file "
+                         "and images would be replaced. Choose an empty or new folder, or pass --overwrite")
+
+
 def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed: int = 0,
-                       balanced: bool = False, chunk: int = 512) -> Path:
+                       balanced: bool = False, chunk: int = 512, overwrite: bool = False) -> Path:
     """Write SynthFER to ``out`` in the RAF-DB basic layout and return ``out``.
 
     ``EmoLabel/list_patition_label.txt`` (lines ``train_00001.jpg 4``, RAF digits = canonical + 1),
     ``Image/aligned/train_00001_aligned.jpg`` (JPEG, quality 95), test files ``test_0001.jpg`` onwards,
     and ``synthfer_meta.npz`` with file_names, labels, poses, subjects, intensity, occluded and masks
     (N, 4, S, S) in the order of file_names.
+
+    ``out`` must be new, empty or an earlier output of this function; ``overwrite`` writes into any folder.
     """
     from PIL import Image
 
     root = Path(out)
+    refuse_foreign_folder(root, overwrite=overwrite)
     image_dir = root / "Image" / "aligned"
     label_dir = root / "EmoLabel"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / WRITING_NAME).touch()
+    (root / META_NAME).unlink(missing_ok=True)   # an earlier output's extras no longer describe the folder
     image_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -44,7 +68,8 @@ def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed:
                 meta[key].append(rendered[key])
     (label_dir / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
     arrays = {key: np.concatenate(value) if value else np.zeros(0) for key, value in meta.items()}
-    np.savez_compressed(root / "synthfer_meta.npz", file_names=np.array(names), **arrays)
+    np.savez_compressed(root / META_NAME, file_names=np.array(names), **arrays)
+    (root / WRITING_NAME).unlink()
     return root
 
 
@@ -59,6 +84,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of images in the test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--balanced", action="store_true", help="uniform classes instead of RAF-DB's shares")
+    parser.add_argument("--overwrite", "--force", action="store_true",
+                        help="write into --out even when it holds files hsbs synth did not write")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -70,7 +97,7 @@ def run_synth(args: argparse.Namespace) -> int:
     n_train = args.n - n_test
     start = time.perf_counter()
     root = write_rafdb_layout(args.out, n_train=n_train, n_test=n_test, size=args.size, seed=args.seed,
-                              balanced=args.balanced)
+                              balanced=args.balanced, overwrite=args.overwrite)
     labels = [int(line.split()[1]) - 1 for line in
               (root / "EmoLabel" / "list_patition_label.txt").read_text().split("\n") if line]
     counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(EXPRESSION_CLASSES))

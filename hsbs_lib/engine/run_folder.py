@@ -1,0 +1,176 @@
+"""A run folder is written by one process at a time, and never over files a run did not write.
+
+:func:`claim_run_folder` is what :func:`hsbs_lib.engine.train.fit` does first: it refuses a folder holding
+files that are not a run of hsbs_lib (unless ``overwrite``), takes the folder's lock file, and removes the
+temporary checkpoint files a killed write left behind. The lock file holds the writer's host and process
+id; a lock whose process is gone (killed, crashed) is stale and taken over.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from hsbs_lib.config import Config
+from hsbs_lib.engine.build import trained_same_recipe
+
+log = logging.getLogger("hsbs_lib.engine")
+
+LOCK_NAME = ".hsbs-run.lock"
+# save_checkpoint writes NAME to ".NAME.<random>.tmp" in the same folder, then renames it.
+TEMPORARY_PATTERN = ".*.pt.*.tmp"
+# What fit writes into a run folder (plus figures drawn into it, a skipped-entries list, ...).
+RUN_MARKER = "config.yaml"
+RUN_OUTPUTS = ("last.pt", "best.pt", "eval.json", "metrics.csv")
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Names in ``folder`` when it holds files but is not a run folder (no config.yaml); else []."""
+    if not folder.is_dir():
+        return []
+    names = sorted(path.name for path in folder.iterdir()
+                   if path.name != LOCK_NAME and not path.match(TEMPORARY_PATTERN))
+    return [] if not names or RUN_MARKER in names else names
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary checkpoint files of writes that never finished; returns what was removed.
+
+    Only called while holding the folder's lock, so no live writer owns them."""
+    removed = []
+    for path in folder.glob(TEMPORARY_PATTERN):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d unfinished checkpoint write(s) in %s: %s", len(removed), folder,
+                 ", ".join(path.name for path in removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # alive, owned by another user
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """The lock's recorded writer, or None when the lock is stale (its process is gone) or unreadable."""
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None           # half-written or damaged: its writer died before finishing it
+    if host == socket.gethostname() and not _process_alive(pid):
+        return None
+    return holder
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder``'s lock file while the block runs; a second writer gets :class:`RunFolderBusyError`.
+
+    A lock left by a dead process on this host is taken over (with a log line)."""
+    path = Path(folder) / LOCK_NAME
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                raise RunFolderBusyError(
+                    f"run folder {folder} is in use by process {holder['pid']} on {holder['host']} "
+                    f"(lock file {path}); wait for it to finish or choose another --out (delete the lock file only "
+                    "if that process is not training)") from None
+            log.info("taking over the stale lock %s (its process is gone)", path)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(record)
+        break
+    else:
+        raise RunFolderBusyError(f"could not take the lock file {path}: another process keeps taking it")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main_process: bool = True
+                     ) -> Iterator[Path]:
+    """Check, lock and tidy ``folder`` for one training run (only the main process writes or locks).
+
+    Raises ValueError when the folder holds files that are not a run (unless ``overwrite``) and
+    :class:`RunFolderBusyError` when another live process is writing into it."""
+    folder = Path(folder)
+    # Every process checks (the main one only adds run files and its lock), so all of them refuse together.
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"run folder {folder} is a file, not a folder; choose another --out")
+    foreign = foreign_files(folder)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"run folder {folder} holds files that are not a training run ({shown}); "
+                         "choose an empty or new --out, or pass --overwrite to write into it anyway")
+    if not main_process:
+        yield folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(folder):
+        remove_stale_temporaries(folder)
+        yield folder
+
+
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: bool = False) -> None:
+    """Refuse to start a fresh run in ``folder`` when it holds a run of another recipe (``hsbs train --out``).
+
+    A run of the same recipe is reused as before. With ``overwrite`` the other run's checkpoints, metrics
+    and evaluation are removed first, so nothing of it is mistaken for the new run's."""
+    folder = Path(folder)
+    saved = folder / RUN_MARKER
+    if not saved.is_file():
+        return
+    try:
+        stored = yaml.safe_load(saved.read_text()) or {}
+    except yaml.YAMLError:
+        stored = None
+    if isinstance(stored, dict) and trained_same_recipe(stored, config):
+        return
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            (folder / name).unlink(missing_ok=True)
+        log.info("replacing the run in %s (--overwrite)", folder)
+        return
+    if isinstance(stored, dict):
+        old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())
+        keys = [key for key in new if key.split(".")[0] in ("data", "model", "train")
+                and key.split(".")[-1] not in ("progress", "device", "threads") and old.get(key) != new[key]]
+        what = f"a run of another recipe (differing in {', '.join(keys[:4]) or 'model options'})"
+    else:
+        what = "a run whose config.yaml cannot be read"
+    raise ValueError(f"{folder} holds {what}; continue it with hsbs train --resume {folder}, choose another --out, "
+                     "or pass --overwrite to replace it")

@@ -1,0 +1,428 @@
+"""Outputs never destroy user data; divergence is caught; a checkpoint's stored config is not trusted.
+
+Issue 17, items 11-15 and the default folder of ``hsbs figures``, as one table of named cases (``CASES``)
+with the expected outcome of each: ``pytest tests/test_bad_output.py`` reports how many were tried and
+how many held. Every case runs the command (or the library call) a user would, on tiny settings. Cases
+whose outcome starts with "keeps working" guard what must stay allowed; every other case failed before
+the fix it tests.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hsbs_lib.cli import main
+from hsbs_lib.config import load_config
+from hsbs_lib.engine import train as train_module
+from hsbs_lib.engine.checkpoint import load_checkpoint, save_checkpoint
+from hsbs_lib.engine.runs import load_eval_data, load_run
+from hsbs_lib.engine.train import NonFiniteLossError, fit, resume_config
+from hsbs_lib.models.baseline import Baseline
+from hsbs_lib.models.registry import register_model, unregister_model
+
+from fakes import make_rafdb_basic
+
+TINY = ["model.name=baseline", "model.backbone_width=16", "data.input_size=32", "data.n_train=48", "data.n_val=16",
+        "data.n_test=16", "train.epochs=1", "train.batch_size=16", "train.progress=false", "train.threads=1",
+        "train.device=cpu"]
+
+
+@dataclass
+class Env:
+    """What a case works with: a fresh folder, a finished tiny run (copy it before changing it), pytest's
+    output capture, log capture and monkeypatch."""
+
+    tmp: Path
+    run: Path
+    capsys: pytest.CaptureFixture
+    caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch
+
+    def hsbs(self, *argv: str) -> tuple[int, str, str]:
+        """Run the ``hsbs`` command in-process: (exit status, stdout, stderr)."""
+        self.capsys.readouterr()
+        status = main([str(arg) for arg in argv])
+        captured = self.capsys.readouterr()
+        return status, captured.out, captured.err
+
+    def copy_run(self, name: str = "copy") -> Path:
+        return Path(shutil.copytree(self.run, self.tmp / name))
+
+    def config(self, out: Path, *overrides: str):
+        return load_config(None, [*TINY, f"data.cache_dir={self.tmp / 'cache'}", f"out={out}", *overrides])
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, to show that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(err: str, *words: str) -> None:
+    assert "Traceback" not in err and err.strip(), err
+    for word in words:
+        assert word in err, (word, err)
+
+
+# ------------------------------------------------------------------------------------- 11: exports
+
+def export_onto_its_own_checkpoint(env: Env) -> None:
+    run = env.copy_run()
+    before = (run / "best.pt").read_bytes()
+    status, _, err = env.hsbs("export", "--checkpoint", run / "best.pt", "--out", run / "best.pt")
+    assert status == 1 and (run / "best.pt").read_bytes() == before
+    one_line_error(err, "replace the checkpoint")
+    status, _, err = env.hsbs("export", "--checkpoint", run / "best.pt", "--out", run / "best.pt", "--force")
+    assert status == 1 and (run / "best.pt").read_bytes() == before
+
+
+def export_sidecar_onto_the_model(env: Env) -> None:
+    status, _, err = env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", env.tmp / "model.json")
+    assert status == 1 and not (env.tmp / "model.json").exists()
+    one_line_error(err, "metadata file would overwrite")
+
+
+def export_onto_a_foreign_file(env: Env) -> None:
+    (env.tmp / "model.pt").write_bytes(b"someone's model")
+    status, _, err = env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", env.tmp / "model.pt")
+    assert status == 1 and (env.tmp / "model.pt").read_bytes() == b"someone's model"
+    one_line_error(err, "model.pt", "--force")
+    assert env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", env.tmp / "model.pt", "--force")[0] == 0
+    assert torch.jit.load(str(env.tmp / "model.pt")) is not None
+
+
+def export_again_replaces_its_own_export(env: Env) -> None:
+    out = env.tmp / "exported.pt"
+    assert env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", out)[0] == 0
+    first = out.stat().st_mtime_ns
+    assert env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", out)[0] == 0
+    assert out.stat().st_mtime_ns >= first and json.loads(out.with_suffix(".json").read_text())["written_by"]
+
+
+# --------------------------------------------------------------------------------------- 11: synth
+
+def synth_onto_a_dataset_copy(env: Env) -> None:
+    root = env.tmp / "RAF-DB"
+    make_rafdb_basic(root)
+    before = tree(root)
+    status, _, err = env.hsbs("synth", "--out", root, "--n", 4, "--size", 16)
+    assert status == 1 and tree(root) == before
+    one_line_error(err, str(root), "--overwrite")
+    assert env.hsbs("synth", "--out", root, "--n", 4, "--size", 16, "--overwrite")[0] == 0
+    assert (root / "synthfer_meta.npz").is_file()
+
+
+def synth_again_into_its_own_output(env: Env) -> None:
+    root = env.tmp / "synth"
+    assert env.hsbs("synth", "--out", root, "--n", 4, "--size", 16)[0] == 0
+    assert env.hsbs("synth", "--out", root, "--n", 5, "--size", 16, "--seed", 1)[0] == 0
+    assert len((root / "EmoLabel" / "list_patition_label.txt").read_text().split()) == 10
+
+
+# --------------------------------------------------------------------------------------- 11: train
+
+def train_onto_unrelated_files(env: Env) -> None:
+    folder = env.tmp / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    status, _, err = env.hsbs("train", "--out", folder, *TINY, f"data.cache_dir={env.tmp / 'cache'}")
+    assert status == 1 and tree(folder) == {"thesis.tex": b"years of work"}
+    one_line_error(err, "thesis.tex", "--overwrite")
+
+
+def train_onto_another_run(env: Env) -> None:
+    run = env.copy_run()
+    before = tree(run)
+    overrides = [*TINY, f"data.cache_dir={env.tmp / 'cache'}", "train.lr=0.01"]
+    status, _, err = env.hsbs("train", "--out", run, *overrides)
+    assert status == 1 and tree(run) == before
+    one_line_error(err, "another recipe", "train.lr", "--resume")
+    assert env.hsbs("train", "--out", run, "--overwrite", *overrides)[0] == 0
+    assert load_checkpoint(run / "best.pt")["config"]["train"]["lr"] == 0.01
+
+
+def second_writer_is_locked_out(env: Env) -> None:
+    run = env.copy_run()
+    # A live process (this one) holds the lock, as a first `hsbs train` would.
+    (run / ".hsbs-run.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    before = (run / "last.pt").read_bytes()
+    status, _, err = env.hsbs("train", "--resume", run, "train.epochs=2")
+    assert status == 1 and (run / "last.pt").read_bytes() == before
+    one_line_error(err, "in use by process", str(os.getpid()))
+
+
+def stale_lock_of_a_dead_process_is_taken_over(env: Env) -> None:
+    run = env.copy_run()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run / ".hsbs-run.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    assert env.hsbs("train", "--resume", run, "train.epochs=2")[0] == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and not (run / ".hsbs-run.lock").exists()
+
+
+# ------------------------------------------------------------------------------------- 12: overlays
+
+def overlays_of_inputs_sharing_a_stem(env: Env) -> None:
+    image = np.full((32, 32, 3), 120, np.uint8)
+    for path in (env.tmp / "a" / "face.png", env.tmp / "b" / "face.png", env.tmp / "a" / "face.jpg"):
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(path)
+    out = env.tmp / "overlays"
+    status, _, _ = env.hsbs("predict", "--checkpoint", env.run / "best.pt", "--no-detect", "--save-overlay", out,
+                            env.tmp / "a", env.tmp / "b")
+    assert status == 0 and len(list(out.glob("*.png"))) == 3, sorted(p.name for p in out.iterdir())
+
+
+# ------------------------------------------------------------------------- 13: interrupted writes
+
+def stale_temporary_checkpoint_is_removed(env: Env) -> None:
+    run = env.copy_run()
+    leftover = run / ".last.pt.k1ll3d.tmp"        # what a SIGKILL during save_checkpoint leaves
+    leftover.write_bytes(b"\0" * 1024)
+    fit(resume_config(run, ["train.epochs=2"]), resume=run)
+    assert not leftover.exists() and load_checkpoint(run)["epoch"] == 2
+
+
+def best_is_written_before_last_records_it(env: Env) -> None:
+    real_save = train_module.save_checkpoint
+
+    def killed_during_best(path, **parts):
+        if Path(path).name == "best.pt":
+            raise KeyboardInterrupt("killed while writing best.pt")
+        return real_save(path, **parts)
+
+    env.monkeypatch.setattr(train_module, "save_checkpoint", killed_during_best)
+    out = env.tmp / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(env.config(out))
+    # last.pt must not claim a best epoch whose file is missing
+    assert (out / "best.pt").is_file() or not (out / "last.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------- 14: divergence
+
+class NanGradientsAt(Baseline):
+    """A baseline whose loss stays finite while step ``bad_step`` leaves NaN in the weights (sqrt at 0)."""
+
+    def __init__(self, *args, bad_step: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_step, self.steps = bad_step, 0
+
+    def loss(self, output, targets):
+        self.steps += 1
+        terms = super().loss(output, targets)
+        if self.steps == self.bad_step:   # value 0, gradient 0 * inf = NaN
+            terms["aux"] = 0.0 * (output.logits - output.logits.detach()).abs().sqrt().sum()
+        return terms
+
+
+class ExplodesAt(Baseline):
+    """A baseline whose loss jumps a million-fold (finite) from step ``bad_step`` on."""
+
+    def __init__(self, *args, bad_step: int = 12, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_step, self.steps = bad_step, 0
+
+    def loss(self, output, targets):
+        self.steps += 1
+        terms = super().loss(output, targets)
+        if self.steps >= self.bad_step:
+            terms["aux"] = output.logits.sum() * 0.0 + 1e6
+        return terms
+
+
+def registered(name: str, factory) -> Callable:
+    def wrap(case):
+        def run(env: Env) -> None:
+            register_model(name)(factory)
+            try:
+                case(env)
+            finally:
+                unregister_model(name)
+        run.__name__ = case.__name__
+        return run
+    return wrap
+
+
+@registered("nan_gradients_at", NanGradientsAt)
+def non_finite_weights_are_never_saved(env: Env) -> None:
+    out = env.tmp / "run"
+    # 3 steps an epoch; the last step of epoch 2 leaves NaN weights behind a finite loss.
+    config = env.config(out, "model.name=nan_gradients_at", "model.options.bad_step=6", "train.epochs=2",
+                        "train.max_steps_per_epoch=3")
+    with pytest.raises(NonFiniteLossError, match="non-finite weights") as raised:
+        fit(config)
+    assert f"{out / 'last.pt'} (epoch 1)" in str(raised.value)
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+@registered("explodes_at", ExplodesAt)
+def exploding_loss_is_divergence(env: Env) -> None:
+    out = env.tmp / "run"
+    config = env.config(out, "model.name=explodes_at", "model.options.bad_step=14", "train.epochs=3",
+                        "train.batch_size=4", "train.max_steps_per_epoch=8")
+    with pytest.raises(NonFiniteLossError, match="exploded at step 14") as raised:
+        fit(config)
+    assert f"{out / 'last.pt'} (epoch 1)" in str(raised.value)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+@registered("explodes_at", ExplodesAt)
+def divergence_in_the_first_epoch_claims_no_checkpoint(env: Env) -> None:
+    out = env.tmp / "run"
+    config = env.config(out, "model.name=explodes_at", "model.options.bad_step=11", "train.batch_size=4")
+    with pytest.raises(NonFiniteLossError) as raised:
+        fit(config)
+    assert "No checkpoint was written" in str(raised.value) and not (out / "last.pt").exists()
+
+
+def save_refuses_non_finite_weights(env: Env) -> None:
+    state = load_checkpoint(env.run / "best.pt")
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], math.nan)
+    with pytest.raises(ValueError, match=name):
+        save_checkpoint(env.tmp / "last.pt", **state)
+    assert not list(env.tmp.glob("*.pt*")) and not list(env.tmp.glob(".*.tmp"))
+
+
+def predict_refuses_a_non_finite_model(env: Env) -> None:
+    state = load_checkpoint(env.run / "best.pt")
+    running_var = next(key for key in state["model"] if key.endswith("running_var"))
+    state["model"][running_var] = torch.full_like(state["model"][running_var], math.nan)
+    torch.save(state, env.tmp / "diverged.pt")    # written past the guard, as an old version could
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(env.tmp / "face.png")
+    status, out, err = env.hsbs("predict", "--checkpoint", env.tmp / "diverged.pt", "--no-detect", "--format",
+                                "jsonl", env.tmp / "face.png")
+    assert status == 1 and "NaN" not in out
+    one_line_error(err, "non-finite weights", running_var)
+
+
+# ------------------------------------------------------------------ 15: stored config is not trusted
+
+def stored_run(env: Env, **data: object) -> Path:
+    """A copy of the tiny run whose checkpoints claim other data settings (as a foreign checkpoint could)."""
+    run = env.copy_run()
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(run / name)
+        state["config"]["data"].update(data)
+        torch.save(state, run / name)
+    return run
+
+
+def eval_uses_the_users_data_root(env: Env) -> None:
+    make_rafdb_basic(env.tmp / "mine")
+    run = stored_run(env, name="rafdb", root=str(env.tmp / "stored-elsewhere"))
+    env.monkeypatch.setenv("HSBS_DATA", str(env.tmp / "mine"))
+    status, out, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json")
+    assert status == 0, err
+    assert json.loads((env.tmp / "eval.json").read_text())["n"] == 3     # the fake copy's 3 test images
+
+
+def eval_prints_a_stored_root_it_uses(env: Env) -> None:
+    make_rafdb_basic(env.tmp / "stored")
+    run = stored_run(env, name="rafdb", root=str(env.tmp / "stored"))
+    env.monkeypatch.delenv("HSBS_DATA", raising=False)
+    with env.caplog.at_level("INFO"):
+        status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json")
+    assert status == 0, err
+    assert f"data.root={env.tmp / 'stored'} stored in" in env.caplog.text
+
+
+def eval_refuses_a_huge_stored_n_test(env: Env) -> None:
+    run = stored_run(env, n_test=10**12)
+    status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json")
+    assert status == 1 and not (env.tmp / "eval.json").exists()
+    one_line_error(err, "data.n_test=1000000000000")
+    assert env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json", "data.n_test=16")[0] == 0
+
+
+def figures_use_the_users_data_root(env: Env) -> None:
+    make_rafdb_basic(env.tmp / "mine")
+    run = stored_run(env, name="rafdb", root=str(env.tmp / "stored-elsewhere"))
+    env.monkeypatch.setenv("HSBS_DATA", str(env.tmp / "mine"))
+    data = load_eval_data(load_run(run))
+    assert data is not None and len(data.labels) == 3
+
+
+def figures_default_beside_the_run_not_in_the_checkout(env: Env) -> None:
+    from hsbs_lib.viz import figures as figures_module, style
+
+    checkout = env.tmp / "checkout"
+    env.monkeypatch.setattr(style, "repo_root", lambda: checkout)     # where the package's figures/ would be
+    env.monkeypatch.delenv("HSBS_FIGURES", raising=False)
+    env.monkeypatch.setattr(figures_module, "load_eval_data", lambda run, **kw: None)   # metric figures only
+    run = env.copy_run()
+    status, _, err = env.hsbs("figures", "--run", run, "--formats", "png")
+    assert status == 0, err
+    assert not checkout.exists() and list((run / "figures").glob("*_curves.png"))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    item: int          # issue 17 item
+    expected: str      # the outcome the case asserts
+    check: Callable[[Env], None]
+
+
+CASES = [
+    Case("export --out onto its own checkpoint", 11, "refused (exit 1), checkpoint unchanged, even with --force",
+         export_onto_its_own_checkpoint),
+    Case("export --out x.json", 11, "refused: the sidecar would replace the model", export_sidecar_onto_the_model),
+    Case("export --out onto a foreign file", 11, "refused without --force; replaced with it", export_onto_a_foreign_file),
+    Case("export twice to one path", 11, "keeps working: the earlier export is replaced", export_again_replaces_its_own_export),
+    Case("synth --out onto a RAF-DB copy", 11, "refused, copy unchanged; written with --overwrite",
+         synth_onto_a_dataset_copy),
+    Case("synth twice into one folder", 11, "keeps working: its own output is replaced", synth_again_into_its_own_output),
+    Case("train --out onto unrelated files", 11, "refused, files unchanged", train_onto_unrelated_files),
+    Case("train --out onto another recipe's run", 11, "refused naming the key; replaced with --overwrite",
+         train_onto_another_run),
+    Case("a second writer into a locked run", 11, "refused naming the live process", second_writer_is_locked_out),
+    Case("a stale lock of a dead process", 11, "taken over, released at the end",
+         stale_lock_of_a_dead_process_is_taken_over),
+    Case("predict --save-overlay, inputs sharing a stem", 12, "one overlay per input", overlays_of_inputs_sharing_a_stem),
+    Case("a temporary file from a killed checkpoint write", 13, "removed by the next run in the folder",
+         stale_temporary_checkpoint_is_removed),
+    Case("killed while writing the first best.pt", 13, "no last.pt claiming a missing best.pt",
+         best_is_written_before_last_records_it),
+    Case("NaN weights behind a finite loss", 14, "stopped, nothing non-finite saved, last good last.pt named",
+         non_finite_weights_are_never_saved),
+    Case("a loss 1e6 times its running median", 14, "stopped as divergence, last good last.pt named",
+         exploding_loss_is_divergence),
+    Case("divergence in the first epoch", 14, "the message claims no checkpoint", divergence_in_the_first_epoch_claims_no_checkpoint),
+    Case("save_checkpoint with NaN weights", 14, "refused, nothing written", save_refuses_non_finite_weights),
+    Case("predict with a non-finite checkpoint", 14, "refused, no bare NaN printed", predict_refuses_a_non_finite_model),
+    Case("eval: stored data.root vs the user's $HSBS_DATA", 15, "the user's root is used", eval_uses_the_users_data_root),
+    Case("eval: stored data.root, user gave none", 15, "used and printed", eval_prints_a_stored_root_it_uses),
+    Case("eval: stored data.n_test=1e12", 15, "refused unless the user gives data.n_test",
+         eval_refuses_a_huge_stored_n_test),
+    Case("figures: stored data.root vs the user's $HSBS_DATA", 15, "the user's root is used",
+         figures_use_the_users_data_root),
+    Case("figures without --out", 0, "written into RUN/figures, never into the package checkout",
+         figures_default_beside_the_run_not_in_the_checkout),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished tiny SynthFER run (best.pt, last.pt, config.yaml, metrics.csv, eval.json)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    fit(load_config(None, [*TINY, f"data.cache_dir={out.parent / 'cache'}", f"out={out}"]))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_output(case: Case, tiny_run, tmp_path, capsys, caplog, monkeypatch):
+    case.check(Env(tmp_path, tiny_run, capsys, caplog, monkeypatch))
