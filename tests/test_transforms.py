@@ -185,3 +185,60 @@ def test_pipeline_benchmark_reports_every_path_against_decoding():
     assert "building the uint8 cache of 64 files" in table[5]
     speeds = [float(line.split("|")[2].replace(",", "")) for line in table[2:]]
     assert all(speed > 0 for speed in speeds)
+
+
+class PosedFER(NoiseFER):
+    """NoiseFER whose poses use ``bins`` yaw bins, every bin present, and which says so (``pose_bins``)."""
+
+    def __init__(self, bins: int, n: int = 28, size: int = 8, declare: bool = True):
+        super().__init__(n=n, size=size)
+        self.poses = [i % bins for i in range(n)]
+        if declare:
+            self.pose_bins = bins
+
+
+def _flip_config(**options):
+    from hsbs_lib.config import Config
+
+    config = Config()
+    config.data.augment, config.data.input_size, config.data.num_classes = "flip", 8, 7
+    config.train.batch_size, config.train.seed = 28, 1
+    config.model.options = dict(options)
+    return config
+
+
+@pytest.mark.parametrize("pipeline", ["device", "loader"])
+@pytest.mark.parametrize("bins", [3, 5, 7])
+def test_training_loader_mirrors_pose_with_the_datasets_own_bins(bins, pipeline):
+    from hsbs_lib.data.pipeline.loaders import make_loader
+
+    dataset = PosedFER(bins)
+    loader = make_loader(dataset, _flip_config(), train=True, device=torch.device("cpu"), pipeline=pipeline)
+    (images, targets), = _batches(loader)
+    poses, flips = torch.tensor(dataset.poses)[targets["index"]], 0
+    for image, index, pose, new_pose in zip(images, targets["index"], poses, targets["pose"]):
+        plain = normalize(torch.from_numpy(dataset.images[int(index)]).permute(2, 0, 1)[None])[0]
+        flipped = not torch.allclose(image, plain, atol=1e-5)
+        assert int(new_pose) == (bins - 1 - int(pose) if flipped else int(pose))
+        flips += flipped
+    assert 0 < flips < len(images)
+    assert targets["pose"].min() >= 0 and targets["pose"].max() < bins
+
+
+def test_pose_bins_come_from_the_model_when_the_dataset_does_not_say():
+    from hsbs_lib.data.pipeline.loaders import pose_bins_for
+
+    assert pose_bins_for(PosedFER(7, declare=False), _flip_config(num_poses=7)) == 7
+    assert pose_bins_for(PosedFER(7), _flip_config()) == 7
+    # Bins 0..4 seen, 7 declared by the model: the flip still mirrors around the model's 7 bins.
+    assert pose_bins_for(PosedFER(5, declare=False), _flip_config(num_poses=7)) == 7
+    assert pose_bins_for(PosedFER(3, declare=False), _flip_config()) == 3
+
+
+def test_pose_bins_that_disagree_or_do_not_fit_are_readable_errors():
+    from hsbs_lib.data.pipeline.loaders import pose_bins_for
+
+    with pytest.raises(ValueError, match="num_poses=5 but dataset 'noise' has 7 pose bins"):
+        pose_bins_for(PosedFER(7), _flip_config(num_poses=5))
+    with pytest.raises(ValueError, match="pose label 6, out of range for 5 pose bins"):
+        pose_bins_for(PosedFER(7, declare=False), _flip_config(num_poses=5))

@@ -299,6 +299,33 @@ def as_cached_split(data: Any, size: int, *, cache_dir: str | None = None, skip_
     return cache_split(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
 
 
+def pose_bins_for(data: Any, config: Config) -> int:
+    """The number of yaw bins P that a flip mirrors pose labels around (bin p becomes P - 1 - p).
+
+    The model's ``num_poses`` option when given, else the dataset's ``pose_bins``; the two must agree.
+    A source that says neither is taken to use one bin more than its largest pose label. Raises
+    ValueError when a pose label does not fit in P bins (a flip would make it negative).
+    """
+    declared = getattr(data, "pose_bins", None)
+    requested = config.model.options.get("num_poses")
+    name = getattr(data, "name", type(data).__name__)
+    if requested is not None and declared is not None and int(requested) != int(declared):
+        raise ValueError(f"model.options.num_poses={requested} but dataset '{name}' has {declared} pose bins")
+    bins = requested if requested is not None else declared
+    poses = poses_of(data)
+    if poses is None:
+        return int(bins) if bins is not None else POSE_BINS    # no pose labels: nothing to mirror
+    largest = int(poses.max())
+    if bins is None:
+        log.warning("dataset '%s' does not say how many pose bins it has: assuming %d (0..%d, its largest label); "
+                    "set model.options.num_poses if that is wrong, or a flip mislabels poses", name, largest + 1, largest)
+        return largest + 1
+    if largest >= int(bins):
+        raise ValueError(f"dataset '{name}' has pose label {largest}, out of range for {bins} pose bins "
+                         f"(model.options.num_poses or the dataset's pose_bins)")
+    return int(bins)
+
+
 def make_loader(data: Any, config: Config, *, train: bool, device: torch.device, pipeline: str,
                 context: Any = None, normalization: dict | None = None) -> DeviceBatchLoader | SampleBatchLoader:
     """One loader for a training (shuffled, augmented, sharded) or evaluation split.
@@ -313,7 +340,7 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
                    rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,
                    max_steps=t.max_steps_per_epoch if train else None,
-                   pose_bins=POSE_BINS)  # SynthFER and KDEF both use 5 yaw bins
+                   pose_bins=pose_bins_for(data, config))
     if d.sampler not in ("none", "balanced"):
         raise ValueError(f"data.sampler must be none or balanced, got '{d.sampler}'")
     if pipeline == "device":
