@@ -10,9 +10,9 @@ from hsbs_lib.losses.clcl import CLBSLoss, CLFMLoss, channel_codes, cluster_alig
 from hsbs_lib.models import create_model, list_models
 from hsbs_lib.models.backbones import ResNetBackbone
 from hsbs_lib.models.backbones import stage_sizes
-from hsbs_lib.models.clcl import MultiScaleHead, msr_geometry
+from hsbs_lib.models.clcl import DESIGN_GEOMETRY, RELEASED_GEOMETRY, MultiScaleHead, msr_geometry
 
-# METHODS.md section 2: (kernel, stride, padding) of the layer1..4 MSR convs.
+# METHODS.md, CLCL: (kernel, stride, padding) of the layer1..4 MSR convs; 224 px released, 112 px ours.
 METHODS_GEOMETRY = {
     224: [(4, 11, 1), (8, 11, 3), (16, 10, 2), (32, 8, 0)],
     112: [(2, 5, 0), (4, 5, 1), (8, 5, 1), (16, 5, 1)],
@@ -41,6 +41,14 @@ def test_msr_conv_geometry_matches_the_released_numbers(size):
     built = [(conv.kernel_size[0], conv.stride[0], conv.padding[0]) for conv in head.projections]
     assert built == METHODS_GEOMETRY[size]
     assert all(conv.bias is None and conv.out_channels == 128 for conv in head.projections)
+
+
+def test_only_the_224_px_geometry_is_labelled_as_released():
+    # The released code builds the MSR head for 224 px only; the 112 px sizes are our choice.
+    assert set(RELEASED_GEOMETRY) == {224} and set(DESIGN_GEOMETRY) == {112}
+    import hsbs_lib.models.clcl as clcl_module
+    released_part = clcl_module.__doc__.split("[design]")[0]
+    assert "2/5/0" not in released_part and "4/11/1" in released_part
 
 
 @pytest.mark.parametrize("side,stem", [(64, "standard"), (112, "standard"), (224, "standard"), (48, "small"),

@@ -1,4 +1,7 @@
-"""CLCL: Cross-Layer Contrastive Learning of latent semantics (Peng et al., IEEE TIP 33, 2024).
+"""CLCL: Cross-Layer Contrastive Learning of latent semantics.
+
+Xie et al., "Cross-Layer Contrastive Learning of Latent Semantics for Facial Expression
+Recognition", IEEE Transactions on Image Processing 33:2514-2529, 2024.
 
 [paper] Shallow layers are under-trained (their "learning intensity", the magnitude of the gradient
 that reaches them, is small); contrastive learning aligns shallow and deep latent semantics, and a
@@ -8,14 +11,15 @@ module fuses multi-layer features.
 - MSR head: each stage output x_l is PixelShuffled by r = 2, 4, 8, 16 (layer1..4), a per-layer conv
   (128 out, no bias) maps it to 128x11x11, the four maps are summed, 3x3 conv + BN, the channel mean
   gives one 11x11 map, flattened to 121 and classified by one linear layer. Conv kernel/stride/padding
-  at 224 px: 4/11/1, 8/11/3, 16/10/2, 32/8/0; at 112 px: 2/5/0, 4/5/1, 8/5/1, 16/5/1.
+  at 224 px: 4/11/1, 8/11/3, 16/10/2, 32/8/0 (the released code has no other input size).
 - The released head adds the batch mean of the fused map to every sample's map.
 - CLBS projections: sigmoid, 3x3 conv 128 -> 4 (with bias), flattened to 4*11*11 = 484.
 - Loss: CE + sum_l lambda_l (L_clfm + L_clbs); released weights align layer2 only, lambda_2 = 0.1.
 
 [design] our reconstruction or deviation:
+- The conv sizes at 112 px, 2/5/0, 4/5/1, 8/5/1, 16/5/1, are our choice (not in the released code).
 - Any input size: the conv geometry is chosen at construction for ``input_size`` (the released numbers
-  at 224 and 112 px with the standard stem, derived ones otherwise, see :func:`msr_geometry`). If a
+  at 224 px and ours at 112 px with the standard stem, derived ones otherwise, see :func:`msr_geometry`). If a
   batch of another size arrives, each shuffled map is resized (bilinear) to the size the geometry was
   built for, so the grid stays 11x11; set ``input_size`` to the data's size to avoid that resize.
 - The batch-mean map is optional (``batch_mean``) and used in training only, so a prediction never
@@ -51,9 +55,12 @@ LAYERS = STAGE_NAMES
 #: is upsampled x2, so every shuffled map has (about) twice the layer1 resolution.
 SHUFFLE_FACTORS = (2, 4, 8, 16)
 MSR_GRID = 11
-#: [code] (kernel, stride, padding) of the per-layer MSR convs in the released code (standard stem).
+#: [code] (kernel, stride, padding) of the per-layer MSR convs in the released code (224 px, standard stem).
 RELEASED_GEOMETRY = {
     224: ((4, 11, 1), (8, 11, 3), (16, 10, 2), (32, 8, 0)),
+}
+#: [design] Fixed sizes at other inputs (standard stem), chosen by us: the released code has 224 px only.
+DESIGN_GEOMETRY = {
     112: ((2, 5, 0), (4, 5, 1), (8, 5, 1), (16, 5, 1)),
 }
 
@@ -96,12 +103,13 @@ def _derived_geometry(size: int, grid: int) -> ConvGeometry:
 def msr_geometry(input_size: int = 224, *, stem: str = "standard", grid: int = MSR_GRID) -> tuple[ConvGeometry, ...]:
     """The four MSR conv geometries for a square ``input_size`` input, each giving a grid x grid map.
 
-    224 and 112 px with the standard stem use the released numbers; other sizes use
-    :func:`_derived_geometry` on the shuffled map sizes (stage size x shuffle factor).
+    224 px with the standard stem uses the released numbers and 112 px ours (:data:`DESIGN_GEOMETRY`);
+    other sizes use :func:`_derived_geometry` on the shuffled map sizes (stage size x shuffle factor).
     """
     shuffled = [size * factor for size, factor in zip(stage_sizes(input_size, stem=stem), SHUFFLE_FACTORS)]
-    if stem == "standard" and grid == MSR_GRID and input_size in RELEASED_GEOMETRY:
-        geometry = tuple(ConvGeometry(k, s, p, size) for (k, s, p), size in zip(RELEASED_GEOMETRY[input_size], shuffled))
+    fixed = {**RELEASED_GEOMETRY, **DESIGN_GEOMETRY}
+    if stem == "standard" and grid == MSR_GRID and input_size in fixed:
+        geometry = tuple(ConvGeometry(k, s, p, size) for (k, s, p), size in zip(fixed[input_size], shuffled))
     else:
         geometry = tuple(_derived_geometry(size, grid) for size in shuffled)
     for item in geometry:
