@@ -254,7 +254,7 @@ def test_loss_is_deterministic_for_one_forward():
     assert first == second
 
 
-def test_batch_mean_is_train_only_and_eval_is_batch_independent():
+def test_batch_mean_map_is_added_in_training_and_eval_is_batch_independent():
     model = _model(batch_mean=True)
     images, _ = _batch(4)
     model.eval()
@@ -271,6 +271,24 @@ def test_batch_mean_is_train_only_and_eval_is_batch_independent():
     shift = with_mean.features - without_mean.features
     assert shift.abs().max() > 1e-4                               # the batch-mean map is added in training
     assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-6)   # ... and it is one map for the batch
+
+
+def test_batch_mean_train_and_eval_logits_agree_once_the_running_mean_settles():
+    # BatchNorm layers stay in eval mode throughout, so the batch-mean map is the only part of the
+    # model whose train and eval behaviour differ; evaluation must add what training added.
+    model = _model(batch_mean=True, clbs=False, clfm=False)
+    images, _ = _batch(8)
+    batch_norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    model.train()
+    for module in batch_norms:
+        module.eval()
+    with torch.no_grad():
+        for _ in range(100):           # momentum 0.1: the running mean is within 0.9^100 of the batch's
+            train_logits = model(images).logits
+        model.eval()
+        eval_logits = model(images).logits
+    assert (train_logits - eval_logits).abs().max() < 1e-4, (train_logits - eval_logits).abs().max()
+    assert not torch.equal(model.running_batch_mean, torch.zeros(11, 11))
 
 
 def test_each_switch_removes_its_term():

@@ -22,8 +22,9 @@ module fuses multi-layer features.
   at 224 px and ours at 112 px with the standard stem, derived ones otherwise, see :func:`msr_geometry`). If a
   batch of another size arrives, each shuffled map is resized (bilinear) to the size the geometry was
   built for, so the grid stays 11x11; set ``input_size`` to the data's size to avoid that resize.
-- The batch-mean map is optional (``batch_mean``) and used in training only, so a prediction never
-  depends on the rest of its batch.
+- The batch-mean map is optional (``batch_mean``). Training adds the batch's mean map and updates a
+  running mean of it (momentum 0.1, as BatchNorm); evaluation adds the running mean, so the classifier
+  sees the same bias in both modes and a prediction never depends on the rest of its batch.
 - CLBS teacher: the layer4 projection is detached before k-means, so it would never be trained; it is
   a fixed random projection kept as buffers rather than parameters that never get a gradient.
 - CLFM is the trainable variant of :mod:`hsbs_lib.losses.clcl` (the released one has no gradient).
@@ -187,7 +188,8 @@ class CLCL(FERModel):
         clfm: the cross-layer feature-map contrast (trainable variant).
         layer_weights: lambda_l for layer1..4, a 4-sequence or a dict such as {"layer2": 0.1};
             the released default aligns layer2 only. layer4 is the teacher and must stay 0.
-        batch_mean: add the batch-mean fused map in training (the released head); off in eval.
+        batch_mean: add the batch-mean fused map (the released head): the batch's own in training, a
+            running mean of it (``batch_mean_momentum``, as BatchNorm) in evaluation.
         clbs_clusters, clfm_clusters: K of the two k-means (7 and 4 as released).
         kmeans_iters, kmeans_seed: fixed Lloyd iterations and the seed of the k-means++ start.
         clfm_temperature: temperature of the spatial softmax that makes the CLFM channel codes.
@@ -204,6 +206,7 @@ class CLCL(FERModel):
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
                  *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True, clfm: bool = True,
                  layer_weights: Sequence[float] | Mapping = (0.0, 0.1, 0.0, 0.0), batch_mean: bool = False,
+                 batch_mean_momentum: float = 0.1,
                  clbs_clusters: int = 7, clfm_clusters: int = 4, kmeans_iters: int = 10, kmeans_seed: int = 0,
                  clfm_temperature: float = 1.0, input_size: int = 224, width: int = 128):
         super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
@@ -217,6 +220,10 @@ class CLCL(FERModel):
         if msr:
             self.head = MultiScaleHead(channels, input_size=input_size, stem=stem, width=width)
             self.classifier = nn.Linear(MSR_GRID * MSR_GRID, num_classes)
+            if batch_mean:
+                # What evaluation adds in place of the batch's mean map, tracked like BatchNorm's running mean.
+                self.batch_mean_momentum = float(batch_mean_momentum)
+                self.register_buffer("running_batch_mean", torch.zeros(MSR_GRID, MSR_GRID))
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
@@ -246,8 +253,8 @@ class CLCL(FERModel):
             per_layer, fused = self.head(stages)
             channel_mean = fused.mean(dim=1)                                     # (B, 11, 11)
             head_input = channel_mean
-            if self.batch_mean and self.training:
-                head_input = channel_mean + fused.mean(dim=(0, 1))
+            if self.batch_mean:
+                head_input = channel_mean + self._batch_mean_map(fused)
             features = head_input.flatten(1)                                     # (B, 121)
             maps["msr_map"] = channel_mean
             if self.clbs:
@@ -259,6 +266,16 @@ class CLCL(FERModel):
             features = self.pool(stages[-1]).flatten(1)
         logits = self.classifier(features)
         return ModelOutput(logits=logits, features=features, maps=maps, extras=extras)
+
+    def _batch_mean_map(self, fused: Tensor) -> Tensor:
+        """(B, width, 11, 11) -> (11, 11): the batch's mean map in training (the running mean is updated
+        from it), the running mean in evaluation."""
+        if not self.training:
+            return self.running_batch_mean.to(fused.dtype)
+        batch_map = fused.mean(dim=(0, 1))
+        with torch.no_grad():
+            self.running_batch_mean.lerp_(batch_map.detach().float(), self.batch_mean_momentum)
+        return batch_map
 
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """"ce" plus lambda_l-weighted "clbs/layerN" and "clfm/layerN" for every layer with lambda_l != 0."""
