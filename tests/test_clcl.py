@@ -202,7 +202,7 @@ def _grad_norms(term, modules):
 
 
 def test_every_term_trains_what_it_should_and_nothing_else():
-    model = _model(layer_weights=(0.1, 0.1, 0.1, 0.0)).train()
+    model = _model(layer_weights=(0.1, 0.1, 0.1, 0.0), clfm="trainable").train()
     images, targets = _batch(4)
     out = model(images)
     terms = model.loss(out, targets)
@@ -227,8 +227,9 @@ def test_every_term_trains_what_it_should_and_nothing_else():
             assert (norm > 0) == (name in trained), (f"clfm/layer{n}", name, norm)
 
 
-def test_total_loss_reaches_every_parameter():
-    model = _model().train()
+@pytest.mark.parametrize("clfm", [False, "detached", "trainable"])
+def test_total_loss_reaches_every_parameter(clfm):
+    model = _model(clfm=clfm).train()
     images, targets = _batch(4)
     sum(model.loss(model(images), targets).values()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -291,20 +292,35 @@ def test_batch_mean_train_and_eval_logits_agree_once_the_running_mean_settles():
     assert not torch.equal(model.running_batch_mean, torch.zeros(11, 11))
 
 
+def test_clfm_defaults_to_the_released_behaviour_no_gradient():
+    # The released CLFM term is built from top-k indices: it never trains anything. So by default there
+    # is no CLFM term; "detached" reports one without a gradient; "trainable" is the named variant.
+    images, targets = _batch(4)
+    default = _model()
+    assert default.clfm_mode == "off" and "clfm/layer2" not in default.loss(default(images), targets)
+    detached = _model(clfm="detached").train()
+    term = detached.loss(detached(images), targets)["clfm/layer2"]
+    assert torch.isfinite(term) and not term.requires_grad
+    trainable = _model(clfm="trainable").train()
+    assert trainable.loss(trainable(images), targets)["clfm/layer2"].requires_grad
+    with pytest.raises(ValueError, match="clfm must be false, 'detached' or 'trainable', got 'released'"):
+        _model(clfm="released")
+
+
 def test_each_switch_removes_its_term():
     images, targets = _batch(2)
     names = lambda model: set(model.loss(model(images), targets))   # noqa: E731
-    assert names(_model()) == {"ce", "clbs/layer2", "clfm/layer2"}
-    assert names(_model(clbs=False)) == {"ce", "clfm/layer2"}
+    assert names(_model(clfm="trainable")) == {"ce", "clbs/layer2", "clfm/layer2"}
+    assert names(_model(clbs=False, clfm="trainable")) == {"ce", "clfm/layer2"}
     assert names(_model(clfm=False)) == {"ce", "clbs/layer2"}
-    assert names(_model(layer_weights={"layer3": 0.2})) == {"ce", "clbs/layer3", "clfm/layer3"}
+    assert names(_model(layer_weights={"layer3": 0.2}, clfm=True)) == {"ce", "clbs/layer3", "clfm/layer3"}
     msr_only = _model(clbs=False, clfm=False)
     assert names(msr_only) == {"ce"} and hasattr(msr_only, "head")
     baseline = _model(msr=False, clbs=False, clfm=False)
     out = baseline(images)
     assert names(baseline) == {"ce"} and not hasattr(baseline, "head")
     assert out.features.shape == (2, 512) and "msr_map" not in out.maps
-    assert names(_model(msr=False, clbs=False)) == {"ce", "clfm/layer2"}
+    assert names(_model(msr=False, clbs=False, clfm="trainable")) == {"ce", "clfm/layer2"}
 
 
 def test_readable_option_errors():

@@ -27,7 +27,10 @@ module fuses multi-layer features.
   sees the same bias in both modes and a prediction never depends on the rest of its batch.
 - CLBS teacher: the layer4 projection is detached before k-means, so it would never be trained; it is
   a fixed random projection kept as buffers rather than parameters that never get a gradient.
-- CLFM is the trainable variant of :mod:`hsbs_lib.losses.clcl` (the released one has no gradient).
+- CLFM: the released term is built from top-k indices and carries no gradient, so it does not change
+  training. The default follows it: ``clfm=False`` (no term); ``clfm="detached"`` computes our CLFM on
+  detached features and reports it, like the released code, without training anything;
+  ``clfm="trainable"`` is the trainable variant of :mod:`hsbs_lib.losses.clcl` (an ablation row).
 - Without MSR (``msr=False``) the classifier is global average pooling + linear on layer4 (the
   baseline). CLFM still works (it contrasts the stage outputs); CLBS contrasts the MSR per-layer maps
   and therefore requires ``msr=True`` (a clear error otherwise).
@@ -178,6 +181,18 @@ def _layer_weights(weights: Sequence[float] | Mapping) -> dict[str, float]:
     return resolved
 
 
+CLFM_MODES = ("off", "detached", "trainable")
+
+
+def _clfm_mode(clfm: bool | str) -> str:
+    """The ``clfm`` option as one of :data:`CLFM_MODES` (False -> "off", True -> "trainable")."""
+    if isinstance(clfm, bool):
+        return "trainable" if clfm else "off"
+    if clfm not in CLFM_MODES:
+        raise ValueError(f"clfm must be false, 'detached' or 'trainable', got {clfm!r}")
+    return clfm
+
+
 @register_model("clcl")
 class CLCL(FERModel):
     """CLCL on a ResNet backbone (see the module docstring for [code] and [design] parts).
@@ -185,7 +200,8 @@ class CLCL(FERModel):
     Options (keyword-only; the switches give the ablation rows baseline / +MSR / +MSR+CLBS / +all):
         msr: the multi-scale head; False gives GAP + linear on layer4.
         clbs: the cross-layer batch-sample contrast (needs msr).
-        clfm: the cross-layer feature-map contrast (trainable variant).
+        clfm: the cross-layer feature-map contrast: False (default, as released: the released term has
+            no gradient), "detached" (reported, no gradient) or "trainable" (True means "trainable").
         layer_weights: lambda_l for layer1..4, a 4-sequence or a dict such as {"layer2": 0.1};
             the released default aligns layer2 only. layer4 is the teacher and must stay 0.
         batch_mean: add the batch-mean fused map (the released head): the batch's own in training, a
@@ -204,7 +220,8 @@ class CLCL(FERModel):
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True, clfm: bool = True,
+                 *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True,
+                 clfm: bool | str = False,
                  layer_weights: Sequence[float] | Mapping = (0.0, 0.1, 0.0, 0.0), batch_mean: bool = False,
                  batch_mean_momentum: float = 0.1,
                  clbs_clusters: int = 7, clfm_clusters: int = 4, kmeans_iters: int = 10, kmeans_seed: int = 0,
@@ -213,7 +230,8 @@ class CLCL(FERModel):
         if clbs and not msr:
             raise ValueError("CLBS contrasts the per-layer maps of the MSR head: with msr=False set clbs=False "
                              "(CLFM works without MSR)")
-        self.msr, self.clbs, self.clfm, self.batch_mean = msr, clbs, clfm, batch_mean
+        self.clfm_mode = _clfm_mode(clfm)
+        self.msr, self.clbs, self.clfm, self.batch_mean = msr, clbs, self.clfm_mode != "off", batch_mean
         weights = _layer_weights(layer_weights)
         self.layer_weights = {name: weight for name, weight in weights.items() if weight != 0}
         channels = self.backbone.channels
@@ -287,5 +305,8 @@ class CLCL(FERModel):
         if self.clfm:
             teacher = output.maps["features/layer4"]
             for name, weight in self.layer_weights.items():
-                terms[f"clfm/{name}"] = weight * self.clfm_loss(output.maps[f"features/{name}"], teacher)
+                student = output.maps[f"features/{name}"]
+                if self.clfm_mode == "detached":
+                    student = student.detach()
+                terms[f"clfm/{name}"] = weight * self.clfm_loss(student, teacher)
         return terms
