@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.pipeline.cache import cache_split
-from hsbs_lib.data.pipeline.transforms import (POSE_BINS, BatchAugment, as_image, augment_spec, flip_pose,
-                                               sample_transform)
+from hsbs_lib.data.pipeline.transforms import (POSE_BINS, AugmentSpec, BatchAugment, add_pixel_noise_, as_image,
+                                               augment_spec, flip_pose, sample_transform)
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -142,7 +142,7 @@ class DeviceBatchLoader:
     """
 
     def __init__(self, split: Any, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
-                 augment: str = "none", normalization: dict | None = None, seed: int = 0,
+                 augment: str | AugmentSpec = "none", normalization: dict | None = None, seed: int = 0,
                  drop_last: bool = False, balanced: bool = False, num_classes: int | None = None,
                  rank: int = 0, world_size: int = 1, max_steps: int | None = None, pose_bins: int = POSE_BINS,
                  max_gb: float = 4.0):
@@ -196,11 +196,12 @@ class TransformedDataset(Dataset):
 
     Item i of epoch e is a pure function of (seed, e, i): the v2 transforms draw from torch's global
     generator, which is seeded per sample inside ``fork_rng``. The flip is done here so the pose label
-    can be mirrored with the image.
+    can be mirrored with the image, and so is the ``clcl`` policy's choice of a flip or Gaussian noise
+    (the noise goes on the decoded image, before resizing, as in CCLLS).
     """
 
-    def __init__(self, data: Any, *, size: int, augment: str = "none", normalization: dict | None = None,
-                 seed: int = 0, pose_bins: int = POSE_BINS):
+    def __init__(self, data: Any, *, size: int, augment: str | AugmentSpec = "none",
+                 normalization: dict | None = None, seed: int = 0, pose_bins: int = POSE_BINS):
         self.data = data
         self.spec = augment_spec(augment)
         self.transform = sample_transform(self.spec, size, normalization=normalization)
@@ -224,9 +225,16 @@ class TransformedDataset(Dataset):
         target = {"label": torch.tensor(self.labels[index]), "index": torch.tensor(index)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, self.epoch, STREAM_SAMPLE, index))
-            flipped = bool(torch.rand(()) < self.spec.flip)
+            flipped, noisy = bool(torch.rand(()) < self.spec.flip), False
+            if self.spec.flip_or_noise > 0 and bool(torch.rand(()) < self.spec.flip_or_noise):
+                if bool(torch.rand(()) < 0.5):
+                    noisy = True
+                else:
+                    flipped = True
             if flipped:
                 image = image.flip(-1)
+            if noisy:
+                image = add_pixel_noise_(image.float(), self.spec.noise_std).to(torch.uint8)
             image = self.transform(as_image(image))
         if self.poses is not None:
             target["pose"] = flip_pose(torch.tensor(self.poses[index]), torch.tensor(flipped), self.pose_bins)
@@ -238,7 +246,8 @@ class TransformedDataset(Dataset):
 class SampleBatchLoader:
     """A DataLoader over :class:`TransformedDataset` with the same interface as DeviceBatchLoader."""
 
-    def __init__(self, data: Any, *, size: int, batch_size: int, shuffle: bool = False, augment: str = "none",
+    def __init__(self, data: Any, *, size: int, batch_size: int, shuffle: bool = False,
+                 augment: str | AugmentSpec = "none",
                  normalization: dict | None = None, seed: int = 0, drop_last: bool = False,
                  balanced: bool = False, num_classes: int | None = None, rank: int = 0, world_size: int = 1,
                  max_steps: int | None = None, workers: int = 0, pin_memory: bool = False,
@@ -317,8 +326,9 @@ def pose_bins_for(data: Any, config: Config) -> int:
         return int(bins) if bins is not None else POSE_BINS    # no pose labels: nothing to mirror
     largest = int(poses.max())
     if bins is None:
-        log.warning("dataset '%s' does not say how many pose bins it has: assuming %d (0..%d, its largest label); "
-                    "set model.options.num_poses if that is wrong, or a flip mislabels poses", name, largest + 1, largest)
+        log.warning("dataset '%s' does not say how many pose bins it has: assuming %d (0..%d, its largest "
+                    "label); set model.options.num_poses if that is wrong, or a flip mislabels poses",
+                    name, largest + 1, largest)
         return largest + 1
     if largest >= int(bins):
         raise ValueError(f"dataset '{name}' has pose label {largest}, out of range for {bins} pose bins "
@@ -336,7 +346,8 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
     d, t = config.data, config.train
     sharded = train and context is not None and context.enabled
     options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train,
-                   augment=d.augment if train else "none", normalization=normalization, seed=t.seed,
+                   augment=augment_spec(d.augment, erase_scale=d.erase_scale) if train else "none",
+                   normalization=normalization, seed=t.seed,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
                    rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,
                    max_steps=t.max_steps_per_epoch if train else None,
