@@ -303,7 +303,7 @@ def test_clfm_defaults_to_the_released_behaviour_no_gradient():
     assert torch.isfinite(term) and not term.requires_grad
     trainable = _model(clfm="trainable").train()
     assert trainable.loss(trainable(images), targets)["clfm/layer2"].requires_grad
-    with pytest.raises(ValueError, match="clfm must be false, 'detached' or 'trainable', got 'released'"):
+    with pytest.raises(ValueError, match="model.options.clfm must be false, 'detached' or 'trainable', got 'released'"):
         _model(clfm="released")
 
 

@@ -189,7 +189,7 @@ def _clfm_mode(clfm: bool | str) -> str:
     if isinstance(clfm, bool):
         return "trainable" if clfm else "off"
     if clfm not in CLFM_MODES:
-        raise ValueError(f"clfm must be false, 'detached' or 'trainable', got {clfm!r}")
+        raise ValueError(f"model.options.clfm must be false, 'detached' or 'trainable', got {clfm!r}")
     return clfm
 
 
