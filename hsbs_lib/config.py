@@ -63,7 +63,8 @@ class DataConfig:
     pipeline: str = "auto"
     device_cache_max_gb: float = 4.0
     workers: int = 0
-    augment: str = "standard"         # none | flip | standard | strong
+    augment: str = "standard"         # none | flip | standard | strong | clcl (CCLLS's recipe; MFER's is none)
+    erase_scale: list[float] | None = None   # RandomErasing area range [low, high] replacing the preset's
     sampler: str = "none"             # none | balanced (WeightedRandomSampler)
 
 

@@ -10,9 +10,9 @@ from hsbs_lib.losses.clcl import CLBSLoss, CLFMLoss, channel_codes, cluster_alig
 from hsbs_lib.models import create_model, list_models
 from hsbs_lib.models.backbones import ResNetBackbone
 from hsbs_lib.models.backbones import stage_sizes
-from hsbs_lib.models.clcl import MultiScaleHead, msr_geometry
+from hsbs_lib.models.clcl import DESIGN_GEOMETRY, RELEASED_GEOMETRY, MultiScaleHead, msr_geometry
 
-# METHODS.md section 2: (kernel, stride, padding) of the layer1..4 MSR convs.
+# METHODS.md, CLCL: (kernel, stride, padding) of the layer1..4 MSR convs; 224 px released, 112 px ours.
 METHODS_GEOMETRY = {
     224: [(4, 11, 1), (8, 11, 3), (16, 10, 2), (32, 8, 0)],
     112: [(2, 5, 0), (4, 5, 1), (8, 5, 1), (16, 5, 1)],
@@ -41,6 +41,14 @@ def test_msr_conv_geometry_matches_the_released_numbers(size):
     built = [(conv.kernel_size[0], conv.stride[0], conv.padding[0]) for conv in head.projections]
     assert built == METHODS_GEOMETRY[size]
     assert all(conv.bias is None and conv.out_channels == 128 for conv in head.projections)
+
+
+def test_only_the_224_px_geometry_is_labelled_as_released():
+    # The released code builds the MSR head for 224 px only; the 112 px sizes are our choice.
+    assert set(RELEASED_GEOMETRY) == {224} and set(DESIGN_GEOMETRY) == {112}
+    import hsbs_lib.models.clcl as clcl_module
+    released_part = clcl_module.__doc__.split("[design]")[0]
+    assert "2/5/0" not in released_part and "4/11/1" in released_part
 
 
 @pytest.mark.parametrize("side,stem", [(64, "standard"), (112, "standard"), (224, "standard"), (48, "small"),
@@ -194,7 +202,7 @@ def _grad_norms(term, modules):
 
 
 def test_every_term_trains_what_it_should_and_nothing_else():
-    model = _model(layer_weights=(0.1, 0.1, 0.1, 0.0)).train()
+    model = _model(layer_weights=(0.1, 0.1, 0.1, 0.0), clfm="trainable").train()
     images, targets = _batch(4)
     out = model(images)
     terms = model.loss(out, targets)
@@ -219,8 +227,9 @@ def test_every_term_trains_what_it_should_and_nothing_else():
             assert (norm > 0) == (name in trained), (f"clfm/layer{n}", name, norm)
 
 
-def test_total_loss_reaches_every_parameter():
-    model = _model().train()
+@pytest.mark.parametrize("clfm", [False, "detached", "trainable"])
+def test_total_loss_reaches_every_parameter(clfm):
+    model = _model(clfm=clfm).train()
     images, targets = _batch(4)
     sum(model.loss(model(images), targets).values()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -246,7 +255,7 @@ def test_loss_is_deterministic_for_one_forward():
     assert first == second
 
 
-def test_batch_mean_is_train_only_and_eval_is_batch_independent():
+def test_batch_mean_map_is_added_in_training_and_eval_is_batch_independent():
     model = _model(batch_mean=True)
     images, _ = _batch(4)
     model.eval()
@@ -265,20 +274,53 @@ def test_batch_mean_is_train_only_and_eval_is_batch_independent():
     assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-6)   # ... and it is one map for the batch
 
 
+def test_batch_mean_train_and_eval_logits_agree_once_the_running_mean_settles():
+    # BatchNorm layers stay in eval mode throughout, so the batch-mean map is the only part of the
+    # model whose train and eval behaviour differ; evaluation must add what training added.
+    model = _model(batch_mean=True, clbs=False, clfm=False)
+    images, _ = _batch(8)
+    batch_norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    model.train()
+    for module in batch_norms:
+        module.eval()
+    with torch.no_grad():
+        for _ in range(100):           # momentum 0.1: the running mean is within 0.9^100 of the batch's
+            train_logits = model(images).logits
+        model.eval()
+        eval_logits = model(images).logits
+    assert (train_logits - eval_logits).abs().max() < 1e-4, (train_logits - eval_logits).abs().max()
+    assert not torch.equal(model.running_batch_mean, torch.zeros(11, 11))
+
+
+def test_clfm_defaults_to_the_released_behaviour_no_gradient():
+    # The released CLFM term is built from top-k indices: it never trains anything. So by default there
+    # is no CLFM term; "detached" reports one without a gradient; "trainable" is the named variant.
+    images, targets = _batch(4)
+    default = _model()
+    assert default.clfm_mode == "off" and "clfm/layer2" not in default.loss(default(images), targets)
+    detached = _model(clfm="detached").train()
+    term = detached.loss(detached(images), targets)["clfm/layer2"]
+    assert torch.isfinite(term) and not term.requires_grad
+    trainable = _model(clfm="trainable").train()
+    assert trainable.loss(trainable(images), targets)["clfm/layer2"].requires_grad
+    with pytest.raises(ValueError, match="model.options.clfm must be false, 'detached' or 'trainable', got 'released'"):
+        _model(clfm="released")
+
+
 def test_each_switch_removes_its_term():
     images, targets = _batch(2)
     names = lambda model: set(model.loss(model(images), targets))   # noqa: E731
-    assert names(_model()) == {"ce", "clbs/layer2", "clfm/layer2"}
-    assert names(_model(clbs=False)) == {"ce", "clfm/layer2"}
+    assert names(_model(clfm="trainable")) == {"ce", "clbs/layer2", "clfm/layer2"}
+    assert names(_model(clbs=False, clfm="trainable")) == {"ce", "clfm/layer2"}
     assert names(_model(clfm=False)) == {"ce", "clbs/layer2"}
-    assert names(_model(layer_weights={"layer3": 0.2})) == {"ce", "clbs/layer3", "clfm/layer3"}
+    assert names(_model(layer_weights={"layer3": 0.2}, clfm=True)) == {"ce", "clbs/layer3", "clfm/layer3"}
     msr_only = _model(clbs=False, clfm=False)
     assert names(msr_only) == {"ce"} and hasattr(msr_only, "head")
     baseline = _model(msr=False, clbs=False, clfm=False)
     out = baseline(images)
     assert names(baseline) == {"ce"} and not hasattr(baseline, "head")
     assert out.features.shape == (2, 512) and "msr_map" not in out.maps
-    assert names(_model(msr=False, clbs=False)) == {"ce", "clfm/layer2"}
+    assert names(_model(msr=False, clbs=False, clfm="trainable")) == {"ce", "clfm/layer2"}
 
 
 def test_readable_option_errors():

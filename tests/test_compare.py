@@ -187,3 +187,51 @@ def test_one_seed_shows_no_spread():
         summary.update(params_m=1.0, gmacs=0.1)
     row = compare.format_markdown(summaries).splitlines()[2]
     assert row.startswith("| baseline | 1 | 80.0 | 70.0 | 60.0 |") and "±" not in row
+
+
+def test_a_published_block_prints_the_papers_numbers_marked_as_quoted(plan_file, tmp_path, capsys, fake_fit):
+    spec = yaml.safe_load(plan_file.read_text())
+    spec["published"] = {"datasets": ["rafdb"], "methods": ["clcl", "mfer", "hsbs"]}
+    plan_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["compare", "--config", str(plan_file), "--seeds", "0", "--no-speed", "--no-diagnostics"]) == 0
+    printed = capsys.readouterr().out
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    for text in (printed, table):
+        block = text[text.index("published: quoted from the papers, NOT measured here"):].split("\n\n")[1]
+        lines = block.splitlines()
+        assert lines[0] == "| method | dataset | accuracy (quoted) | backbone | pretraining | source |"
+        assert lines[2].startswith("| clcl | rafdb | 92.21 | ResNet-18 |")
+        assert lines[3].startswith("| mfer | rafdb | 92.08 | ConvNeXt-Base | MS-Celeb-1M |")
+        assert lines[4] == "| hsbs | rafdb | none published | | | |"
+        assert text.index("| baseline | 1 |") < text.index("published: quoted")   # beside the measured rows
+    # The measured rows alone go to the CSV.
+    assert [row["row"] for row in csv.DictReader((tmp_path / "cmp" / "comparison.csv").open())] == ["baseline", "+HST"]
+
+
+def test_published_numbers_are_the_papers_and_are_in_the_docs():
+    from hsbs_lib.engine.published import PUBLISHED_RESULTS, published_results
+
+    quoted = {(r.method, r.dataset): r.accuracy for r in PUBLISHED_RESULTS}
+    assert quoted[("clcl", "rafdb")] == 92.21 and quoted[("clcl", "affectnet")] == 65.29
+    assert quoted[("mfer", "ferplus")] == 91.09 and quoted[("mfer", "affectnet8")] == 63.15
+    assert quoted[("phanet", "kdef")] == 88.5 and quoted[("phanet", "sfew")] == 31.25
+    assert not [r for r in PUBLISHED_RESULTS if r.method == "hsbs"]
+    # AffectNet-7 also shows a paper that says only "AffectNet".
+    assert {(r.method, r.dataset) for r in published_results(["affectnet7"])} == {
+        ("clcl", "affectnet"), ("mfer", "affectnet7"), ("phanet", "affectnet")}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md").read_text()
+    assert all(f"{r.accuracy:.2f}" in docs for r in PUBLISHED_RESULTS)
+
+
+def test_published_block_errors_are_readable(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: configs/synthfer_baseline.yaml\nrows: {a: {model.name: baseline}}\n"
+                   "published: {datasets: [rafdb], methods: [vgg]}\n")
+    with pytest.raises(ValueError, match=r"published.methods \['vgg'\] unknown"):
+        compare.load_plan(bad)
+    bad.write_text("base: configs/synthfer_baseline.yaml\nrows: {a: {model.name: baseline}}\npublished: {method: x}\n")
+    with pytest.raises(ValueError, match="published must be a mapping with datasets"):
+        compare.load_plan(bad)
+    shorthand = tmp_path / "short.yaml"
+    shorthand.write_text("base: configs/synthfer_baseline.yaml\nrows: {a: {model.name: baseline}}\npublished: sfew\n")
+    assert compare.load_plan(shorthand).published == {"datasets": ["sfew"], "methods": None}

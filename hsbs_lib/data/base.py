@@ -55,6 +55,7 @@ class FERDataset(Dataset):
         samples: list of (source path, canonical label).
         targets: list of canonical labels.
         poses: optional list of pose bins (-1 where unknown).
+        pose_bins: how many yaw bins ``poses`` uses (bin 0 and bin P - 1 mirror each other), or None.
         soft_labels: optional (N, K) float32 label distributions (FERPlus votes).
         subjects: optional list of subject ids (for subject-independent folds).
         report: the bad entries found while indexing.
@@ -69,6 +70,9 @@ class FERDataset(Dataset):
     has_validation_split: bool = False
     #: False for a source that is generated rather than read from a copy on disk (SynthFER).
     needs_root: bool = True
+    #: The number of yaw bins of ``poses`` (a horizontal flip maps bin p to P - 1 - p); None when the
+    #: source has no pose labels or does not say.
+    pose_bins: int | None = None
 
     def __init__(self, root: str | None, split: str, num_classes: int = 7,
                  transform: Callable | None = None):

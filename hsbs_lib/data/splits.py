@@ -27,6 +27,7 @@ class SplitView(FERDataset):
         super().__init__(parent.root, split, parent.num_classes, parent.transform)
         self.name = parent.name
         self.parent = parent
+        self.pose_bins = getattr(parent, "pose_bins", None)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.classes = parent.classes
         self.samples = [parent.samples[i] for i in self.indices]

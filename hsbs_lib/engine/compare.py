@@ -22,6 +22,11 @@ test split (scored once per run, for the checkpoint its validation split selecte
 * with ``--diagnostics`` (the default for SynthFER), the attention scores of every backbone stage against
   the expression masks and the statistics of BSA's batch similarity, mean ± std over seeds
   (:mod:`hsbs_lib.engine.diagnostics`).
+
+A plan may also name the papers' own numbers to print beside the measured rows, marked as quoted, not
+measured (:mod:`hsbs_lib.engine.published`)::
+
+    published: {datasets: [rafdb], methods: [clcl, mfer, hsbs]}     # methods: default every method
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from hsbs_lib.engine import train
 from hsbs_lib.engine.build import build_model, trained_same_recipe
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
+from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
@@ -58,6 +64,7 @@ class ComparePlan:
     rows: dict[str, list[str]]
     overrides: list[str] = field(default_factory=list)
     reference: str | None = None
+    published: dict[str, list[str] | None] | None = None   # {datasets: [...], methods: [...] or None}
 
     def reference_row(self) -> str:
         if self.reference is not None:
@@ -97,7 +104,25 @@ def load_plan(path: str | Path) -> ComparePlan:
     elif not isinstance(base, str):
         raise ValueError(f"{path}: base must be a recipe file or a mapping with data and method, got {base!r}")
     return ComparePlan(base=base, out=spec.get("out", f"runs/{path.stem}"), rows=rows,
-                       overrides=[str(o) for o in spec.get("overrides", [])], reference=reference)
+                       overrides=[str(o) for o in spec.get("overrides", [])], reference=reference,
+                       published=_published_block(path, spec.get("published")))
+
+
+def _published_block(path: Path, block: Any) -> dict[str, list[str] | None] | None:
+    """A plan's ``published:`` block as {datasets, methods}; ``published: rafdb`` is short for one dataset."""
+    if block is None:
+        return None
+    if isinstance(block, (str, list)):
+        block = {"datasets": block}
+    if not isinstance(block, dict) or "datasets" not in block or set(block) - {"datasets", "methods"}:
+        raise ValueError(f"{path}: published must be a mapping with datasets (and optional methods), "
+                         f"e.g. published: {{datasets: [rafdb], methods: [clcl, mfer]}}; got {block!r}")
+    as_list = lambda value: [str(value)] if isinstance(value, str) else [str(item) for item in value]   # noqa: E731
+    methods = None if block.get("methods") is None else as_list(block["methods"])
+    unknown = sorted(set(methods or ()) - set(PUBLISHED_METHODS))
+    if unknown:
+        raise ValueError(f"{path}: published.methods {unknown} unknown; choose from {list(PUBLISHED_METHODS)}")
+    return {"datasets": as_list(block["datasets"]), "methods": methods}
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -392,17 +417,21 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_report(summaries: list[dict], reference: str) -> str:
-    parts = [format_markdown(summaries), format_differences(summaries, reference),
+def format_report(summaries: list[dict], reference: str, published: dict | None = None) -> str:
+    """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows."""
+    quoted = format_published(published["datasets"], published.get("methods")) if published else ""
+    parts = [format_markdown(summaries), quoted, format_differences(summaries, reference),
              format_validation(summaries, reference), format_diagnostics_table(summaries)]
     return "\n\n".join(part for part in parts if part)
 
 
-def write_tables(summaries: list[dict], out: str | Path, reference: str) -> tuple[Path, Path]:
+def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None
+                 ) -> tuple[Path, Path]:
+    """comparison.md (every table) and comparison.csv (the measured rows only)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path = out / "comparison.md", out / "comparison.csv"
-    md.write_text(format_report(summaries, reference) + "\n")
+    md.write_text(format_report(summaries, reference, published) + "\n")
     fields = list(dict.fromkeys(key for summary in summaries for key in summary))
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -460,7 +489,7 @@ def run_compare(args) -> int:
         plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
     summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
                                diagnostics=args.diagnostics)
-    md, csv_path = write_tables(summaries, plan.out, reference)
-    print(format_report(summaries, reference))
+    md, csv_path = write_tables(summaries, plan.out, reference, plan.published)
+    print(format_report(summaries, reference, plan.published))
     print(f"\nwritten {md} and {csv_path}")
     return 0

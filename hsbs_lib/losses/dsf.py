@@ -1,8 +1,8 @@
 """Deep Smooth Feature (DSF) loss of MFER: a label-smoothed center loss with a margin between centres.
 
-Xu et al., "Dynamic global and static local attention for facial expression recognition" (MFER),
-IEEE Transactions on Affective Computing 16(2), 2024. The paper names the loss but its exact form is
-not public: the equation below is our reconstruction [design].
+Xu et al., "Multiscale Facial Expression Recognition Based on Dynamic Global and Static Local
+Attention" (MFER), IEEE Transactions on Affective Computing 16(2):683-696 (online 2024). The paper
+names the loss but its exact form is not public: the equation below is our reconstruction [design].
 """
 from __future__ import annotations
 

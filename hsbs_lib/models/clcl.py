@@ -1,4 +1,7 @@
-"""CLCL: Cross-Layer Contrastive Learning of latent semantics (Peng et al., IEEE TIP 33, 2024).
+"""CLCL: Cross-Layer Contrastive Learning of latent semantics.
+
+Xie et al., "Cross-Layer Contrastive Learning of Latent Semantics for Facial Expression
+Recognition", IEEE Transactions on Image Processing 33:2514-2529, 2024.
 
 [paper] Shallow layers are under-trained (their "learning intensity", the magnitude of the gradient
 that reaches them, is small); contrastive learning aligns shallow and deep latent semantics, and a
@@ -8,21 +11,26 @@ module fuses multi-layer features.
 - MSR head: each stage output x_l is PixelShuffled by r = 2, 4, 8, 16 (layer1..4), a per-layer conv
   (128 out, no bias) maps it to 128x11x11, the four maps are summed, 3x3 conv + BN, the channel mean
   gives one 11x11 map, flattened to 121 and classified by one linear layer. Conv kernel/stride/padding
-  at 224 px: 4/11/1, 8/11/3, 16/10/2, 32/8/0; at 112 px: 2/5/0, 4/5/1, 8/5/1, 16/5/1.
+  at 224 px: 4/11/1, 8/11/3, 16/10/2, 32/8/0 (the released code has no other input size).
 - The released head adds the batch mean of the fused map to every sample's map.
 - CLBS projections: sigmoid, 3x3 conv 128 -> 4 (with bias), flattened to 4*11*11 = 484.
 - Loss: CE + sum_l lambda_l (L_clfm + L_clbs); released weights align layer2 only, lambda_2 = 0.1.
 
 [design] our reconstruction or deviation:
+- The conv sizes at 112 px, 2/5/0, 4/5/1, 8/5/1, 16/5/1, are our choice (not in the released code).
 - Any input size: the conv geometry is chosen at construction for ``input_size`` (the released numbers
-  at 224 and 112 px with the standard stem, derived ones otherwise, see :func:`msr_geometry`). If a
+  at 224 px and ours at 112 px with the standard stem, derived ones otherwise, see :func:`msr_geometry`). If a
   batch of another size arrives, each shuffled map is resized (bilinear) to the size the geometry was
   built for, so the grid stays 11x11; set ``input_size`` to the data's size to avoid that resize.
-- The batch-mean map is optional (``batch_mean``) and used in training only, so a prediction never
-  depends on the rest of its batch.
+- The batch-mean map is optional (``batch_mean``). Training adds the batch's mean map and updates a
+  running mean of it (momentum 0.1, as BatchNorm); evaluation adds the running mean, so the classifier
+  sees the same bias in both modes and a prediction never depends on the rest of its batch.
 - CLBS teacher: the layer4 projection is detached before k-means, so it would never be trained; it is
   a fixed random projection kept as buffers rather than parameters that never get a gradient.
-- CLFM is the trainable variant of :mod:`hsbs_lib.losses.clcl` (the released one has no gradient).
+- CLFM: the released term is built from top-k indices and carries no gradient, so it does not change
+  training. The default follows it: ``clfm=False`` (no term); ``clfm="detached"`` computes our CLFM on
+  detached features and reports it, like the released code, without training anything;
+  ``clfm="trainable"`` is the trainable variant of :mod:`hsbs_lib.losses.clcl` (an ablation row).
 - Without MSR (``msr=False``) the classifier is global average pooling + linear on layer4 (the
   baseline). CLFM still works (it contrasts the stage outputs); CLBS contrasts the MSR per-layer maps
   and therefore requires ``msr=True`` (a clear error otherwise).
@@ -51,9 +59,12 @@ LAYERS = STAGE_NAMES
 #: is upsampled x2, so every shuffled map has (about) twice the layer1 resolution.
 SHUFFLE_FACTORS = (2, 4, 8, 16)
 MSR_GRID = 11
-#: [code] (kernel, stride, padding) of the per-layer MSR convs in the released code (standard stem).
+#: [code] (kernel, stride, padding) of the per-layer MSR convs in the released code (224 px, standard stem).
 RELEASED_GEOMETRY = {
     224: ((4, 11, 1), (8, 11, 3), (16, 10, 2), (32, 8, 0)),
+}
+#: [design] Fixed sizes at other inputs (standard stem), chosen by us: the released code has 224 px only.
+DESIGN_GEOMETRY = {
     112: ((2, 5, 0), (4, 5, 1), (8, 5, 1), (16, 5, 1)),
 }
 
@@ -96,12 +107,13 @@ def _derived_geometry(size: int, grid: int) -> ConvGeometry:
 def msr_geometry(input_size: int = 224, *, stem: str = "standard", grid: int = MSR_GRID) -> tuple[ConvGeometry, ...]:
     """The four MSR conv geometries for a square ``input_size`` input, each giving a grid x grid map.
 
-    224 and 112 px with the standard stem use the released numbers; other sizes use
-    :func:`_derived_geometry` on the shuffled map sizes (stage size x shuffle factor).
+    224 px with the standard stem uses the released numbers and 112 px ours (:data:`DESIGN_GEOMETRY`);
+    other sizes use :func:`_derived_geometry` on the shuffled map sizes (stage size x shuffle factor).
     """
     shuffled = [size * factor for size, factor in zip(stage_sizes(input_size, stem=stem), SHUFFLE_FACTORS)]
-    if stem == "standard" and grid == MSR_GRID and input_size in RELEASED_GEOMETRY:
-        geometry = tuple(ConvGeometry(k, s, p, size) for (k, s, p), size in zip(RELEASED_GEOMETRY[input_size], shuffled))
+    fixed = {**RELEASED_GEOMETRY, **DESIGN_GEOMETRY}
+    if stem == "standard" and grid == MSR_GRID and input_size in fixed:
+        geometry = tuple(ConvGeometry(k, s, p, size) for (k, s, p), size in zip(fixed[input_size], shuffled))
     else:
         geometry = tuple(_derived_geometry(size, grid) for size in shuffled)
     for item in geometry:
@@ -169,6 +181,18 @@ def _layer_weights(weights: Sequence[float] | Mapping) -> dict[str, float]:
     return resolved
 
 
+CLFM_MODES = ("off", "detached", "trainable")
+
+
+def _clfm_mode(clfm: bool | str) -> str:
+    """The ``clfm`` option as one of :data:`CLFM_MODES` (False -> "off", True -> "trainable")."""
+    if isinstance(clfm, bool):
+        return "trainable" if clfm else "off"
+    if clfm not in CLFM_MODES:
+        raise ValueError(f"model.options.clfm must be false, 'detached' or 'trainable', got {clfm!r}")
+    return clfm
+
+
 @register_model("clcl")
 class CLCL(FERModel):
     """CLCL on a ResNet backbone (see the module docstring for [code] and [design] parts).
@@ -176,10 +200,12 @@ class CLCL(FERModel):
     Options (keyword-only; the switches give the ablation rows baseline / +MSR / +MSR+CLBS / +all):
         msr: the multi-scale head; False gives GAP + linear on layer4.
         clbs: the cross-layer batch-sample contrast (needs msr).
-        clfm: the cross-layer feature-map contrast (trainable variant).
+        clfm: the cross-layer feature-map contrast: False (default, as released: the released term has
+            no gradient), "detached" (reported, no gradient) or "trainable" (True means "trainable").
         layer_weights: lambda_l for layer1..4, a 4-sequence or a dict such as {"layer2": 0.1};
             the released default aligns layer2 only. layer4 is the teacher and must stay 0.
-        batch_mean: add the batch-mean fused map in training (the released head); off in eval.
+        batch_mean: add the batch-mean fused map (the released head): the batch's own in training, a
+            running mean of it (``batch_mean_momentum``, as BatchNorm) in evaluation.
         clbs_clusters, clfm_clusters: K of the two k-means (7 and 4 as released).
         kmeans_iters, kmeans_seed: fixed Lloyd iterations and the seed of the k-means++ start.
         clfm_temperature: temperature of the spatial softmax that makes the CLFM channel codes.
@@ -194,21 +220,28 @@ class CLCL(FERModel):
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True, clfm: bool = True,
+                 *, stem: str = "standard", backbone_width: int = 64, msr: bool = True, clbs: bool = True,
+                 clfm: bool | str = False,
                  layer_weights: Sequence[float] | Mapping = (0.0, 0.1, 0.0, 0.0), batch_mean: bool = False,
+                 batch_mean_momentum: float = 0.1,
                  clbs_clusters: int = 7, clfm_clusters: int = 4, kmeans_iters: int = 10, kmeans_seed: int = 0,
                  clfm_temperature: float = 1.0, input_size: int = 224, width: int = 128):
         super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         if clbs and not msr:
             raise ValueError("CLBS contrasts the per-layer maps of the MSR head: with msr=False set clbs=False "
                              "(CLFM works without MSR)")
-        self.msr, self.clbs, self.clfm, self.batch_mean = msr, clbs, clfm, batch_mean
+        self.clfm_mode = _clfm_mode(clfm)
+        self.msr, self.clbs, self.clfm, self.batch_mean = msr, clbs, self.clfm_mode != "off", batch_mean
         weights = _layer_weights(layer_weights)
         self.layer_weights = {name: weight for name, weight in weights.items() if weight != 0}
         channels = self.backbone.channels
         if msr:
             self.head = MultiScaleHead(channels, input_size=input_size, stem=stem, width=width)
             self.classifier = nn.Linear(MSR_GRID * MSR_GRID, num_classes)
+            if batch_mean:
+                # What evaluation adds in place of the batch's mean map, tracked like BatchNorm's running mean.
+                self.batch_mean_momentum = float(batch_mean_momentum)
+                self.register_buffer("running_batch_mean", torch.zeros(MSR_GRID, MSR_GRID))
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
@@ -238,8 +271,8 @@ class CLCL(FERModel):
             per_layer, fused = self.head(stages)
             channel_mean = fused.mean(dim=1)                                     # (B, 11, 11)
             head_input = channel_mean
-            if self.batch_mean and self.training:
-                head_input = channel_mean + fused.mean(dim=(0, 1))
+            if self.batch_mean:
+                head_input = channel_mean + self._batch_mean_map(fused)
             features = head_input.flatten(1)                                     # (B, 121)
             maps["msr_map"] = channel_mean
             if self.clbs:
@@ -252,6 +285,16 @@ class CLCL(FERModel):
         logits = self.classifier(features)
         return ModelOutput(logits=logits, features=features, maps=maps, extras=extras)
 
+    def _batch_mean_map(self, fused: Tensor) -> Tensor:
+        """(B, width, 11, 11) -> (11, 11): the batch's mean map in training (the running mean is updated
+        from it), the running mean in evaluation."""
+        if not self.training:
+            return self.running_batch_mean.to(fused.dtype)
+        batch_map = fused.mean(dim=(0, 1))
+        with torch.no_grad():
+            self.running_batch_mean.lerp_(batch_map.detach().float(), self.batch_mean_momentum)
+        return batch_map
+
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """"ce" plus lambda_l-weighted "clbs/layerN" and "clfm/layerN" for every layer with lambda_l != 0."""
         terms = {"ce": self.classification_loss(output.logits, targets)}
@@ -262,5 +305,8 @@ class CLCL(FERModel):
         if self.clfm:
             teacher = output.maps["features/layer4"]
             for name, weight in self.layer_weights.items():
-                terms[f"clfm/{name}"] = weight * self.clfm_loss(output.maps[f"features/{name}"], teacher)
+                student = output.maps[f"features/{name}"]
+                if self.clfm_mode == "detached":
+                    student = student.detach()
+                terms[f"clfm/{name}"] = weight * self.clfm_loss(student, teacher)
         return terms

@@ -1,7 +1,8 @@
 """MFER: dynamic global and static local (DS) attention, a multiscale classifier and a feature loss.
 
-Xu et al., "Dynamic global and static local attention for facial expression recognition",
-IEEE Transactions on Affective Computing 16(2), 2024 (ConvNeXt backbone, face-pretrained).
+Xu et al., "Multiscale Facial Expression Recognition Based on Dynamic Global and Static Local
+Attention", IEEE Transactions on Affective Computing 16(2):683-696 (online 2024); ConvNeXt backbone,
+face-pretrained.
 
 What comes from where:
 

@@ -35,9 +35,9 @@ from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
 from hsbs_lib.data.pipeline.cache import cache_split, find_bad_images
+from hsbs_lib.data.pipeline.transforms import (POSE_BINS, AugmentSpec, BatchAugment, add_pixel_noise_, as_image,
+                                               augment_spec, flip_pose, sample_transform)
 from hsbs_lib.data.splits import SplitView
-from hsbs_lib.data.pipeline.transforms import (POSE_BINS, BatchAugment, as_image, augment_spec, flip_pose,
-                                               sample_transform)
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -180,7 +180,7 @@ class DeviceBatchLoader:
     """
 
     def __init__(self, split: Any, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
-                 augment: str = "none", normalization: dict | None = None, seed: int = 0,
+                 augment: str | AugmentSpec = "none", normalization: dict | None = None, seed: int = 0,
                  drop_last: bool = False, balanced: bool = False, num_classes: int | None = None,
                  rank: int = 0, world_size: int = 1, max_steps: int | None = None, pose_bins: int = POSE_BINS,
                  max_gb: float = 4.0):
@@ -239,11 +239,12 @@ class TransformedDataset(Dataset):
 
     Item i of epoch e is a pure function of (seed, e, i): the v2 transforms draw from torch's global
     generator, which is seeded per sample inside ``fork_rng``. The flip is done here so the pose label
-    can be mirrored with the image.
+    can be mirrored with the image, and so is the ``clcl`` policy's choice of a flip or Gaussian noise
+    (the noise goes on the decoded image, before resizing, as in CCLLS).
     """
 
-    def __init__(self, data: Any, *, size: int, augment: str = "none", normalization: dict | None = None,
-                 seed: int = 0, pose_bins: int = POSE_BINS):
+    def __init__(self, data: Any, *, size: int, augment: str | AugmentSpec = "none",
+                 normalization: dict | None = None, seed: int = 0, pose_bins: int = POSE_BINS):
         self.data = data
         self.spec = augment_spec(augment)
         self.transform = sample_transform(self.spec, size, normalization=normalization)
@@ -267,9 +268,16 @@ class TransformedDataset(Dataset):
         target = {"label": torch.tensor(self.labels[index]), "index": torch.tensor(index)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, self.epoch, STREAM_SAMPLE, index))
-            flipped = bool(torch.rand(()) < self.spec.flip)
+            flipped, noisy = bool(torch.rand(()) < self.spec.flip), False
+            if self.spec.flip_or_noise > 0 and bool(torch.rand(()) < self.spec.flip_or_noise):
+                if bool(torch.rand(()) < 0.5):
+                    noisy = True
+                else:
+                    flipped = True
             if flipped:
                 image = image.flip(-1)
+            if noisy:
+                image = add_pixel_noise_(image.float(), self.spec.noise_std).to(torch.uint8)
             image = self.transform(as_image(image))
         if self.poses is not None:
             target["pose"] = flip_pose(torch.tensor(self.poses[index]), torch.tensor(flipped), self.pose_bins)
@@ -281,7 +289,8 @@ class TransformedDataset(Dataset):
 class SampleBatchLoader:
     """A DataLoader over :class:`TransformedDataset` with the same interface as DeviceBatchLoader."""
 
-    def __init__(self, data: Any, *, size: int, batch_size: int, shuffle: bool = False, augment: str = "none",
+    def __init__(self, data: Any, *, size: int, batch_size: int, shuffle: bool = False,
+                 augment: str | AugmentSpec = "none",
                  normalization: dict | None = None, seed: int = 0, drop_last: bool = False,
                  balanced: bool = False, num_classes: int | None = None, rank: int = 0, world_size: int = 1,
                  max_steps: int | None = None, workers: int = 0, pin_memory: bool = False,
@@ -348,6 +357,34 @@ def as_cached_split(data: Any, size: int, *, cache_dir: str | None = None, skip_
     return cache_split(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
 
 
+def pose_bins_for(data: Any, config: Config) -> int:
+    """The number of yaw bins P that a flip mirrors pose labels around (bin p becomes P - 1 - p).
+
+    The model's ``num_poses`` option when given, else the dataset's ``pose_bins``; the two must agree.
+    A source that says neither is taken to use one bin more than its largest pose label. Raises
+    ValueError when a pose label does not fit in P bins (a flip would make it negative).
+    """
+    declared = getattr(data, "pose_bins", None)
+    requested = config.model.options.get("num_poses")
+    name = getattr(data, "name", type(data).__name__)
+    if requested is not None and declared is not None and int(requested) != int(declared):
+        raise ValueError(f"model.options.num_poses={requested} but dataset '{name}' has {declared} pose bins")
+    bins = requested if requested is not None else declared
+    poses = poses_of(data)
+    if poses is None:
+        return int(bins) if bins is not None else POSE_BINS    # no pose labels: nothing to mirror
+    largest = int(poses.max())
+    if bins is None:
+        log.warning("dataset '%s' does not say how many pose bins it has: assuming %d (0..%d, its largest "
+                    "label); set model.options.num_poses if that is wrong, or a flip mislabels poses",
+                    name, largest + 1, largest)
+        return largest + 1
+    if largest >= int(bins):
+        raise ValueError(f"dataset '{name}' has pose label {largest}, out of range for {bins} pose bins "
+                         f"(model.options.num_poses or the dataset's pose_bins)")
+    return int(bins)
+
+
 def make_loader(data: Any, config: Config, *, train: bool, device: torch.device, pipeline: str,
                 context: Any = None, normalization: dict | None = None) -> DeviceBatchLoader | SampleBatchLoader:
     """One loader for a training (shuffled, augmented, sharded) or evaluation split.
@@ -358,11 +395,12 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
     d, t = config.data, config.train
     sharded = train and context is not None and context.enabled
     options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train,
-                   augment=d.augment if train else "none", normalization=normalization, seed=t.seed,
+                   augment=augment_spec(d.augment, erase_scale=d.erase_scale) if train else "none",
+                   normalization=normalization, seed=t.seed,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
                    rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,
                    max_steps=t.max_steps_per_epoch if train else None,
-                   pose_bins=POSE_BINS)  # SynthFER and KDEF both use 5 yaw bins
+                   pose_bins=pose_bins_for(data, config))
     if d.sampler not in ("none", "balanced"):
         raise ValueError(f"data.sampler must be none or balanced, got '{d.sampler}'")
     skipped = skipped_at_indexing(data)

@@ -1,20 +1,33 @@
 """Augmentation presets and normalisation, for whole batches on the device and for single samples.
 
-Two implementations of the same presets (none | flip | standard | strong):
+Two implementations of the same presets (none | flip | standard | strong | clcl):
 
 * :class:`BatchAugment` works on a uint8 batch (B, 3, S, S) already on the device. Every sample gets its
-  own parameters (flip, crop box, angle, brightness, contrast, erased box), drawn from a CPU
-  ``torch.Generator`` so the same (seed, epoch) gives the same batch on CPU and GPU. Flip, crop and
+  own parameters (flip, noise, crop box, angle, brightness, contrast, erased box), drawn from a CPU
+  ``torch.Generator`` so the same (seed, epoch) gives the same batch on CPU and GPU (the one exception:
+  the per-pixel Gaussian noise of ``clcl`` is drawn on the device, from a seed taken from that
+  generator, so it is reproducible per device but not equal across devices). Flip, crop and
   rotation are one affine warp per sample (a sampling grid + ``grid_sample``), the batched equivalent of
   ``RandomHorizontalFlip`` + ``RandomResizedCrop`` + ``RandomRotation``; the other steps work in place.
 * :func:`sample_transform` builds the per-sample ``torchvision.transforms.v2`` pipeline used by the
   DataLoader path. The horizontal flip is left to the caller there, because it must also mirror the
-  pose label (a flip negates yaw: pose bin p becomes P - 1 - p).
+  pose label (a flip negates yaw: pose bin p becomes P - 1 - p), and so is the ``clcl`` choice between a
+  flip and Gaussian noise (:func:`add_pixel_noise_`).
+
+Policies that reproduce a paper's released recipe:
+
+* ``clcl``: CCLLS's training augmentation. With probability 0.5 either a horizontal flip or Gaussian
+  noise (variance 30 on the 0..255 scale, clipped and truncated to integers), each half the time; then
+  RandomErasing (p = 0.5, area 0.02-0.1, value 0 after normalisation). The noise is added to the
+  pixels the pipeline holds: the cached, model-size image on the device path, the decoded image before
+  resizing on the DataLoader path (as CCLLS does).
+* ``none``: MFER's released training uses no augmentation.
 
 Both paths end with the same normalisation (ImageNet mean and std, stored in every checkpoint).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -45,6 +58,8 @@ class AugmentSpec:
     erase: float = 0.0                                  # RandomErasing probability
     erase_scale: tuple[float, float] = (0.02, 0.2)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
+    flip_or_noise: float = 0.0                          # probability of one of a flip or Gaussian noise, half each
+    noise_std: float = 30 ** 0.5                        # Gaussian noise std on the 0..255 scale (CCLLS: variance 30)
 
     @property
     def geometric(self) -> bool:
@@ -57,16 +72,39 @@ AUGMENT_PRESETS: dict[str, AugmentSpec] = {
     "standard": AugmentSpec(flip=0.5, crop_scale=(0.8, 1.0), rotation=10.0, brightness=0.2, contrast=0.2),
     "strong": AugmentSpec(flip=0.5, crop_scale=(0.6, 1.0), rotation=15.0, brightness=0.4, contrast=0.4,
                           erase=0.5),
+    "clcl": AugmentSpec(flip_or_noise=0.5, erase=0.5, erase_scale=(0.02, 0.1)),
 }
 
 
-def augment_spec(preset: str | AugmentSpec) -> AugmentSpec:
-    """The :class:`AugmentSpec` of a preset name (an AugmentSpec passes through)."""
+def augment_spec(preset: str | AugmentSpec, *, erase_scale: Sequence[float] | None = None) -> AugmentSpec:
+    """The :class:`AugmentSpec` of a preset name (an AugmentSpec passes through).
+
+    ``erase_scale``: (low, high) area fractions of RandomErasing replacing the preset's (data.erase_scale).
+    """
     if isinstance(preset, AugmentSpec):
-        return preset
-    if preset not in AUGMENT_PRESETS:
+        spec = preset
+    elif preset not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; choose one of {', '.join(AUGMENT_PRESETS)}")
-    return AUGMENT_PRESETS[preset]
+    else:
+        spec = AUGMENT_PRESETS[preset]
+    if erase_scale is None:
+        return spec
+    values = list(erase_scale)
+    if len(values) != 2 or not 0 < values[0] <= values[1] < 1:
+        raise ValueError(f"data.erase_scale must be two area fractions [low, high] with 0 < low <= high < 1, "
+                         f"got {list(erase_scale)}")
+    if spec.erase <= 0:
+        name = preset if isinstance(preset, str) else "this preset"
+        raise ValueError(f"data.erase_scale is set but augmentation '{name}' does not erase; "
+                         f"use a preset with RandomErasing (strong, clcl)")
+    return dataclasses.replace(spec, erase_scale=(float(values[0]), float(values[1])))
+
+
+def add_pixel_noise_(pixels: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """In place: add N(0, std^2) noise to float pixels on the 0..255 scale, clip to 0..255 and truncate to
+    integers (CCLLS's ``add_gaussian_noise``, which casts to uint8). Any shape; returns ``pixels``."""
+    noise = torch.randn(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
+    return pixels.add_(noise.mul_(std)).clamp_(0, 255).floor_()
 
 
 def flip_pose(pose: Tensor, flipped: Tensor, pose_bins: int = POSE_BINS) -> Tensor:
@@ -134,12 +172,19 @@ class BatchAugment:
         spec, batch, device = self.spec, images.shape[0], images.device
         # One float copy of the batch, then every step works in place: on a CPU the page faults of a
         # fresh 10 MB tensor per step cost more than the arithmetic.
-        x = images.float().div_(255.0)
+        x = images.float()
         flipped = None
         if spec.flip > 0:
             flipped = torch.rand(batch, generator=generator) < spec.flip
-            if pose is not None:
-                pose = flip_pose(pose, flipped.to(pose.device), self.pose_bins)
+        if spec.flip_or_noise > 0:
+            chosen = torch.rand(batch, generator=generator) < spec.flip_or_noise
+            noise_not_flip = torch.rand(batch, generator=generator) < 0.5
+            either_flip = chosen & ~noise_not_flip
+            flipped = either_flip if flipped is None else flipped | either_flip
+            self._noise(x, chosen & noise_not_flip, generator)
+        if flipped is not None and pose is not None:
+            pose = flip_pose(pose, flipped.to(pose.device), self.pose_bins)
+        x.div_(255.0)
         if spec.geometric:
             # The flip rides along in the warp (mirrored sampling grid), saving a pass over the batch.
             x = self._warp(x, generator, flipped)
@@ -153,6 +198,19 @@ class BatchAugment:
         if spec.erase > 0:
             self._erase(x, generator)
         return x, pose
+
+    def _noise(self, x: Tensor, noisy: Tensor, generator: torch.Generator) -> None:
+        """Gaussian noise in place on the samples ``noisy`` (B,) of a 0..255 float batch.
+
+        Per-pixel draws from a CPU generator would cost a host-to-device copy of the batch, so they come
+        from a device generator seeded from ``generator`` (one draw, taken whether or not a sample is noisy).
+        """
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        if not noisy.any():
+            return
+        device_generator = torch.Generator(device=x.device).manual_seed(seed)
+        chosen = noisy.nonzero().squeeze(1).to(x.device)
+        x[chosen] = add_pixel_noise_(x[chosen], self.spec.noise_std, device_generator)
 
     def _warp(self, x: Tensor, generator: torch.Generator, flipped: Tensor | None = None) -> Tensor:
         """Flip, random resized crop and rotation as one affine map per sample (output -> input coordinates)."""
@@ -223,7 +281,8 @@ def affine_sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
 def sample_transform(preset: str | AugmentSpec, size: int, *, normalization: dict | None = None) -> v2.Compose:
     """Per-sample v2 pipeline for a uint8 ``tv_tensors.Image`` (3, H, W) -> float32 (3, size, size).
 
-    The horizontal flip of the preset is not included: the caller flips (and mirrors the pose label).
+    The horizontal flip and the Gaussian noise of the preset are not included: the caller flips (and mirrors
+    the pose label) and adds the noise (see TransformedDataset).
     With preset "none" this is the eval transform: resize to ``size`` and normalise.
     """
     spec = augment_spec(preset)

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 
 from hsbs_lib.data.base import FERDataset
-from hsbs_lib.data.synthfer.params import REGION_NAMES, _split_code
+from hsbs_lib.data.synthfer.params import POSE_BINS, REGION_NAMES, _split_code
 from hsbs_lib.data.synthfer.render import render_synthfer
 
 
@@ -20,6 +20,7 @@ class SynthFER(FERDataset):
     name = "synthfer"
     needs_root = False
     has_validation_split = True       # its own val split: disjoint subjects, rendered like train and test
+    pose_bins = POSE_BINS
 
     def __init__(self, split: str = "train", n: int = 2000, size: int = 64, seed: int = 0,
                  balanced: bool = False, num_classes: int = 7, transform: Callable | None = None,
