@@ -221,3 +221,37 @@ def test_convnext_user_file_with_wrapper_and_module_prefix_loads(tmp_path):
     path = tmp_path / "face_convnext_tiny.pth"
     torch.save({"model": {f"module.{key}": value for key, value in source.state_dict().items()}, "epoch": 3}, path)
     _assert_loaded(create_model("mfer", backbone="convnext_tiny", pretrained=str(path)), source)
+
+
+def _original_convnext_names(state):
+    """torchvision names -> the original ConvNeXt code's (timm, MFER's release): the inverse mapping."""
+    parts = {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"}
+    renamed = {}
+    for key, value in state.items():
+        index, rest = int(key.split(".")[1]), key.split(".", 2)[2]
+        if key.startswith("classifier."):
+            renamed[key.replace("classifier.2", "head").replace("classifier.0", "norm")] = value
+        elif index % 2 == 0:                               # stem (0) and downsampling layers (2, 4, 6)
+            renamed[f"downsample_layers.{index // 2}.{rest}"] = value
+        else:
+            block, rest = rest.split(".", 1)
+            stage = f"stages.{index // 2}.{block}"
+            if rest == "layer_scale":
+                renamed[f"{stage}.gamma"] = value.reshape(-1)
+            else:
+                part, tail = rest.split(".")[1], rest.split(".", 2)[2]
+                renamed[f"{stage}.{parts[part]}.{tail}"] = value
+    return renamed
+
+
+def test_convnext_checkpoint_in_the_original_layout_loads(tmp_path):
+    """MFER's face-pretrained ConvNeXt comes in the original code's names (downsample_layers, stages, gamma)."""
+    source = _convnext_stand_in(seed=6)
+    path = tmp_path / "convnext_msceleb.pth"
+    state = {key: value for key, value in source.state_dict().items() if key.startswith("features.")}
+    torch.save({"model": _original_convnext_names(state)}, path)
+    model = create_model("baseline", backbone="convnext_tiny", pretrained=str(path))
+    report = model.backbone.load_report
+    assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
+    for key, value in _torchvision_names(model.backbone.state_dict()).items():
+        assert torch.equal(value, state[key]), key

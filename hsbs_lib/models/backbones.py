@@ -52,6 +52,8 @@ STEMS = {"standard": 4, "no_maxpool": 2, "small": 1}
 #: "no_maxpool" keeps the 4x4 kernel so ImageNet weights still load; "small" is a 3x3 stride-1 convolution.
 CONVNEXT_STEMS = {"standard": (4, 4, 0), "no_maxpool": (4, 2, 1), "small": (3, 1, 1)}
 TORCHVISION_WIDTH = 64
+#: the original ConvNeXt block's parts -> their index in torchvision's CNBlock.block
+_ORIGINAL_BLOCK_PARTS = {"dwconv": "0", "norm": "2", "pwconv1": "3", "pwconv2": "5"}
 
 
 @dataclass
@@ -254,11 +256,15 @@ class ConvNeXtBackbone(nn.Module):
 
     @staticmethod
     def remap_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """torchvision ConvNeXt names (``features.N.*``) -> this module's (``stem``, ``layer1..4``)."""
+        """Checkpoint names -> this module's (``stem``, ``layer1..4``).
+
+        Two layouts are read: torchvision's (``features.N.*``) and the original ConvNeXt code's that timm
+        and MFER's release use (``downsample_layers.i.*``, ``stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma}``).
+        Anything else (classifier heads, the final norm, MFER's attention) is left as is and reported.
+        """
         renamed = {}
         for key, value in state.items():
-            match = re.match(r"features\.(\d)\.(.*)", key)
-            if match:
+            if match := re.match(r"features\.(\d)\.(.*)", key):
                 index, rest = int(match.group(1)), match.group(2)
                 if index == 0:
                     key = f"stem.{rest}"
@@ -266,6 +272,16 @@ class ConvNeXtBackbone(nn.Module):
                     key = f"layer1.{rest}"
                 else:  # 2, 3 -> layer2.0, layer2.1; 4, 5 -> layer3; 6, 7 -> layer4
                     key = f"layer{index // 2 + 1}.{(index - 2) % 2}.{rest}"
+            elif match := re.match(r"downsample_layers\.(\d)\.(.*)", key):
+                index, rest = int(match.group(1)), match.group(2)
+                key = f"stem.{rest}" if index == 0 else f"layer{index + 1}.0.{rest}"
+            elif match := re.match(r"stages\.(\d)\.(\d+)\.(dwconv|norm|pwconv1|pwconv2|gamma)(.*)", key):
+                stage, block, part, rest = match.groups()
+                prefix = "layer1" if stage == "0" else f"layer{int(stage) + 1}.1"
+                if part == "gamma":   # layer scale: (C,) in the original code, (C, 1, 1) in torchvision
+                    key, value = f"{prefix}.{block}.layer_scale", value.reshape(-1, 1, 1)
+                else:
+                    key = f"{prefix}.{block}.block.{_ORIGINAL_BLOCK_PARTS[part]}{rest}"
             renamed[key] = value
         return renamed
 
