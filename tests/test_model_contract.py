@@ -2,7 +2,8 @@
 
 Shapes at 64/112/224 px on ResNet-18 (and 224 px on ResNet-50; 64 px on ConvNeXt-Tiny), gradients
 reaching every trainable parameter (ResNet-18 and ConvNeXt-Tiny), a non-zero gradient from each loss
-term, eval-mode batch independence and determinism, and the small-input stem at 48 px. New methods are covered as soon as they register themselves.
+term, eval-mode batch independence and determinism, and the small-input stem at 48 px. New methods are
+covered as soon as they register themselves.
 """
 from __future__ import annotations
 
