@@ -1,13 +1,14 @@
-"""ResNet backbones: stage shapes, the small-input stem and local-only pretrained loading."""
+"""ResNet and ConvNeXt backbones: stage shapes, the small-input stems and local-only pretrained loading."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from hsbs_lib.models import create_model
-from hsbs_lib.models.backbones import ResNetBackbone
+from hsbs_lib.models.backbones import ConvNeXtBackbone, ResNetBackbone, build_backbone
 
 # METHODS.md, "Backbone shapes": (channels, grid) of layer1..layer4 for ResNet-18.
 RESNET18_SHAPES = {
@@ -110,3 +111,147 @@ def test_missing_file_and_garbage_file_are_readable_errors(tmp_path):
     torch.save({"head.weight": torch.zeros(3, 3)}, unrelated)
     with pytest.raises(ValueError, match="no tensor matched"):
         create_model("hsbs", pretrained=str(unrelated))
+
+
+# ---------------------------------------------------------------------------------------------- ConvNeXt
+
+CONVNEXT_TINY_64 = [(96, 16), (192, 8), (384, 4), (768, 2)]
+
+
+@pytest.fixture(scope="module")
+def convnext_tiny():
+    torch.manual_seed(0)
+    return ConvNeXtBackbone("convnext_tiny").eval()
+
+
+def test_convnext_tiny_taps_its_four_stages_like_the_resnets(convnext_tiny):
+    assert convnext_tiny.channels == (96, 192, 384, 768) and convnext_tiny.out_channels == 768
+    assert convnext_tiny.strides == (4, 8, 16, 32)
+    with torch.no_grad():
+        stages = convnext_tiny(torch.randn(2, 3, 64, 64))
+    assert [(s.shape[1], s.shape[2]) for s in stages] == CONVNEXT_TINY_64
+    assert convnext_tiny.stage_sizes(64) == (16, 8, 4, 2)
+    # The taps are torchvision's own stage outputs, in torchvision's order.
+    reference = torchvision.models.convnext_tiny(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    reference.features.load_state_dict(
+        {key.split(".", 1)[1]: value for key, value in
+         _torchvision_names(convnext_tiny.state_dict()).items()})
+    with torch.no_grad():
+        torch.testing.assert_close(convnext_tiny(x)[-1], reference.features(x))
+
+
+def _torchvision_names(state):
+    """This module's names -> torchvision's features.N names (the inverse of remap_state_dict)."""
+    renamed = {}
+    for key, value in state.items():
+        head, rest = key.split(".", 1)
+        if head == "stem":
+            renamed[f"features.0.{rest}"] = value
+        elif head == "layer1":
+            renamed[f"features.1.{rest}"] = value
+        else:
+            part, rest = rest.split(".", 1)
+            renamed[f"features.{2 * int(head[-1]) - 2 + int(part)}.{rest}"] = value
+    return renamed
+
+
+@pytest.mark.parametrize("stem, size, grids", [("no_maxpool", 65, (32, 16, 8, 4)), ("small", 48, (48, 24, 12, 6))])
+def test_convnext_stems_keep_small_inputs_on_a_grid(stem, size, grids):
+    backbone = ConvNeXtBackbone("convnext_tiny", stem=stem).eval()
+    with torch.no_grad():
+        stages = backbone(torch.randn(1, 3, size, size))
+    assert tuple(s.shape[-1] for s in stages) == grids == backbone.stage_sizes(size)
+
+
+def test_convnext_options_that_do_not_apply_are_refused():
+    with pytest.raises(ValueError, match="backbone_width"):
+        ConvNeXtBackbone("convnext_tiny", width=32)
+    with pytest.raises(ValueError, match="drop_path"):
+        build_backbone("resnet18", drop_path=0.25)
+    with pytest.raises(KeyError, match="convnext_tiny"):
+        build_backbone("convnext_huge")
+
+
+def test_mfer_on_convnext_base_is_the_released_design():
+    model = create_model("mfer", backbone="convnext_base")
+    assert model.backbone.channels == (128, 256, 512, 1024)
+    depths = [module.p for module in model.backbone.modules() if isinstance(module, StochasticDepth)]
+    assert len(depths) == 36 and depths[0] == 0.0 and depths[-1] == pytest.approx(0.25)  # linear ramp
+    assert isinstance(model.feature_norm, nn.LayerNorm) and model.feature_norm.normalized_shape == (1024,)
+    assert set(model.ds_attention) == {"layer3", "layer4"}
+    assert model.ds_attention["layer4"].channels == 1024
+    # On a ResNet nothing changes: no stochastic depth, no norm on the pooled feature.
+    resnet = create_model("mfer")
+    assert isinstance(resnet.feature_norm, nn.Identity)
+    assert create_model("mfer", backbone="convnext_tiny").backbone.drop_path == 0.0
+
+
+def _convnext_stand_in(seed: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.convnext_tiny(weights=None)
+
+
+def _assert_loaded(model, source):
+    report = model.backbone.load_report
+    assert report.missing == [] and report.shape_mismatch == []
+    assert len(report.matched) == len(model.backbone.state_dict())
+    assert sorted(report.unexpected) == ["classifier.0.bias", "classifier.0.weight", "classifier.2.bias",
+                                         "classifier.2.weight"]
+    expected = source.state_dict()
+    for key, value in _torchvision_names(model.backbone.state_dict()).items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_convnext_imagenet_weights_come_from_the_local_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(FileNotFoundError) as error:
+        create_model("baseline", backbone="convnext_tiny", pretrained="imagenet")
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "convnext_tiny-983f1562.pth"
+    assert str(cached) in str(error.value) and "never downloads" in str(error.value)
+
+    source = _convnext_stand_in()
+    cached.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), cached)        # torchvision's file: a plain state dict, features.N names
+    _assert_loaded(create_model("baseline", backbone="convnext_tiny", pretrained="imagenet"), source)
+
+
+def test_convnext_user_file_with_wrapper_and_module_prefix_loads(tmp_path):
+    source = _convnext_stand_in(seed=5)
+    path = tmp_path / "face_convnext_tiny.pth"
+    torch.save({"model": {f"module.{key}": value for key, value in source.state_dict().items()}, "epoch": 3}, path)
+    _assert_loaded(create_model("mfer", backbone="convnext_tiny", pretrained=str(path)), source)
+
+
+def _original_convnext_names(state):
+    """torchvision names -> the original ConvNeXt code's (timm, MFER's release): the inverse mapping."""
+    parts = {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"}
+    renamed = {}
+    for key, value in state.items():
+        index, rest = int(key.split(".")[1]), key.split(".", 2)[2]
+        if key.startswith("classifier."):
+            renamed[key.replace("classifier.2", "head").replace("classifier.0", "norm")] = value
+        elif index % 2 == 0:                               # stem (0) and downsampling layers (2, 4, 6)
+            renamed[f"downsample_layers.{index // 2}.{rest}"] = value
+        else:
+            block, rest = rest.split(".", 1)
+            stage = f"stages.{index // 2}.{block}"
+            if rest == "layer_scale":
+                renamed[f"{stage}.gamma"] = value.reshape(-1)
+            else:
+                part, tail = rest.split(".")[1], rest.split(".", 2)[2]
+                renamed[f"{stage}.{parts[part]}.{tail}"] = value
+    return renamed
+
+
+def test_convnext_checkpoint_in_the_original_layout_loads(tmp_path):
+    """MFER's face-pretrained ConvNeXt comes in the original code's names (downsample_layers, stages, gamma)."""
+    source = _convnext_stand_in(seed=6)
+    path = tmp_path / "convnext_msceleb.pth"
+    state = {key: value for key, value in source.state_dict().items() if key.startswith("features.")}
+    torch.save({"model": _original_convnext_names(state)}, path)
+    model = create_model("baseline", backbone="convnext_tiny", pretrained=str(path))
+    report = model.backbone.load_report
+    assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
+    for key, value in _torchvision_names(model.backbone.state_dict()).items():
+        assert torch.equal(value, state[key]), key

@@ -81,6 +81,9 @@ def test_target_layer_table_and_override(model, images):
     assert gradcam_target_layer(model) is model.backbone.layer4[-1]
     wide = create_model("baseline", num_classes=7, backbone="resnet50")
     assert gradcam_target_layer(wide) is wide.backbone.layer4[-1]
+    convnext = create_model("baseline", num_classes=7, backbone="convnext_tiny")
+    assert gradcam_target_layer(convnext) is convnext.backbone.layer4[-1]    # stage 4's blocks, after downsampling
+    assert type(gradcam_target_layer(convnext)[-1]).__name__ == "CNBlock"
     model.gradcam_target_layer = "backbone.layer3.-1"
     try:
         assert gradcam_target_layer(model) is model.backbone.layer3[-1]

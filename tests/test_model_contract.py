@@ -1,8 +1,9 @@
 """The contract every registered model follows, checked for each name in ``list_models()``.
 
-Shapes at 64/112/224 px on ResNet-18 (and 224 px on ResNet-50), gradients reaching every trainable
-parameter, a non-zero gradient from each loss term, eval-mode batch independence and determinism, and
-the small-input stem at 48 px. New methods are covered as soon as they register themselves.
+Shapes at 64/112/224 px on ResNet-18 (and 224 px on ResNet-50; 64 px on ConvNeXt-Tiny), gradients
+reaching every trainable parameter (ResNet-18 and ConvNeXt-Tiny), a non-zero gradient from each loss
+term, eval-mode batch independence and determinism, and the small-input stem at 48 px. New methods are
+covered as soon as they register themselves.
 """
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ def parameters_without_gradient(model, images, targets) -> list[str]:
 def test_every_parameter_gets_a_gradient(name):
     missing = parameters_without_gradient(_build(name), _images(4, 64), _targets(4))
     assert not missing, f"{name}: the loss trains no gradient into {missing}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_runs_and_trains_on_convnext_tiny(name):
+    """Every method on torchvision's ConvNeXt-Tiny (the four stages as layer1..4) at 64 px, batch 2."""
+    model = _build(name, backbone="convnext_tiny", input_size=64)
+    images, targets = _images(2, 64), _targets(2)
+    output, _ = _train_step_loss(model, images, targets)
+    assert output.logits.shape == (2, NUM_CLASSES) and torch.isfinite(output.logits).all()
+    assert [tuple(output.maps[f"features/layer{i}"].shape[1:]) for i in range(1, 5)] == \
+        [(96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
+    model.zero_grad(set_to_none=True)
+    missing = parameters_without_gradient(model, images, targets)
+    assert not missing, f"{name} on convnext_tiny: the loss trains no gradient into {missing}"
 
 
 def test_the_gradient_check_catches_an_unused_parameter():

@@ -164,6 +164,67 @@ def test_recipe_loads_and_builds_its_model(data, method):
     assert out.logits.shape == (2, config.data.num_classes)
 
 
+# ------------------------------------------------------------------------------ paper-setting recipes
+# configs/papers/M_D.yaml = configs/datasets/D.yaml, then configs/papers/M.yaml (the method at its paper's
+# setting: 224 px, the released optimiser, schedule, epochs, batch size, augmentation and start).
+
+PAPERS = CONFIGS / "papers"
+PAPER_RECIPES = sorted(path.stem for path in PAPERS.glob("*_*.yaml"))
+PAPER_DATASETS = ["rafdb", "ferplus", "affectnet7"]
+
+#: lines of the released training scripts (CCLLS train_fs.py; MFER train.py and MFER.py), key by key.
+#: data.augment names the policies of the input pipeline ("clcl": flip or noise, then erasing; "none").
+RELEASED_LINES = {
+    "clcl": {"data.input_size": 224, "data.augment": "clcl", "model.backbone": "resnet18",
+             "model.pretrained": "imagenet", "train.optimizer": "adam", "train.lr": 1e-3, "train.weight_decay": 1e-4,
+             "train.scheduler": "exponential", "train.gamma": 0.9, "train.epochs": 50, "train.batch_size": 256,
+             "train.label_smoothing": 0.0, "model.options.layer_weights": [0.0, 0.1, 0.0, 0.0],
+             "model.options.batch_mean": True},
+    "mfer": {"data.input_size": 224, "data.augment": "none", "model.backbone": "convnext_base",
+             "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 0.01, "train.scheduler": "exponential",
+             "train.gamma": 0.95, "train.epochs": 100, "train.batch_size": 32, "model.options.drop_path": 0.25,
+             "model.options.depthwise": False, "model.options.feature_loss": "dsf",
+             "model.options.feature_loss_weight": 1e-3, "model.options.label_smoothing": 0.1},
+}
+
+
+def _dotted(config, key):
+    value = config
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def test_paper_recipes_cover_every_method_on_rafdb_ferplus_and_affectnet():
+    expected = {f"{method}_{data}" for method in METHODS for data in PAPER_DATASETS} | {"mfer_affectnet8"}
+    assert set(PAPER_RECIPES) == expected
+    methods_doc = (ROOT / "docs" / "METHODS.md").read_text()
+    for method in METHODS:
+        assert f"configs/papers/{method}.yaml" in methods_doc, f"docs/METHODS.md does not describe {method}'s recipe"
+
+
+@pytest.mark.parametrize("stem", PAPER_RECIPES)
+def test_a_paper_recipe_is_its_dataset_at_its_method_setting(stem):
+    method, data = stem.split("_", 1)
+    config = load_config(PAPERS / f"{stem}.yaml")
+    dataset = load_config(CONFIGS / "datasets" / f"{data}.yaml").data
+    assert (config.name, config.out) == (f"paper_{stem}", f"runs/paper_{stem}")
+    assert (config.model.name, config.data.name, config.data.num_classes) == (method, dataset.name, dataset.num_classes)
+    assert config.data.input_size == 224 and config.model.pretrained == "imagenet"
+    for key, value in RELEASED_LINES.get(method, {}).items():
+        assert _dotted(config, key) == value, f"{stem}: {key} is {_dotted(config, key)!r}, released {value!r}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_paper_setting_builds_its_model(method):
+    # The datasets change only the class count, so one build per method; 64 px instead of 224 keeps it cheap.
+    config = load_config(PAPERS / f"{method}_ferplus.yaml", ["data.input_size=64"])
+    model = build_model(config, class_names(config.data.num_classes), load_pretrained=False).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64))
+    assert out.logits.shape == (2, 8)
+
+
 # These fake copies hold one training image per class: nothing to hold out for validation (the hold-out
 # itself is tested in test_splits.py). FER2013 selects on PublicTest, KDEF and CK+ hold out whole subjects.
 NO_HOLDOUT = {"rafdb", "ferplus", "affectnet7", "affectnet8", "sfew"}

@@ -1,4 +1,4 @@
-"""torchvision ResNets with feature taps on layer1..layer4 and local-only pretrained loading.
+"""torchvision ResNets and ConvNeXts with feature taps on layer1..layer4 and local-only pretrained loading.
 
 Shapes (ResNet-18, standard stem): a 224 px input gives layer1..4 maps of 64x56x56, 128x28x28,
 256x14x14, 512x7x7; at 64 px they are 16, 8, 4 and 2 pixels wide. Two other stems keep small inputs
@@ -12,12 +12,19 @@ on a useful grid:
 ``width`` scales every stage (64 is torchvision's; 32 halves the channels and quarters the cost): the
 SynthFER demo scale is ResNet-18, ``stem="no_maxpool"``, ``width=32`` at 64 px, which costs about what
 the standard ResNet-18 costs at 64 px on a CPU while giving a 4x4 teacher.
+
+ConvNeXt (``convnext_tiny``, ``convnext_base``; :class:`ConvNeXtBackbone`) taps its four stages under the
+same names, layer1..layer4 (a 224 px input gives 96x56x56 ... 768x7x7 for tiny, 128 ... 1024 channels for
+base), so every method runs on it unchanged. Its patchify stem and 2x2 downsampling layers make block
+cells (cell i covers pixels [s*i, s*(i+1))), not the ResNet alignment of :func:`cells_to_pixels`.
+:func:`build_backbone` picks the family from the name.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +41,19 @@ BACKBONES = {
     "resnet34": ("resnet34", "ResNet34_Weights", (3, 4, 6, 3)),
     "resnet50": ("resnet50", "ResNet50_Weights", (3, 4, 6, 3)),
 }
+#: ConvNeXt name -> (torchvision builder, weights enum)
+CONVNEXTS = {
+    "convnext_tiny": ("convnext_tiny", "ConvNeXt_Tiny_Weights"),
+    "convnext_base": ("convnext_base", "ConvNeXt_Base_Weights"),
+}
 #: stem -> stride of layer1 (the standard stem: stride-2 conv and stride-2 max-pool)
 STEMS = {"standard": 4, "no_maxpool": 2, "small": 1}
+#: stem -> (kernel, stride, padding) of ConvNeXt's patchify convolution, at the same layer1 strides as STEMS.
+#: "no_maxpool" keeps the 4x4 kernel so ImageNet weights still load; "small" is a 3x3 stride-1 convolution.
+CONVNEXT_STEMS = {"standard": (4, 4, 0), "no_maxpool": (4, 2, 1), "small": (3, 1, 1)}
 TORCHVISION_WIDTH = 64
+#: the original ConvNeXt block's parts -> their index in torchvision's CNBlock.block
+_ORIGINAL_BLOCK_PARTS = {"dwconv": "0", "norm": "2", "pwconv1": "3", "pwconv2": "5"}
 
 
 @dataclass
@@ -133,7 +150,7 @@ class ResNetBackbone(nn.Module):
         if width != TORCHVISION_WIDTH:
             _narrow_stages(net, int(width), blocks)
         self.name = name
-        self.stem = stem
+        self.stem = self.stem_name = stem
         self.width = int(width)
         expansion = type(net.layer1[0]).expansion    # 1 for BasicBlock, 4 for Bottleneck
         self.channels: tuple[int, int, int, int] = tuple(int(width) * 2 ** index * expansion for index in range(4))
@@ -157,8 +174,12 @@ class ResNetBackbone(nn.Module):
         """Side of the layer1..4 maps for a square ``input_size`` input."""
         return stage_sizes(input_size, stem=self.stem)
 
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> the input of layer1 (B, C0, H/s, W/s)."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.forward_stem(x)
         x1 = self.layer1(x)
         x2 = self.layer2(x1)
         x3 = self.layer3(x2)
@@ -166,11 +187,145 @@ class ResNetBackbone(nn.Module):
         return [x1, x2, x3, x4]
 
 
+class ConvNeXtBackbone(nn.Module):
+    """A torchvision ConvNeXt returning the four stage outputs, under the ResNets' names.
+
+    ``stem`` is the patchify convolution with its LayerNorm; ``layer1`` the first stage's blocks;
+    ``layer2..4`` each a 2x2 stride-2 downsampling (LayerNorm, conv) followed by the stage's blocks.
+    forward(x: (B, 3, H, W)) -> [x1, x2, x3, x4] with strides 4, 8, 16, 32 for the standard stem and
+    ``channels`` from the model (96, 192, 384, 768 for tiny; 128, 256, 512, 1024 for base).
+
+    Args:
+        name: convnext_tiny or convnext_base.
+        pretrained: None, "imagenet" (torchvision's file in the local torch cache) or a local file.
+        stem: "standard" (4x4 stride 4, torchvision's), "no_maxpool" (4x4 stride 2) or "small" (3x3 stride 1).
+        width: must be torchvision's (64, the ResNet convention): ConvNeXt has no narrow variants.
+        drop_path: stochastic depth rate, ramped linearly over the blocks as torchvision and timm do
+            (MFER trains ConvNeXt-Base at 0.25); 0 turns it off.
+    """
+
+    def __init__(self, name: str = "convnext_tiny", pretrained: str | None = None, *, stem: str = "standard",
+                 width: int = TORCHVISION_WIDTH, drop_path: float = 0.0):
+        super().__init__()
+        if name not in CONVNEXTS:
+            raise KeyError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+        if stem not in CONVNEXT_STEMS:
+            raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(CONVNEXT_STEMS)}")
+        if int(width) != TORCHVISION_WIDTH:
+            raise ValueError(f"backbone_width scales ResNets only; {name} has torchvision's widths, "
+                             f"leave backbone_width at {TORCHVISION_WIDTH} (got {width})")
+        if not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f"drop_path is a probability in [0, 1), got {drop_path}")
+        builder, _ = CONVNEXTS[name]
+        # torchvision's builders default to 0.1 (tiny) and 0.5 (base): the rate is always passed explicitly.
+        net = getattr(torchvision.models, builder)(weights=None, stochastic_depth_prob=float(drop_path))
+        features = net.features
+        if stem != "standard":
+            kernel, stride, padding = CONVNEXT_STEMS[stem]
+            patchify = features[0][0]
+            features[0][0] = nn.Conv2d(3, patchify.out_channels, kernel_size=kernel, stride=stride, padding=padding)
+        self.name = name
+        self.stem_name = stem
+        self.width = TORCHVISION_WIDTH
+        self.drop_path = float(drop_path)
+        self.stem = features[0]
+        self.layer1 = features[1]
+        self.layer2 = nn.Sequential(features[2], features[3])
+        self.layer3 = nn.Sequential(features[4], features[5])
+        self.layer4 = nn.Sequential(features[6], features[7])
+        self.channels: tuple[int, int, int, int] = tuple(
+            int(stage[-1].block[0].out_channels) for stage in (features[1], features[3], features[5], features[7]))
+        self.strides: tuple[int, int, int, int] = tuple(STEMS[stem] * 2 ** index for index in range(4))
+        self.load_report: LoadReport | None = None
+        if pretrained:
+            self.load_report = load_pretrained(self, pretrained)
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[-1]
+
+    def stage_sizes(self, input_size: int) -> tuple[int, int, int, int]:
+        """Side of the layer1..4 maps for a square ``input_size`` input (the strided convolutions round down)."""
+        kernel, stride, padding = CONVNEXT_STEMS[self.stem_name]
+        size = (input_size + 2 * padding - kernel) // stride + 1
+        sizes = [size]
+        for _ in range(3):
+            size //= 2
+            sizes.append(size)
+        return tuple(sizes)
+
+    @staticmethod
+    def remap_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpoint names -> this module's (``stem``, ``layer1..4``).
+
+        Two layouts are read: torchvision's (``features.N.*``) and the original ConvNeXt code's that timm
+        and MFER's release use (``downsample_layers.i.*``, ``stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma}``).
+        Anything else (classifier heads, the final norm, MFER's attention) is left as is and reported.
+        """
+        renamed = {}
+        for key, value in state.items():
+            if match := re.match(r"features\.(\d)\.(.*)", key):
+                index, rest = int(match.group(1)), match.group(2)
+                if index == 0:
+                    key = f"stem.{rest}"
+                elif index == 1:
+                    key = f"layer1.{rest}"
+                else:  # 2, 3 -> layer2.0, layer2.1; 4, 5 -> layer3; 6, 7 -> layer4
+                    key = f"layer{index // 2 + 1}.{(index - 2) % 2}.{rest}"
+            elif match := re.match(r"downsample_layers\.(\d)\.(.*)", key):
+                index, rest = int(match.group(1)), match.group(2)
+                key = f"stem.{rest}" if index == 0 else f"layer{index + 1}.0.{rest}"
+            elif match := re.match(r"stages\.(\d)\.(\d+)\.(dwconv|norm|pwconv1|pwconv2|gamma)(.*)", key):
+                stage, block, part, rest = match.groups()
+                prefix = "layer1" if stage == "0" else f"layer{int(stage) + 1}.1"
+                if part == "gamma":   # layer scale: (C,) in the original code, (C, 1, 1) in torchvision
+                    key, value = f"{prefix}.{block}.layer_scale", value.reshape(-1, 1, 1)
+                else:
+                    key = f"{prefix}.{block}.block.{_ORIGINAL_BLOCK_PARTS[part]}{rest}"
+            renamed[key] = value
+        return renamed
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> the input of layer1 (B, C1, H/s, W/s)."""
+        return self.stem(x)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x1 = self.layer1(self.stem(x))
+        x2 = self.layer2(x1)
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        return [x1, x2, x3, x4]
+
+
+def available_backbones() -> list[str]:
+    """Every name :func:`build_backbone` accepts."""
+    return [*BACKBONES, *CONVNEXTS]
+
+
+def is_convnext(name: str) -> bool:
+    return name in CONVNEXTS
+
+
+def build_backbone(name: str = "resnet18", pretrained: str | None = None, *, stem: str = "standard",
+                   width: int = TORCHVISION_WIDTH, drop_path: float = 0.0) -> nn.Module:
+    """The ResNet or ConvNeXt backbone called ``name`` (see :func:`available_backbones`)."""
+    if name in CONVNEXTS:
+        return ConvNeXtBackbone(name, pretrained, stem=stem, width=width, drop_path=drop_path)
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+    if drop_path:
+        raise ValueError(f"drop_path (stochastic depth) applies to ConvNeXt backbones, not {name}")
+    return ResNetBackbone(name, pretrained, stem=stem, width=width)
+
+
+def _imagenet_weights_url(name: str) -> str:
+    weights_enum = BACKBONES[name][1] if name in BACKBONES else CONVNEXTS[name][1]
+    return getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
+
+
 def _imagenet_weights_file(name: str) -> Path:
     """Where torchvision would cache the ImageNet weights of this backbone."""
-    _, weights_enum, _ = BACKBONES[name]
-    url = getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet_weights_url(name))
 
 
 def _unwrap_state_dict(obj) -> dict[str, Tensor]:
@@ -194,7 +349,7 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return cleaned
 
 
-def load_pretrained(backbone: ResNetBackbone, pretrained: str) -> LoadReport:
+def load_pretrained(backbone: nn.Module, pretrained: str) -> LoadReport:
     """Load ``"imagenet"`` (local torch cache only) or a local checkpoint file into ``backbone``.
 
     Nothing is ever downloaded: a missing file raises FileNotFoundError saying where to put it.
@@ -202,8 +357,7 @@ def load_pretrained(backbone: ResNetBackbone, pretrained: str) -> LoadReport:
     if pretrained == "imagenet":
         path = _imagenet_weights_file(backbone.name)
         if not path.is_file():
-            _, weights_enum, _ = BACKBONES[backbone.name]
-            url = getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
+            url = _imagenet_weights_url(backbone.name)
             raise FileNotFoundError(
                 f"ImageNet weights for {backbone.name} are not in the local torch cache ({path}). "
                 f"hsbs_lib never downloads at run time: fetch {url} on a machine with internet and copy it "
@@ -215,7 +369,9 @@ def load_pretrained(backbone: ResNetBackbone, pretrained: str) -> LoadReport:
     try:
         state = _strip_prefixes(_unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
     except Exception as error:  # unpickling refused or not a state dict
-        raise ValueError(f"{path}: could not read a ResNet state dict ({error})") from error
+        raise ValueError(f"{path}: could not read a {backbone.name} state dict ({error})") from error
+    if hasattr(backbone, "remap_state_dict"):
+        state = backbone.remap_state_dict(state)
 
     own = backbone.state_dict()
     matched, mismatch = [], []

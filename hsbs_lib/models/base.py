@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hsbs_lib.constants import STAGE_NAMES
-from hsbs_lib.models.backbones import ResNetBackbone
+from hsbs_lib.models.backbones import build_backbone
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ModelOutput:
 
 
 class FERModel(nn.Module):
-    """Base class: a ResNet backbone with feature taps plus the shared classification loss.
+    """Base class: a ResNet or ConvNeXt backbone with feature taps plus the shared classification loss.
 
     Subclasses implement ``forward(x) -> ModelOutput`` and may extend ``loss``. The engine calls
     ``configure_criterion`` once (label smoothing, class weights) before training.
@@ -44,10 +44,11 @@ class FERModel(nn.Module):
     feature_layers: tuple[str, ...] = STAGE_NAMES
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
-                 stem: str = "standard", backbone_width: int = 64):
+                 stem: str = "standard", backbone_width: int = 64, drop_path: float = 0.0):
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, stem=stem, width=backbone_width)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, stem=stem, width=backbone_width,
+                                       drop_path=drop_path)
         self.label_smoothing = 0.0
         self.register_buffer("class_weights", torch.ones(num_classes), persistent=False)
 

@@ -15,6 +15,9 @@ What comes from where:
   sum of the three heads, and each head is trained with label-smoothing cross-entropy (0.1).
 - [design] Placement on ResNet: DS attention after layer3 and after layer4 (the released model wraps
   ConvNeXt stages); the attended layer3 map feeds layer4.
+- [code] On ConvNeXt (``backbone="convnext_base"``, the released backbone) the same placement is the
+  released one: attention closes stages 3 and 4, the pooled feature passes a LayerNorm, and the blocks
+  use stochastic depth 0.25 (``drop_path``, ramped linearly over the blocks).
 - [design] ``depthwise=True`` (default) makes the 7x7 query convolution depthwise. The released code
   uses a full C -> C convolution: 12.8M parameters after ResNet-18's layer4 and 205M after ResNet-50's,
   against 25k / 100k depthwise. ``depthwise=False`` gives the released form.
@@ -32,10 +35,13 @@ from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.losses.center import CenterLoss
 from hsbs_lib.losses.dsf import DeepSmoothFeatureLoss
 from hsbs_lib.losses.lgm import LGMLoss
+from hsbs_lib.models.backbones import is_convnext
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
 
 STAGES = STAGE_NAMES
+#: [code] the stochastic depth the released model trains its ConvNeXt-Base with (drop_path_rate=0.25).
+RELEASED_DROP_PATH = {"convnext_base": 0.25}
 
 #: feature loss name -> (loss class, default weight in the total loss).
 #: DSF 1e-3 is MFER's weight; center loss gets the same weight, so the comparison isolates smoothing
@@ -142,6 +148,10 @@ class MFER(FERModel):
         feature_loss_options: keyword arguments of the loss (e.g. ``{"eps": 0.1, "margin": 10.0}``).
         label_smoothing: applied to each head's cross-entropy (0.1 as in MFER); it takes precedence over
             the engine's ``train.label_smoothing``; None follows the engine's value instead.
+        drop_path: stochastic depth of a ConvNeXt backbone; None takes the released 0.25 on convnext_base
+            and 0 on every other backbone (ResNets have none).
+        feature_norm: LayerNorm on the pooled feature, as the released ConvNeXt model ends; None turns it
+            on for ConvNeXt backbones and off for ResNets.
 
     Loss terms: ``ce/head1``, ``ce/head2``, ``ce/head3`` (``ce`` when msc=False) and ``dsf`` / ``center``
     / ``lgm`` (already weighted) when a feature loss is on. The DSF term uses ``soft_label`` when the
@@ -161,8 +171,12 @@ class MFER(FERModel):
                  ds_layers: Sequence[str] = ("layer3", "layer4"), ds_kernel_size: int = 7,
                  depthwise: bool = True, msc: bool = True, feature_loss: str = "dsf",
                  feature_loss_weight: float | None = None, feature_loss_options: dict[str, Any] | None = None,
-                 label_smoothing: float | None = 0.1):
-        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
+                 label_smoothing: float | None = 0.1, drop_path: float | None = None,
+                 feature_norm: bool | None = None):
+        if drop_path is None:
+            drop_path = RELEASED_DROP_PATH.get(backbone, 0.0)
+        super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width,
+                         drop_path=drop_path)
         channels = dict(zip(STAGES, self.backbone.channels))
         ds_layers = tuple(ds_layers) if ds_attention else ()
         unknown = [name for name in ds_layers if name not in channels]
@@ -174,6 +188,9 @@ class MFER(FERModel):
 
         feature_dim = self.backbone.out_channels
         self.pool = nn.AdaptiveAvgPool2d(1)
+        if feature_norm is None:
+            feature_norm = is_convnext(backbone)
+        self.feature_norm = nn.LayerNorm(feature_dim, eps=1e-6) if feature_norm else nn.Identity()
         self.msc = msc
         self.classifier = (MultiScaleClassifier(feature_dim, num_classes) if msc
                            else nn.Linear(feature_dim, num_classes))
@@ -191,7 +208,7 @@ class MFER(FERModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         net = self.backbone
-        current = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        current = net.forward_stem(x)
         maps: dict[str, Tensor] = {}
         for name in STAGES:
             current = getattr(net, name)(current)
@@ -200,7 +217,7 @@ class MFER(FERModel):
             if name in self.ds_attention:
                 current, ds_map = self.ds_attention[name](current)
                 maps[f"attention/ds_{name}"] = ds_map
-        features = self.pool(current).flatten(1)
+        features = self.feature_norm(self.pool(current).flatten(1))
         if self.msc:
             head_logits = self.classifier(features)
             logits = torch.stack(head_logits).sum(dim=0)

@@ -60,7 +60,7 @@ def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pr
     Args:
         name: one of :func:`list_models` (baseline, hsbs, clcl, phanet, mfer).
         num_classes: 7 (RAF-DB order) or 8 (plus contempt).
-        backbone: resnet18, resnet34 or resnet50.
+        backbone: resnet18, resnet34, resnet50, convnext_tiny or convnext_base.
         pretrained: None, ``"imagenet"`` (torchvision weights from the local torch cache) or a path to a
             local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
         input_size: the image size, passed on to models whose head geometry depends on it (CLCL's MSR);

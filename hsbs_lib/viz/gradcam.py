@@ -26,6 +26,9 @@ TARGET_LAYERS: dict[str, str] = {
     "resnet18": "backbone.layer4.-1",
     "resnet34": "backbone.layer4.-1",
     "resnet50": "backbone.layer4.-1",
+    # ConvNeXt's layer4 is (downsampling, blocks): its last module ends in the last block.
+    "convnext_tiny": "backbone.layer4.-1",
+    "convnext_base": "backbone.layer4.-1",
 }
 
 
