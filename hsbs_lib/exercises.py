@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 import nbformat
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hsbs_lib.data.labels import CANONICAL_7, canonical_index
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
@@ -101,20 +103,52 @@ def build_exercises(source_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------- checks
+# Each check compares the student's answer with a reference on several fixed inputs (edge cases
+# included: a batch of one, a class without samples) and stops at the first difference with a message
+# saying what differs. tests/test_exercises.py feeds every check known-wrong answers.
 def _report(ok: bool, message: str) -> None:
     if not ok:
         raise AssertionError(f"not yet: {message}")
     print(f"✓ {message}")
 
 
+def _call(student_fn: Callable, *args, case: str):
+    """The student's answer for one case; an exception becomes a 'not yet' naming the case."""
+    try:
+        return student_fn(*args)
+    except NotImplementedError:
+        raise AssertionError("not yet: the function still raises NotImplementedError (write its body)") from None
+    except Exception as error:  # the student's code may fail in any way; say where
+        raise AssertionError(f"not yet: raised {type(error).__name__} ({error}) on {case}") from None
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max(|expected|), 0 when both are all zero."""
+    got, expected = got.detach().double(), expected.detach().double()
+    scale = expected.abs().max().clamp_min(1e-12)
+    return float((got - expected).abs().max() / scale)
+
+
+def _as_tensor(value) -> torch.Tensor:
+    return value.detach() if torch.is_tensor(value) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+
+
 def check_activation_attention(student_fn: Callable) -> None:
     """Checks an activation-attention function: (B, C, H, W) -> (B, H, W), mean over channels of F^2."""
-    torch.manual_seed(0)
-    features = torch.randn(2, 8, 5, 5)
-    got = student_fn(features)
-    _report(tuple(got.shape) == (2, 5, 5), f"shape (B, H, W) = (2, 5, 5), got {tuple(got.shape)}")
-    _report(torch.allclose(got, activation_attention(features), atol=1e-5),
-            "values equal the mean over channels of the squared features")
+    generator = torch.Generator().manual_seed(0)
+    cases = {"a (2, 8, 5, 5) batch": torch.randn(2, 8, 5, 5, generator=generator),
+             "a batch of one (1, 3, 4, 4)": torch.randn(1, 3, 4, 4, generator=generator),
+             "a non-square (3, 16, 8, 6) map": torch.randn(3, 16, 8, 6, generator=generator) * 5,
+             "all-zero features (2, 4, 3, 3)": torch.zeros(2, 4, 3, 3)}
+    for case, features in cases.items():
+        got = _call(student_fn, features.clone(), case=case)
+        expected = activation_attention(features)
+        _report(torch.is_tensor(got) and tuple(got.shape) == tuple(expected.shape),
+                f"shape (B, H, W) = {tuple(expected.shape)} for {case}, got "
+                f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
+        error = _relative_error(got, expected)
+        _report(error < 1e-5, f"values for {case} equal the mean over channels of the squared features "
+                              f"(relative error {error:.1e}; square each value, then average over dim 1)")
 
 
 def reference_hst_term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -135,7 +169,7 @@ def check_hst_loss(student_fn: Callable) -> None:
     for batch, cells, teacher_cells in ((3, 32, 4), (2, 33, 5), (1, 8, 4), (4, 17, 5)):
         teacher = torch.rand(batch, teacher_cells, teacher_cells, generator=generator, requires_grad=True)
         student = torch.rand(batch, cells, cells, generator=generator, requires_grad=True)
-        loss = student_fn(student, teacher)
+        loss = _call(student_fn, student, teacher, case=f"a ({batch}, {cells}, {cells}) student")
         _report(torch.is_tensor(loss) and loss.dim() == 0,
                 f"returns a scalar tensor for a ({batch}, {cells}, {cells}) student")
         expected = reference_hst_term(student.detach(), teacher.detach())
@@ -152,21 +186,207 @@ def check_hst_loss(student_fn: Callable) -> None:
             "only the shape of a map matters, not its scale (normalise before comparing)")
 
 
-def check_uniform_similarity(similarity: torch.Tensor, batch_size: int) -> None:
-    """Checks that a similarity matrix is the uniform B x B matrix (each row 1/B)."""
-    _report(tuple(similarity.shape) == (batch_size, batch_size), f"shape ({batch_size}, {batch_size})")
-    _report(torch.allclose(similarity, torch.full_like(similarity, 1 / batch_size), atol=1e-6),
-            "every entry is 1/B: with zero query/key weights BSA adds the batch mean")
+def check_uniform_similarity(bsa: torch.nn.Module, z: torch.Tensor, similarity: torch.Tensor) -> None:
+    """Checks the zero-query/key exercise: ``bsa`` a BatchSimilarityAttention whose query and key
+    projections were zeroed, ``z`` (B, D) the batch, ``similarity`` (B, B) = bsa.similarity(z), each entry 1/B.
+
+    The module itself is inspected, so a hand-written matrix of 1/B does not pass.
+    """
+    batch_size = z.shape[0]
+    _report(tuple(similarity.shape) == (batch_size, batch_size),
+            f"S has shape (B, B) = ({batch_size}, {batch_size}) for a batch of {batch_size}, got {tuple(similarity.shape)}")
+    for name in ("query", "key"):
+        projection = getattr(bsa, name)
+        zeroed = all(float(p.detach().abs().max()) == 0 for p in (projection.weight, projection.bias))
+        _report(zeroed, f"the {name} projection's weight and bias are zero")
+    untouched = all(float(getattr(bsa, name).weight.detach().abs().max()) > 0 for name in ("value", "out"))
+    _report(untouched, "the value and output projections keep their weights (only queries and keys are zeroed)")
+    with torch.no_grad():
+        recomputed = bsa.similarity(z)
+        _report(_relative_error(similarity, recomputed) < 1e-6,
+                "S is the module's similarity of this z (compute it with bsa.similarity(z))")
+        other = bsa.similarity(torch.randn(batch_size, z.shape[1], generator=torch.Generator().manual_seed(1)))
+    expected = torch.full((batch_size, batch_size), 1 / batch_size)
+    _report(_relative_error(similarity, expected) < 1e-6 and _relative_error(other, expected) < 1e-6,
+            f"every entry is 1/B = {1 / batch_size:.4f}, for this batch and any other: with zero queries and keys "
+            "BSA adds the batch mean")
+
+
+def reference_mean_class_accuracy(confusion_matrix) -> float:
+    """(K, K) counts, rows = true class -> mean recall over the classes that have samples."""
+    counts = np.asarray(confusion_matrix, dtype=np.float64)
+    support = counts.sum(axis=1)
+    present = support > 0
+    return float((np.diag(counts)[present] / support[present]).mean())
+
+
+MEAN_CLASS_ACCURACY_CASES = {
+    "a 3-class matrix": [[8, 2, 0], [1, 1, 0], [0, 0, 10]],
+    "a class with no test image (row 1 empty)": [[5, 0, 0], [0, 0, 0], [1, 0, 3]],
+    "a single test image": [[0, 1], [0, 0]],
+    "a class predicted but never present": [[2, 1, 0], [0, 0, 0], [0, 3, 1]],
+    "a 7-class imbalanced matrix": [[30, 2, 0, 5, 0, 0, 3], [1, 2, 0, 0, 0, 0, 0], [0, 0, 4, 1, 0, 3, 0],
+                                    [2, 0, 1, 150, 3, 0, 4], [0, 0, 0, 6, 40, 1, 13], [0, 0, 3, 2, 1, 20, 4],
+                                    [1, 0, 0, 9, 8, 1, 60]],
+}
 
 
 def check_mean_class_accuracy(student_fn: Callable) -> None:
-    """Checks mean class accuracy from a confusion matrix (rows = true class)."""
-    import numpy as np
+    """Checks mean class accuracy from a confusion matrix (rows = true class), empty classes skipped."""
+    for case, matrix in MEAN_CLASS_ACCURACY_CASES.items():
+        counts = np.array(matrix, dtype=np.int64)
+        got = _call(student_fn, counts.copy(), case=case)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise AssertionError(f"not yet: returns a number, got {type(got).__name__} on {case}") from None
+        expected = reference_mean_class_accuracy(counts)
+        _report(np.isfinite(got), f"a finite number on {case}, got {got} (skip classes whose row is empty)")
+        _report(abs(got - expected) < 1e-9,
+                f"mean of the per-class recalls on {case}: expected {expected:.4f}, got {got:.4f} (diagonal over "
+                "row totals, averaged over the classes that have test images)")
 
-    cm = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 10]])
-    expected = (0.8 + 0.5 + 1.0) / 3
-    got = float(student_fn(cm))
-    _report(abs(got - expected) < 1e-9, f"mean of per-class recall = {expected:.4f}, got {got:.4f}")
+
+def reference_row_normalised_confusion(labels, predictions, num_classes: int) -> np.ndarray:
+    """labels (N,), predictions (N,) -> (K, K) float, row i = where class i's images went; empty rows zero."""
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    counts = np.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
+    counts = counts.reshape(num_classes, num_classes).astype(np.float64)
+    support = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
+
+
+def _confusion_cases() -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(7, size=60, p=[0.1, 0.03, 0.06, 0.39, 0.16, 0.06, 0.2])
+    predictions = np.where(rng.random(60) < 0.6, labels, rng.integers(0, 7, size=60))
+    return {
+        "60 images of 7 classes": (labels, predictions, 7),
+        "a class with no image (class 1 of 3)": (np.array([0, 0, 2, 2, 2]), np.array([0, 1, 2, 0, 1]), 3),
+        "a single image": (np.array([1]), np.array([0]), 2),
+        "a class never predicted": (np.array([0, 1, 1, 2, 2, 2]), np.array([0, 0, 0, 2, 2, 0]), 3),
+    }
+
+
+def check_row_normalised_confusion(student_fn: Callable) -> None:
+    """Checks student_fn(labels (N,), predictions (N,), num_classes) -> (K, K): counts of (true, predicted)
+    pairs, each row divided by its total; a class without images gets a row of zeros (not NaN)."""
+    for case, (labels, predictions, num_classes) in _confusion_cases().items():
+        got = _call(student_fn, labels.copy(), predictions.copy(), num_classes, case=case)
+        got = np.asarray(got.detach().cpu() if torch.is_tensor(got) else got, dtype=np.float64)
+        expected = reference_row_normalised_confusion(labels, predictions, num_classes)
+        _report(got.shape == expected.shape, f"shape (K, K) = {expected.shape} on {case}, got {got.shape}")
+        _report(bool(np.isfinite(got).all()), f"no NaN on {case} (a class without images gets a row of zeros)")
+        _report(np.allclose(got.sum(axis=1), expected.sum(axis=1)),
+                f"each row sums to 1 (0 for a class without images) on {case}: rows sum to "
+                f"{np.round(got.sum(axis=1), 3).tolist()} (rows = true class, divide each row by its own total)")
+        _report(np.allclose(got, expected, atol=1e-9),
+                f"entry (i, j) = share of class i's images predicted as j on {case} (largest difference "
+                f"{float(np.abs(got - expected).max()):.3f}; rows are true classes, columns predictions)")
+
+
+def reference_canonical_lookup(class_to_idx: dict[str, int]) -> list[int]:
+    """A dataset's {class name: index} -> lookup[index] = canonical index (CANONICAL_8 order)."""
+    lookup = [-1] * len(class_to_idx)
+    for name, index in class_to_idx.items():
+        canonical = canonical_index(name, 8)
+        if canonical is None:
+            raise ValueError(f"unknown class name {name!r}")
+        lookup[index] = canonical
+    return lookup
+
+
+LABEL_ORDER_CASES = {
+    "the FER2013 folder export (ImageFolder, alphabetical)":
+        {"angry": 0, "disgust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6},
+    "FER2013's csv codes": {"Angry": 0, "Disgust": 1, "Fear": 2, "Happy": 3, "Sad": 4, "Surprise": 5, "Neutral": 6},
+    "AffectNet's eight classes": {"Neutral": 0, "Happy": 1, "Sad": 2, "Surprise": 3, "Fear": 4, "Disgust": 5,
+                                  "Anger": 6, "Contempt": 7},
+    "the canonical names in canonical order": {name: index for index, name in enumerate(CANONICAL_7)},
+    "three classes only": {"Sad": 0, "Surprised": 1, "happiness": 2},
+}
+
+
+def check_label_mapping(student_fn: Callable) -> None:
+    """Checks student_fn(class_to_idx) -> lookup, a sequence with lookup[dataset index] = canonical index
+    (RAF-DB order, contempt = 7), matched by name through the synonyms; an unknown name raises ValueError."""
+    for case, class_to_idx in LABEL_ORDER_CASES.items():
+        got = _call(student_fn, dict(class_to_idx), case=case)
+        got = np.asarray(got.cpu() if torch.is_tensor(got) else got).reshape(-1).tolist()
+        expected = reference_canonical_lookup(class_to_idx)
+        _report(len(got) == len(expected), f"one entry per dataset class on {case}: {len(expected)}, got {len(got)}")
+        wrong = [f"{name} (index {index}) -> {got[index]}, expected {expected[index]}"
+                 for name, index in class_to_idx.items() if got[index] != expected[index]]
+        _report(not wrong, f"lookup[dataset index] = canonical index on {case}"
+                           + (f"; wrong: {', '.join(wrong[:3])}" if wrong else ""))
+    try:
+        student_fn({"angry": 0, "hapy": 1})
+        raised = None
+    except Exception as error:
+        raised = error
+    _report(isinstance(raised, ValueError) and not isinstance(raised, NotImplementedError),
+            "an unknown folder name ('hapy') raises ValueError instead of becoming a class"
+            + ("" if raised is None or isinstance(raised, ValueError) else f" (got {type(raised).__name__})"))
+
+
+def reference_gradcam(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor,
+                      class_index: int) -> torch.Tensor:
+    """Grad-CAM without hooks on the student's side: (B, 3, H, W) -> (B, h, w) at ``layer``'s resolution,
+    ReLU(sum_k alpha_k F_k) with alpha_k the spatial mean of d logit[class_index] / d F_k, per image."""
+    captured = []
+    handle = layer.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            (gradient,) = torch.autograd.grad(logits[:, class_index].sum(), captured[0])
+    finally:
+        handle.remove()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * captured[0]).sum(dim=1)).detach()
+
+
+def _gradcam_test_model() -> torch.nn.Module:
+    """A tiny seeded CNN: 3 -> 6 -> 8 channels, a 3-class linear head (the check's fixed model)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 8, 3, stride=2, padding=1),           # the target: signed activations
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 3)).eval()
+    torch.random.set_rng_state(generator_state)
+    return model
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def check_gradcam(student_fn: Callable) -> None:
+    """Checks student_fn(model, layer, images (B, 3, H, W), class_index) -> (B, h, w) Grad-CAM at ``layer``'s
+    resolution (no upsampling, no rescaling), with every hook removed afterwards."""
+    model = _gradcam_test_model()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 12, 12, generator=generator)
+    cases = {"4 images, class 0, the second conv": (model[2], images, 0),
+             "a batch of one, class 2": (model[2], images[1:2], 2),
+             "4 images, class 1, the first conv (full resolution)": (model[0], images, 1)}
+    for case, (layer, inputs, class_index) in cases.items():
+        got = _call(student_fn, model, layer, inputs.clone(), class_index, case=case)
+        expected = reference_gradcam(model, layer, inputs, class_index)
+        _report(_hook_count(model) == 0, f"every hook is removed after the call ({case}): keep the handles "
+                                         "that register_*_hook returns and call .remove(), in a finally block")
+        _report(torch.is_tensor(got) and tuple(got.shape) == tuple(expected.shape),
+                f"shape (B, h, w) = {tuple(expected.shape)} on {case}, got "
+                f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
+        _report(float(got.min()) >= 0, f"no negative value on {case} (the ReLU keeps the positive evidence)")
+        error = _relative_error(got, expected)
+        _report(error < 1e-4, f"values on {case} (relative error {error:.1e}): alpha_k = mean over positions of "
+                              "d score / d F_k for each image, then ReLU(sum_k alpha_k F_k)")
+    single = _call(student_fn, model, model[2], images[:1].clone(), 0, case="the first image alone")
+    batched = _call(student_fn, model, model[2], images.clone(), 0, case="the batch")
+    _report(_relative_error(single[0], batched[0]) < 1e-4,
+            "an image's map does not depend on the rest of its batch (a weight per image and channel)")
 
 
 def main(argv: list[str] | None = None) -> int:
