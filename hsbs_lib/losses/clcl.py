@@ -1,4 +1,4 @@
-"""CLCL contrast terms: deterministic k-means, CLBS and CLFM (Peng et al., IEEE TIP 33, 2024).
+"""CLCL contrast terms: deterministic k-means, CLBS and CLFM (Xie et al., IEEE TIP 33, 2024).
 
 Both terms follow one pattern. k-means on detached layer4 ("teacher") vectors gives centroids; every
 shallow ("student") vector is assigned by cosine similarity to its nearest centroid; the mean of the

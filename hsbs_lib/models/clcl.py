@@ -1,4 +1,4 @@
-"""CLCL: Cross-Layer Contrastive Learning of latent semantics (Peng et al., IEEE TIP 33, 2024).
+"""CLCL: Cross-Layer Contrastive Learning of latent semantics (Xie et al., IEEE TIP 33, 2024).
 
 [paper] Shallow layers are under-trained (their "learning intensity", the magnitude of the gradient
 that reaches them, is small); contrastive learning aligns shallow and deep latent semantics, and a
