@@ -1,5 +1,6 @@
 """Exercise notebooks are generated from the solution cells, up to date, and hold no solution code."""
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -292,3 +293,46 @@ def test_an_unwritten_answer_is_reported_as_not_yet():
 
     with pytest.raises(AssertionError, match="not yet: the function still raises NotImplementedError"):
         exercises.check_row_normalised_confusion(stub)
+
+
+# ------------------------------------------------------------------------ questions and the teacher's key
+NUMBERED = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def numbered_items(markdown: str) -> list[str]:
+    """The items of a Markdown numbered list ('1. text' plus indented continuation lines), one string each."""
+    items: list[str] = []
+    for line in markdown.splitlines():
+        start = re.match(r"^(\d+)\. (.*)$", line)
+        if start:
+            assert int(start.group(1)) == len(items) + 1, f"question numbers out of order at {line!r}"
+            items.append(start.group(2))
+        elif items and line.startswith("   ") and line.strip():
+            items[-1] += " " + line.strip()
+    return [" ".join(item.split()) for item in items]
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_notebook_ends_with_questions_and_going_further(path):
+    cells = nbformat.read(path, as_version=4).cells
+    questions, further = cells[-2], cells[-1]
+    assert questions.cell_type == further.cell_type == "markdown"
+    assert questions.source.startswith("## Questions"), f"{path.name}: the second-to-last cell is '## Questions'"
+    assert 4 <= len(numbered_items(questions.source)) <= 8, f"{path.name}: 4 to 8 numbered questions"
+    assert further.source.startswith("## Going further") and further.source.count("\n* ") >= 3, \
+        f"{path.name}: the last cell is '## Going further' with at least three suggestions"
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_the_answer_key_repeats_every_question_and_answers_it(path):
+    key = ROOT / "notebooks" / "answers" / f"{path.stem}.md"
+    assert key.is_file(), f"{path.name} has no answer key {key.relative_to(ROOT)}"
+    questions = numbered_items(nbformat.read(path, as_version=4).cells[-2].source)
+    text = key.read_text()
+    headings = re.findall(r"^### (\d+)\. (.+)$", text, flags=re.M)
+    assert [int(number) for number, _ in headings] == list(range(1, len(questions) + 1)), \
+        f"{key.name}: one '### N. question' heading per question of {path.name}"
+    for (number, heading), question in zip(headings, questions):
+        assert " ".join(heading.split()) == question, f"{key.name} question {number} differs from {path.name}'s"
+    answers = re.split(r"^### \d+\. .+$", text, flags=re.M)[1:]
+    assert all(len(answer.split()) >= 10 for answer in answers), f"{key.name}: an answer is missing or a stub"
