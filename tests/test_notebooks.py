@@ -25,6 +25,16 @@ def test_notebook_is_committed_without_outputs(path):
     assert notebook["metadata"].get("kernelspec", {}).get("name") == "python3", "kernelspec metadata must stay"
 
 
+CODE_WIDTH = 100   # wider code lines are cut off in a JupyterLab cell on a laptop screen
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_lines_fit_a_cell(path):
+    wide = [(cell.get("id"), len(line)) for cell in nbformat.read(path, as_version=4).cells
+            if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+    assert not wide, f"{path.name}: code lines wider than {CODE_WIDTH} characters (cell id, width): {wide}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_has_one_parameters_cell_and_no_library_code(path):
     notebook = nbformat.read(path, as_version=4)
