@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
+from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
@@ -107,9 +108,13 @@ def build_exercises(source_dir: str | Path, out_dir: str | Path) -> list[Path]:
 # included: a batch of one, a class without samples) and stops at the first difference with a message
 # saying what differs. tests/test_exercises.py feeds every check known-wrong answers.
 def _report(ok: bool, message: str) -> None:
+    """Stop at the first failed comparison, with what was expected."""
     if not ok:
         raise AssertionError(f"not yet: {message}")
-    print(f"✓ {message}")
+
+
+def _passed(summary: str) -> None:
+    print(f"✓ {summary}")
 
 
 def _call(student_fn: Callable, *args, case: str):
@@ -149,6 +154,7 @@ def check_activation_attention(student_fn: Callable) -> None:
         error = _relative_error(got, expected)
         _report(error < 1e-5, f"values for {case} equal the mean over channels of the squared features "
                               f"(relative error {error:.1e}; square each value, then average over dim 1)")
+    _passed('right on 4 inputs (a batch of one, a non-square map, all-zero features)')
 
 
 def reference_hst_term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -184,6 +190,8 @@ def check_hst_loss(student_fn: Callable) -> None:
     teacher = torch.rand(2, 4, 4, generator=generator)
     _report(torch.allclose(student_fn(10 * scaled, teacher), student_fn(scaled, teacher), rtol=1e-4),
             "only the shape of a map matters, not its scale (normalise before comparing)")
+    _passed("right on 4 shape pairs (65 px and 64 px grids, a batch of one): values, gradient, "
+            "stop-gradient, scale invariance")
 
 
 def check_uniform_similarity(bsa: torch.nn.Module, z: torch.Tensor, similarity: torch.Tensor) -> None:
@@ -210,6 +218,47 @@ def check_uniform_similarity(bsa: torch.nn.Module, z: torch.Tensor, similarity: 
     _report(_relative_error(similarity, expected) < 1e-6 and _relative_error(other, expected) < 1e-6,
             f"every entry is 1/B = {1 / batch_size:.4f}, for this batch and any other: with zero queries and keys "
             "BSA adds the batch mean")
+    _passed('queries and keys zeroed, S uniform (1/B) for this batch and any other')
+
+
+def _bsa_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    """Seeded cosine BSA layers with a gate away from 1 (so a forgotten gamma shows) and their batches."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    cases = {}
+    for case, (batch, dim, attn_dim, temperature, gamma) in {
+            "a batch of 8, 32-d features, tau 0.1": (8, 32, 16, 0.1, 0.7),
+            "a batch of one": (1, 32, 16, 0.1, 0.7),
+            "a batch of 5, 16-d features, tau 0.5": (5, 16, 8, 0.5, -0.4)}.items():
+        bsa = BatchSimilarityAttention(dim, attn_dim, similarity="cosine", temperature=temperature).eval()
+        with torch.no_grad():
+            bsa.gamma.fill_(gamma)
+        cases[case] = (bsa, 3 * torch.randn(batch, dim))
+    torch.random.set_rng_state(generator_state)
+    return cases
+
+
+def check_bsa_forward(student_fn: Callable) -> None:
+    """Checks student_fn(bsa, z (B, C)) -> (z~ (B, C), S (B, B)) against BatchSimilarityAttention.forward
+    with cosine scores: S = softmax over j of cos(q_i, k_j) / tau, z~ = z + gamma W_o (S V)."""
+    for case, (bsa, z) in _bsa_cases().items():
+        with torch.no_grad():
+            expected_mixed, expected_similarity = bsa(z)
+            answer = _call(student_fn, bsa, z.clone(), case=case)
+        _report(isinstance(answer, tuple) and len(answer) == 2, f"returns (z~, S) on {case}")
+        mixed, similarity = answer
+        batch = z.shape[0]
+        _report(tuple(similarity.shape) == (batch, batch) and tuple(mixed.shape) == tuple(z.shape),
+                f"shapes z~ {tuple(z.shape)} and S ({batch}, {batch}) on {case}, got "
+                f"{tuple(mixed.shape)} and {tuple(similarity.shape)}")
+        _report(torch.allclose(similarity.sum(dim=1), torch.ones(batch), atol=1e-5),
+                f"every row of S sums to 1 on {case} (softmax over j, the keys: dim=1)")
+        error = _relative_error(similarity, expected_similarity)
+        _report(error < 1e-4, f"S on {case} (relative error {error:.1e}): cosine of queries and keys "
+                              "(normalise both to unit length), divided by bsa.temperature, softmax over each row")
+        error = _relative_error(mixed, expected_mixed)
+        _report(error < 1e-4, f"z~ on {case} (relative error {error:.1e}): z + bsa.gamma * bsa.out(S @ bsa.value(z))")
+    _passed("S and z~ equal the library layer's on 3 batches (a batch of one, two temperatures)")
 
 
 def reference_mean_class_accuracy(confusion_matrix) -> float:
@@ -245,6 +294,7 @@ def check_mean_class_accuracy(student_fn: Callable) -> None:
         _report(abs(got - expected) < 1e-9,
                 f"mean of the per-class recalls on {case}: expected {expected:.4f}, got {got:.4f} (diagonal over "
                 "row totals, averaged over the classes that have test images)")
+    _passed('right on 5 confusion matrices (a class without test images, a single image)')
 
 
 def reference_row_normalised_confusion(labels, predictions, num_classes: int) -> np.ndarray:
@@ -283,6 +333,7 @@ def check_row_normalised_confusion(student_fn: Callable) -> None:
         _report(np.allclose(got, expected, atol=1e-9),
                 f"entry (i, j) = share of class i's images predicted as j on {case} (largest difference "
                 f"{float(np.abs(got - expected).max()):.3f}; rows are true classes, columns predictions)")
+    _passed('right on 4 cases (a class without images, a single image, a class never predicted)')
 
 
 def reference_canonical_lookup(class_to_idx: dict[str, int]) -> list[int]:
@@ -327,6 +378,8 @@ def check_label_mapping(student_fn: Callable) -> None:
     _report(isinstance(raised, ValueError) and not isinstance(raised, NotImplementedError),
             "an unknown folder name ('hapy') raises ValueError instead of becoming a class"
             + ("" if raised is None or isinstance(raised, ValueError) else f" (got {type(raised).__name__})"))
+    _passed("right on 5 label orders (FER2013 folders and csv, AffectNet with contempt, a subset), "
+            "and a typo is refused")
 
 
 def reference_gradcam(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor,
@@ -387,6 +440,7 @@ def check_gradcam(student_fn: Callable) -> None:
     batched = _call(student_fn, model, model[2], images.clone(), 0, case="the batch")
     _report(_relative_error(single[0], batched[0]) < 1e-4,
             "an image's map does not depend on the rest of its batch (a weight per image and channel)")
+    _passed('right on 3 cases (two layers, a batch of one), hooks removed, each image independent of its batch')
 
 
 def main(argv: list[str] | None = None) -> int:

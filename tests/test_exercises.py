@@ -89,6 +89,13 @@ def _max_pool(student, size):
 
 
 HST_WRONG = {
+    "check_bsa_forward": {
+        "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
+        "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
+        "no temperature": lambda: (_bsa_forward_with(temperature=False),),
+        "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
+        "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+    },
     "no normalisation": _hst_with(normalise=False),
     "sum instead of mean": _hst_with(reduce="sum"),
     "normalised over the batch axis": _hst_with(dim=0),
@@ -215,7 +222,24 @@ def _gradcam_with(relu=True, spatial_mean=True, batch_mean=False, remove_hooks=T
     return cam
 
 
+def _bsa_forward_with(score="cosine", softmax_dim=1, temperature=True, gamma=True, residual=True):
+    """BSA's forward pass with one thing done differently."""
+    def forward(bsa, z):
+        queries, keys = bsa.query(z), bsa.key(z)
+        if score == "cosine":
+            scores = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T
+        else:
+            scores = queries @ keys.T / queries.shape[1] ** 0.5
+        scores = scores / bsa.temperature if temperature else scores
+        similarity = scores.softmax(dim=softmax_dim)
+        mixed = bsa.out(similarity @ bsa.value(z))
+        mixed = bsa.gamma * mixed if gamma else mixed
+        return (z + mixed if residual else mixed), similarity
+    return forward
+
+
 RIGHT = {
+    "check_bsa_forward": lambda: (_bsa_forward_with(),),
     "check_activation_attention": lambda: (activation_attention,),
     "check_mean_class_accuracy": lambda: (exercises.reference_mean_class_accuracy,),
     "check_uniform_similarity": lambda: _uniform_bsa(),
@@ -225,6 +249,13 @@ RIGHT = {
 }
 
 WRONG = {
+    "check_bsa_forward": {
+        "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
+        "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
+        "no temperature": lambda: (_bsa_forward_with(temperature=False),),
+        "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
+        "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+    },
     "check_activation_attention": {
         "absolute values": lambda: (lambda f: f.abs().mean(dim=1),),
         "sum over channels": lambda: (lambda f: f.pow(2).sum(dim=1),),
