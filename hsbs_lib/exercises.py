@@ -202,7 +202,8 @@ def check_uniform_similarity(bsa: torch.nn.Module, z: torch.Tensor, similarity: 
     """
     batch_size = z.shape[0]
     _report(tuple(similarity.shape) == (batch_size, batch_size),
-            f"S has shape (B, B) = ({batch_size}, {batch_size}) for a batch of {batch_size}, got {tuple(similarity.shape)}")
+            f"S has shape (B, B) = ({batch_size}, {batch_size}) for a batch of {batch_size}, "
+            f"got {tuple(similarity.shape)}")
     for name in ("query", "key"):
         projection = getattr(bsa, name)
         zeroed = all(float(p.detach().abs().max()) == 0 for p in (projection.weight, projection.bias))

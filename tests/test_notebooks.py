@@ -67,7 +67,8 @@ def test_notebooks_save_figures_under_the_runs_folder():
         code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
         for line in code.splitlines():
             if "save_figure(" in line and "import" not in line:
-                assert "out=" in line, f"{path.name}: `{line.strip()}` writes into figures/; pass out=notebook_figures_dir()"
+                assert "out=" in line, \
+                    f"{path.name}: `{line.strip()}` writes into figures/; pass out=notebook_figures_dir()"
 
 
 def test_smoke_splits_hold_every_class():
