@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
+from hsbs_lib.models.base import ModelOutput
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
 
@@ -260,6 +261,71 @@ def check_bsa_forward(student_fn: Callable) -> None:
         error = _relative_error(mixed, expected_mixed)
         _report(error < 1e-4, f"z~ on {case} (relative error {error:.1e}): z + bsa.gamma * bsa.out(S @ bsa.value(z))")
     _passed("S and z~ equal the library layer's on 3 batches (a batch of one, two temperatures)")
+
+
+class _TwoTermModel(torch.nn.Module):
+    """A tiny model with the package's contract (ModelOutput, named loss terms) and batch norm, so that
+    training mode, both loss terms and the optimiser step all change the result of one step."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        features = self.body(x)
+        return ModelOutput(logits=self.head(features), features=features)
+
+    def loss(self, output: ModelOutput, batch: dict) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(output.logits.float(), batch["label"]),
+                "feature_norm": 0.1 * output.features.float().pow(2).mean()}
+
+
+def reference_train_step(model, batch: dict, optimizer, device_type: str) -> float:
+    """One AMP training step as the engine takes it: train mode, fresh gradients, bf16 autocast around
+    forward and loss, the sum of the named terms, backward, optimiser step; returns the loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+        output = model(batch["image"])
+        loss = sum(model.loss(output, batch).values())
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def check_train_step(student_fn: Callable) -> None:
+    """Checks student_fn(model, batch {"image": (B, 3, H, W), "label": (B,)}, optimizer, device_type) -> float:
+    one bf16-autocast training step, against the reference on a tiny model (with batch norm and two loss
+    terms), starting from an eval-mode model whose gradients hold leftovers of an earlier step."""
+    generator = torch.Generator().manual_seed(0)
+    for case, batch_size in (("a batch of 8", 8), ("a batch of 2", 2)):
+        state = torch.random.get_rng_state()
+        torch.manual_seed(batch_size)
+        model = _TwoTermModel().eval()
+        torch.random.set_rng_state(state)
+        for parameter in model.parameters():               # leftovers that a missing zero_grad would add
+            parameter.grad = torch.full_like(parameter, 0.5)
+        batch = {"image": torch.randn(batch_size, 3, 8, 8, generator=generator),
+                 "label": torch.randint(0, 3, (batch_size,), generator=generator)}
+        reference = copy.deepcopy(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+        reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=0.05)
+        reference_optimizer.load_state_dict(optimizer.state_dict())
+        expected = reference_train_step(reference, {k: v.clone() for k, v in batch.items()}, reference_optimizer, "cpu")
+        got = _call(student_fn, model, {k: v.clone() for k, v in batch.items()}, optimizer, "cpu", case=case)
+        _report(isinstance(got, float), f"returns the loss as a Python float on {case}, got {type(got).__name__}")
+        _report(model.training, f"the model is left in training mode on {case} (call model.train() first)")
+        _report(abs(got - expected) <= 1e-6 * max(1.0, abs(expected)),
+                f"the loss on {case}: expected {expected:.6f}, got {got:.6f} (training mode, the sum of every "
+                "term of model.loss, forward and loss inside torch.autocast(device_type, dtype=torch.bfloat16))")
+        moved = max(float((p.detach() - q.detach()).abs().max())
+                    for p, q in zip(model.parameters(), reference.parameters()))
+        _report(moved < 1e-6, f"the weights after the step on {case} differ from the reference's by {moved:.1e} "
+                              "(zero the old gradients, backward, then optimizer.step())")
+    _passed("one bf16 step matches the reference on 2 batches: training mode, fresh gradients, every loss "
+            "term, the optimiser step")
 
 
 def reference_mean_class_accuracy(confusion_matrix) -> float:

@@ -89,6 +89,13 @@ def _max_pool(student, size):
 
 
 HST_WRONG = {
+    "check_train_step": {
+        "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
+        "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
+        "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
+        "float32, no autocast": lambda: (_step_with(autocast=False),),
+        "no optimizer step": lambda: (_step_with(step=False),),
+    },
     "check_bsa_forward": {
         "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
         "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
@@ -238,7 +245,26 @@ def _bsa_forward_with(score="cosine", softmax_dim=1, temperature=True, gamma=Tru
     return forward
 
 
+def _step_with(train_mode=True, zero_grad=True, terms="all", autocast=True, step=True):
+    """One training step with one thing done differently."""
+    def train_step(model, batch, optimizer, device_type):
+        if train_mode:
+            model.train()
+        if zero_grad:
+            optimizer.zero_grad()
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
+            output = model(batch["image"])
+            named = model.loss(output, batch)
+            loss = sum(named.values()) if terms == "all" else named["ce"]
+        loss.backward()
+        if step:
+            optimizer.step()
+        return float(loss.detach())
+    return train_step
+
+
 RIGHT = {
+    "check_train_step": lambda: (_step_with(),),
     "check_bsa_forward": lambda: (_bsa_forward_with(),),
     "check_activation_attention": lambda: (activation_attention,),
     "check_mean_class_accuracy": lambda: (exercises.reference_mean_class_accuracy,),
@@ -249,6 +275,13 @@ RIGHT = {
 }
 
 WRONG = {
+    "check_train_step": {
+        "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
+        "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
+        "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
+        "float32, no autocast": lambda: (_step_with(autocast=False),),
+        "no optimizer step": lambda: (_step_with(step=False),),
+    },
     "check_bsa_forward": {
         "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
         "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
