@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
+from hsbs_lib.losses.uncertainty import UncertaintyWeighting
 from hsbs_lib.models.base import ModelOutput
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
@@ -326,6 +327,43 @@ def check_train_step(student_fn: Callable) -> None:
                               "(zero the old gradients, backward, then optimizer.step())")
     _passed("one bf16 step matches the reference on 2 batches: training mode, fresh gradients, every loss "
             "term, the optimiser step")
+
+
+UNCERTAINTY_CASES = {
+    "three terms": ({"ce": 0.7, "pose": 2.3, "ce/layer2": 0.05}, {"ce": 0.0, "pose": 1.5, "ce/layer2": -2.0}),
+    "a single term": ({"ce": 1.2}, {"ce": 0.4}),
+    "a very large log-variance (s = 100)": ({"ce": 0.9, "pose": 3.0}, {"ce": 100.0, "pose": -0.5}),
+}
+
+
+def check_uncertainty_weighting(student_fn: Callable) -> None:
+    """Checks student_fn(losses {name: scalar}, log_variances {name: scalar s = log sigma^2}) -> {name: weighted}
+    with weighted = L / (2 sigma^2) + log(1 + sigma^2), against UncertaintyWeighting, gradients included."""
+    for case, (losses, log_variances) in UNCERTAINTY_CASES.items():
+        reference = UncertaintyWeighting(list(losses))
+        with torch.no_grad():
+            reference.log_variance.copy_(torch.tensor([log_variances[name] for name in losses]))
+        loss_tensors = {name: torch.tensor(value) for name, value in losses.items()}
+        with torch.no_grad():
+            expected = {name: float(value) for name, value in reference(loss_tensors).items()}
+        variables = {name: torch.tensor(value, requires_grad=True) for name, value in log_variances.items()}
+        got = _call(student_fn, dict(loss_tensors), dict(variables), case=case)
+        _report(isinstance(got, dict) and set(got) == set(losses), f"one weighted term per loss name on {case}")
+        for name in losses:
+            value = float(torch.as_tensor(got[name]).detach())
+            _report(np.isfinite(value), f"{name} on {case} is finite, got {value} (log(1 + exp(s)) overflows "
+                                        "for large s: torch.nn.functional.softplus(s) computes it safely)")
+            _report(abs(value - expected[name]) <= 1e-5 * max(1.0, abs(expected[name])),
+                    f"{name} on {case}: expected {expected[name]:.6g}, got {value:.6g} "
+                    "(0.5 * exp(-s) * L + log(1 + exp(s)) with s = log sigma^2)")
+        try:
+            sum(got.values()).backward()
+        except (AttributeError, RuntimeError):
+            pass                     # no graph: reported just below
+        _report(all(variables[name].grad is not None for name in losses),
+                f"the gradient reaches every log-variance on {case} (compute with torch, keep the graph)")
+    _passed("weighted terms equal the library's on 3 cases (a single term, a very large log-variance), "
+            "with gradients to every sigma")
 
 
 def reference_mean_class_accuracy(confusion_matrix) -> float:

@@ -89,6 +89,12 @@ def _max_pool(student, size):
 
 
 HST_WRONG = {
+    "check_uncertainty_weighting": {
+        "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
+        "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
+        "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
+        "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+    },
     "check_train_step": {
         "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
         "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
@@ -263,7 +269,26 @@ def _step_with(train_mode=True, zero_grad=True, terms="all", autocast=True, step
     return train_step
 
 
+def _weighting_with(scale=0.5, variance="sigma^2", regulariser="softplus"):
+    """Uncertainty weighting with one thing done differently."""
+    def weigh(losses, log_variances):
+        weighted = {}
+        for name, loss in losses.items():
+            s = log_variances[name]
+            precision = torch.exp(-s) if variance == "sigma^2" else torch.exp(-s / 2)
+            if regulariser == "softplus":
+                penalty = F.softplus(s)
+            elif regulariser == "naive":
+                penalty = torch.log(1 + torch.exp(s))
+            else:
+                penalty = s                                       # Kendall et al.'s log sigma^2
+            weighted[name] = scale * precision * loss + penalty
+        return weighted
+    return weigh
+
+
 RIGHT = {
+    "check_uncertainty_weighting": lambda: (_weighting_with(),),
     "check_train_step": lambda: (_step_with(),),
     "check_bsa_forward": lambda: (_bsa_forward_with(),),
     "check_activation_attention": lambda: (activation_attention,),
@@ -275,6 +300,12 @@ RIGHT = {
 }
 
 WRONG = {
+    "check_uncertainty_weighting": {
+        "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
+        "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
+        "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
+        "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+    },
     "check_train_step": {
         "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
         "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
