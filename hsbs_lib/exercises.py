@@ -190,7 +190,8 @@ def check_hst_loss(student_fn: Callable) -> None:
         _report(teacher.grad is None or teacher.grad.abs().sum() == 0, "the teacher is detached (stop-gradient)")
     scaled = torch.rand(2, 32, 32, generator=generator)
     teacher = torch.rand(2, 4, 4, generator=generator)
-    _report(torch.allclose(student_fn(10 * scaled, teacher), student_fn(scaled, teacher), rtol=1e-4),
+    ten_times = _call(student_fn, 10 * scaled, teacher, case="a student map scaled by 10")
+    _report(torch.allclose(ten_times, _call(student_fn, scaled, teacher, case="the same map"), rtol=1e-4),
             "only the shape of a map matters, not its scale (normalise before comparing)")
     _passed("right on 4 shape pairs (65 px and 64 px grids, a batch of one): values, gradient, "
             "stop-gradient, scale invariance")
