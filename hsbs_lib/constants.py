@@ -15,8 +15,9 @@ MINORITY_CLASSES: tuple[str, ...] = ("fear", "disgust")
 
 
 def progress_disabled() -> bool:
-    """True when ``HSBS_NO_PROGRESS`` is set to 1 / true / yes (tests and CI set it)."""
-    return os.environ.get("HSBS_NO_PROGRESS", "0").strip().lower() in ("1", "true", "yes")
+    """True when ``HSBS_NO_PROGRESS`` is set to 1 / true / yes (tests and CI set it), or in a SMOKE run:
+    a notebook saved after a SMOKE run would otherwise keep its progress bars frozen at 0 %."""
+    return os.environ.get("HSBS_NO_PROGRESS", "0").strip().lower() in ("1", "true", "yes") or smoke_run()
 
 
 def smoke_run() -> bool:

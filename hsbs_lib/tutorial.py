@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from torch import nn
 
 from hsbs_lib.config import Config, config_path, load_config, repo_root, same_recipe  # noqa: F401 (notebooks)
+from hsbs_lib.data.synthfer import sample_parameters
 from hsbs_lib.engine.build import resolve_device, trained_same_recipe  # noqa: F401 (notebooks)
 from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from hsbs_lib.engine.train import fit
@@ -23,6 +25,12 @@ SMOKE_OVERRIDES = ("data.n_train=320", "data.n_val=160", "data.n_test=160", "tra
 def runs_dir() -> Path:
     """Where notebook runs are written: $HSBS_RUNS, else runs/ at the repository root."""
     return Path(os.environ.get("HSBS_RUNS") or repo_root() / "runs")
+
+
+def notebook_figures_dir() -> Path:
+    """Where notebooks save their figures: figures/ inside the runs folder, never the committed figures/
+    (which only `make figures` writes)."""
+    return runs_dir() / "figures"
 
 
 def recipe(name: str, overrides: Sequence[str] = (), *, smoke: bool = False, epochs: int | None = None,
@@ -37,8 +45,27 @@ def recipe(name: str, overrides: Sequence[str] = (), *, smoke: bool = False, epo
         items.append(f"train.device={device}")
     items += list(overrides)
     config = load_config(config_path(name), items)
+    if smoke and config.data.name == "synthfer":
+        config.data.n_val = every_class_size(config, "val", config.data.n_val)
+        config.data.n_test = every_class_size(config, config.data.test_split, config.data.n_test)
     config.out = str(out or runs_dir() / (config.name or Path(name).stem))
     return config
+
+
+def every_class_size(config: Config, split: str, n: int) -> int:
+    """The smallest size >= n at which the first images of a SynthFER split hold every class.
+
+    SynthFER draws labels independently per image, so a small SMOKE split can miss a 2 % class (the
+    first 64 test images of seed 0 hold no fear face), which leaves a confusion row empty and a recall NaN.
+    Labels are cheap to draw without rendering, so the split is grown until every class appears.
+    """
+    d = config.data
+    labels = sample_parameters(np.arange(max(16 * n, 2000)), seed=d.synth_seed, split=split,
+                               balanced=d.synth_balanced, num_classes=d.num_classes)["label"]
+    first_seen = [int(np.argmax(labels == k)) for k in range(d.num_classes) if (labels == k).any()]
+    if len(first_seen) < d.num_classes:
+        return n
+    return max(n, max(first_seen) + 1)
 
 
 @dataclass

@@ -1,14 +1,18 @@
 """Exercise notebooks are generated from the solution cells, up to date, and hold no solution code."""
 import json
+import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 
 from hsbs_lib import exercises
-from hsbs_lib.losses.hst import pool_to_teacher_grid
+from hsbs_lib.data.labels import CANONICAL_8, canonical_name
+from hsbs_lib.losses.bsa import BatchSimilarityAttention
+from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
@@ -58,20 +62,6 @@ def test_stub_keeps_task_imports_and_signature_but_no_body():
         namespace["double"](torch.ones(2))
 
 
-def test_checks_accept_right_answers_and_reject_wrong_ones():
-    from hsbs_lib.losses.hst import activation_attention
-
-    exercises.check_activation_attention(activation_attention)
-    with pytest.raises(AssertionError, match="not yet"):
-        exercises.check_activation_attention(lambda f: f.abs().mean(dim=1))
-    with pytest.raises(AssertionError, match="not yet"):
-        exercises.check_hst_loss(lambda s, t: (s.mean() - t.mean()) ** 2)  # gradient reaches the teacher
-    exercises.check_mean_class_accuracy(lambda cm: (cm.diagonal() / cm.sum(1)).mean())
-    with pytest.raises(AssertionError, match="not yet"):
-        exercises.check_mean_class_accuracy(lambda cm: cm.diagonal().sum() / cm.sum())
-    exercises.check_uniform_similarity(torch.full((4, 4), 0.25), 4)
-
-
 def _hst_right(student, teacher):
     pooled = pool_to_teacher_grid(student, tuple(teacher.shape[-2:])).flatten(1)
     return (F.normalize(pooled, dim=1) - F.normalize(teacher.detach().flatten(1), dim=1)).pow(2).mean()
@@ -99,6 +89,26 @@ def _max_pool(student, size):
 
 
 HST_WRONG = {
+    "check_uncertainty_weighting": {
+        "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
+        "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
+        "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
+        "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+    },
+    "check_train_step": {
+        "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
+        "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
+        "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
+        "float32, no autocast": lambda: (_step_with(autocast=False),),
+        "no optimizer step": lambda: (_step_with(step=False),),
+    },
+    "check_bsa_forward": {
+        "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
+        "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
+        "no temperature": lambda: (_bsa_forward_with(temperature=False),),
+        "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
+        "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+    },
     "no normalisation": _hst_with(normalise=False),
     "sum instead of mean": _hst_with(reduce="sum"),
     "normalised over the batch axis": _hst_with(dim=0),
@@ -117,3 +127,307 @@ def test_the_hst_check_accepts_the_library_term():
 def test_the_hst_check_rejects_a_wrong_term(wrong):
     with pytest.raises(AssertionError, match="not yet"):
         exercises.check_hst_loss(HST_WRONG[wrong])
+
+
+# ------------------------------------------------------------------ every other check: right and wrong answers
+def _uniform_bsa(zero=("query", "key"), biases=True, batch=6, fresh_matrix=False):
+    """The BSA exercise's three answers (module, z, S), with one thing done differently."""
+    torch.manual_seed(0)
+    z = torch.randn(batch, 512)
+    bsa = BatchSimilarityAttention(512, 128)
+    with torch.no_grad():
+        for name in zero:
+            getattr(bsa, name).weight.zero_()
+            if biases:
+                getattr(bsa, name).bias.zero_()
+    similarity = torch.full((6, 6), 1 / 6) if fresh_matrix else bsa.similarity(z)
+    return bsa, z, similarity
+
+
+def _mca_nan_on_empty(cm):
+    cm = np.asarray(cm, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.diag(cm) / cm.sum(1)).mean()
+
+
+def _mca_empty_as_zero(cm):
+    cm = np.asarray(cm, dtype=float)
+    return (np.diag(cm) / np.maximum(cm.sum(1), 1)).mean()
+
+
+def _mca_column_normalised(cm):
+    cm = np.asarray(cm, dtype=float)
+    predicted = cm.sum(0)
+    return (np.diag(cm)[predicted > 0] / predicted[predicted > 0]).mean()
+
+
+def _confusion(normalise="row", transpose=False, nan_rows=False):
+    def matrix(labels, predictions, k):
+        counts = np.zeros((k, k))
+        np.add.at(counts, (predictions, labels) if transpose else (labels, predictions), 1)
+        if normalise == "none":
+            return counts
+        if normalise == "total":
+            return counts / counts.sum()
+        axis = 1 if normalise == "row" else 0
+        total = counts.sum(axis=axis, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return counts / total if nan_rows else np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    return matrix
+
+
+def _lookup(mode):
+    def lookup(class_to_idx):
+        names = sorted(class_to_idx, key=class_to_idx.get)
+        if mode == "identity":
+            return list(range(len(names)))
+        if mode == "exact names":                                    # no synonyms: 'happy' is not a class
+            return [CANONICAL_8.index(name) for name in names]
+        canonical = []
+        for name in names:
+            found = canonical_name(name)
+            canonical.append(CANONICAL_8.index(found) if found else len(CANONICAL_8))   # a typo becomes a class
+        if mode == "typo becomes a class":
+            return canonical
+        if mode == "inverse permutation":                            # canonical index -> dataset index
+            return np.argsort(canonical).tolist()
+        if mode == "one-based":
+            return [index + 1 for index in canonical]
+        raise ValueError(mode)
+    return lookup
+
+
+def _right_lookup(class_to_idx):
+    lookup = [0] * len(class_to_idx)
+    for name, index in class_to_idx.items():
+        if canonical_name(name) is None:
+            raise ValueError(f"unknown class {name}")
+        lookup[index] = CANONICAL_8.index(canonical_name(name))
+    return lookup
+
+
+def _gradcam_with(relu=True, spatial_mean=True, batch_mean=False, remove_hooks=True, gradients=True):
+    """A hook-based Grad-CAM with one thing done differently."""
+    def cam(model, layer, images, class_index):
+        stored = {}
+
+        def keep(module, args, output):
+            stored["activations"] = output
+            output.register_hook(lambda grad: stored.__setitem__("gradients", grad))
+
+        handle = layer.register_forward_hook(keep)
+        try:
+            model(images)[:, class_index].sum().backward()
+        finally:
+            if remove_hooks:
+                handle.remove()
+        activations, grads = stored["activations"].detach(), stored["gradients"]
+        if not gradients:
+            weights = torch.ones_like(grads)
+        elif spatial_mean:
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            if batch_mean:
+                weights = weights.mean(dim=0, keepdim=True)
+        else:
+            weights = grads
+        result = (weights * activations).sum(dim=1)
+        return F.relu(result) if relu else result
+    return cam
+
+
+def _bsa_forward_with(score="cosine", softmax_dim=1, temperature=True, gamma=True, residual=True):
+    """BSA's forward pass with one thing done differently."""
+    def forward(bsa, z):
+        queries, keys = bsa.query(z), bsa.key(z)
+        if score == "cosine":
+            scores = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T
+        else:
+            scores = queries @ keys.T / queries.shape[1] ** 0.5
+        scores = scores / bsa.temperature if temperature else scores
+        similarity = scores.softmax(dim=softmax_dim)
+        mixed = bsa.out(similarity @ bsa.value(z))
+        mixed = bsa.gamma * mixed if gamma else mixed
+        return (z + mixed if residual else mixed), similarity
+    return forward
+
+
+def _step_with(train_mode=True, zero_grad=True, terms="all", autocast=True, step=True):
+    """One training step with one thing done differently."""
+    def train_step(model, batch, optimizer, device_type):
+        if train_mode:
+            model.train()
+        if zero_grad:
+            optimizer.zero_grad()
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
+            output = model(batch["image"])
+            named = model.loss(output, batch)
+            loss = sum(named.values()) if terms == "all" else named["ce"]
+        loss.backward()
+        if step:
+            optimizer.step()
+        return float(loss.detach())
+    return train_step
+
+
+def _weighting_with(scale=0.5, variance="sigma^2", regulariser="softplus"):
+    """Uncertainty weighting with one thing done differently."""
+    def weigh(losses, log_variances):
+        weighted = {}
+        for name, loss in losses.items():
+            s = log_variances[name]
+            precision = torch.exp(-s) if variance == "sigma^2" else torch.exp(-s / 2)
+            if regulariser == "softplus":
+                penalty = F.softplus(s)
+            elif regulariser == "naive":
+                penalty = torch.log(1 + torch.exp(s))
+            else:
+                penalty = s                                       # Kendall et al.'s log sigma^2
+            weighted[name] = scale * precision * loss + penalty
+        return weighted
+    return weigh
+
+
+RIGHT = {
+    "check_uncertainty_weighting": lambda: (_weighting_with(),),
+    "check_train_step": lambda: (_step_with(),),
+    "check_bsa_forward": lambda: (_bsa_forward_with(),),
+    "check_activation_attention": lambda: (activation_attention,),
+    "check_mean_class_accuracy": lambda: (exercises.reference_mean_class_accuracy,),
+    "check_uniform_similarity": lambda: _uniform_bsa(),
+    "check_row_normalised_confusion": lambda: (_confusion(),),
+    "check_label_mapping": lambda: (_right_lookup,),
+    "check_gradcam": lambda: (_gradcam_with(),),
+}
+
+WRONG = {
+    "check_uncertainty_weighting": {
+        "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
+        "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
+        "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
+        "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+    },
+    "check_train_step": {
+        "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
+        "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
+        "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
+        "float32, no autocast": lambda: (_step_with(autocast=False),),
+        "no optimizer step": lambda: (_step_with(step=False),),
+    },
+    "check_bsa_forward": {
+        "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
+        "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
+        "no temperature": lambda: (_bsa_forward_with(temperature=False),),
+        "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
+        "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+    },
+    "check_activation_attention": {
+        "absolute values": lambda: (lambda f: f.abs().mean(dim=1),),
+        "sum over channels": lambda: (lambda f: f.pow(2).sum(dim=1),),
+        "mean without squaring": lambda: (lambda f: f.mean(dim=1),),
+        "normalised per sample": lambda: (lambda f: F.normalize(f.pow(2).mean(1).flatten(1), dim=1).view_as(f[:, 0]),),
+        "max over channels": lambda: (lambda f: f.pow(2).amax(dim=1),),
+    },
+    "check_mean_class_accuracy": {
+        "plain accuracy": lambda: (lambda cm: np.trace(cm) / np.sum(cm),),
+        "NaN on a class without samples": lambda: (_mca_nan_on_empty,),
+        "empty class counted as recall 0": lambda: (_mca_empty_as_zero,),
+        "column-normalised (precision)": lambda: (_mca_column_normalised,),
+    },
+    "check_uniform_similarity": {
+        "torch.full((6, 6), 1/6) without touching BSA": lambda: _uniform_bsa(zero=(), fresh_matrix=True),
+        "value and output zeroed instead": lambda: _uniform_bsa(zero=("value", "out")),
+        "weights zeroed, biases kept": lambda: _uniform_bsa(biases=False),
+        "only the query zeroed": lambda: _uniform_bsa(zero=("query",)),
+        "S of another batch size": lambda: (lambda bsa, z, s: (bsa, z[:4], s))(*_uniform_bsa()),
+    },
+    "check_row_normalised_confusion": {
+        "column-normalised": lambda: (_confusion(normalise="column"),),
+        "divided by the total": lambda: (_confusion(normalise="total"),),
+        "transposed (rows = predictions)": lambda: (_confusion(transpose=True),),
+        "NaN rows for a class without images": lambda: (_confusion(nan_rows=True),),
+        "counts, not normalised": lambda: (_confusion(normalise="none"),),
+    },
+    "check_label_mapping": {
+        "identity (trusting the folder order)": lambda: (_lookup("identity"),),
+        "inverse permutation": lambda: (_lookup("inverse permutation"),),
+        "exact names, no synonyms": lambda: (_lookup("exact names"),),
+        "RAF-DB's one-based digits": lambda: (_lookup("one-based"),),
+        "a typo becomes an eighth class": lambda: (_lookup("typo becomes a class"),),
+    },
+    "check_gradcam": {
+        "no ReLU": lambda: (_gradcam_with(relu=False),),
+        "gradient x activation without the spatial mean": lambda: (_gradcam_with(spatial_mean=False),),
+        "weights averaged over the batch too": lambda: (_gradcam_with(batch_mean=True),),
+        "hooks left registered": lambda: (_gradcam_with(remove_hooks=False),),
+        "activations only (no gradients)": lambda: (_gradcam_with(gradients=False),),
+    },
+}
+
+
+def test_every_check_has_a_right_answer_and_at_least_three_wrong_ones():
+    checks = {name for name in dir(exercises) if name.startswith("check_")}
+    assert checks == set(RIGHT) | {"check_hst_loss"}, "a check without answers in this test"
+    assert all(len(WRONG[name]) >= 3 for name in RIGHT) and len(HST_WRONG) >= 5
+
+
+@pytest.mark.parametrize("check", RIGHT)
+def test_a_check_accepts_the_right_answer(check):
+    getattr(exercises, check)(*RIGHT[check]())
+
+
+@pytest.mark.parametrize("check, wrong", [(check, wrong) for check in WRONG for wrong in WRONG[check]],
+                         ids=[f"{check}-{wrong}" for check in WRONG for wrong in WRONG[check]])
+def test_a_check_rejects_a_wrong_answer(check, wrong):
+    with pytest.raises(AssertionError, match="not yet"):
+        getattr(exercises, check)(*WRONG[check][wrong]())
+
+
+def test_an_unwritten_answer_is_reported_as_not_yet():
+    def stub(*args):
+        raise NotImplementedError("your code here")
+
+    with pytest.raises(AssertionError, match="not yet: the function still raises NotImplementedError"):
+        exercises.check_row_normalised_confusion(stub)
+
+
+# ------------------------------------------------------------------------ questions and the teacher's key
+NUMBERED = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def numbered_items(markdown: str) -> list[str]:
+    """The items of a Markdown numbered list ('1. text' plus indented continuation lines), one string each."""
+    items: list[str] = []
+    for line in markdown.splitlines():
+        start = re.match(r"^(\d+)\. (.*)$", line)
+        if start:
+            assert int(start.group(1)) == len(items) + 1, f"question numbers out of order at {line!r}"
+            items.append(start.group(2))
+        elif items and line.startswith("   ") and line.strip():
+            items[-1] += " " + line.strip()
+    return [" ".join(item.split()) for item in items]
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_notebook_ends_with_questions_and_going_further(path):
+    cells = nbformat.read(path, as_version=4).cells
+    questions, further = cells[-2], cells[-1]
+    assert questions.cell_type == further.cell_type == "markdown"
+    assert questions.source.startswith("## Questions"), f"{path.name}: the second-to-last cell is '## Questions'"
+    assert 4 <= len(numbered_items(questions.source)) <= 8, f"{path.name}: 4 to 8 numbered questions"
+    assert further.source.startswith("## Going further") and further.source.count("\n* ") >= 3, \
+        f"{path.name}: the last cell is '## Going further' with at least three suggestions"
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_the_answer_key_repeats_every_question_and_answers_it(path):
+    key = ROOT / "notebooks" / "answers" / f"{path.stem}.md"
+    assert key.is_file(), f"{path.name} has no answer key {key.relative_to(ROOT)}"
+    questions = numbered_items(nbformat.read(path, as_version=4).cells[-2].source)
+    text = key.read_text()
+    headings = re.findall(r"^### (\d+)\. (.+)$", text, flags=re.M)
+    assert [int(number) for number, _ in headings] == list(range(1, len(questions) + 1)), \
+        f"{key.name}: one '### N. question' heading per question of {path.name}"
+    for (number, heading), question in zip(headings, questions):
+        assert " ".join(heading.split()) == question, f"{key.name} question {number} differs from {path.name}'s"
+    answers = re.split(r"^### \d+\. .+$", text, flags=re.M)[1:]
+    assert all(len(answer.split()) >= 10 for answer in answers), f"{key.name}: an answer is missing or a stub"
