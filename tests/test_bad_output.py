@@ -31,7 +31,7 @@ from hsbs_lib.engine.train import NonFiniteLossError, fit, resume_config
 from hsbs_lib.models.baseline import Baseline
 from hsbs_lib.models.registry import register_model, unregister_model
 
-from fakes import make_rafdb_basic
+from fakes import make_rafdb_basic, write_truncated_jpeg
 
 TINY = ["model.name=baseline", "model.backbone_width=16", "data.input_size=32", "data.n_train=48", "data.n_val=16",
         "data.n_test=16", "train.epochs=1", "train.batch_size=16", "train.progress=false", "train.threads=1",
@@ -369,6 +369,38 @@ def figures_default_beside_the_run_not_in_the_checkout(env: Env) -> None:
     assert not checkout.exists() and list((run / "figures").glob("*_curves.png"))
 
 
+def eval_keeps_the_runs_own_eval_json(env: Env) -> None:
+    run = env.copy_run()
+    before = (run / "eval.json").read_bytes()        # training's report, with the validation scores compare reads
+    status, out, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--split", "val")
+    assert status == 0, err
+    assert (run / "eval.json").read_bytes() == before
+    assert json.loads((run / "eval_val.json").read_text())["split"] == "val" and "eval_val.json" in out
+
+
+def eval_refuses_a_range_no_run_can_use(env: Env) -> None:
+    status, _, err = env.hsbs("eval", "--checkpoint", env.run / "best.pt", "--out", env.tmp / "eval.json",
+                              "data.n_test=0")
+    assert status == 1 and not (env.tmp / "eval.json").exists()
+    one_line_error(err, "data.n_test")
+
+
+def eval_lists_what_skip_bad_left_out(env: Env) -> None:
+    make_rafdb_basic(env.tmp / "mine")
+    bad = sorted((env.tmp / "mine" / "Image" / "aligned").glob("test_*_aligned.jpg"))[0]
+    write_truncated_jpeg(bad)
+    run = stored_run(env, name="rafdb", root=str(env.tmp / "mine"))
+    status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json")
+    assert status == 1 and bad.name in err and not (env.tmp / "eval.json").exists()   # refused, naming it
+    with env.caplog.at_level("WARNING"):
+        status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", env.tmp / "eval.json",
+                                  "data.skip_bad=true")
+    assert status == 0, err
+    report = json.loads((env.tmp / "eval.json").read_text())
+    assert report["n"] == 2 and len(report["skipped"]) == 1 and bad.name in report["skipped"][0]
+    assert bad.name in env.caplog.text
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -410,6 +442,11 @@ CASES = [
          eval_refuses_a_huge_stored_n_test),
     Case("figures: stored data.root vs the user's $HSBS_DATA", 15, "the user's root is used",
          figures_use_the_users_data_root),
+    Case("eval without --out", 15, "writes eval_SPLIT.json, the run's own eval.json unchanged",
+         eval_keeps_the_runs_own_eval_json),
+    Case("eval with data.n_test=0", 7, "refused in one line before any work", eval_refuses_a_range_no_run_can_use),
+    Case("eval: a bad test image", 1, "refused naming it; with skip_bad=true left out and listed in the report",
+         eval_lists_what_skip_bad_left_out),
     Case("figures without --out", 0, "written into RUN/figures, never into the package checkout",
          figures_default_beside_the_run_not_in_the_checkout),
 ]

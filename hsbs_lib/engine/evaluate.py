@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.config import validate_config
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                             make_loader, split_nbytes)
@@ -24,6 +26,8 @@ from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_check
 from hsbs_lib.engine.log import progress_bar
 from hsbs_lib.engine.runs import checkpoint_data_config
 from hsbs_lib.engine.metrics import classification_metrics, format_metrics
+
+log = logging.getLogger("hsbs_lib.engine")
 
 
 def as_eval_loader(data: Any, *, batch_size: int = 256, device: str | torch.device = "cpu",
@@ -120,8 +124,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     """Evaluate a checkpoint on ``data`` or on a split of its own (or overridden) data config.
 
     ``overrides`` change the data section (``data.root=/x`` or ``root=/x``); a path stored in the checkpoint
-    is used only when the user gives none (and is logged). The report is written to
-    ``out`` (default: ``eval.json`` beside the checkpoint) and returned.
+    is used only when the user gives none (and is logged). The report is written to ``out`` (default:
+    ``eval_SPLIT.json`` beside the checkpoint, never the training run's own ``eval.json``) and returned;
+    entries ``data.skip_bad=true`` left out are listed in it (``skipped``) and on screen.
     """
     path = resolve_checkpoint(path, default="best.pt")
     device = select_device(device)
@@ -130,24 +135,35 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     config = checkpoint_data_config(checkpoint["config"],
                                     [item if item.startswith("data.") else f"data.{item}" for item in overrides],
                                     source=f"checkpoint {path}")
+    validate_config(config)     # data.n_test=0, a non-positive batch size ...: one line before any work
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
     if data is None:
         split = split or config.data.test_split
         data = build_dataset(config, split)
     refuse_other_classes(checkpoint["classes"], getattr(data, "classes", None), path)
+    skipped: list = []
     if is_cached_split(data) or hasattr(data, "load_image"):
         pipeline = choose_pipeline(config.data.pipeline, split_nbytes(data, config.data.input_size),
                                    config.data.device_cache_max_gb)
         config.train.eval_batch_size = batch_size or config.train.eval_batch_size
         data = make_loader(data, config, train=False, device=device, pipeline=pipeline,
                            normalization=checkpoint["normalization"])
+        skipped = list(getattr(data, "skipped", []))
     classes = checkpoint["classes"]
     metrics = evaluate(model, data, device=device, classes=classes,
                        normalization=checkpoint["normalization"], input_size=config.data.input_size)
     report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split or "given",
                                classes=classes, epoch=checkpoint.get("epoch"))
-    write_json(report, out or path.parent / "eval.json")
+    if skipped:
+        report["skipped"] = [str(entry) for entry in skipped]
+        shown = "\n".join(f"  {entry}" for entry in report["skipped"][:10])
+        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        log.warning(f"left out {len(skipped)} bad entries (data.skip_bad=true), listed in the report:\n{shown}{more}")
+    # The training run's eval.json holds its validation scores, which hsbs compare reads: never replace it.
+    report_path = Path(out) if out else path.parent / f"eval_{split or 'given'}.json"
+    write_json(report, report_path)
+    report["report_path"] = str(report_path)
     return report
 
 
@@ -158,7 +174,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset name, if not the one the model was trained on")
     parser.add_argument("--root", help="dataset root (default: the checkpoint's, else $HSBS_DATA)")
     parser.add_argument("--split", help="split to evaluate (default: the config's test split)")
-    parser.add_argument("--out", help="JSON report path (default: eval.json beside the checkpoint)")
+    parser.add_argument("--out", help="JSON report path (default: eval_SPLIT.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -175,5 +191,5 @@ def run_eval(args: argparse.Namespace) -> int:
                                  overrides=overrides, batch_size=args.batch_size)
     print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]")
     print(format_metrics(report, report["classes"]))
-    print(f"wrote {args.out or Path(report['checkpoint']).parent / 'eval.json'}")
+    print(f"wrote {report['report_path']}")
     return 0
