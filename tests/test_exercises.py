@@ -89,26 +89,6 @@ def _max_pool(student, size):
 
 
 HST_WRONG = {
-    "check_uncertainty_weighting": {
-        "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
-        "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
-        "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
-        "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
-    },
-    "check_train_step": {
-        "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
-        "old gradients not cleared": lambda: (_step_with(zero_grad=False),),
-        "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
-        "float32, no autocast": lambda: (_step_with(autocast=False),),
-        "no optimizer step": lambda: (_step_with(step=False),),
-    },
-    "check_bsa_forward": {
-        "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
-        "softmax over the queries (dim 0)": lambda: (_bsa_forward_with(softmax_dim=0),),
-        "no temperature": lambda: (_bsa_forward_with(temperature=False),),
-        "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
-        "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
-    },
     "no normalisation": _hst_with(normalise=False),
     "sum instead of mean": _hst_with(reduce="sum"),
     "normalised over the batch axis": _hst_with(dim=0),
