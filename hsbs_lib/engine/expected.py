@@ -85,6 +85,18 @@ def compare_with_reference(yours: Mapping, reference: Mapping, *, classes: Seque
     return "\n".join(lines)
 
 
+def ablation_table(caption: str | None = None) -> str:
+    """One Markdown table of synthfer_ablation.md: the first (the metrics per row), or the one whose caption
+    starts with ``caption`` (``"Attention of each stage"``, ``"BSA similarity"``), caption included."""
+    blocks = reference_path("synthfer_ablation.md").read_text().strip().split("\n\n")
+    if caption is None:
+        return blocks[0]
+    for index, block in enumerate(blocks[:-1]):
+        if block.startswith(caption):
+            return f"{block}\n\n{blocks[index + 1]}"
+    raise KeyError(f"synthfer_ablation.md: no table captioned '{caption}...'")
+
+
 def ablation_row(summaries: Sequence[Mapping], row: str) -> dict:
     """The summary of one ablation row (``synthfer_ablation.json``'s ``rows``)."""
     for summary in summaries:
