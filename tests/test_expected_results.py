@@ -164,3 +164,11 @@ def test_regeneration_command_without_runs_fails_in_one_line(tmp_path):
                              "--out", str(tmp_path / "reference")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "demo_baseline" in result.stderr and not (tmp_path / "reference").exists()
+
+
+def test_attention_vs_reference_puts_your_score_beside_the_reference_mean():
+    summaries = [{"row": "hsbs", "layer1_energy_share_mean": 0.118, "layer1_energy_share_std": 0.008}]
+    yours = {"hsbs": {"layer1": {"energy_share": 0.2}}, "chain": {"layer1": {"energy_share": 0.1}}}
+    table = expected.attention_vs_reference(yours, summaries).splitlines()
+    assert table[0] == "| layer | hsbs: yours | hsbs: reference | chain: yours | chain: reference |"
+    assert table[2] == "| layer1 | 0.200 | 0.118 ± 0.008 | 0.100 | n/a |"

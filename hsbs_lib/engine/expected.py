@@ -105,6 +105,29 @@ def ablation_row(summaries: Sequence[Mapping], row: str) -> dict:
     raise KeyError(f"synthfer_ablation.json: no row '{row}'; rows: {[s['row'] for s in summaries]}")
 
 
+def attention_vs_reference(yours: Mapping[str, Mapping[str, Mapping]], summaries: Sequence[Mapping], *,
+                           score: str = "energy_share") -> str:
+    """A Markdown table: per layer, each row's ``score`` in your run beside the reference's mean ± std.
+
+    ``yours[row][layer]`` is ``score_saliency``'s dict for that row's maps of that layer; ``summaries`` are
+    ``synthfer_ablation.json``'s ``rows``; rows the reference does not hold show "n/a".
+    """
+    rows = list(yours)
+    layers = list(next(iter(yours.values()))) if rows else []
+    header = "| layer | " + " | ".join(f"{row}: yours | {row}: reference" for row in rows) + " |"
+    lines = [header, "|---|" + "---|---|" * len(rows)]
+    by_row = {summary["row"]: summary for summary in summaries}
+    for layer in layers:
+        cells = []
+        for row in rows:
+            reference = by_row.get(row, {})
+            mean, std = reference.get(f"{layer}_{score}_mean"), reference.get(f"{layer}_{score}_std")
+            cells += [f"{yours[row][layer][score]:.3f}",
+                      "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 def _run_results(run: Path) -> dict:
