@@ -172,3 +172,21 @@ def test_attention_vs_reference_puts_your_score_beside_the_reference_mean():
     table = expected.attention_vs_reference(yours, summaries).splitlines()
     assert table[0] == "| layer | hsbs: yours | hsbs: reference | chain: yours | chain: reference |"
     assert table[2] == "| layer1 | 0.200 | 0.118 ± 0.008 | 0.100 | n/a |"
+
+
+def test_files_the_command_did_not_write_are_never_overwritten(finished_runs, tmp_path, capsys):
+    runs, figures = finished_runs
+    out = tmp_path / "reference"
+    (out / "demo_hsbs").mkdir(parents=True)
+    (out / "demo_hsbs" / "eval.json").write_text("my own notes")
+    status = expected.main(["--runs", str(runs), "--figures", str(figures), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert status == 1 and "demo_hsbs/eval.json" in error and len(error.strip().splitlines()) == 1
+    assert (out / "demo_hsbs" / "eval.json").read_text() == "my own notes"
+    assert not (out / "manifest.json").exists()
+    # A folder this command wrote is rewritten in place.
+    shutil.rmtree(out)
+    expected.write_reference(runs, figures, out)
+    (out / "demo_hsbs" / "eval.json").write_text("stale")
+    expected.write_reference(runs, figures, out)
+    assert json.loads((out / "demo_hsbs" / "eval.json").read_text())["accuracy"] == 0.8

@@ -171,7 +171,8 @@ def _scaled_figure(source: Path, target: Path) -> None:
 def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> dict:
     """Write the reference folder ``out`` from finished ``runs`` and committed ``figures``; return the manifest.
 
-    Every input is checked before anything is written, so a missing run leaves ``out`` as it was.
+    Every input is checked before anything is written, so a missing run leaves ``out`` as it was; a file in
+    ``out`` that an earlier run of this function did not write is never overwritten.
     """
     runs, figures, out = Path(runs), Path(figures), Path(out)
     sources = {f"{name}/{file}": runs / name / file for name in DEMO_RUNS for file in RUN_FILES}
@@ -181,6 +182,14 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         raise ReferenceError(f"missing inputs (train with `make demo`, draw with `make figures`): "
                              f"{', '.join(missing)}")
     ablation = ablation_summaries(runs / "synthfer")
+    # Only files an earlier run of this command wrote (its manifest.json lists them) may be replaced.
+    previous_manifest = out / "manifest.json"
+    previous = json.loads(previous_manifest.read_text()) if previous_manifest.is_file() else {}
+    targets = [*sources, "synthfer_ablation.json", "synthfer_ablation.md"]
+    foreign = [name for name in targets if (out / name).exists() and name not in previous]
+    if foreign:
+        raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
+                             f"{previous_manifest.name}); choose another --out or move them away")
 
     manifest = {}
     for name, source in sources.items():
