@@ -8,7 +8,7 @@ RUNS ?= runs
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lab figures bench exercises clean
+.PHONY: venv demo test test-fast lab figures reference bench exercises clean
 
 # The virtual environment is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -39,6 +39,11 @@ lab: venv
 ## Train the SynthFER demo runs when missing and regenerate figures/ completely.
 figures: venv
 	$(HSBS) figures --demo --out figures
+
+## Rewrite notebooks/reference/ (the expected results the notebooks show) from the finished demo and
+## ablation runs in $(RUNS) and the committed figures/; trains nothing.
+reference: venv
+	$(PY) -m hsbs_lib.engine.expected --runs $(RUNS) --figures figures --out notebooks/reference
 
 bench: venv
 	$(HSBS) bench

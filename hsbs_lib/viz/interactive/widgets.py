@@ -33,6 +33,16 @@ def use_static(static: bool | None = None) -> bool:
     return shell is None or getattr(shell, "kernel", None) is None
 
 
+def show_explorer(explorer) -> None:
+    """Show what an explorer returned: a static Figure through pyplot (shown once, then closed), a widget
+    box through IPython's display (its controls redraw it in place)."""
+    if isinstance(explorer, Figure):
+        plt.show()
+        return
+    from IPython.display import display
+    display(explorer)
+
+
 def _widgets():
     try:
         import ipywidgets

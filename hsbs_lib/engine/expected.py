@@ -1,0 +1,241 @@
+"""Expected results: small files from full-budget runs that the notebooks show beside the student's run.
+
+A SMOKE run (a few hundred faces, one epoch) only shows that the code runs; what a good result looks like
+comes from the full-budget runs of ``make demo`` and ``hsbs compare --config configs/ablation_hsbs.yaml
+--seeds 0 1 2 3 4``. ``make reference`` (``python -m hsbs_lib.engine.expected --runs RUNS --out
+notebooks/reference``) copies and derives, from those finished runs and the committed ``figures/``:
+
+* ``demo_baseline/`` and ``demo_hsbs/``: each run's ``eval.json`` (test metrics, confusion matrix, the
+  validation scores of the selected checkpoint) and ``metrics.csv`` (one row per epoch);
+* ``synthfer_ablation.json``: the ablation rows over their seeds (``compare.summarise``: mean, std and
+  the difference to the baseline paired by seed, for the metrics, the attention scores and BSA's
+  similarity statistics), plus HSBS against +HST (what BSA adds); ``synthfer_ablation.md``, its tables;
+* ``figures/``: the few committed figures the notebooks discuss, scaled down to at most 1000 px wide;
+* ``manifest.json``: every file above with its size and where it came from.
+
+No checkpoint is copied: the folder stays well under a few MB. Nothing here trains or evaluates a model.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from PIL import Image
+
+from hsbs_lib.config import load_config, repo_root
+from hsbs_lib.engine.compare import _cost as model_cost
+from hsbs_lib.engine.compare import format_report, summarise
+
+DEMO_RUNS = ("demo_baseline", "demo_hsbs")
+RUN_FILES = ("eval.json", "metrics.csv")
+ABLATION_ROWS = ("baseline", "hsbs", "+HST", "+BSA")
+ABLATION_SEEDS = (0, 1, 2, 3, 4)
+DIAGNOSTICS_FILE = "diagnostics-test-512.json"
+# The committed figures (figures/NAME.png) the notebooks discuss.
+FIGURES = ("synthfer_samples", "demo_hsbs_vs_demo_baseline_attention", "demo_hsbs_vs_demo_baseline_per_class",
+           "demo_hsbs_vs_demo_baseline_curves", "demo_hsbs_vs_demo_baseline_confusion",
+           "demo_hsbs_vs_demo_baseline_tsne", "demo_hsbs_bsa_similarity", "demo_hsbs_class_similarity",
+           "demo_baseline_gradcam", "demo_hsbs_vs_demo_baseline_intensity")
+MAX_FIGURE_WIDTH = 1000
+MAX_FILE_BYTES = 400_000
+
+METRIC_LABELS = {"accuracy": "accuracy", "mean_class_accuracy": "mean class accuracy", "macro_f1": "macro-F1"}
+
+
+class ReferenceError(Exception):
+    """A finished run or figure the reference needs is missing; the message names it."""
+
+
+def reference_dir() -> Path:
+    """notebooks/reference at the repository root."""
+    return repo_root() / "notebooks" / "reference"
+
+
+def reference_path(name: str) -> Path:
+    """The path of one reference file (``demo_hsbs/eval.json``, ``figures/X.png``); it must exist."""
+    path = reference_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such reference file (regenerate with `make reference`)")
+    return path
+
+
+def load_reference(name: str) -> dict:
+    """One reference JSON file (``demo_hsbs/eval.json``, ``synthfer_ablation.json``) as a dict."""
+    return json.loads(reference_path(name).read_text())
+
+
+def compare_with_reference(yours: Mapping, reference: Mapping, *, classes: Sequence[str] = ()) -> str:
+    """A Markdown table "your run vs reference": the three metrics in percent, then the recall of ``classes``.
+
+    ``yours`` and ``reference`` are eval.json-like dicts (``accuracy``, ..., ``per_class_recall``).
+    """
+    def percent(report: Mapping, key: str, by_class: bool = False) -> str:
+        value = (report.get("per_class_recall") or {}).get(key) if by_class else report.get(key)
+        return "n/a" if value is None or value != value else f"{100 * float(value):.1f}"
+
+    lines = ["| metric (test split, %) | your run | reference |", "|---|---|---|"]
+    lines += [f"| {label} | {percent(yours, key)} | {percent(reference, key)} |"
+              for key, label in METRIC_LABELS.items()]
+    lines += [f"| {name} recall | {percent(yours, name, True)} | {percent(reference, name, True)} |"
+              for name in classes]
+    return "\n".join(lines)
+
+
+def ablation_table(caption: str | None = None) -> str:
+    """One Markdown table of synthfer_ablation.md: the first (the metrics per row), or the one whose caption
+    starts with ``caption`` (``"Attention of each stage"``, ``"BSA similarity"``), caption included."""
+    blocks = reference_path("synthfer_ablation.md").read_text().strip().split("\n\n")
+    if caption is None:
+        return blocks[0]
+    for index, block in enumerate(blocks[:-1]):
+        if block.startswith(caption):
+            return f"{block}\n\n{blocks[index + 1]}"
+    raise KeyError(f"synthfer_ablation.md: no table captioned '{caption}...'")
+
+
+def ablation_row(summaries: Sequence[Mapping], row: str) -> dict:
+    """The summary of one ablation row (``synthfer_ablation.json``'s ``rows``)."""
+    for summary in summaries:
+        if summary["row"] == row:
+            return dict(summary)
+    raise KeyError(f"synthfer_ablation.json: no row '{row}'; rows: {[s['row'] for s in summaries]}")
+
+
+def attention_vs_reference(yours: Mapping[str, Mapping[str, Mapping]], summaries: Sequence[Mapping], *,
+                           score: str = "energy_share") -> str:
+    """A Markdown table: per layer, each row's ``score`` in your run beside the reference's mean ± std.
+
+    ``yours[row][layer]`` is ``score_saliency``'s dict for that row's maps of that layer; ``summaries`` are
+    ``synthfer_ablation.json``'s ``rows``; rows the reference does not hold show "n/a".
+    """
+    rows = list(yours)
+    layers = list(next(iter(yours.values()))) if rows else []
+    header = "| layer | " + " | ".join(f"{row}: yours | {row}: reference" for row in rows) + " |"
+    lines = [header, "|---|" + "---|---|" * len(rows)]
+    by_row = {summary["row"]: summary for summary in summaries}
+    for layer in layers:
+        cells = []
+        for row in rows:
+            reference = by_row.get(row, {})
+            mean, std = reference.get(f"{layer}_{score}_mean"), reference.get(f"{layer}_{score}_std")
+            cells += [f"{yours[row][layer][score]:.3f}",
+                      "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def _run_results(run: Path) -> dict:
+    """eval.json of a finished run, with its cached attention/BSA diagnostics when present."""
+    eval_file = run / "eval.json"
+    if not eval_file.is_file():
+        raise ReferenceError(f"{eval_file}: missing; the reference needs the finished run (train it with "
+                             f"`hsbs compare --config configs/ablation_hsbs.yaml --seeds 0 1 2 3 4`)")
+    result = json.loads(eval_file.read_text())
+    diagnostics = run / DIAGNOSTICS_FILE
+    if diagnostics.is_file():
+        result["diagnostics"] = json.loads(diagnostics.read_text())
+    return result
+
+
+def ablation_summaries(ablation: Path, rows: Sequence[str] = ABLATION_ROWS, seeds: Sequence[int] = ABLATION_SEEDS
+                       ) -> dict:
+    """Summaries of ``ablation/ROW/seedS`` against the baseline, and of hsbs against +HST (BSA's share)."""
+    results = {row: {seed: _run_results(ablation / row / f"seed{seed}") for seed in seeds} for row in rows}
+    summaries = summarise(results, reference="baseline")
+    for summary in summaries:      # the size columns of the tables, from the row's own recipe
+        config = load_config(ablation / summary["row"] / f"seed{seeds[0]}" / "config.yaml")
+        summary.update(model_cost(config, measure_speed=False))
+    bsa_share = summarise({"+HST": results["+HST"], "hsbs": results["hsbs"]}, reference="+HST")
+    return {"rows": summaries, "hsbs_vs_hst": ablation_row(bsa_share, "hsbs"), "seeds": list(seeds),
+            "reference_row": "baseline"}
+
+
+def _scaled_figure(source: Path, target: Path) -> None:
+    """Copy a PNG, scaled down to MAX_FIGURE_WIDTH px wide (notebooks show it at about that width)."""
+    with Image.open(source) as image:
+        if image.width > MAX_FIGURE_WIDTH:
+            height = round(image.height * MAX_FIGURE_WIDTH / image.width)
+            image = image.resize((MAX_FIGURE_WIDTH, height), Image.LANCZOS)
+        # A 256-colour palette keeps a plot readable at a third of the bytes of full colour.
+        palette = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                dither=Image.Dither.FLOYDSTEINBERG)
+        palette.save(target, optimize=True)
+
+
+def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> dict:
+    """Write the reference folder ``out`` from finished ``runs`` and committed ``figures``; return the manifest.
+
+    Every input is checked before anything is written, so a missing run leaves ``out`` as it was; a file in
+    ``out`` that an earlier run of this function did not write is never overwritten.
+    """
+    runs, figures, out = Path(runs), Path(figures), Path(out)
+    sources = {f"{name}/{file}": runs / name / file for name in DEMO_RUNS for file in RUN_FILES}
+    sources.update({f"figures/{name}.png": figures / f"{name}.png" for name in FIGURES})
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise ReferenceError(f"missing inputs (train with `make demo`, draw with `make figures`): "
+                             f"{', '.join(missing)}")
+    ablation = ablation_summaries(runs / "synthfer")
+    # Only files an earlier run of this command wrote (its manifest.json lists them) may be replaced.
+    previous_manifest = out / "manifest.json"
+    previous = json.loads(previous_manifest.read_text()) if previous_manifest.is_file() else {}
+    targets = [*sources, "synthfer_ablation.json", "synthfer_ablation.md"]
+    foreign = [name for name in targets if (out / name).exists() and name not in previous]
+    if foreign:
+        raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
+                             f"{previous_manifest.name}); choose another --out or move them away")
+
+    manifest = {}
+    for name, source in sources.items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("figures/"):
+            _scaled_figure(source, target)
+        else:
+            target.write_bytes(source.read_bytes())
+        # Recorded relative to the runs / figures folders: no machine's absolute paths in the repository.
+        base, label = (figures, "figures") if name.startswith("figures/") else (runs, "runs")
+        manifest[name] = {"source": f"{label}/{source.relative_to(base).as_posix()}"}
+    (out / "synthfer_ablation.json").write_text(json.dumps(ablation, indent=1) + "\n")
+    report = format_report(ablation["rows"], "baseline")
+    (out / "synthfer_ablation.md").write_text(report + "\n")
+    ablation_source = f"runs/synthfer/{{{','.join(ABLATION_ROWS)}}}/seed{{{','.join(map(str, ABLATION_SEEDS))}}}"
+    for name in ("synthfer_ablation.json", "synthfer_ablation.md"):
+        manifest[name] = {"source": ablation_source}
+    for name, entry in manifest.items():
+        entry["bytes"] = (out / name).stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_metrics_csv(path: str | Path) -> list[dict]:
+    """metrics.csv rows as dicts of floats (for a quick look at a reference run's last epoch)."""
+    with Path(path).open(newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
+                for row in csv.DictReader(handle)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hsbs_lib.engine.expected", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default="runs", help="the folder holding demo_baseline, demo_hsbs and synthfer/")
+    parser.add_argument("--figures", default="figures", help="the committed figures (make figures)")
+    parser.add_argument("--out", default=str(reference_dir()), help="the reference folder to (re)write")
+    args = parser.parse_args(argv)
+    try:
+        manifest = write_reference(args.runs, args.figures, args.out)
+    except ReferenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    total = sum(entry["bytes"] for entry in manifest.values())
+    print(f"wrote {len(manifest)} reference files ({total / 1e6:.2f} MB) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
