@@ -380,7 +380,7 @@ def _interval(summary: dict, key: str) -> str:
     return f"{summary[f'{key}_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def format_diagnostics_table(summaries: list[dict]) -> str:
+def format_diagnostics_table(summaries: list[dict], reference: str = "reference") -> str:
     """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
     layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
                      if key.startswith("layer") and key.endswith("_energy_share_mean")})
@@ -403,7 +403,7 @@ def format_diagnostics_table(summaries: list[dict]) -> str:
                                  summaries, mean_std)
         compared = [s for s in summaries if any(f"{layer}_energy_share_diff" in s for layer in layers)]
         if compared:
-            lines += [""] + attention_table("Attention scores minus the reference's, paired by seed: mean [95% CI]; "
+            lines += [""] + attention_table(f"Attention scores minus the {reference} row's, paired by seed: mean [95% CI]; "
                                             "an interval containing 0 is no difference:", compared, _interval)
     bsa_rows = [s for s in summaries if "bsa_row_entropy_mean" in s]
     if bsa_rows:
@@ -421,7 +421,7 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
     """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows."""
     quoted = format_published(published["datasets"], published.get("methods")) if published else ""
     parts = [format_markdown(summaries), quoted, format_differences(summaries, reference),
-             format_validation(summaries, reference), format_diagnostics_table(summaries)]
+             format_validation(summaries, reference), format_diagnostics_table(summaries, reference)]
     return "\n\n".join(part for part in parts if part)
 
 
