@@ -549,6 +549,106 @@ def check_gradcam(student_fn: Callable) -> None:
     _passed('right on 3 cases (two layers, a batch of one), hooks removed, each image independent of its batch')
 
 
+INTENSITY_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def reference_layer_intensity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Learning intensity of one batch: {layerN: mean |d CE / d F_N|} over the stage outputs F_N
+    (``output.maps["features/layerN"]``, (B, C, H, W)), CE the batch-mean cross-entropy of the logits."""
+    with torch.enable_grad():
+        output = model(images)
+        stages = [output.maps[f"features/{layer}"] for layer in INTENSITY_LAYERS]
+        gradients = torch.autograd.grad(F.cross_entropy(output.logits, labels), stages)
+    return {layer: float(gradient.abs().mean()) for layer, gradient in zip(INTENSITY_LAYERS, gradients)}
+
+
+def _intensity_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """Small seeded baselines in training mode (batch statistics), at two sizes and batch sizes."""
+    from hsbs_lib.models import create_model        # the registry imports torchvision: only when checked
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    narrow = create_model("baseline", num_classes=3, backbone_width=8).train()
+    five = create_model("baseline", num_classes=5, backbone_width=8, stem="no_maxpool").train()
+    torch.random.set_rng_state(generator_state)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 32, 32, generator=generator)
+    return {"8 images of 32 px, 3 classes": (narrow, images, torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])),
+            "2 images": (narrow, images[:2], torch.tensor([2, 1])),
+            "6 images, 5 classes, another stem": (five, images[:6], torch.tensor([4, 0, 3, 1, 2, 4]))}
+
+
+def check_layer_intensity(student_fn: Callable) -> None:
+    """Checks student_fn(model, images (B, 3, H, W), labels (B,)) -> {layerN: float}: the mean absolute
+    gradient of the batch-mean cross-entropy with respect to each stage output, layer1 to layer4."""
+    for case, (model, images, labels) in _intensity_cases().items():
+        expected = reference_layer_intensity(copy.deepcopy(model), images, labels)
+        got = _call(student_fn, copy.deepcopy(model), images.clone(), labels.clone(), case=case)
+        _report(isinstance(got, dict) and set(INTENSITY_LAYERS) <= set(got),
+                f"a dict with one value per layer ({', '.join(INTENSITY_LAYERS)}) on {case}, got "
+                f"{sorted(got) if isinstance(got, dict) else type(got).__name__}")
+        for layer in INTENSITY_LAYERS:
+            value = float(torch.as_tensor(got[layer]).detach())
+            _report(np.isfinite(value) and value >= 0,
+                    f"{layer} on {case} is a mean of absolute values (>= 0), got {value:.3g}")
+            error = abs(value - expected[layer]) / max(expected[layer], 1e-12)
+            _report(error < 1e-3,
+                    f"{layer} on {case}: expected {expected[layer]:.4g}, got {value:.4g}: the gradient of "
+                    "the batch-mean cross-entropy with respect to the stage OUTPUT maps['features/"
+                    f"{layer}'] (not its weights), then the mean of its absolute values")
+    _passed("right on 3 batches (2 to 8 images, two stems), for all four layers")
+
+
+def _alignment_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    # Students of very different norms: the nearest centroid by angle is not the nearest by distance.
+    directions = torch.tensor([[1.0, 0.2], [0.9, -0.1], [0.1, 1.0], [-0.2, 0.9], [0.7, 0.7], [1.0, 0.5]])
+    return {
+        "10 vectors of 16 dims, 4 centroids": (torch.randn(10, 16, generator=generator),
+                                               torch.randn(4, 16, generator=generator)),
+        "students much shorter than the centroids (angle and distance disagree)":
+            (directions * torch.tensor([[0.3], [0.2], [5.0], [0.4], [0.5], [0.3]]),
+             torch.tensor([[10.0, 0.0], [0.6, 0.6], [0.0, 8.0]])),
+        "a centroid no student is closest to (an empty cluster)":
+            (torch.randn(6, 8, generator=generator).abs(), torch.cat([torch.rand(2, 8, generator=generator),
+                                                                      -torch.ones(1, 8)])),
+        "a single student": (torch.randn(1, 5, generator=generator), torch.randn(3, 5, generator=generator)),
+    }
+
+
+def check_cluster_alignment(student_fn: Callable) -> None:
+    """Checks student_fn(student (N, D), centroids (K, D)) -> scalar: each student goes to the centroid of
+    highest cosine similarity, each cluster's mean student is compared with its centroid by cosine
+    similarity (an empty cluster counts 1), L = -0.5 * mean over the K clusters; the centroids (the
+    detached teacher) receive no gradient."""
+    from hsbs_lib.losses.clcl import cluster_alignment_loss
+    for case, (student, centroids) in _alignment_cases().items():
+        reference_student = student.clone().requires_grad_(True)
+        expected = cluster_alignment_loss(reference_student[None], centroids[None])
+        expected.backward()
+        student_input = student.clone().requires_grad_(True)
+        centroid_input = centroids.clone().requires_grad_(True)
+        got = _call(student_fn, student_input, centroid_input, case=case)
+        _report(torch.is_tensor(got) and got.dim() == 0, f"a scalar tensor on {case}, got "
+                f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
+        value, expected_value = float(got.detach()), float(expected.detach())
+        _report(abs(value - expected_value) < 1e-5,
+                f"the value on {case}: expected {expected_value:.5f}, got {value:.5f} (assign by cosine "
+                "similarity, average each cluster's students, cosine of that mean with its centroid, an "
+                "empty cluster counts 1, then -0.5 * the mean over the K clusters)")
+        try:
+            got.backward()
+        except RuntimeError:
+            pass                     # no graph: reported just below
+        _report(student_input.grad is not None and _relative_error(student_input.grad, reference_student.grad) < 1e-4,
+                f"the gradient reaches the students and equals the reference's on {case} (keep the graph "
+                "through the cluster means; the assignment itself has no gradient)")
+        _report(centroid_input.grad is None or float(centroid_input.grad.abs().max()) == 0,
+                f"no gradient reaches the centroids on {case}: they are the detached layer4 teacher "
+                "(use centroids.detach())")
+    _passed("right on 4 cases (angle and distance disagree, an empty cluster, a single student), "
+            "gradient to the students only")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     source, out = (argv + ["notebooks", "notebooks/exercises"][len(argv):])[:2]

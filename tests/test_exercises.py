@@ -267,6 +267,51 @@ def _weighting_with(scale=0.5, variance="sigma^2", regulariser="softplus"):
     return weigh
 
 
+def _intensity_with(*, absolute=True, reduction="mean", target="outputs", of="loss"):
+    """A layer_intensity answer, right by default, with one mistake switched on."""
+    layers = exercises.INTENSITY_LAYERS
+
+    def layer_intensity(model, images, labels):
+        output = model(images)
+        if of == "logits":
+            objective = output.logits.sum()
+        else:
+            objective = F.cross_entropy(output.logits, labels, reduction=reduction)
+        if target == "weights":
+            stages = [list(getattr(model.backbone, layer).parameters()) for layer in layers]
+            flat = torch.autograd.grad(objective, [p for group in stages for p in group])
+            gradients, start = [], 0
+            for group in stages:
+                gradients.append(torch.cat([g.flatten() for g in flat[start:start + len(group)]]))
+                start += len(group)
+        else:
+            gradients = torch.autograd.grad(objective, [output.maps[f"features/{layer}"] for layer in layers])
+        return {layer: float((g.abs() if absolute else g).mean()) for layer, g in zip(layers, gradients)}
+    return layer_intensity
+
+
+def _alignment_with(*, assign="cosine", empty="one", scale=0.5, pooling="cluster_mean", detach=True):
+    """A cluster-alignment answer, right by default, with one mistake switched on."""
+    def alignment(student, centroids):
+        if detach:
+            centroids = centroids.detach()
+        if assign == "euclidean":
+            nearest = torch.cdist(student, centroids).argmin(dim=1)
+        else:
+            nearest = (F.normalize(student, dim=1) @ F.normalize(centroids, dim=1).T).argmax(dim=1)
+        if pooling == "per_student":
+            return -scale * F.cosine_similarity(student, centroids[nearest], dim=1).mean()
+        cosines = []
+        for k in range(len(centroids)):
+            members = student[nearest == k]
+            if len(members):
+                cosines.append(F.cosine_similarity(members.mean(dim=0), centroids[k], dim=0))
+            elif empty == "one":
+                cosines.append(torch.ones(()))
+        return -scale * torch.stack(cosines).mean()
+    return alignment
+
+
 RIGHT = {
     "check_uncertainty_weighting": lambda: (_weighting_with(),),
     "check_train_step": lambda: (_step_with(),),
@@ -277,6 +322,8 @@ RIGHT = {
     "check_row_normalised_confusion": lambda: (_confusion(),),
     "check_label_mapping": lambda: (_right_lookup,),
     "check_gradcam": lambda: (_gradcam_with(),),
+    "check_layer_intensity": lambda: (_intensity_with(),),
+    "check_cluster_alignment": lambda: (_alignment_with(),),
 }
 
 WRONG = {
@@ -340,6 +387,19 @@ WRONG = {
         "weights averaged over the batch too": lambda: (_gradcam_with(batch_mean=True),),
         "hooks left registered": lambda: (_gradcam_with(remove_hooks=False),),
         "activations only (no gradients)": lambda: (_gradcam_with(gradients=False),),
+    },
+    "check_layer_intensity": {
+        "signed mean (no absolute value)": lambda: (_intensity_with(absolute=False),),
+        "summed cross-entropy instead of the batch mean": lambda: (_intensity_with(reduction="sum"),),
+        "gradient of the stage's weights, not its output": lambda: (_intensity_with(target="weights"),),
+        "gradient of the summed logits, not the loss": lambda: (_intensity_with(of="logits"),),
+    },
+    "check_cluster_alignment": {
+        "nearest centroid by distance, not by angle": lambda: (_alignment_with(assign="euclidean"),),
+        "empty clusters left out of the mean": lambda: (_alignment_with(empty="skip"),),
+        "no factor 0.5": lambda: (_alignment_with(scale=1.0),),
+        "each student against its centroid, no cluster means": lambda: (_alignment_with(pooling="per_student"),),
+        "the centroids not detached": lambda: (_alignment_with(detach=False),),
     },
 }
 
