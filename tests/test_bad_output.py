@@ -151,6 +151,21 @@ def train_onto_another_run(env: Env) -> None:
     assert load_checkpoint(run / "best.pt")["config"]["train"]["lr"] == 0.01
 
 
+def killed_run_leaves_no_result_beside_its_new_config(env: Env) -> None:
+    run = env.copy_run()
+    assert (run / "eval.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    env.monkeypatch.setattr(train_module, "train_one_epoch", killed)
+    config = env.config(run, "train.lr=0.01")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config)
+    # hsbs compare reuses a folder holding eval.json and this recipe's config.yaml: the old result must be gone.
+    assert load_config(run / "config.yaml", []).train.lr == 0.01
+    assert not (run / "eval.json").exists()
+
+
 def second_writer_is_locked_out(env: Env) -> None:
     run = env.copy_run()
     # A live process (this one) holds the lock, as a first `hsbs train` would.
@@ -421,6 +436,8 @@ CASES = [
     Case("train --out onto unrelated files", 11, "refused, files unchanged", train_onto_unrelated_files),
     Case("train --out onto another recipe's run", 11, "refused naming the key; replaced with --overwrite",
          train_onto_another_run),
+    Case("a run killed after replacing another's config", 11, "the replaced run's eval.json is gone, so "
+         "compare retrains instead of reusing it", killed_run_leaves_no_result_beside_its_new_config),
     Case("a second writer into a locked run", 11, "refused naming the live process", second_writer_is_locked_out),
     Case("a stale lock of a dead process", 11, "taken over, released at the end",
          stale_lock_of_a_dead_process_is_taken_over),

@@ -64,6 +64,7 @@ def train_reference(config: Config) -> dict:
         torch.set_num_threads(t.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").unlink(missing_ok=True)    # a killed run must not leave a result beside the new config
     save_config(config, out / "config.yaml")
     splits = build_splits(config)
     if splits.val is None:

@@ -385,6 +385,10 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     out = Path(config.out)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        # The folder's eval.json scored the run this one replaces or extends; were this run killed, it
+        # would sit beside the new config.yaml as if it were this recipe's result (hsbs compare reuses
+        # a run by exactly that pair).
+        (out / "eval.json").unlink(missing_ok=True)
         save_config(config, out / "config.yaml")
 
     if train_data is None:
