@@ -23,8 +23,10 @@ import torch.nn.functional as F
 
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
+from hsbs_lib.losses.clcl import cluster_alignment_loss
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+from hsbs_lib.models import create_model
 from hsbs_lib.models.base import ModelOutput
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
@@ -564,7 +566,6 @@ def reference_layer_intensity(model: torch.nn.Module, images: torch.Tensor, labe
 
 def _intensity_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
     """Small seeded baselines in training mode (batch statistics), at two sizes and batch sizes."""
-    from hsbs_lib.models import create_model        # the registry imports torchvision: only when checked
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     narrow = create_model("baseline", num_classes=3, backbone_width=8).train()
@@ -620,7 +621,6 @@ def check_cluster_alignment(student_fn: Callable) -> None:
     highest cosine similarity, each cluster's mean student is compared with its centroid by cosine
     similarity (an empty cluster counts 1), L = -0.5 * mean over the K clusters; the centroids (the
     detached teacher) receive no gradient."""
-    from hsbs_lib.losses.clcl import cluster_alignment_loss
     for case, (student, centroids) in _alignment_cases().items():
         reference_student = student.clone().requires_grad_(True)
         expected = cluster_alignment_loss(reference_student[None], centroids[None])
