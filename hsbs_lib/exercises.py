@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.clcl import cluster_alignment_loss
@@ -551,7 +552,7 @@ def check_gradcam(student_fn: Callable) -> None:
     _passed('right on 3 cases (two layers, a batch of one), hooks removed, each image independent of its batch')
 
 
-INTENSITY_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+INTENSITY_LAYERS = STAGE_NAMES
 
 
 def reference_layer_intensity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from hsbs_lib.config import Config, save_config
+from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.evaluate import write_json
+from hsbs_lib.engine.run_folder import write_run_config
 from hsbs_lib.engine.metrics import classification_metrics
 
 RECIPE = ("torchvision resnet18 (standard stem), Adam + OneCycleLR (peak train.lr), random horizontal flip, "
@@ -64,8 +65,7 @@ def train_reference(config: Config) -> dict:
         torch.set_num_threads(t.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").unlink(missing_ok=True)    # a killed run must not leave a result beside the new config
-    save_config(config, out / "config.yaml")
+    write_run_config(config, out)
     splits = build_splits(config)
     if splits.val is None:
         raise ValueError("the reference selects its epoch on a validation split; data.val_split=none has none")

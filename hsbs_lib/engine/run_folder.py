@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from hsbs_lib.config import Config
+from hsbs_lib.config import Config, save_config
 from hsbs_lib.engine.build import trained_same_recipe
 
 log = logging.getLogger("hsbs_lib.engine")
@@ -109,6 +109,14 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def write_run_config(config: Config, folder: Path) -> None:
+    """Write ``folder/config.yaml`` for a run that starts there, first removing the folder's eval.json: it
+    scored the run this one replaces or extends, and were this run killed it would sit beside the new
+    config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair)."""
+    (folder / "eval.json").unlink(missing_ok=True)
+    save_config(config, folder / RUN_MARKER)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_dict, load_config, plain_values,
-                             save_config, validate_config)
+                             validate_config)
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
@@ -57,7 +57,8 @@ from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, ba
                                          init_distributed, sync_buffers, wrap_model)
 from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.reference import train_reference
-from hsbs_lib.engine.run_folder import RunFolderBusyError, claim_run_folder, refuse_another_run
+from hsbs_lib.engine.run_folder import (RunFolderBusyError, claim_run_folder, refuse_another_run,
+                                        write_run_config)
 from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
 from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
@@ -385,11 +386,7 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     out = Path(config.out)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        # The folder's eval.json scored the run this one replaces or extends; were this run killed, it
-        # would sit beside the new config.yaml as if it were this recipe's result (hsbs compare reuses
-        # a run by exactly that pair).
-        (out / "eval.json").unlink(missing_ok=True)
-        save_config(config, out / "config.yaml")
+        write_run_config(config, out)
 
     if train_data is None:
         splits = build_splits(config)
