@@ -46,7 +46,8 @@ def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", d
 
 
 def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbone: str = "resnet18",
-                        device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2) -> list[ModelCost]:
+                        device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2,
+                        amp: bool = True) -> list[ModelCost]:
     """Training and inference speed of several registered models (name -> options such as ``stem``,
     ``backbone_width`` and method switches), measured by :func:`time_interleaved`."""
     built = {}
@@ -54,18 +55,20 @@ def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbo
         torch.manual_seed(0)
         built[name] = (create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options),
                        input_size)
-    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup)
+    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp)
 
 
 def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = "cpu", batch_size: int = 32,
-                     steps: int = 8, warmup: int = 2) -> list[ModelCost]:
+                     steps: int = 8, warmup: int = 2, amp: bool = True) -> list[ModelCost]:
     """Speeds of ``models`` (label -> (model, input size)), their steps interleaved, the fastest step kept.
 
     Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
     (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
     every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed.
+    ``amp``: bf16 autocast on CUDA, as training uses by default (``train.amp``); ignored on CPU.
     """
     device = torch.device(device)
+    use_amp = amp and device.type == "cuda"
     states = {}
     for label, (model, size) in models.items():
         model = model.to(device).to(memory_format=torch.channels_last)
@@ -75,9 +78,13 @@ def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = 
     targets = _fake_targets(batch_size, 7, device)
     best = {label: [math.inf, math.inf] for label in states}
 
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+
     def train_step(model, optimizer, x_train, _):
         model.train()
-        loss = sum(model.loss(model(x_train), targets).values())
+        with autocast():
+            loss = sum(model.loss(model(x_train), targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,7 +92,8 @@ def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = 
     @torch.no_grad()
     def eval_step(model, _, __, x_eval):
         model.eval()
-        model(x_eval)
+        with autocast():
+            model(x_eval)
 
     for round_index in range(warmup + steps):
         for label, (model, optimizer, x_train, x_eval, _) in states.items():
@@ -192,6 +200,9 @@ def benchmark_pipelines(*, size: int = 112, device: str | torch.device = "cpu", 
         }
         speeds = {}
         for name, make in candidates.items():
+            if device.type == "cuda":   # the first batch on a GPU loads kernels; it is not the pipeline's speed
+                next(iter(make()))
+                torch.cuda.synchronize(device)
             started = time.perf_counter()
             loader = make()
             seen = 0
@@ -269,6 +280,8 @@ def add_bench_arguments(parser) -> None:
                              "the SynthFER demo scale of configs/synthfer_baseline.yaml)")
     parser.add_argument("--input-size", type=int, default=None, help="replaces the recipe's input size")
     parser.add_argument("--pipeline-size", type=int, default=112, help="image size for the input-pipeline bench")
+    parser.add_argument("--pipeline-epochs", type=int, default=2,
+                        help="epochs over the 1024 files per input pipeline (more for a steadier GPU number)")
     parser.add_argument("--backbone", default=None, help="replaces the recipe's backbone")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="interleaved rounds per model (the fastest counts)")
@@ -302,14 +315,15 @@ def _model_scale(args) -> dict:
 def run_bench(args) -> int:
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# hsbs bench on {where}, torch {torch.__version__}")
+    precision = ", bf16 autocast" if device.startswith("cuda") else ""
+    print(f"# hsbs bench on {where}, torch {torch.__version__}{precision}")
     if "render" in args.sections:
         torch_threads = torch.get_num_threads()
         print(f"\n## SynthFER rendering\n{benchmark_rendering(n=4000, size=64):,.0f} images/s at 64 px "
               f"(numpy, this process; torch threads {torch_threads})")
     if "pipeline" in args.sections:
         print(f"\n## Input pipelines at {args.pipeline_size} px")
-        print(benchmark_pipelines(size=args.pipeline_size, device=device))
+        print(benchmark_pipelines(size=args.pipeline_size, device=device, epochs=args.pipeline_epochs))
     if "models" in args.sections:
         names = args.models or list_models()
         if "baseline" not in names:

@@ -102,6 +102,25 @@ def test_training_lowers_the_loss_beats_chance_and_logs_every_column(tmp_path, s
     assert report["validation"]["mean_class_accuracy"] == pytest.approx(float(best_row["val/mean_class_accuracy"]))
 
 
+@pytest.mark.parametrize("method", ["baseline", "hsbs"])
+def test_compiled_training_trains_and_turns_the_intensity_hooks_off(tmp_path, splits, monkeypatch, caplog, method):
+    # torch.compile through dynamo and AOT autograd (the graphs a GPU run compiles), executed eagerly so the
+    # suite needs no C++ compiler. A compiled forward hands hooks on its stage outputs no gradient (None for
+    # the baseline), which once crashed train.compile=true with the default record_intensity of SynthFER.
+    compile_eagerly = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_eagerly(model, backend="aot_eager"))
+    torch._dynamo.reset()
+    config = _config(tmp_path, f"model.name={method}", "train.epochs=1", "train.max_steps_per_epoch=3",
+                     "train.compile=true", "train.record_intensity=true")
+    with caplog.at_level("WARNING"):
+        result = fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])
+    row = _rows(tmp_path)[0]
+    assert math.isfinite(float(row["loss/total"])) and not any(key.startswith("intensity/") for key in row)
+    assert "record_intensity is off under train.compile" in caplog.text
+    assert 0.0 <= result.final["accuracy"] <= 1.0
+    torch._dynamo.reset()
+
+
 def test_metrics_csv_names_every_loss_term_of_the_method(tmp_path, splits):
     config = _config(tmp_path, "model.name=hsbs", "train.epochs=1", "train.max_steps_per_epoch=2")
     fit(config, train_data=splits[0], val_data=splits[2], test_data=splits[1])

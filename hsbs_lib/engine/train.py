@@ -426,6 +426,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         log.info("resuming %s at epoch %d (step %d)", resume, start_epoch, step)
 
     step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
+    # A compiled forward returns the stage outputs as graph outputs, and their hooks see only the gradient
+    # that reaches them from outside the graph (None for the baseline): no honest intensity to record.
+    record_intensity = t.record_intensity and not t.compile
+    if t.record_intensity and t.compile and context.is_main:
+        log.warning("train.record_intensity is off under train.compile: the compiled forward hides the gradients "
+                    "at the stage outputs (train eagerly to record the learning intensity)")
     amp_dtype = torch.bfloat16 if t.amp and device.type == "cuda" else None
     progress = progress_enabled(t.progress) and context.is_main
     metrics_log = MetricsLog(out, enabled=context.is_main, tensorboard=t.tensorboard,
@@ -443,7 +449,7 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
             train_stats, step = train_one_epoch(
                 step_module, loaders.train, optimizer, device=device, epoch=epoch, scheduler=scheduler, step=step,
                 grad_clip=t.grad_clip, amp_dtype=amp_dtype, channels_last=t.channels_last,
-                record_intensity=t.record_intensity, progress=progress, log_every=t.log_every,
+                record_intensity=record_intensity, progress=progress, log_every=t.log_every,
                 explosion=explosion)
             sync_buffers(model, context)
             if loaders.val is not None:
