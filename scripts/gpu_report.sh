@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/BENCHMARKS.md ("On a GPU"), in one command on a CUDA machine:
 #
-#   scripts/gpu_report.sh OUT [FER2013_ROOT]           both parts (about 9 minutes on one H200)
+#   scripts/gpu_report.sh OUT [FER2013_ROOT]           both parts (more than the 9 minutes one H200 gave it)
 #   PART=bench scripts/gpu_report.sh OUT               speed only: hsbs bench, the demo's two runs, torch.compile
 #   PART=runs  scripts/gpu_report.sh OUT FER2013_ROOT  the training runs, several at a time on the one GPU
 #
 # Everything is written under OUT (logs/, runs/, *.md); nothing goes into the repository. FER2013_ROOT is a
 # folder with fer2013.csv (docs/DATASETS.md); without it the FER2013 runs are skipped. The runs part stops
 # every run still going after DEADLINE seconds (default 420) and then tabulates what finished.
-# HST_SEEDS (default 0 1 2 3 4) and FER_SEEDS (default 0 1 2) choose the seeds of the two comparisons.
+# HST_SEEDS (default 0 1 2 3 4) and FER_SEEDS (default 0 1 2) choose the seeds of the two comparisons;
+# MAX_LANES (6) trainings run at once in the runs part, LANE_THREADS (2) CPU threads each.
 # DEVICE and EXTRA (key=value overrides for every training) allow a quick dry run on a CPU.
 # HSBS names the command (default: hsbs, else python3 -m hsbs_lib.cli from the repository root).
 set -u
@@ -19,8 +20,12 @@ DEADLINE=${DEADLINE:-420}
 DEVICE=${DEVICE:-cuda}      # cpu runs the same steps as a dry run
 EXTRA=${EXTRA:-}            # overrides for every training, e.g. a tiny dry run: EXTRA="train.epochs=1 data.n_train=128"
 BENCH_STEPS=${BENCH_STEPS:-12}
+MAX_LANES=${MAX_LANES:-6}          # trainings at once in the runs part
+LANE_THREADS=${LANE_THREADS:-2}    # CPU threads of each
+METHODS=${METHODS-baseline hsbs clcl phanet mfer}   # the compiled 224 px epochs (empty: none)
 HST_SEEDS=${HST_SEEDS:-0 1 2 3 4}
 FER_SEEDS=${FER_SEEDS:-0 1 2}
+case "$PART" in bench|runs|all) ;; *) echo "gpu_report.sh: PART must be bench, runs or all, not '$PART'" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 if [ -z "${HSBS:-}" ]; then
     if command -v hsbs >/dev/null; then HSBS=hsbs; else HSBS="python3 -m hsbs_lib.cli"; export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; fi
@@ -71,9 +76,12 @@ bench_part() {
 # A training in the background, stopped at the deadline; its pid is kept for wait.
 lane() {
     local name=$1; shift
+    # At most MAX_LANES at once: on 2026-12-04 fifteen at once on one H200 spent most of their time
+    # waiting for the 16 CPU cores (rendering, evaluation), not training.
+    while [ "$(jobs -rp | wc -l)" -ge "$MAX_LANES" ]; do sleep 2; done
     local left=$(( DEADLINE - ($(date +%s) - runs_started) ))
     if [ "$left" -le 30 ]; then say "$name: not started, $left s left"; return; fi
-    ( t0=$(date +%s); timeout --signal=TERM --kill-after=10 "$left" "$@" >"$OUT/logs/$name.log" 2>&1; rc=$?
+    ( t0=$(date +%s); OMP_NUM_THREADS=$LANE_THREADS timeout --signal=TERM --kill-after=10 "$left" "$@" >"$OUT/logs/$name.log" 2>&1; rc=$?
       echo "| $name | $rc | $(( $(date +%s) - t0 )) |" >>"$OUT/steps.md"; say "$name: exit $rc after $(( $(date +%s) - t0 )) s" ) &
     pids+=($!)
 }
@@ -94,7 +102,7 @@ runs_part() {
     pids=()
     # GPU-bound work first, several runs at a time (their rendering and compiling overlap others' steps).
     # Every method for one short epoch (4096 faces) at 224 px with torch.compile and bf16 autocast.
-    for method in baseline hsbs clcl phanet mfer; do
+    for method in $METHODS; do
         lane "method224_$method" $HSBS train --config "configs/synthfer_$method.yaml" --device $DEVICE \
             --out "$OUT/runs/method224/$method" data.input_size=224 $PAPER_SCALE train.compile=true \
             train.epochs=1 data.n_train=4096 data.n_val=256 data.n_test=256 $EXTRA
@@ -137,6 +145,5 @@ case "$PART" in
     bench) bench_part ;;
     runs) runs_part ;;
     all) bench_part; runs_part ;;
-    *) echo "PART must be bench, runs or all, not '$PART'" >&2; exit 2 ;;
 esac
 say "done"

@@ -255,6 +255,20 @@ def test_similarity_supervision_prefers_same_label_similarity():
     assert torch.isfinite(similarity_supervision_loss(uniform, alone, mask_diagonal=True))
 
 
+def test_similarity_supervision_averages_the_rows_that_have_a_partner():
+    torch.manual_seed(0)
+    similarity = torch.rand(4, 4).softmax(dim=1).requires_grad_()
+    alone = torch.tensor([0, 1, 1, 1])  # with the diagonal masked, row 0 has no same-label partner
+    targets = same_label_targets(alone, mask_diagonal=True)
+    expected = torch.stack([(targets[i][targets[i] > 0] * (targets[i][targets[i] > 0].log()
+                             - similarity[i][targets[i] > 0].log())).sum() for i in (1, 2, 3)]).mean()
+    assert torch.allclose(similarity_supervision_loss(similarity, alone, mask_diagonal=True), expected, atol=1e-6)
+    nobody = torch.tensor([0, 1, 2, 3])
+    loss = similarity_supervision_loss(similarity, nobody, mask_diagonal=True)
+    loss.backward()
+    assert loss == 0 and torch.equal(similarity.grad, torch.zeros(4, 4))
+
+
 # ---------------------------------------------------------------- the model
 
 def test_maps_and_extras():

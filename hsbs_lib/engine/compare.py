@@ -44,7 +44,7 @@ from hsbs_lib.config import load_config
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
-from hsbs_lib.engine.build import build_model, trained_same_recipe
+from hsbs_lib.engine.build import build_model, resolve_device, trained_same_recipe
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
@@ -215,7 +215,9 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     if diagnostics:
         for row in plan.rows:
             for seed in seeds:
-                results[row][seed]["diagnostics"] = run_diagnostics(run_dir(plan, row, seed))
+                # on the device the row trained on: on a GPU machine the CPU is shared by every run
+                results[row][seed]["diagnostics"] = run_diagnostics(
+                    run_dir(plan, row, seed), device=resolve_device(configs[row].train.device))
     summaries = summarise(results, reference=plan.reference_row())
     for summary in summaries:
         summary.update(_cost(configs[summary["row"]], measure_speed))

@@ -99,12 +99,13 @@ def similarity_supervision_loss(similarity: Tensor, labels: Tensor, *, mask_diag
     infinite. Rows with no same-label partner (possible with ``mask_diagonal``) are skipped.
     """
     targets = same_label_targets(labels, mask_diagonal=mask_diagonal)
-    has_partner = targets.sum(dim=1) > 0
-    if not has_partner.any():
-        return similarity.sum() * 0.0
+    # Rows are weighted 0 / 1 rather than selected: selecting (or testing whether any row is left) would
+    # make a GPU wait for its queue to drain in every training step. A row without partner has P = 0, so
+    # its divergence is 0 and it adds nothing; with no such row at all the loss is 0.
+    has_partner = (targets.sum(dim=1) > 0).float()
     log_similarity = similarity.float().clamp_min(1e-12).log()
     per_row = F.kl_div(log_similarity, targets, reduction="none").sum(dim=1)
-    return per_row[has_partner].mean()
+    return (per_row * has_partner).sum() / has_partner.sum().clamp_min(1.0)
 
 
 def similarity_statistics(similarity: Tensor, labels: Tensor) -> dict[str, float]:

@@ -9,6 +9,7 @@ teacher. A training-only loss: it adds nothing at inference.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -32,16 +33,21 @@ def quantile_mask(attention: Tensor, quantile: float) -> Tensor:
     return (attention >= threshold).to(attention.dtype)
 
 
-def _window_weights(cells: int, teacher_cells: int, ratio: int, device) -> Tensor:
-    """(teacher_cells, cells) averaging weights: row i averages the student cells of teacher cell i's window."""
-    weights = torch.zeros(teacher_cells, cells, device=device)
+@functools.lru_cache(maxsize=64)
+def _window_weights(cells: int, teacher_cells: int, ratio: int, device: torch.device) -> Tensor:
+    """(teacher_cells, cells) averaging weights: row i averages the student cells of teacher cell i's window.
+
+    Built once per shape and device (cached): filled row by row on the GPU, it cost dozens of tiny kernel
+    launches in every training step. The cached tensor is a constant; callers must not modify it.
+    """
+    weights = torch.zeros(teacher_cells, cells)
     half = ratio // 2
     for index in range(teacher_cells):
         start = max(0, ratio * index - half)
         # the last window runs to the end, so border cells past the last teacher cell still count
         stop = cells if index == teacher_cells - 1 else min(cells, ratio * index + half + 1)
         weights[index, start:stop] = 1.0 / (stop - start)
-    return weights
+    return weights.to(device)
 
 
 def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
@@ -56,9 +62,11 @@ def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
     layers to look below and right of the evidence.
     """
     height, width = size
+    if tuple(attention.shape[-2:]) == (height, width):   # the teacher's own grid: pooling is the identity
+        return attention.float()
     ratio = 2 ** max(0, round(math.log2(attention.shape[-2] / height)))
-    rows = _window_weights(attention.shape[-2], height, ratio, attention.device)
-    columns = _window_weights(attention.shape[-1], width, ratio, attention.device)
+    rows = _window_weights(attention.shape[-2], height, ratio, torch.device(attention.device))
+    columns = _window_weights(attention.shape[-1], width, ratio, torch.device(attention.device))
     return rows @ attention.float() @ columns.T
 
 
@@ -179,6 +187,15 @@ class HSTLoss(nn.Module):
         self.p = p
         self.warmup_epochs = float(warmup_epochs)
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+        # The ramp is read in every training step, and reading the buffer on a GPU would wait for the GPU
+        # each time: the count is mirrored on the host. The buffer keeps it in checkpoints; loading one
+        # refreshes the mirror.
+        self._epochs_done = 0
+        self.register_load_state_dict_post_hook(HSTLoss._mirror_epochs_done)
+
+    @staticmethod
+    def _mirror_epochs_done(module: "HSTLoss", incompatible_keys) -> None:
+        module._epochs_done = int(module.epochs_done)
 
     def scale(self, grid_positions: int) -> float:
         """lambda_hst for a teacher grid of ``grid_positions`` cells (the auto rule when lambda_hst is None)."""
@@ -190,10 +207,11 @@ class HSTLoss(nn.Module):
         """The warm-up factor in [0, 1] for the current epoch."""
         if self.warmup_epochs <= 0:
             return 1.0
-        return min(1.0, float(self.epochs_done) / self.warmup_epochs)
+        return min(1.0, self._epochs_done / self.warmup_epochs)
 
     def set_epoch(self, epochs_done: int) -> None:
         self.epochs_done.fill_(int(epochs_done))
+        self._epochs_done = int(epochs_done)
 
     def forward(self, features: Sequence[Tensor], teacher: Tensor | None = None) -> Tensor:
         grid_positions = features[-1].shape[-2] * features[-1].shape[-1]
