@@ -185,6 +185,23 @@ def test_class_weights_and_schedule_helpers():
     assert lr_factor(25, schedule="exponential", steps_per_epoch=10, epochs=5, warmup_steps=0, gamma=0.5) == 0.25
 
 
+def test_class_weights_reach_the_cross_entropy_of_hard_and_soft_labels():
+    torch.manual_seed(0)
+    model = Baseline(num_classes=3, backbone_width=8)
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 2, 2])
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    model.configure_criterion(class_weights=torch.ones(3))
+    assert torch.allclose(model.classification_loss(logits, {"label": labels}), plain)
+    weights = inverse_frequency_weights(labels.numpy(), 3)
+    model.configure_criterion(class_weights=weights)
+    weighted = torch.nn.functional.cross_entropy(logits, labels, weight=weights.float())
+    assert torch.allclose(model.classification_loss(logits, {"label": labels}), weighted)
+    assert not torch.allclose(weighted, plain)
+    soft = torch.nn.functional.one_hot(labels, 3).float()   # one-hot soft labels: the weighted sum, not the mean
+    expected = -(soft * torch.log_softmax(logits, 1) * weights.float()).sum(1).mean()
+    assert torch.allclose(model.classification_loss(logits, {"soft_label": soft}), expected)
+
+
 def test_train_and_resume_and_eval_commands_on_synthfer(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["train.progress=false", "train.threads=1", "data.cache_dir=cache"]

@@ -51,18 +51,21 @@ class FERModel(nn.Module):
                                        drop_path=drop_path)
         self.label_smoothing = 0.0
         self.register_buffer("class_weights", torch.ones(num_classes), persistent=False)
+        # Decided once here, not per step: testing the weights in every step would make a GPU wait.
+        self.class_weighted = False
 
     def configure_criterion(self, *, label_smoothing: float = 0.0, class_weights: Tensor | None = None) -> None:
         """Set the options of the shared cross-entropy (used by every classification term)."""
         self.label_smoothing = float(label_smoothing)
         if class_weights is not None:
             self.class_weights = class_weights.detach().float().to(self.class_weights.device)
+            self.class_weighted = bool((self.class_weights != 1).any())
 
     def classification_loss(self, logits: Tensor, targets: dict[str, Tensor],
                             label_smoothing: float | None = None) -> Tensor:
         """Cross-entropy against ``targets['soft_label']`` (B, K) when present, else ``targets['label']`` (B,)."""
         smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
-        weight = self.class_weights if not torch.all(self.class_weights == 1) else None
+        weight = self.class_weights if self.class_weighted else None
         soft = targets.get("soft_label")
         if soft is not None:
             soft = soft.to(logits.dtype)
