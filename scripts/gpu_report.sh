@@ -73,7 +73,7 @@ bench_part() {
     for f in "$OUT"/logs/bench_*.log; do cat "$f"; echo; done >"$OUT/bench.md"
 }
 
-# A training in the background, stopped at the deadline; its pid is kept for wait.
+# A step in the background, stopped at the deadline.
 lane() {
     local name=$1; shift
     # At most MAX_LANES at once: on 2026-12-04 fifteen at once on one H200 spent most of their time
@@ -81,16 +81,14 @@ lane() {
     while [ "$(jobs -rp | wc -l)" -ge "$MAX_LANES" ]; do sleep 2; done
     local left=$(( DEADLINE - ($(date +%s) - runs_started) ))
     if [ "$left" -le 30 ]; then say "$name: not started, $left s left"; return; fi
-    ( t0=$(date +%s); OMP_NUM_THREADS=$LANE_THREADS timeout --signal=TERM --kill-after=10 "$left" "$@" >"$OUT/logs/$name.log" 2>&1; rc=$?
-      echo "| $name | $rc | $(( $(date +%s) - t0 )) |" >>"$OUT/steps.md"; say "$name: exit $rc after $(( $(date +%s) - t0 )) s" ) &
-    pids+=($!)
+    ( export OMP_NUM_THREADS=$LANE_THREADS; step "$name" timeout --signal=TERM --kill-after=10 "$left" "$@" ) &
 }
 
-# Seeds whose eval.json exists for every row: the runs a final table can pair.
+# Those of SEEDS whose eval.json exists for every row: the runs a final table can pair.
 finished_seeds() {
-    local folder=$1; shift
+    local folder=$1 candidates=$2; shift 2
     local seeds=() seed row
-    for seed in 0 1 2 3 4; do
+    for seed in $candidates; do
         for row in "$@"; do [ -f "$folder/$row/seed$seed/eval.json" ] || continue 2; done
         seeds+=("$seed")
     done
@@ -99,7 +97,6 @@ finished_seeds() {
 
 runs_part() {
     runs_started=$(date +%s)
-    pids=()
     # GPU-bound work first, several runs at a time (their rendering and compiling overlap others' steps).
     # Every method for one short epoch (4096 faces) at 224 px with torch.compile and bf16 autocast.
     for method in $METHODS; do
@@ -129,11 +126,11 @@ runs_part() {
     wait
     # The tables, from the finished runs only (compare reuses them and trains nothing).
     local seeds
-    seeds=$(finished_seeds "$OUT/runs/hst225" baseline hsbs)
+    seeds=$(finished_seeds "$OUT/runs/hst225" "$HST_SEEDS" baseline hsbs)
     if [ -n "$seeds" ]; then
         step table_hst225 $HSBS compare "${hst[@]}" --rows hsbs --seeds $seeds $HST_SCALE $EXTRA
     fi
-    seeds=$(finished_seeds "$OUT/runs/fer_gpu" baseline hsbs)
+    seeds=$(finished_seeds "$OUT/runs/fer_gpu" "$FER_SEEDS" baseline hsbs)
     if [ -n "$FER_ROOT" ] && [ -n "$seeds" ]; then
         step table_fer $HSBS compare "${fer[@]}" --rows baseline hsbs --reference baseline --seeds $seeds \
             data.root="$FER_ROOT" $EXTRA

@@ -48,8 +48,8 @@ def test_cli_lists_every_subcommand(capsys):
 
 def test_gpu_report_refuses_an_unknown_part_and_writes_nothing(tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_report.sh"), str(out)], env={**os.environ, "PART": "speed"},
-                            capture_output=True, text=True)
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_report.sh"), str(out)],
+                            env={**os.environ, "PART": "speed"}, capture_output=True, text=True)
     assert result.returncode == 2 and "PART must be bench, runs or all, not 'speed'" in result.stderr
     assert not out.exists()
 
@@ -58,7 +58,7 @@ def test_gpu_report_refuses_an_unknown_part_and_writes_nothing(tmp_path):
 def test_gpu_report_runs_part_trains_and_tabulates_on_a_cpu(tmp_path):
     # The GPU script's orchestration as a dry run: one seed of the 225 px HST comparison, two steps per run.
     env = {**os.environ, "PART": "runs", "DEVICE": "cpu", "METHODS": "", "HST_SEEDS": "0", "DEADLINE": "600",
-           "HSBS": f"{sys.executable} -m hsbs_lib.cli", "HSBS_RUNS": str(tmp_path),
+           "HSBS": f"{sys.executable} -m hsbs_lib.cli",
            "EXTRA": "train.epochs=1 train.max_steps_per_epoch=2 train.batch_size=16 data.n_train=64 data.n_val=32 "
                     "data.n_test=32 train.threads=1"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_report.sh"), str(tmp_path / "report")], env=env,

@@ -30,8 +30,8 @@ from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.evaluate import write_json
-from hsbs_lib.engine.run_folder import write_run_config
 from hsbs_lib.engine.metrics import classification_metrics
+from hsbs_lib.engine.run_folder import write_run_config
 
 RECIPE = ("torchvision resnet18 (standard stem), Adam + OneCycleLR (peak train.lr), random horizontal flip, "
           "cross-entropy; model, optimiser, schedule, weight decay and augmentation settings ignored")

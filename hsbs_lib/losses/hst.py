@@ -65,8 +65,8 @@ def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(attention.shape[-2:]) == (height, width):   # the teacher's own grid: pooling is the identity
         return attention.float()
     ratio = 2 ** max(0, round(math.log2(attention.shape[-2] / height)))
-    rows = _window_weights(attention.shape[-2], height, ratio, torch.device(attention.device))
-    columns = _window_weights(attention.shape[-1], width, ratio, torch.device(attention.device))
+    rows = _window_weights(attention.shape[-2], height, ratio, attention.device)
+    columns = _window_weights(attention.shape[-1], width, ratio, attention.device)
     return rows @ attention.float() @ columns.T
 
 
