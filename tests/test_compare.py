@@ -106,7 +106,7 @@ def test_diagnostics_are_summarised_over_seeds():
     def report(seed, share, same):
         return {"accuracy": 0.8, "mean_class_accuracy": 0.7, "macro_f1": 0.7, "per_class_recall": {},
                 "diagnostics": {"attention": {"layer1": {"energy_share": share, "pointing_hit_rate": 0.5,
-                                                         "outer_ring_share": 0.1}},
+                                                         "outer_ring_share": 0.1, "centre_pointing": 0.64}},
                                 "bsa": {"row_entropy": 3.0, "max_column_mass": 0.02, "same_to_different": same}}}
     results = {"baseline": {0: report(0, 0.10, 1.0), 1: report(1, 0.12, 1.0)},
                "hsbs": {0: report(0, 0.20, 4.0), 1: report(1, 0.24, 6.0)}}
@@ -119,6 +119,9 @@ def test_diagnostics_are_summarised_over_seeds():
     assert summaries[1]["layer1_energy_share_diff"] == pytest.approx(0.11)
     assert "| hsbs | +0.110 [-0.017, +0.237] / " in table
     assert "| hsbs | 3.000 ± 0.000 | 0.020 ± 0.000 | 5.000 ± 1.414 |" in table
+    # the centre baseline is a property of the masks: stated once, never differenced as if a run had it
+    assert "always peaks at the image centre wins the pointing game on 0.640" in table
+    assert "layer1_centre_pointing_diff" not in summaries[1]
 
 
 def test_minority_recall_columns_only_when_every_row_has_them():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hsbs_lib.models.backbones import ResNetBackbone, cell_stride, cells_to_pixels
-from hsbs_lib.viz.saliency import (area_share, resize_saliency, attention_score_table, dilate, energy_inside, plot_attention_scores,
-                                   pointing_game, score_saliency)
+from hsbs_lib.viz.saliency import (area_share, resize_saliency, attention_score_table, centre_pointing, dilate, energy_inside,
+                                   plot_attention_scores, pointing_game, score_saliency)
 from hsbs_lib.viz.style import save_figure
 
 
@@ -132,6 +132,26 @@ def test_score_saliency_joins_regions_and_reports_chance_levels():
     assert scores["energy_share/brows"] == pytest.approx(brows_area / (brows_area + mouth_area))
     assert scores["energy_share/eyes"] == pytest.approx(0.0)
     assert scores["chance_pointing"] == pytest.approx(scores["chance_energy_share"])
+
+
+def test_centre_baseline_is_the_pointing_game_of_a_map_peaked_at_the_centre():
+    masks = torch.zeros(3, 17, 17, dtype=torch.bool)
+    masks[0, 7:10, 6:12] = True      # holds the centre pixel (8, 8)
+    masks[1, 12:15, 4:13] = True     # a mouth below the centre
+    masks[2, 3:5, 2:15] = True       # brows above it; a tolerance of 4 px reaches the centre
+    assert centre_pointing(masks).tolist() == [True, False, False]
+    assert centre_pointing(masks, tolerance_px=4).tolist() == [True, True, True]
+    # a 5x5 ResNet grid on 17 px (cells on pixels 0, 4, 8, 12, 16) whose middle cell is hottest
+    peaked = torch.rand(3, 5, 5) * 0.5
+    peaked[:, 2, 2] = 1.0
+    assert pointing_game(peaked, masks).tolist() == centre_pointing(masks).tolist()
+    scores = score_saliency(peaked, masks)
+    assert scores["centre_pointing"] == pytest.approx(1 / 3)
+    assert scores["pointing_hit_rate"] == pytest.approx(scores["centre_pointing"])
+    # the table carries it beside the area chance, and a uniform map's chance is far below it here
+    table = attention_score_table({"centre map": scores})
+    assert "| pointing game | chance | centre |" in table.splitlines()[0]
+    assert scores["chance_pointing"] < 0.2 and f"| 0.333 | {scores['chance_pointing']:.3f} | 0.333 |" in table
 
 
 def test_mismatched_batches_are_refused_with_a_readable_error():

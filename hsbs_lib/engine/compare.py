@@ -243,7 +243,7 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
             shared = sorted(set(seeds) & set(results[reference]))
             reference_series = _series({s: results[reference][s] for s in shared})
             own = _series({s: by_seed[s] for s in shared})
-            attention = [key for key in own if key.startswith("layer")]
+            attention = [key for key in own if key.startswith("layer") and not key.endswith("_centre_pointing")]
             for key in (*METRICS, *VAL_METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES), *attention):
                 if len(own.get(key, [])) == len(shared) == len(reference_series.get(key, [])) and shared:
                     difference = paired_difference(own[key], reference_series[key])
@@ -273,6 +273,7 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
         for layer, scores in diagnostics.get("attention", {}).items():
             for score in ATTENTION_SCORES:
                 add(f"{layer}_{score}", scores.get(score))
+            add(f"{layer}_centre_pointing", scores.get("centre_pointing"))   # a property of the masks, not the run
         for statistic in BSA_STATISTICS:
             add(f"bsa_{statistic}", diagnostics.get("bsa", {}).get(statistic))
     return series
@@ -400,9 +401,13 @@ def format_diagnostics_table(summaries: list[dict], reference: str = "reference"
 
     lines = []
     if layers:
+        centre = [s[f"{layer}_centre_pointing_mean"] for s in summaries for layer in layers
+                  if f"{layer}_centre_pointing_mean" in s]
+        centre_note = (f"; a map that always peaks at the image centre wins the pointing game on {centre[0]:.3f}"
+                       if centre else "")
         lines += attention_table("Attention of each stage on the expression regions (test images; chance: energy "
-                                 "share = the regions' area, outer ring = a uniform map's ring share):",
-                                 summaries, mean_std)
+                                 "share and pointing = the regions' area, outer ring = a uniform map's ring share"
+                                 f"{centre_note}):", summaries, mean_std)
         compared = [s for s in summaries if any(f"{layer}_energy_share_diff" in s for layer in layers)]
         if compared:
             lines += [""] + attention_table(f"Attention scores minus the {reference} row's, paired by seed: mean [95% CI]; "

@@ -104,7 +104,8 @@ def format_diagnostics(report: dict) -> str:
     lines = [f"{report['run']} [{report['split']}, {report['n']} images]"]
     for layer, scores in report.get("attention", {}).items():
         lines.append(f"  {layer}: energy share {scores['energy_share']:.3f} (chance {scores['chance_energy_share']:.3f}),"
-                     f" pointing game {scores['pointing_hit_rate']:.3f} (chance {scores['chance_pointing']:.3f}),"
+                     f" pointing game {scores['pointing_hit_rate']:.3f} (chance {scores['chance_pointing']:.3f}"
+                     + (f", centre {scores['centre_pointing']:.3f}" if "centre_pointing" in scores else "") + "),"
                      f" outer ring {scores['outer_ring_share']:.3f} (uniform {scores['chance_outer_ring']:.3f})")
     if "bsa" in report:
         b = report["bsa"]

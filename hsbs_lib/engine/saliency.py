@@ -10,7 +10,9 @@ literature:
   the mask scores exactly 1.
 - pointing game: a hit when the saliency's maximum lies inside the mask, optionally dilated by a
   tolerance of a few pixels (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
-  Its chance level is the area share of the dilated mask.
+  Its chance level is the area share of the dilated mask. Faces are centred, so the literature's second
+  reference, the *centre baseline* (a map that always peaks at the image centre, Zhang et al.'s "Center"),
+  can score far above that chance: a map must beat both to show it localises anything.
 
 A third score needs no mask and catches a classic artefact: zero padding makes the border cells of a
 feature map respond differently from the inside, so a map can light up an edge or a corner of the image
@@ -119,6 +121,18 @@ def pointing_game(saliency, mask, tolerance_px: int = 0) -> Tensor:
     return grown.flatten(1).gather(1, peak[:, None])[:, 0]
 
 
+def centre_pointing(mask, tolerance_px: int = 0) -> Tensor:
+    """The centre baseline of the pointing game: whether each mask (dilated) holds the image's centre pixel.
+
+    mask (B, H, W) or (B, R, H, W) bool -> (B,) bool; the centre is pixel (H // 2, W // 2), which is
+    exactly the middle cell of every odd-sized ResNet grid at an odd input size.
+    """
+    tensor = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask.detach())
+    masks = dilate(_as_mask_batch(tensor, tensor.shape[0] if tensor.dim() > 2 else 1), tolerance_px)
+    height, width = masks.shape[-2:]
+    return masks[:, height // 2, width // 2]
+
+
 def outer_ring_share(saliency) -> Tensor:
     """Share of each map's (clamped) energy on its outermost ring of cells: (B, h, w) -> (B,) in [0, 1].
 
@@ -160,6 +174,7 @@ def score_saliency(saliency, masks, *, tolerance_px: int = 0,
         "pointing_hit_rate": float(pointing_game(maps, union, tolerance_px).double().mean()),
         "chance_energy_share": float(area_share(union).mean()),
         "chance_pointing": float(dilate(union, tolerance_px).double().mean()),
+        "centre_pointing": float(centre_pointing(union, tolerance_px).double().mean()),
         "outer_ring_share": float(outer_ring_share(maps).mean()),
         "chance_outer_ring": outer_ring_chance(tuple(maps.shape[-2:])),
         "n": int(maps.shape[0]),

@@ -6,7 +6,7 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hsbs_lib.engine.saliency import (area_share, dilate, energy_inside, outer_ring_chance,  # noqa: F401 (re-exported)
+from hsbs_lib.engine.saliency import (area_share, centre_pointing, dilate, energy_inside, outer_ring_chance,  # noqa: F401 (re-exported)
                                       outer_ring_share, pointing_game, resize_saliency, score_saliency)
 from hsbs_lib.viz.style import METHOD_COLORS, apply_style
 
@@ -39,24 +39,26 @@ def attention_score_table(scores_by_method: Mapping[str, Mapping], *, markdown: 
             "method": method, "map": map_name,
             "energy_share": scores["energy_share"], "chance_energy_share": scores["chance_energy_share"],
             "pointing_hit_rate": scores["pointing_hit_rate"], "chance_pointing": scores["chance_pointing"],
+            "centre_pointing": scores.get("centre_pointing", float("nan")),
             "outer_ring_share": scores.get("outer_ring_share", float("nan")),
             "chance_outer_ring": scores.get("chance_outer_ring", float("nan")),
             "n": scores.get("n", ""),
         })
     if not markdown:
         return rows
-    lines = ["| method | map | energy share | chance | pointing game | chance | outer ring | chance | n |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | map | energy share | chance | pointing game | chance | centre | outer ring | chance | n |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['map'] or '-'} | {row['energy_share']:.3f} | "
                      f"{row['chance_energy_share']:.3f} | {row['pointing_hit_rate']:.3f} | "
-                     f"{row['chance_pointing']:.3f} | {row['outer_ring_share']:.3f} | "
+                     f"{row['chance_pointing']:.3f} | {row['centre_pointing']:.3f} | {row['outer_ring_share']:.3f} | "
                      f"{row['chance_outer_ring']:.3f} | {row['n']} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_attention_scores(scores_by_method: Mapping[str, Mapping], *, title: str | None = None):
-    """Grouped bars of energy share and pointing-game hit rate, with each score's chance level dashed.
+    """Grouped bars of energy share and pointing-game hit rate, each score's chance level dashed and the
+    pointing game's centre baseline dotted.
 
     Groups are the maps (layers, Grad-CAM, ...), bars the methods; the input is the same as for
     :func:`attention_score_table`.
@@ -85,6 +87,14 @@ def plot_attention_scores(scores_by_method: Mapping[str, Mapping], *, title: str
             highest = max(highest, chance)
             ax.hlines(chance, position - 0.45, position + 0.45, colors="black",
                       linestyles="dashed", linewidth=1, label="chance" if position == 0 else None)
+            centres = [lookup[(m, map_name)]["centre_pointing"] for m in methods
+                       if (m, map_name) in lookup and "centre_pointing" in lookup[(m, map_name)]]
+            if key == "pointing_hit_rate" and centres:
+                # faces are centred: a map that always peaks at the image centre is the bar to beat
+                centre = float(np.mean(centres))
+                highest = max(highest, centre)
+                ax.hlines(centre, position - 0.45, position + 0.45, colors="dimgray", linestyles="dotted",
+                          linewidth=1.5, label="image centre" if position == 0 else None)
         ax.set_xticks(positions, [m or "all" for m in maps])
         # region masks cover a small part of a face, so a 0..1 axis would flatten every bar
         ax.set_ylim(0, min(1.0, 1.25 * highest + 0.02))
