@@ -117,7 +117,11 @@ SCALES = (("ResNet-18, standard stem", 64, "standard", 64),
           ("ResNet-18, standard stem", 128, "standard", 64),
           ("ResNet-18, standard stem", 48, "standard", 64),
           ("ResNet-18, no max-pool", 48, "no_maxpool", 64),
-          ("ResNet-18, small-input stem", 48, "small", 64))
+          ("ResNet-18, small-input stem", 48, "small", 64),
+          # finer teachers at about the demo's cost: a quarter-width network with fewer strides or a larger input
+          ("ResNet-18 at quarter width, small-input stem", 65, "small", 16),
+          ("ResNet-18 at quarter width, no max-pool", 97, "no_maxpool", 16),
+          ("ResNet-18 at half width, no max-pool", 97, "no_maxpool", 32))
 
 
 def scale_table(*, device: str = "cpu", batch_size: int = 64, steps: int = 4) -> str:

@@ -62,6 +62,22 @@ def test_shipped_synthfer_recipes(name, model):
             assert repr(row) == repr(model), plan_name
 
 
+def test_the_finer_teacher_ablation_changes_only_the_network():
+    """configs/ablation_hsbs_fine.yaml: the demo recipe with a 9x9 layer4 grid at 65 px, HST at two weights."""
+    plan = load_plan(CONFIGS / "ablation_hsbs_fine.yaml")
+    demo = load_config(CONFIGS / "synthfer_baseline.yaml").to_dict()
+    models = {}
+    for row, overrides in plan.rows.items():
+        config = load_config(REPO / plan.base, [*plan.overrides, *overrides])
+        values = config.to_dict()
+        assert values["data"] == demo["data"] and values["train"] == demo["train"], row
+        model = build_model(config, class_names(7))
+        assert model.backbone.stage_sizes(65) == (65, 33, 17, 9), row
+        models[row] = model
+    assert models["+HST"].hst.scale(81) == pytest.approx(0.8 * 81) and models["+HST"].bsa is None
+    assert models["+HST(lambda 20)"].hst.scale(81) == pytest.approx(20.0)
+
+
 def test_values_are_coerced_to_the_field_type(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train:\n  lr: 3e-4\n  warmup_epochs: 1\n  epochs: 4.0\ndata:\n  train_split: 2019\n")
