@@ -182,6 +182,18 @@ def test_score_table_and_plot(tmp_path):
     fig = plot_attention_scores(scores)
     chance_lines = [c for ax in fig.axes for c in ax.collections if c.get_linestyle()[0][1] is not None]
     assert chance_lines, "the chance level is drawn as dashed lines"
+    # one face in three has a region on the image centre: its baseline line sits at 1/3
+    centred = masks.clone()
+    centred[2, 15:18, 15:18] = True
+    fig = plot_attention_scores({"baseline": {"layer4": score_saliency(torch.rand(3, 4, 4, generator=generator), centred)}})
+    energy_axis, pointing_axis = fig.axes[:2]
+    centre = 1 / 3
+    def drawn_levels(ax):
+        return [float(segment[0][1]) for collection in ax.collections for segment in collection.get_segments()]
+    # the centre baseline is drawn on the pointing game's panel only, beside its chance line
+    assert any(abs(level - centre) < 1e-9 for level in drawn_levels(pointing_axis))
+    assert not any(abs(level - centre) < 1e-9 for level in drawn_levels(energy_axis))
+    assert "image centre" in [text.get_text() for text in pointing_axis.get_legend().get_texts()]
     png, pdf = save_figure(fig, "attention_scores", tmp_path)
     assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
 
