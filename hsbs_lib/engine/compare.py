@@ -243,7 +243,7 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
             shared = sorted(set(seeds) & set(results[reference]))
             reference_series = _series({s: results[reference][s] for s in shared})
             own = _series({s: by_seed[s] for s in shared})
-            attention = [key for key in own if key.startswith("layer") and not key.endswith("_centre_pointing")]
+            attention = [key for key in own if key.startswith("layer")]
             for key in (*METRICS, *VAL_METRICS, *(f"recall_{name}" for name in MINORITY_CLASSES), *attention):
                 if len(own.get(key, [])) == len(shared) == len(reference_series.get(key, [])) and shared:
                     difference = paired_difference(own[key], reference_series[key])
@@ -270,10 +270,12 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
         for name in MINORITY_CLASSES:
             add(f"recall_{name}", report.get("per_class_recall", {}).get(name))
         diagnostics = report.get("diagnostics") or {}
-        for layer, scores in diagnostics.get("attention", {}).items():
+        attention = diagnostics.get("attention", {})
+        for layer, scores in attention.items():
             for score in ATTENTION_SCORES:
                 add(f"{layer}_{score}", scores.get(score))
-            add(f"{layer}_centre_pointing", scores.get("centre_pointing"))   # a property of the masks, not the run
+        # a property of the masks, the same for every layer and run: one value per run, never differenced
+        add("centre_pointing", next((scores.get("centre_pointing") for scores in attention.values()), None))
         for statistic in BSA_STATISTICS:
             add(f"bsa_{statistic}", diagnostics.get("bsa", {}).get(statistic))
     return series
@@ -401,10 +403,9 @@ def format_diagnostics_table(summaries: list[dict], reference: str = "reference"
 
     lines = []
     if layers:
-        centre = [s[f"{layer}_centre_pointing_mean"] for s in summaries for layer in layers
-                  if f"{layer}_centre_pointing_mean" in s]
-        centre_note = (f"; a map that always peaks at the image centre wins the pointing game on {centre[0]:.3f}"
-                       if centre else "")
+        centre = next((s["centre_pointing_mean"] for s in summaries if "centre_pointing_mean" in s), None)
+        centre_note = (f"; a map that always peaks at the image centre wins the pointing game on {centre:.3f}"
+                       if centre is not None else "")
         lines += attention_table("Attention of each stage on the expression regions (test images; chance: energy "
                                  "share and pointing = the regions' area, outer ring = a uniform map's ring share"
                                  f"{centre_note}):", summaries, mean_std)

@@ -74,11 +74,15 @@ def resize_saliency(saliency, size: tuple[int, int], *, cells: str = "resnet") -
     return maps.clamp_min(0.0)
 
 
+def _as_masks(mask) -> Tensor:
+    """Masks of any batch size, numpy or torch, (B, H, W), (H, W) or per-region (B, R, H, W) -> bool (B, H, W)."""
+    tensor = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask.detach())
+    return _as_mask_batch(tensor, tensor.shape[0] if tensor.dim() > 2 else 1)
+
+
 def area_share(mask) -> Tensor:
     """Fraction of each mask's pixels that are inside: (B, H, W) or (B, R, H, W) bool -> (B,) float64."""
-    tensor = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask.detach())
-    batch = tensor.shape[0] if tensor.dim() > 2 else 1
-    return _as_mask_batch(tensor, batch).double().mean(dim=(1, 2))
+    return _as_masks(mask).double().mean(dim=(1, 2))
 
 
 def energy_inside(saliency, mask) -> Tensor:
@@ -127,8 +131,7 @@ def centre_pointing(mask, tolerance_px: int = 0) -> Tensor:
     mask (B, H, W) or (B, R, H, W) bool -> (B,) bool; the centre is pixel (H // 2, W // 2), which is
     exactly the middle cell of every odd-sized ResNet grid at an odd input size.
     """
-    tensor = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask.detach())
-    masks = dilate(_as_mask_batch(tensor, tensor.shape[0] if tensor.dim() > 2 else 1), tolerance_px)
+    masks = dilate(_as_masks(mask), tolerance_px)
     height, width = masks.shape[-2:]
     return masks[:, height // 2, width // 2]
 
@@ -164,17 +167,19 @@ def score_saliency(saliency, masks, *, tolerance_px: int = 0,
     saliency: (B, h, w); masks: (B, H, W) bool, or (B, R, H, W) per-region masks (their union is scored,
     and with ``region_names`` also each region on its own as ``energy_share/<region>``).
     Returns ``energy_share`` (mean), ``pointing_hit_rate``, ``chance_energy_share`` (the mean mask area
-    share), ``chance_pointing`` (mean dilated area share), ``outer_ring_share`` with its chance level
+    share), ``chance_pointing`` (mean dilated area share), ``centre_pointing`` (the hit rate of a map that
+    always peaks at the image centre: :func:`centre_pointing`), ``outer_ring_share`` with its chance level
     ``chance_outer_ring`` (at the map's own grid) and ``n``.
     """
     maps = _as_float_batch(saliency)
     union = _as_mask_batch(masks, maps.shape[0])
+    grown = dilate(union, tolerance_px)   # the pointing game's target, for both of its reference levels
     scores = {
         "energy_share": float(energy_inside(maps, union).mean()),
         "pointing_hit_rate": float(pointing_game(maps, union, tolerance_px).double().mean()),
         "chance_energy_share": float(area_share(union).mean()),
-        "chance_pointing": float(dilate(union, tolerance_px).double().mean()),
-        "centre_pointing": float(centre_pointing(union, tolerance_px).double().mean()),
+        "chance_pointing": float(grown.double().mean()),
+        "centre_pointing": float(centre_pointing(grown).double().mean()),
         "outer_ring_share": float(outer_ring_share(maps).mean()),
         "chance_outer_ring": outer_ring_chance(tuple(maps.shape[-2:])),
         "n": int(maps.shape[0]),

@@ -87,9 +87,10 @@ def plot_attention_scores(scores_by_method: Mapping[str, Mapping], *, title: str
             highest = max(highest, chance)
             ax.hlines(chance, position - 0.45, position + 0.45, colors="black",
                       linestyles="dashed", linewidth=1, label="chance" if position == 0 else None)
-            centres = [lookup[(m, map_name)]["centre_pointing"] for m in methods
-                       if (m, map_name) in lookup and "centre_pointing" in lookup[(m, map_name)]]
-            if key == "pointing_hit_rate" and centres:
+            centres = [] if key != "pointing_hit_rate" else [
+                lookup[(m, map_name)]["centre_pointing"] for m in methods
+                if (m, map_name) in lookup and "centre_pointing" in lookup[(m, map_name)]]
+            if centres:
                 # faces are centred: a map that always peaks at the image centre is the bar to beat
                 centre = float(np.mean(centres))
                 highest = max(highest, centre)
