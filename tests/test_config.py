@@ -63,7 +63,7 @@ def test_shipped_synthfer_recipes(name, model):
 
 
 def test_the_finer_teacher_ablation_changes_only_the_network():
-    """configs/ablation_hsbs_fine.yaml: the demo recipe with a 9x9 layer4 grid at 65 px, HST at two weights."""
+    """configs/ablation_hsbs_fine.yaml: the demo recipe with a 9x9 layer4 grid at 65 px, HST at several weights."""
     plan = load_plan(CONFIGS / "ablation_hsbs_fine.yaml")
     demo = load_config(CONFIGS / "synthfer_baseline.yaml").to_dict()
     models = {}
@@ -74,8 +74,11 @@ def test_the_finer_teacher_ablation_changes_only_the_network():
         model = build_model(config, class_names(7))
         assert model.backbone.stage_sizes(65) == (65, 33, 17, 9), row
         models[row] = model
-    assert models["+HST"].hst.scale(81) == pytest.approx(0.8 * 81) and models["+HST"].bsa is None
-    assert models["+HST(lambda 20)"].hst.scale(81) == pytest.approx(20.0)
+    assert models["+HST"].hst.scale(81) == pytest.approx(20.0) and models["+HST"].bsa is None
+    assert models["+HST"].hst.scale(49) == pytest.approx(20.0)      # the 7x7 grid at 49 px
+    for row, weight in (("+HST(lambda 65)", 65.0), ("+HST(lambda 39)", 39.0), ("+HST(lambda 20)", 20.0)):
+        assert models[row].hst.scale(81) == pytest.approx(weight) and models[row].bsa is None, row
+    assert models["baseline"].backbone.stage_sizes(49) == (49, 25, 13, 7)
 
 
 def test_values_are_coerced_to_the_field_type(tmp_path):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, same_label_targets, similarity_supervision_loss
-from hsbs_lib.losses.hst import LAMBDA_PER_CELL, HSTLoss, activation_attention, hst_loss, pool_to_teacher_grid, quantile_mask
+from hsbs_lib.losses.hst import LAMBDA_MAX_CELLS, LAMBDA_PER_CELL, HSTLoss, activation_attention, hst_loss, pool_to_teacher_grid, quantile_mask
 from hsbs_lib.models import create_model
 from hsbs_lib.viz.attention import attention_maps
 
@@ -91,11 +91,19 @@ def test_hst_scale_and_weights():
     assert torch.allclose(hst_loss(stages, weights=(1.0, 0.0, 1.0)), only_layer1 + only_layer3)
 
 
-def test_default_lambda_follows_the_teacher_grid():
-    """lambda_hst=None: LAMBDA_PER_CELL per cell of the layer4 grid (20 on the 5x5 demo grid)."""
+def test_default_lambda_follows_the_teacher_grid_up_to_5x5():
+    """lambda_hst=None: LAMBDA_PER_CELL per cell of the layer4 grid up to 5x5 (20), then 20 on finer grids."""
     stages = _random_stages()  # layer4 grid 2x2
     assert torch.allclose(HSTLoss()(stages), LAMBDA_PER_CELL * 4 * hst_loss(stages))
-    assert HSTLoss().scale(25) == pytest.approx(20.0) and HSTLoss(lambda_hst=7.0).scale(49) == 7.0
+    assert LAMBDA_MAX_CELLS == 25
+    assert HSTLoss().scale(4) == pytest.approx(3.2)       # FER2013, 48 px, standard stem
+    assert HSTLoss().scale(16) == pytest.approx(12.8)
+    assert HSTLoss().scale(25) == pytest.approx(20.0)     # the SynthFER demo
+    assert HSTLoss().scale(49) == pytest.approx(20.0)     # 224 px: the per-cell 39 held training back
+    assert HSTLoss().scale(81) == pytest.approx(20.0)
+    assert HSTLoss(lambda_hst=7.0).scale(49) == 7.0 and HSTLoss(lambda_hst=65.0).scale(9) == 65.0
+    fine = [torch.rand(2, 4, 7 * 2 ** (3 - i), 7 * 2 ** (3 - i)) for i in range(4)]  # a 7x7 teacher
+    assert torch.allclose(HSTLoss()(fine), 20.0 * hst_loss(fine))
 
 
 def test_warm_up_ramps_the_weight_and_survives_a_state_dict_round_trip():

@@ -146,6 +146,10 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
 #: lambda_hst per cell of the teacher grid when lambda_hst is None (see :class:`HSTLoss`): 20 on the
 #: 5 x 5 grid of the SynthFER demo scale, where it was chosen on the validation split (docs/BENCHMARKS.md).
 LAMBDA_PER_CELL = 0.8
+#: The per-cell rule stops growing at this many cells (lambda 20): on 7 x 7 and 9 x 9 teachers the
+#: per-cell weight (39, 65) held training back where 20 did not (docs/BENCHMARKS.md, "The default weight
+#: on finer grids").
+LAMBDA_MAX_CELLS = 25
 
 
 class HSTLoss(nn.Module):
@@ -155,11 +159,12 @@ class HSTLoss(nn.Module):
 
     forward([x1, x2, x3, x4]) -> scalar. [design]
 
-    ``lambda_hst``: a number, or None (the default) for ``LAMBDA_PER_CELL`` * N on a teacher grid of N cells.
-    L_hst averages over the N positions, so for the same per-image pull the weight has to grow with N:
-    20 on the 5 x 5 grid of the SynthFER demo, about 13 on 4 x 4 (FER2013 at 49 px without max-pool), 39 on
-    7 x 7 (224 px). The reference weight of attention transfer, 1e3, swamps the cross-entropy: measured on
-    FER2013 at 48 px it kept training accuracy at chance for four epochs.
+    ``lambda_hst``: a number, or None (the default) for ``LAMBDA_PER_CELL`` * min(N, ``LAMBDA_MAX_CELLS``)
+    on a teacher grid of N cells. L_hst averages over the N positions, so on coarse grids the weight grows
+    with N: 3.2 on FER2013's 2 x 2 grid at 48 px, about 13 on 4 x 4, 20 on the 5 x 5 grid of the SynthFER
+    demo. Finer grids keep 20 (7 x 7 at 224 px, 9 x 9): there the per-cell weight slowed or stopped
+    training in measured runs. The reference weight of attention transfer, 1e3, swamps the cross-entropy:
+    measured on FER2013 at 48 px it kept training accuracy at chance for four epochs.
     ``warmup_epochs``: the weight ramps linearly from 0 over that many epochs (0 in the first). At
     initialisation the layer4 teacher is random and its HST gradient on layer1 is several times the
     cross-entropy's; teaching starts once the teacher has learnt something. The number of finished epochs
@@ -201,7 +206,7 @@ class HSTLoss(nn.Module):
         """lambda_hst for a teacher grid of ``grid_positions`` cells (the auto rule when lambda_hst is None)."""
         if self.lambda_hst is not None:
             return self.lambda_hst
-        return LAMBDA_PER_CELL * grid_positions
+        return LAMBDA_PER_CELL * min(grid_positions, LAMBDA_MAX_CELLS)
 
     def ramp(self) -> float:
         """The warm-up factor in [0, 1] for the current epoch."""
@@ -221,7 +226,7 @@ class HSTLoss(nn.Module):
             teacher=teacher)
 
     def extra_repr(self) -> str:
-        lam = f"auto ({LAMBDA_PER_CELL} * N)" if self.lambda_hst is None else self.lambda_hst
+        lam = f"auto ({LAMBDA_PER_CELL} * min(N, {LAMBDA_MAX_CELLS}))" if self.lambda_hst is None else self.lambda_hst
         return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
                 f"teacher_quantile={self.teacher_quantile}, p={self.p}, "
                 f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}")

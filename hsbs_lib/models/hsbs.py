@@ -31,8 +31,8 @@ class HSBS(FERModel):
     Defaults, each chosen by measurement on SynthFER's validation split (docs/METHODS.md, BENCHMARKS.md):
     HST with layer4's activation attention as teacher (``hst_teacher="cam"``: the class activation map of
     the true class), shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
-    is the misregistered ablation), ``lambda_hst=None`` = 0.8 per teacher cell, ramped in over
-    ``hst_warmup_epochs=2`` (the layer4 teacher is random at first). BSA with cosine similarity at
+    is the misregistered ablation), ``lambda_hst=None`` = 0.8 per teacher cell up to 20 (5 x 5), ramped in
+    over ``hst_warmup_epochs=2`` (the layer4 teacher is random at first). BSA with cosine similarity at
     temperature 0.1 (``bsa_similarity="dot"``, scaled dot products, collapsed onto one sample) and a KL term
     pulling S toward the same-label matrix (``bsa_supervision=0.1``; 0 turns it off). ``bsa_gamma_init``
     and ``bsa_norm`` are documented on BatchSimilarityAttention.
