@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, same_label_targets, similarity_supervision_loss
-from hsbs_lib.losses.hst import LAMBDA_MAX_CELLS, LAMBDA_PER_CELL, HSTLoss, activation_attention, hst_loss, pool_to_teacher_grid, quantile_mask
+from hsbs_lib.losses.hst import (LAMBDA_MAX_CELLS, LAMBDA_PER_CELL, HSTLoss, activation_attention, hst_loss,
+                                  pool_to_teacher_grid, quantile_mask)
 from hsbs_lib.models import create_model
 from hsbs_lib.viz.attention import attention_maps
 
