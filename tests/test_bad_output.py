@@ -151,6 +151,24 @@ def train_onto_another_run(env: Env) -> None:
     assert load_checkpoint(run / "best.pt")["config"]["train"]["lr"] == 0.01
 
 
+def failed_start_leaves_nothing_that_refuses_the_corrected_command(env: Env) -> None:
+    # A bad option is found while the model is built, after the folder was claimed: nothing may stay behind,
+    # or the corrected command would be refused as a run of another recipe.
+    folder = env.tmp / "new_run"
+    base = [*TINY, f"data.cache_dir={env.tmp / 'cache'}", "model.name=hsbs"]
+    status, _, err = env.hsbs("train", "--out", folder, *base, "model.options.lambda_hst=-5")
+    assert status == 1 and not folder.exists()
+    one_line_error(err, "lambda_hst", ">= 0")
+    assert env.hsbs("train", "--out", folder, *base, "model.options.lambda_hst=5")[0] == 0
+    assert load_config(folder / "config.yaml", []).model.options["lambda_hst"] == 5
+    # The same failure over a finished run (with --overwrite) leaves that run as it was, eval.json included.
+    run = env.copy_run("finished")
+    before = tree(run)
+    status, _, err = env.hsbs("train", "--out", run, "--overwrite", *base, "model.options.lambda_hst=-5")
+    assert status == 1 and tree(run) == before
+    one_line_error(err, "lambda_hst")
+
+
 def killed_run_leaves_no_result_beside_its_new_config(env: Env) -> None:
     run = env.copy_run()
     assert (run / "eval.json").is_file()
@@ -436,6 +454,8 @@ CASES = [
     Case("train --out onto unrelated files", 11, "refused, files unchanged", train_onto_unrelated_files),
     Case("train --out onto another recipe's run", 11, "refused naming the key; replaced with --overwrite",
          train_onto_another_run),
+    Case("train with a bad option, then corrected", 11, "refused naming the key; nothing left behind, so the "
+         "corrected command runs and a finished run stays as it was", failed_start_leaves_nothing_that_refuses_the_corrected_command),
     Case("a run killed after replacing another's config", 11, "the replaced run's eval.json is gone, so "
          "compare retrains instead of reusing it", killed_run_leaves_no_result_beside_its_new_config),
     Case("a second writer into a locked run", 11, "refused naming the live process", second_writer_is_locked_out),

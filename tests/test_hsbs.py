@@ -122,6 +122,14 @@ def test_warm_up_ramps_the_weight_and_survives_a_state_dict_round_trip():
         HSTLoss(warmup_epochs=-1)
 
 
+@pytest.mark.parametrize("weight", [-5.0, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_weight_is_refused(weight):
+    """A negative lambda_hst would push the shallow maps away from the teacher; NaN would stop training late."""
+    with pytest.raises(ValueError, match="lambda_hst must be a finite number >= 0"):
+        HSTLoss(lambda_hst=weight)
+    assert HSTLoss(lambda_hst=0.0).scale(25) == 0.0
+
+
 def test_model_advances_the_warm_up_and_logs_the_gates():
     model = _hsbs(hst_warmup_epochs=2, lambda_hst=10.0).train()
     assert model.loss(model(_images()), {"label": LABELS})["hst"] == 0

@@ -56,19 +56,20 @@ def _predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256
                       for i in range(0, len(images), batch_size)]).numpy()
 
 
-def train_reference(config: Config) -> dict:
+def train_reference(config: Config, *, overwrite: bool = False) -> dict:
     """Train the reference on ``config.data`` into ``config.out``; returns eval.json's content (or the
-    validation report when there is no test split)."""
+    validation report when there is no test split). ``overwrite``: replace another recipe's run there."""
     config = copy.deepcopy(config)
     t, size = config.train, config.data.input_size
     if t.threads:
         torch.set_num_threads(t.threads)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(config, out)
     splits = build_splits(config)
     if splits.val is None:
         raise ValueError("the reference selects its epoch on a validation split; data.val_split=none has none")
+    # Written once the data loaded: a start that fails leaves the folder as it was (see hsbs_lib.engine.train).
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(config, out, replace_other_recipe=overwrite)
     train_x, train_y = _tensors(splits.train, size, config)
     val_x, val_y = _tensors(splits.val, size, config)
     classes = tuple(splits.train.classes)

@@ -111,12 +111,29 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def write_run_config(config: Config, folder: Path) -> None:
+def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool = False) -> None:
     """Write ``folder/config.yaml`` for a run that starts there, first removing the folder's eval.json: it
     scored the run this one replaces or extends, and were this run killed it would sit beside the new
-    config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair)."""
+    config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair).
+
+    ``replace_other_recipe`` (a fresh start with ``--overwrite``): when the folder holds a run of another
+    recipe, its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs
+    when training starts, not when the command is checked, so a start that fails leaves that run whole."""
+    saved = folder / RUN_MARKER
+    if replace_other_recipe and saved.is_file() and not _holds_same_recipe(saved, config):
+        for name in RUN_OUTPUTS:
+            (folder / name).unlink(missing_ok=True)
+        log.info("replacing the run in %s (--overwrite)", folder)
     (folder / "eval.json").unlink(missing_ok=True)
-    save_config(config, folder / RUN_MARKER)
+    save_config(config, saved)
+
+
+def _holds_same_recipe(saved: Path, config: Config) -> bool:
+    try:
+        stored = yaml.safe_load(saved.read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    return isinstance(stored, dict) and trained_same_recipe(stored, config)
 
 
 @contextlib.contextmanager
@@ -138,10 +155,16 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
     if not main_process:
         yield folder
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with run_folder_lock(folder):
-        remove_stale_temporaries(folder)
-        yield folder
+    try:
+        with run_folder_lock(folder):
+            remove_stale_temporaries(folder)
+            yield folder
+    finally:
+        # A run that failed before writing anything leaves no empty folder behind it.
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -156,8 +179,8 @@ def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
 def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: bool = False) -> None:
     """Refuse to start a fresh run in ``folder`` when it holds a run of another recipe (``hsbs train --out``).
 
-    A run of the same recipe is reused as before. With ``overwrite`` the other run's checkpoints, metrics
-    and evaluation are removed first, so nothing of it is mistaken for the new run's."""
+    A run of the same recipe is reused as before. With ``overwrite`` the command goes ahead; the other run's
+    checkpoints, metrics and evaluation are removed once the new run starts (:func:`write_run_config`)."""
     folder = Path(folder)
     saved = folder / RUN_MARKER
     if not saved.is_file():
@@ -169,9 +192,6 @@ def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: 
     if isinstance(stored, dict) and trained_same_recipe(stored, config):
         return
     if overwrite:
-        for name in RUN_OUTPUTS:
-            (folder / name).unlink(missing_ok=True)
-        log.info("replacing the run in %s (--overwrite)", folder)
         return
     if isinstance(stored, dict):
         old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())

@@ -356,7 +356,7 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if config.train.trainer == "reference":
         with claim_run_folder(config.out, overwrite=overwrite, main_process=main_process):
-            report = train_reference(config)
+            report = train_reference(config, overwrite=overwrite)
         return RunResult(out_dir=Path(config.out), model=None, classes=tuple(report.get("classes", ())),
                          best=report, best_epoch=int(report["epoch"]), pipeline="reference")
     if config.train.trainer != "engine":
@@ -367,13 +367,14 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     context = init_distributed(device_type)
     try:
         with claim_run_folder(config.out, overwrite=overwrite, main_process=context.is_main):
-            return _fit(config, context, resume, train_data, val_data, test_data)
+            return _fit(config, context, resume, train_data, val_data, test_data, overwrite=overwrite)
     finally:
         if owns_group:
             cleanup_distributed(context)
 
 
-def _fit(config: Config, context: DistributedContext, resume, train_data, val_data, test_data) -> RunResult:
+def _fit(config: Config, context: DistributedContext, resume, train_data, val_data, test_data, *,
+         overwrite: bool = False) -> RunResult:
     t = config.train
     device = select_device(t.device, context)
     if t.threads and device.type == "cpu":
@@ -384,9 +385,6 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     if checkpoint is not None:   # before anything is written: a refused resume leaves the run as it was
         refuse_changed_recipe(config_from_dict(checkpoint["config"]), config, resume)
     out = Path(config.out)
-    if context.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_config(config, out)
 
     if train_data is None:
         splits = build_splits(config)
@@ -395,8 +393,6 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     else:
         selection = "the validation data given to fit" if val_data is not None else "none (best.pt is the last epoch)"
     loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context)
-    if context.is_main:
-        report_skipped(loaders.skipped, out)
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
@@ -425,6 +421,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         best_epoch = int(checkpoint["metrics"].get("best_epoch", 0))
         log.info("resuming %s at epoch %d (step %d)", resume, start_epoch, step)
 
+    # The folder becomes this recipe's run only now, once the data, model and optimiser are built: a start that
+    # fails on a bad option or a missing dataset leaves the folder as it was, and the corrected command is
+    # not refused as "another recipe".
+    if context.is_main:
+        write_run_config(config, out, replace_other_recipe=overwrite and resume is None)
+        report_skipped(loaders.skipped, out)
     step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
     # A compiled forward returns the stage outputs as graph outputs, and their hooks see only the gradient
     # that reaches them from outside the graph (None for the baseline): no honest intensity to record.

@@ -183,6 +183,10 @@ class HSTLoss(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if lambda_hst is not None and not (math.isfinite(lambda_hst) and lambda_hst >= 0):
+            # A negative weight would train the shallow maps away from the teacher without any warning.
+            raise ValueError(f"lambda_hst must be a finite number >= 0, or null for the grid's default; "
+                             f"got {lambda_hst}")
         self.weights = tuple(float(w) for w in weights)
         self.mode = mode
         self.mask_quantile = mask_quantile
