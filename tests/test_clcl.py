@@ -346,3 +346,15 @@ def test_registered_and_built_from_the_demo_config():
     resized = build_model(load_config("configs/synthfer_clcl.yaml", ["data.input_size=112"]), CANONICAL_7)
     assert resized.head.input_size == 112
     assert model.layer_weights == {"layer2": 0.1}
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"batch_mean_momentum": -1.0}, "batch_mean_momentum must be in"),
+    ({"clbs_clusters": 0}, "clbs_clusters must be a whole number"),
+    ({"clfm_clusters": -1}, "clfm_clusters must be a whole number"),
+    ({"kmeans_iters": 0}, "kmeans_iters must be a whole number"),
+    ({"clfm_temperature": 0.0}, "clfm_temperature must be > 0"),
+])
+def test_bad_clcl_options_are_refused_when_the_model_is_built(options, words):
+    with pytest.raises(ValueError, match=words):
+        create_model("clcl", num_classes=7, backbone_width=16, input_size=64, **options)

@@ -130,6 +130,20 @@ def test_a_negative_or_non_finite_weight_is_refused(weight):
     assert HSTLoss(lambda_hst=0.0).scale(25) == 0.0
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"hst_weights": (1.0, 2.0)}, "hst_weights must be 3 numbers"),
+    ({"hst_weights": (0.5, -1.0, 1.0)}, "hst_weights must be 3 numbers"),
+    ({"bsa_supervision": -1.0}, "bsa_supervision must be a finite number >= 0"),
+    ({"bsa_dim": 0}, "model.options.bsa_dim"),
+    ({"hst_warmup_epochs": -1.0}, "model.options.hst_warmup_epochs"),
+    ({"hst_p": 0.0}, "model.options.hst_p"),
+])
+def test_bad_hsbs_options_are_refused_when_the_model_is_built(options, words):
+    """Each of these trained silently (or failed only in the first step) before: refused with the option named."""
+    with pytest.raises(ValueError, match=words):
+        create_model("hsbs", num_classes=7, **options)
+
+
 def test_model_advances_the_warm_up_and_logs_the_gates():
     model = _hsbs(hst_warmup_epochs=2, lambda_hst=10.0).train()
     assert model.loss(model(_images()), {"label": LABELS})["hst"] == 0

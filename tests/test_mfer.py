@@ -261,3 +261,9 @@ def test_eval_is_batch_independent_and_deterministic():
     torch.testing.assert_close(together.logits, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(with_others, together.logits[2], atol=1e-5, rtol=0)
     assert torch.equal(together.logits, again)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_head_label_smoothing_outside_0_1_is_refused(smoothing):
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        create_model("mfer", num_classes=7, backbone_width=16, label_smoothing=smoothing)

@@ -182,7 +182,13 @@ class HSTLoss(nn.Module):
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+            raise ValueError(f"warmup_epochs (model.options.hst_warmup_epochs) must be >= 0, got {warmup_epochs}")
+        if not p > 0:
+            raise ValueError(f"the attention exponent (model.options.hst_p) must be > 0, got {p}")
+        weights = tuple(weights)
+        if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+            # Checked here, not in the first training step, so a bad value stops the command before it starts.
+            raise ValueError(f"hst_weights must be 3 numbers >= 0 (layer1, layer2, layer3), got {list(weights)}")
         if lambda_hst is not None and not (math.isfinite(lambda_hst) and lambda_hst >= 0):
             # A negative weight would train the shallow maps away from the teacher without any warning.
             raise ValueError(f"lambda_hst must be a finite number >= 0, or null for the grid's default; "

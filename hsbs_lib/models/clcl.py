@@ -230,6 +230,14 @@ class CLCL(FERModel):
         if clbs and not msr:
             raise ValueError("CLBS contrasts the per-layer maps of the MSR head: with msr=False set clbs=False "
                              "(CLFM works without MSR)")
+        if not 0.0 <= batch_mean_momentum <= 1.0:
+            raise ValueError(f"batch_mean_momentum must be in [0, 1], got {batch_mean_momentum}")
+        for name, value in (("clbs_clusters", clbs_clusters), ("clfm_clusters", clfm_clusters),
+                            ("kmeans_iters", kmeans_iters)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value}")
+        if not clfm_temperature > 0:
+            raise ValueError(f"clfm_temperature must be > 0, got {clfm_temperature}")
         self.clfm_mode = _clfm_mode(clfm)
         self.msr, self.clbs, self.clfm, self.batch_mean = msr, clbs, self.clfm_mode != "off", batch_mean
         weights = _layer_weights(layer_weights)

@@ -11,6 +11,7 @@ prediction never depends on the rest of its batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -70,6 +71,10 @@ class HSBS(FERModel):
                                             gamma_init=bsa_gamma_init, norm=bsa_norm, similarity=bsa_similarity,
                                             temperature=bsa_temperature) if bsa else None
         self.bsa_at_eval = bsa_at_eval
+        if not (math.isfinite(bsa_supervision) and bsa_supervision >= 0):
+            # A negative weight would silently turn the same-label term off (it is applied when > 0).
+            raise ValueError(f"bsa_supervision must be a finite number >= 0 (0 turns the same-label term off), "
+                             f"got {bsa_supervision}")
         self.bsa_supervision = float(bsa_supervision)
 
     def forward(self, x: Tensor, *, with_similarity: bool = False) -> ModelOutput:

@@ -173,6 +173,9 @@ class MFER(FERModel):
                  feature_loss_weight: float | None = None, feature_loss_options: dict[str, Any] | None = None,
                  label_smoothing: float | None = 0.1, drop_path: float | None = None,
                  feature_norm: bool | None = None):
+        if label_smoothing is not None and not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), or null to follow train.label_smoothing; "
+                             f"got {label_smoothing}")
         if drop_path is None:
             drop_path = RELEASED_DROP_PATH.get(backbone, 0.0)
         super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width,
