@@ -7,7 +7,7 @@ A config is resolved in layers, each overriding the one before:
    ``--data D --method M`` of ``configs/datasets/D.yaml`` then ``configs/methods/M.yaml`` (the method
    file wins where both set a key; a full recipe ``configs/D_M.yaml``, where one is shipped, replaces the
    two, see :func:`recipe_files`);
-3. overrides such as ``train.epochs=5 data.root=/data/RAF-DB model.options.lambda_hst=500``.
+3. overrides such as ``train.epochs=5 data.root=/data/RAF-DB model.options.lambda_hst=10``.
 
 Every value is coerced to its field's type, wherever it comes from: ``train.lr=3e-4`` is a float (YAML 1.1
 would read a string), ``data.root=/path/to/copy`` is a string as written (no quoting needed), and a value
