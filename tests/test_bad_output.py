@@ -319,6 +319,10 @@ def divergence_in_the_first_epoch_claims_no_checkpoint(env: Env) -> None:
     with pytest.raises(NonFiniteLossError) as raised:
         fit(config)
     assert "No checkpoint was written" in str(raised.value) and not (out / "last.pt").exists()
+    # Nothing to continue: the corrected command (here another model) takes the folder without --overwrite.
+    status, _, err = env.hsbs("train", "--out", out, *TINY, f"data.cache_dir={env.tmp / 'cache'}")
+    assert status == 0, err
+    assert load_config(out / "config.yaml", []).model.name == "baseline" and (out / "best.pt").is_file()
 
 
 def save_refuses_non_finite_weights(env: Env) -> None:

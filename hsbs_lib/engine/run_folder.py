@@ -28,6 +28,7 @@ TEMPORARY_PATTERN = ".*.pt.*.tmp"
 # What fit writes into a run folder (plus figures drawn into it, a skipped-entries list, ...).
 RUN_MARKER = "config.yaml"
 RUN_OUTPUTS = ("last.pt", "best.pt", "eval.json", "metrics.csv")
+CHECKPOINTS = ("last.pt", "best.pt")
 
 
 class RunFolderBusyError(RuntimeError):
@@ -117,10 +118,12 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
     config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair).
 
     ``replace_other_recipe`` (a fresh start with ``--overwrite``): when the folder holds a run of another
-    recipe, its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs
-    when training starts, not when the command is checked, so a start that fails leaves that run whole."""
+    recipe, its checkpoints and metrics go too, so nothing of it is mistaken for the new run's (also without
+    the flag when that run has no checkpoint). This runs when training starts, not when the command is
+    checked, so a start that fails leaves that run whole."""
     saved = folder / RUN_MARKER
-    if replace_other_recipe and saved.is_file() and not _holds_same_recipe(saved, config):
+    without_checkpoint = not any((folder / name).exists() for name in CHECKPOINTS)
+    if (replace_other_recipe or without_checkpoint) and saved.is_file() and not _holds_same_recipe(saved, config):
         for name in RUN_OUTPUTS:
             (folder / name).unlink(missing_ok=True)
         log.info("replacing the run in %s (--overwrite)", folder)
@@ -191,7 +194,9 @@ def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: 
         stored = None
     if isinstance(stored, dict) and trained_same_recipe(stored, config):
         return
-    if overwrite:
+    if overwrite or not any((folder / name).exists() for name in CHECKPOINTS):
+        # Without a checkpoint there is nothing to continue or lose: a start that diverged in its first
+        # epoch, or was killed before it ended, is replaced by the corrected command.
         return
     if isinstance(stored, dict):
         old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())
