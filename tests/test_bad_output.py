@@ -154,10 +154,10 @@ def train_onto_another_run(env: Env) -> None:
 def failed_start_leaves_nothing_that_refuses_the_corrected_command(env: Env) -> None:
     # A bad option is found while the model is built, after the folder was claimed: nothing may stay behind,
     # or the corrected command would be refused as a run of another recipe.
-    folder = env.tmp / "new_run"
+    folder = env.tmp / "new" / "runs" / "hsbs"
     base = [*TINY, f"data.cache_dir={env.tmp / 'cache'}", "model.name=hsbs"]
     status, _, err = env.hsbs("train", "--out", folder, *base, "model.options.lambda_hst=-5")
-    assert status == 1 and not folder.exists()
+    assert status == 1 and not (env.tmp / "new").exists()   # nor the parents it created
     one_line_error(err, "lambda_hst", ">= 0")
     assert env.hsbs("train", "--out", folder, *base, "model.options.lambda_hst=5")[0] == 0
     assert load_config(folder / "config.yaml", []).model.options["lambda_hst"] == 5
@@ -167,6 +167,19 @@ def failed_start_leaves_nothing_that_refuses_the_corrected_command(env: Env) -> 
     status, _, err = env.hsbs("train", "--out", run, "--overwrite", *base, "model.options.lambda_hst=-5")
     assert status == 1 and tree(run) == before
     one_line_error(err, "lambda_hst")
+    # So does the reference trainer's failure after its data loaded (a batch larger than the split).
+    status, _, err = env.hsbs("train", "--out", run, "--overwrite", *TINY, f"data.cache_dir={env.tmp / 'cache'}",
+                              "train.trainer=reference", "train.batch_size=100000")
+    assert status == 1 and tree(run) == before
+    one_line_error(err, "fewer than one batch")
+    # Results without checkpoints (deleted to save space; a reference run writes none) are still a run.
+    bare = env.copy_run("bare")
+    for name in ("last.pt", "best.pt"):
+        (bare / name).unlink()
+    before = tree(bare)
+    status, _, err = env.hsbs("train", "--out", bare, *base, "model.options.lambda_hst=5")
+    assert status == 1 and tree(bare) == before
+    one_line_error(err, "another recipe")
 
 
 def killed_run_leaves_no_result_beside_its_new_config(env: Env) -> None:

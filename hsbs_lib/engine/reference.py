@@ -67,9 +67,6 @@ def train_reference(config: Config, *, overwrite: bool = False) -> dict:
     splits = build_splits(config)
     if splits.val is None:
         raise ValueError("the reference selects its epoch on a validation split; data.val_split=none has none")
-    # Written once the data loaded: a start that fails leaves the folder as it was (see hsbs_lib.engine.train).
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(config, out, replace_other_recipe=overwrite)
     train_x, train_y = _tensors(splits.train, size, config)
     val_x, val_y = _tensors(splits.val, size, config)
     classes = tuple(splits.train.classes)
@@ -80,6 +77,10 @@ def train_reference(config: Config, *, overwrite: bool = False) -> dict:
     steps_per_epoch = len(train_x) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_x)} training images are fewer than one batch of {t.batch_size}")
+    # Written once the images are decoded and the model built: a start that fails leaves the folder as it was
+    # (see hsbs_lib.engine.train).
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(config, out, replace_other_recipe=overwrite)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(t.seed)
     rows, best_score, best_state, best_epoch = [], -math.inf, None, 0

@@ -28,7 +28,6 @@ TEMPORARY_PATTERN = ".*.pt.*.tmp"
 # What fit writes into a run folder (plus figures drawn into it, a skipped-entries list, ...).
 RUN_MARKER = "config.yaml"
 RUN_OUTPUTS = ("last.pt", "best.pt", "eval.json", "metrics.csv")
-CHECKPOINTS = ("last.pt", "best.pt")
 
 
 class RunFolderBusyError(RuntimeError):
@@ -119,16 +118,20 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
 
     ``replace_other_recipe`` (a fresh start with ``--overwrite``): when the folder holds a run of another
     recipe, its checkpoints and metrics go too, so nothing of it is mistaken for the new run's (also without
-    the flag when that run has no checkpoint). This runs when training starts, not when the command is
+    the flag when that run left no results). This runs when training starts, not when the command is
     checked, so a start that fails leaves that run whole."""
     saved = folder / RUN_MARKER
-    without_checkpoint = not any((folder / name).exists() for name in CHECKPOINTS)
-    if (replace_other_recipe or without_checkpoint) and saved.is_file() and not _holds_same_recipe(saved, config):
+    if (replace_other_recipe or not _has_results(folder)) and saved.is_file() and not _holds_same_recipe(saved, config):
         for name in RUN_OUTPUTS:
             (folder / name).unlink(missing_ok=True)
         log.info("replacing the run in %s (--overwrite)", folder)
     (folder / "eval.json").unlink(missing_ok=True)
     save_config(config, saved)
+
+
+def _has_results(folder: Path) -> bool:
+    """Whether ``folder`` holds any output of a run (checkpoints, metrics or an evaluation)."""
+    return any((folder / name).exists() for name in RUN_OUTPUTS)
 
 
 def _holds_same_recipe(saved: Path, config: Config) -> bool:
@@ -158,16 +161,19 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
     if not main_process:
         yield folder
         return
-    created = not folder.exists()
+    # The folders this call creates (the run folder and any missing parents), innermost first.
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with run_folder_lock(folder):
             remove_stale_temporaries(folder)
             yield folder
     finally:
-        # A run that failed before writing anything leaves no empty folder behind it.
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        # A run that failed before writing anything leaves no empty folders behind it.
+        for path in created:
+            if not path.is_dir() or any(path.iterdir()):
+                break
+            path.rmdir()
 
 
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -194,9 +200,9 @@ def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: 
         stored = None
     if isinstance(stored, dict) and trained_same_recipe(stored, config):
         return
-    if overwrite or not any((folder / name).exists() for name in CHECKPOINTS):
-        # Without a checkpoint there is nothing to continue or lose: a start that diverged in its first
-        # epoch, or was killed before it ended, is replaced by the corrected command.
+    if overwrite or not _has_results(folder):
+        # Without a checkpoint, metrics or evaluation there is nothing to continue or lose: a start that
+        # diverged in its first epoch, or was killed before it ended, is replaced by the corrected command.
         return
     if isinstance(stored, dict):
         old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())

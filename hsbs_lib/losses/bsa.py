@@ -51,6 +51,7 @@ class BatchSimilarityAttention(nn.Module):
             raise ValueError(f"BSA temperature must be > 0, got {temperature}")
         if int(attn_dim) != attn_dim or attn_dim < 1:
             raise ValueError(f"BSA attention size (model.options.bsa_dim) must be a whole number >= 1, got {attn_dim}")
+        attn_dim = int(attn_dim)
         self.attn_dim = attn_dim
         self.kind = similarity
         self.temperature = float(temperature)
