@@ -195,6 +195,8 @@ def killed_run_leaves_no_result_beside_its_new_config(env: Env) -> None:
     # hsbs compare reuses a folder holding eval.json and this recipe's config.yaml: the old result must be gone.
     assert load_config(run / "config.yaml", []).train.lr == 0.01
     assert not (run / "eval.json").exists()
+    # Nor may the other recipe's checkpoints and metrics stay beside it (hsbs demo would resume its last.pt).
+    assert not any((run / name).exists() for name in ("last.pt", "best.pt", "metrics.csv"))
 
 
 def second_writer_is_locked_out(env: Env) -> None:

@@ -56,9 +56,9 @@ def _predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256
                       for i in range(0, len(images), batch_size)]).numpy()
 
 
-def train_reference(config: Config, *, overwrite: bool = False) -> dict:
+def train_reference(config: Config) -> dict:
     """Train the reference on ``config.data`` into ``config.out``; returns eval.json's content (or the
-    validation report when there is no test split). ``overwrite``: replace another recipe's run there."""
+    validation report when there is no test split)."""
     config = copy.deepcopy(config)
     t, size = config.train, config.data.input_size
     if t.threads:
@@ -80,7 +80,7 @@ def train_reference(config: Config, *, overwrite: bool = False) -> dict:
     # Written once the images are decoded and the model built: a start that fails leaves the folder as it was
     # (see hsbs_lib.engine.train).
     out.mkdir(parents=True, exist_ok=True)
-    write_run_config(config, out, replace_other_recipe=overwrite)
+    write_run_config(config, out, replace_other_recipe=True)   # a fresh start: no resume here
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(t.seed)
     rows, best_score, best_state, best_epoch = [], -math.inf, None, 0

@@ -116,12 +116,11 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
     scored the run this one replaces or extends, and were this run killed it would sit beside the new
     config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair).
 
-    ``replace_other_recipe`` (a fresh start with ``--overwrite``): when the folder holds a run of another
-    recipe, its checkpoints and metrics go too, so nothing of it is mistaken for the new run's (also without
-    the flag when that run left no results). This runs when training starts, not when the command is
+    ``replace_other_recipe`` (a fresh start, not a resume): when the folder holds a run of another recipe,
+    its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs when training starts, not when the command is
     checked, so a start that fails leaves that run whole."""
     saved = folder / RUN_MARKER
-    if (replace_other_recipe or not _has_results(folder)) and saved.is_file() and not _holds_same_recipe(saved, config):
+    if replace_other_recipe and saved.is_file() and not _holds_same_recipe(saved, config):
         for name in RUN_OUTPUTS:
             (folder / name).unlink(missing_ok=True)
         log.info("replacing the run in %s (--overwrite)", folder)

@@ -356,7 +356,7 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if config.train.trainer == "reference":
         with claim_run_folder(config.out, overwrite=overwrite, main_process=main_process):
-            report = train_reference(config, overwrite=overwrite)
+            report = train_reference(config)
         return RunResult(out_dir=Path(config.out), model=None, classes=tuple(report.get("classes", ())),
                          best=report, best_epoch=int(report["epoch"]), pipeline="reference")
     if config.train.trainer != "engine":
@@ -367,14 +367,13 @@ def fit(config: Config, *, resume: str | os.PathLike | None = None, train_data: 
     context = init_distributed(device_type)
     try:
         with claim_run_folder(config.out, overwrite=overwrite, main_process=context.is_main):
-            return _fit(config, context, resume, train_data, val_data, test_data, overwrite=overwrite)
+            return _fit(config, context, resume, train_data, val_data, test_data)
     finally:
         if owns_group:
             cleanup_distributed(context)
 
 
-def _fit(config: Config, context: DistributedContext, resume, train_data, val_data, test_data, *,
-         overwrite: bool = False) -> RunResult:
+def _fit(config: Config, context: DistributedContext, resume, train_data, val_data, test_data) -> RunResult:
     t = config.train
     device = select_device(t.device, context)
     if t.threads and device.type == "cpu":
@@ -423,9 +422,11 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
 
     # The folder becomes this recipe's run only now, once the data, model and optimiser are built: a start that
     # fails on a bad option or a missing dataset leaves the folder as it was, and the corrected command is
-    # not refused as "another recipe".
+    # not refused as "another recipe". A fresh start over another recipe's run (hsbs train lets one through
+    # only with --overwrite; hsbs demo and compare retrain such a folder) removes that run's outputs here,
+    # so none of them sits beside the new config.yaml.
     if context.is_main:
-        write_run_config(config, out, replace_other_recipe=overwrite and resume is None)
+        write_run_config(config, out, replace_other_recipe=resume is None)
         report_skipped(loaders.skipped, out)
     step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
     # A compiled forward returns the stage outputs as graph outputs, and their hooks see only the gradient
