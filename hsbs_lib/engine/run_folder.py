@@ -117,15 +117,16 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
     config.yaml as if it were this recipe's result (hsbs compare reuses a run by exactly that pair).
 
     ``replace_other_recipe`` (a fresh start, not a resume): when the folder holds a run of another recipe,
-    its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs when training starts, not when the command is
-    checked, so a start that fails leaves that run whole."""
-    saved = folder / RUN_MARKER
-    if replace_other_recipe and saved.is_file() and not _holds_same_recipe(saved, config):
-        for name in RUN_OUTPUTS:
-            (folder / name).unlink(missing_ok=True)
-        log.info("replacing the run in %s (--overwrite)", folder)
+    its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs when
+    training starts, not when the command is checked, so a start that fails leaves that run whole."""
+    if replace_other_recipe and (folder / RUN_MARKER).is_file():
+        stored = _stored_config(folder)
+        if stored is None or not trained_same_recipe(stored, config):
+            for name in RUN_OUTPUTS:
+                (folder / name).unlink(missing_ok=True)
+            log.info("replacing the run of another recipe in %s", folder)
     (folder / "eval.json").unlink(missing_ok=True)
-    save_config(config, saved)
+    save_config(config, folder / RUN_MARKER)
 
 
 def _has_results(folder: Path) -> bool:
@@ -133,12 +134,13 @@ def _has_results(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_OUTPUTS)
 
 
-def _holds_same_recipe(saved: Path, config: Config) -> bool:
+def _stored_config(folder: Path) -> dict | None:
+    """``folder/config.yaml`` as a dict, or None when it cannot be read as one."""
     try:
-        stored = yaml.safe_load(saved.read_text()) or {}
+        stored = yaml.safe_load((folder / RUN_MARKER).read_text()) or {}
     except yaml.YAMLError:
-        return False
-    return isinstance(stored, dict) and trained_same_recipe(stored, config)
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 @contextlib.contextmanager
@@ -190,20 +192,16 @@ def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: 
     A run of the same recipe is reused as before. With ``overwrite`` the command goes ahead; the other run's
     checkpoints, metrics and evaluation are removed once the new run starts (:func:`write_run_config`)."""
     folder = Path(folder)
-    saved = folder / RUN_MARKER
-    if not saved.is_file():
+    if not (folder / RUN_MARKER).is_file():
         return
-    try:
-        stored = yaml.safe_load(saved.read_text()) or {}
-    except yaml.YAMLError:
-        stored = None
-    if isinstance(stored, dict) and trained_same_recipe(stored, config):
+    stored = _stored_config(folder)
+    if stored is not None and trained_same_recipe(stored, config):
         return
     if overwrite or not _has_results(folder):
         # Without a checkpoint, metrics or evaluation there is nothing to continue or lose: a start that
         # diverged in its first epoch, or was killed before it ended, is replaced by the corrected command.
         return
-    if isinstance(stored, dict):
+    if stored is not None:
         old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())
         keys = [key for key in new if key.split(".")[0] in ("data", "model", "train")
                 and key.split(".")[-1] not in ("progress", "device", "threads") and old.get(key) != new[key]]

@@ -236,7 +236,8 @@ class HSTLoss(nn.Module):
             teacher=teacher)
 
     def extra_repr(self) -> str:
-        lam = f"auto ({LAMBDA_PER_CELL} * min(N, {LAMBDA_MAX_CELLS}))" if self.lambda_hst is None else self.lambda_hst
+        lam = (f"auto ({LAMBDA_PER_CELL} * min(N, {LAMBDA_MAX_CELLS}))" if self.lambda_hst is None
+               else self.lambda_hst)
         return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
                 f"teacher_quantile={self.teacher_quantile}, p={self.p}, "
                 f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}")
