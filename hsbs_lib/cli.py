@@ -86,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(getattr(module, f"run_{args.command}")(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        # Bad input is reported in one readable message, not a traceback.
+    except (OSError, ValueError, KeyError) as error:
+        # Bad input (and a full or read-only disk) is reported in one readable message, not a traceback.
         if args.verbose:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, OSError) and error.strerror and error.filename is None:
+            message = error.strerror  # "[Errno 28] ..." says less than the sentence itself
         print(f"hsbs {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ from PIL import Image
 
 from hsbs_lib.cli import main
 from hsbs_lib.config import load_config
+from hsbs_lib.engine import checkpoint as checkpoint_module
 from hsbs_lib.engine import train as train_module
 from hsbs_lib.engine.checkpoint import load_checkpoint, save_checkpoint
 from hsbs_lib.engine.runs import load_eval_data, load_run
@@ -340,6 +342,27 @@ def divergence_in_the_first_epoch_claims_no_checkpoint(env: Env) -> None:
     assert load_config(out / "config.yaml", []).model.name == "baseline" and (out / "best.pt").is_file()
 
 
+def full_disk_while_saving(env: Env) -> None:
+    run = env.copy_run()
+    before = (run / "last.pt").read_bytes()
+
+    def half_written(obj, file, *args, **kwargs):     # what torch.save does when the disk fills up mid-file
+        file.write(b"PK" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+
+    env.monkeypatch.setattr(torch, "save", half_written)
+    env.monkeypatch.setattr(checkpoint_module.shutil, "disk_usage",
+                            lambda folder: SimpleNamespace(total=10**9, used=10**9, free=0))
+    status, _, err = env.hsbs("train", "--resume", run, "train.epochs=2")
+    assert status == 1
+    one_line_error(err, "no space left", str(run / "last.pt"))
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
+    # Space freed, the same command continues from the intact last.pt.
+    env.monkeypatch.undo()
+    assert env.hsbs("train", "--resume", run, "train.epochs=2")[0] == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def save_refuses_non_finite_weights(env: Env) -> None:
     state = load_checkpoint(env.run / "best.pt")
     name = next(key for key, value in state["model"].items() if value.is_floating_point())
@@ -490,6 +513,8 @@ CASES = [
     Case("a loss 1e6 times its running median", 14, "stopped as divergence, last good last.pt named",
          exploding_loss_is_divergence),
     Case("divergence in the first epoch", 14, "the message claims no checkpoint", divergence_in_the_first_epoch_claims_no_checkpoint),
+    Case("the disk fills up while a checkpoint is written", 14, "one line naming the file, the previous "
+         "last.pt intact and resumable", full_disk_while_saving),
     Case("save_checkpoint with NaN weights", 14, "refused, nothing written", save_refuses_non_finite_weights),
     Case("predict with a non-finite checkpoint", 14, "refused, no bare NaN printed", predict_refuses_a_non_finite_model),
     Case("eval: stored data.root vs the user's $HSBS_DATA", 15, "the user's root is used", eval_uses_the_users_data_root),

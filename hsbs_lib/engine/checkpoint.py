@@ -6,8 +6,10 @@ Keys: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -109,10 +111,25 @@ def save_checkpoint(path: str | os.PathLike, **parts: Any) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
+        # A full disk reaches torch.save as "RuntimeError: ... unexpected pos"; say what it is, while
+        # the partial file still holds the space that shows it.
+        full = isinstance(error, Exception) and disk_is_full(path.parent)
         Path(temporary).unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"could not write {path}: no space left on the disk holding "
+                                        f"{path.parent} (the previous {path.name}, if any, is intact); "
+                                        "free some space and run the command again") from error
         raise
     return path
+
+
+def disk_is_full(folder: str | os.PathLike, margin_bytes: int = 16 * 2**20) -> bool:
+    """Whether the file system holding ``folder`` has less than ``margin_bytes`` left for this user."""
+    try:
+        return shutil.disk_usage(folder).free < margin_bytes
+    except OSError:
+        return False
 
 
 def resolve_checkpoint(path: str | os.PathLike, default: str = "last.pt") -> Path:
