@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
-import yaml
 
 from hsbs_lib.config import load_config
-from hsbs_lib.engine.build import trained_same_recipe
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
+from hsbs_lib.engine.run_folder import holds_run_of
 from hsbs_lib.engine.train import fit
 from hsbs_lib.viz.figures import draw_figures
 from hsbs_lib.viz.gradcam import CAM_METHODS
@@ -81,8 +80,7 @@ def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -
     for name, recipe in DEMO_RUNS.items():
         directory = Path(root) / name
         config = load_config(recipe, [*overrides, f"out={directory}"])
-        saved = directory / "config.yaml"
-        same = saved.is_file() and trained_same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
+        same = holds_run_of(directory, config)
         if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
             log.info("reusing %s (trained with %s)", directory, recipe)
         elif same and (directory / "last.pt").is_file():

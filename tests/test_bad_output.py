@@ -201,6 +201,26 @@ def killed_run_leaves_no_result_beside_its_new_config(env: Env) -> None:
     assert not any((run / name).exists() for name in ("last.pt", "best.pt", "metrics.csv"))
 
 
+def unreadable_config_in_a_demo_or_compare_folder(env: Env) -> None:
+    from hsbs_lib import demo as demo_module
+    from hsbs_lib.engine.run_folder import holds_run_of
+
+    started = []
+    env.monkeypatch.setattr(demo_module, "fit", lambda config, resume=None: started.append((config.out, resume)))
+    recipe = load_config("configs/synthfer_baseline.yaml", [])
+    for name, text in (("not_yaml", b"model: [unclosed\n"), ("not_utf8", b"\xff\xfe\x00m\x00"),
+                       ("a_list", b"- 1\n- 2\n")):
+        root = env.tmp / name
+        for run in demo_module.DEMO_RUNS:
+            shutil.copytree(env.run, root / run)
+            (root / run / "config.yaml").write_bytes(text)
+        assert not holds_run_of(root / "demo_baseline", recipe)       # what hsbs compare asks before reusing
+        demo_module.ensure_demo_runs(root)                             # no traceback: trained afresh
+        assert sorted(started) == sorted((str(root / run), None) for run in demo_module.DEMO_RUNS)
+        started.clear()
+    assert holds_run_of(env.run, load_config(env.run / "config.yaml", []))
+
+
 def second_writer_is_locked_out(env: Env) -> None:
     run = env.copy_run()
     # A live process (this one) holds the lock, as a first `hsbs train` would.
@@ -500,6 +520,8 @@ CASES = [
          "corrected command runs and a finished run stays as it was", failed_start_leaves_nothing_that_refuses_the_corrected_command),
     Case("a run killed after replacing another's config", 11, "the replaced run's eval.json is gone, so "
          "compare retrains instead of reusing it", killed_run_leaves_no_result_beside_its_new_config),
+    Case("hsbs demo / compare over a run with an unreadable config.yaml", 11, "taken for another recipe's "
+         "run and trained afresh, no traceback", unreadable_config_in_a_demo_or_compare_folder),
     Case("a second writer into a locked run", 11, "refused naming the live process", second_writer_is_locked_out),
     Case("a stale lock of a dead process", 11, "taken over, released at the end",
          stale_lock_of_a_dead_process_is_taken_over),

@@ -44,10 +44,11 @@ from hsbs_lib.config import load_config
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
-from hsbs_lib.engine.build import build_model, resolve_device, trained_same_recipe
+from hsbs_lib.engine.build import build_model, resolve_device
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
+from hsbs_lib.engine.run_folder import holds_run_of
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
@@ -203,7 +204,7 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
             overrides = [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={out}"]
             config = load_plan_config(plan, overrides)
             eval_file = out / "eval.json"
-            if eval_file.is_file() and _trained_with(out, config):
+            if eval_file.is_file() and holds_run_of(out, config):
                 print(f"[compare] reusing {eval_file}")
             else:
                 print(f"[compare] training {row} seed {seed} -> {out}")
@@ -279,12 +280,6 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
         for statistic in BSA_STATISTICS:
             add(f"bsa_{statistic}", diagnostics.get("bsa", {}).get(statistic))
     return series
-
-
-def _trained_with(run: Path, config) -> bool:
-    """A finished run is reused only when its saved config is the recipe asked for now."""
-    saved = run / "config.yaml"
-    return saved.is_file() and trained_same_recipe(yaml.safe_load(saved.read_text()) or {}, config)
 
 
 def _cost(config, measure_speed: bool) -> dict:

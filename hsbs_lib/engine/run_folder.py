@@ -135,12 +135,19 @@ def _has_results(folder: Path) -> bool:
 
 
 def _stored_config(folder: Path) -> dict | None:
-    """``folder/config.yaml`` as a dict, or None when it cannot be read as one."""
+    """``folder/config.yaml`` as a dict, or None when it is missing or cannot be read as one."""
     try:
-        stored = yaml.safe_load((folder / RUN_MARKER).read_text()) or {}
-    except yaml.YAMLError:
+        stored = yaml.safe_load((folder / RUN_MARKER).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return None
     return stored if isinstance(stored, dict) else None
+
+
+def holds_run_of(folder: str | os.PathLike, config: Config) -> bool:
+    """Whether ``folder`` holds a run of the recipe ``config`` (its config.yaml says so): what ``hsbs demo``
+    and ``hsbs compare`` reuse or resume. An unreadable config.yaml is another recipe's run, retrained."""
+    stored = _stored_config(Path(folder))
+    return stored is not None and trained_same_recipe(stored, config)
 
 
 @contextlib.contextmanager
