@@ -9,6 +9,7 @@ from hsbs_lib.config import Config, apply_overrides
 from hsbs_lib.engine import checkpoint as ckpt
 from hsbs_lib.engine.build import build_model
 from hsbs_lib.engine.train import build_optimizer, build_scheduler
+from hsbs_lib.models.backbones import build_backbone, load_pretrained
 
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 # A narrow baseline: every checkpoint key and behaviour of a full one, a sixteenth of the bytes to write.
@@ -62,12 +63,26 @@ def test_load_errors_name_the_file(tmp_path):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="broken.pt"):
-        ckpt.load_checkpoint(broken)
+    truncated = tmp_path / "truncated.pt"        # a copy cut short
+    whole = ckpt.save_checkpoint(tmp_path / "whole.pt", **_parts()).read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {}, "payload": object()}, pickled)    # arbitrary objects are refused
-    with pytest.raises(ValueError, match="pickled.pt"):
-        ckpt.load_checkpoint(pickled)
+    for path, reason in ((broken, "not a file written by torch.save"), (truncated, "truncated"),
+                         (pickled, "Python objects other than tensors")):
+        with pytest.raises(ValueError) as raised:
+            ckpt.load_checkpoint(path)
+        message = str(raised.value)
+        assert str(path) in message and reason in message and "\n" not in message, message
+        assert "weights_only=False" not in message      # torch's advice to run arbitrary code is not passed on
+
+
+def test_a_pretrained_file_that_is_not_weights_is_one_line(tmp_path):
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"<html>404 Not Found</html>")       # what a failed download leaves
+    with pytest.raises(ValueError) as raised:
+        load_pretrained(build_backbone("resnet18", width=16), str(garbage))
+    assert str(garbage) in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_rng_state_round_trip_restores_every_generator(tmp_path):

@@ -21,6 +21,7 @@ from torch import nn
 import hsbs_lib
 from hsbs_lib.config import Config, config_from_dict
 from hsbs_lib.engine.build import build_model
+from hsbs_lib.models.weights_file import load_weights_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -145,10 +146,7 @@ def resolve_checkpoint(path: str | os.PathLike, default: str = "last.pt") -> Pat
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint on CPU with ``weights_only=True``; errors name the file."""
     path = resolve_checkpoint(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not load checkpoint {path}: {error}") from error
+    checkpoint = load_weights_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path} is not an hsbs_lib checkpoint (no 'model' key)")
     return checkpoint

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from hsbs_lib.models.weights_file import load_weights_file
+
 log = logging.getLogger(__name__)
 
 #: name -> (torchvision builder, weights enum, blocks per stage)
@@ -366,9 +368,10 @@ def load_pretrained(backbone: nn.Module, pretrained: str) -> LoadReport:
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file {path} not found; expected a local .pth/.pt file")
+    stored = load_weights_file(path, f"{backbone.name} weights")
     try:
-        state = _strip_prefixes(_unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
-    except Exception as error:  # unpickling refused or not a state dict
+        state = _strip_prefixes(_unwrap_state_dict(stored))
+    except Exception as error:  # not a state dict
         raise ValueError(f"{path}: could not read a {backbone.name} state dict ({error})") from error
     if hasattr(backbone, "remap_state_dict"):
         state = backbone.remap_state_dict(state)
