@@ -154,6 +154,16 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
+def read_yaml_file(path: Path, what: str = "config file") -> Any:
+    """The YAML document in ``path``; a file that is not UTF-8 or not YAML is a one-line ConfigValueError."""
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigValueError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise ConfigValueError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
+
+
 def _parse_value(text: str, key: str = "") -> Any:
     """YAML scalar parsing, so ``epochs=5`` is an int and ``pretrained=null`` is None."""
     if text == "":
@@ -401,12 +411,7 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
         raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
     if path in seen:
         raise ValueError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    try:
-        values = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as error:
-        raise ConfigValueError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except yaml.YAMLError as error:
-        raise ConfigValueError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from None
+    values = read_yaml_file(path) or {}
     if not isinstance(values, dict):
         raise ConfigValueError(f"config file {path}: expected a mapping of sections (data:, model:, train:) at the "
                                f"top level, got {type(values).__name__}")

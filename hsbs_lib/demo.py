@@ -32,7 +32,7 @@ from hsbs_lib.engine.train import fit
 from hsbs_lib.viz.figures import draw_figures
 from hsbs_lib.viz.gradcam import CAM_METHODS
 from hsbs_lib.viz.samples import plot_synthfer_grid
-from hsbs_lib.viz.style import figures_dir, save_figure
+from hsbs_lib.viz.style import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,9 @@ def run_figures(args) -> int:
     if run_dir is None:
         raise ValueError("pass --run RUN_DIR (or --demo to train and draw the SynthFER demo runs)")
     # Never into the package's own checkout: an explicit folder, $HSBS_FIGURES, else beside the run.
-    out = figures_dir(args.out or os.environ.get("HSBS_FIGURES") or Path(run_dir) / "figures")
+    # The folder is made when the first figure is written, once the runs have loaded: a mistyped --run
+    # leaves no RUN/figures behind.
+    out = Path(args.out or os.environ.get("HSBS_FIGURES") or Path(run_dir) / "figures")
     formats = parse_formats(args.formats)
     paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
                          samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats,

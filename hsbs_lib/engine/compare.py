@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import yaml
 from scipy import stats
 
-from hsbs_lib.config import load_config
+from hsbs_lib.config import load_config, read_yaml_file
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
@@ -78,12 +78,14 @@ def load_plan(path: str | Path) -> ComparePlan:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"comparison config {path} not found")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml_file(path, "comparison config") or {}
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping with base, rows (and optional overrides, out, reference)")
     missing = {"base", "rows"} - set(spec)
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}; expected base, rows (and optional overrides, out)")
+    if not isinstance(spec["rows"], dict) or not spec["rows"]:
+        raise ValueError(f"{path}: rows must be a mapping of row names to their overrides")
     rows = {}
     for name, row in spec["rows"].items():
         if isinstance(row, dict):
