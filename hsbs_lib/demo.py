@@ -24,7 +24,7 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 
-from hsbs_lib.config import load_config
+from hsbs_lib.config import load_config, repo_root
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.engine.run_folder import holds_run_of
@@ -79,7 +79,8 @@ def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -
     directories = {}
     for name, recipe in DEMO_RUNS.items():
         directory = Path(root) / name
-        config = load_config(recipe, [*overrides, f"out={directory}"])
+        # The shipped recipe, wherever the command is run from (repo_root: the checkout hsbs_lib came from).
+        config = load_config(repo_root() / recipe, [*overrides, f"out={directory}"])
         same = holds_run_of(directory, config)
         if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
             log.info("reusing %s (trained with %s)", directory, recipe)

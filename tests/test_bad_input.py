@@ -121,6 +121,8 @@ CASES = [
          yaml_text="base: {data: synthfer}\nrows: [baseline, hsbs]\n", says="rows must be a mapping"),
     Case("figures of a mistyped run folder", ("figures", "--run", NEW_RUN, "--out", f"{NEW_RUN}/figures"),
          says=f"run directory {NEW_RUN} not found"),
+    Case("synth at a size it cannot draw", ("synth", "--out", NEW_RUN, "--n", "4", "--size", "8"),
+         says="at least 16 pixels, got 8"),
     # 10. evaluation on another class set
     Case("eval of a 7-class checkpoint on 8 classes", ("eval", "--checkpoint", "{run}/best.pt", "data.num_classes=8",
                                                        "--out", f"{NEW_RUN}/eval.json"),

@@ -47,3 +47,14 @@ def test_demo_rejects_malformed_overrides(tmp_path, capsys):
     assert main(["demo", "--runs", str(tmp_path), "train.epochs"]) == 1
     assert "key=value" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_demo_finds_its_recipes_from_any_folder(tmp_path, monkeypatch):
+    from hsbs_lib import demo
+
+    started = []
+    monkeypatch.setattr(demo, "fit", lambda config, resume=None: started.append(config))
+    monkeypatch.chdir(tmp_path)                      # a user's own folder, no configs/ in it
+    demo.ensure_demo_runs("runs")
+    assert [config.model.name for config in started] == ["baseline", "hsbs"]
+    assert [config.out for config in started] == ["runs/demo_baseline", "runs/demo_hsbs"]

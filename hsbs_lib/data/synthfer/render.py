@@ -474,6 +474,15 @@ def _photometric(rgb: np.ndarray, p: dict, gx, gy, size: int) -> np.ndarray:
 # Public entry points
 # ----------------------------------------------------------------------------------------------
 
+MIN_SIZE = 16   # the smallest image side the renderer draws
+
+
+def check_size(size: int) -> None:
+    """Refuse an image side SynthFER cannot draw (ValueError)."""
+    if size < MIN_SIZE:
+        raise ValueError(f"SynthFER size must be at least {MIN_SIZE} pixels, got {size}")
+
+
 def render_synthfer(indices, *, size: int = 64, seed: int = 0, split: str = "train", balanced: bool = False,
                     num_classes: int = 7) -> dict[str, np.ndarray]:
     """Render SynthFER images ``indices`` of (seed, split).
@@ -483,8 +492,7 @@ def render_synthfer(indices, *, size: int = 64, seed: int = 0, split: str = "tra
     "intensity" float32 in (0, 1]; "occluded" bool (N,); "face" bool (N, S, S), the face oval.
     Each image depends only on (seed, split, index), not on the rest of the batch.
     """
-    if size < 16:
-        raise ValueError(f"SynthFER size must be at least 16 pixels, got {size}")
+    check_size(size)
     p = sample_parameters(indices, seed=seed, split=split, balanced=balanced, num_classes=num_classes)
     out = render_parameters(p, size=size)
     out.update(labels=p["label"], poses=p["pose"], subjects=p["subject"], intensity=p["intensity"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hsbs_lib.data.synthfer.params import EXPRESSION_CLASSES
-from hsbs_lib.data.synthfer.render import render_synthfer
+from hsbs_lib.data.synthfer.render import check_size, render_synthfer
 
 
 META_NAME = "synthfer_meta.npz"   # also the mark of a folder this writer filled
@@ -42,6 +42,7 @@ def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed:
     """
     from PIL import Image
 
+    check_size(size)   # before the folder is made: a refused command leaves nothing behind
     root = Path(out)
     refuse_foreign_folder(root, overwrite=overwrite)
     image_dir = root / "Image" / "aligned"
