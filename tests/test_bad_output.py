@@ -229,6 +229,14 @@ def second_writer_is_locked_out(env: Env) -> None:
     status, _, err = env.hsbs("train", "--resume", run, "train.epochs=2")
     assert status == 1 and (run / "last.pt").read_bytes() == before
     one_line_error(err, "in use by process", str(os.getpid()))
+    # hsbs compare (and hsbs demo) meet the same lock through the trainer, and say so in one line too.
+    plan = env.tmp / "plan.yaml"
+    plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {env.tmp / 'cmp'}\nrows:\n  baseline: {{}}\n")
+    (env.tmp / "cmp" / "baseline" / "seed0").mkdir(parents=True)
+    (env.tmp / "cmp" / "baseline" / "seed0" / ".hsbs-run.lock").write_text((run / ".hsbs-run.lock").read_text())
+    status, _, err = env.hsbs("compare", "--config", plan, "--seeds", "0", "--no-speed", *TINY)
+    assert status == 1
+    one_line_error(err, "in use by process", str(os.getpid()))
 
 
 def stale_lock_of_a_dead_process_is_taken_over(env: Env) -> None:

@@ -30,8 +30,9 @@ RUN_MARKER = "config.yaml"
 RUN_OUTPUTS = ("last.pt", "best.pt", "eval.json", "metrics.csv")
 
 
-class RunFolderBusyError(RuntimeError):
-    """Another live process holds the run folder's lock."""
+class RunFolderBusyError(OSError):
+    """Another live process holds the run folder's lock (an OSError, as a busy file is: every command
+    reports it in one line)."""
 
 
 def foreign_files(folder: Path) -> list[str]:
