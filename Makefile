@@ -40,8 +40,8 @@ lab: venv
 figures: venv
 	$(HSBS) figures --demo --out figures
 
-## Rewrite notebooks/reference/ (the expected results the notebooks show) from the finished demo and
-## ablation runs in $(RUNS) and the committed figures/; trains nothing.
+## Rewrite notebooks/reference/ (the expected results the notebooks show) from the finished demo, ablation
+## and method-comparison runs in $(RUNS) and the committed figures/; trains nothing.
 reference: venv
 	$(PY) -m hsbs_lib.engine.expected --runs $(RUNS) --figures figures --out notebooks/reference
 

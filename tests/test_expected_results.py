@@ -16,7 +16,7 @@ from hsbs_lib.engine import expected
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "notebooks" / "reference"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-LOADS = re.compile(r"""(?:load_reference|reference_path)\(\s*f?["']([^"']+)["']""")
+LOADS = re.compile(r"""(?:(?:load_reference|reference_path)\(\s*f?|\bfile=)["']([^"']+)["']""")
 # Where an explorer teaches best (issue 19): the notebook and the explorer it must call.
 EXPLORERS = {"00": "synthfer_explorer", "03": "attention_explorer", "04": "similarity_explorer",
              "05": "confusion_explorer"}
@@ -112,8 +112,10 @@ def fake_report(seed: int, accuracy: float) -> dict:
 def finished_runs(tmp_path, monkeypatch):
     """A runs folder shaped like `make demo` + the ablation, and a figures folder, without training."""
     runs, figures = tmp_path / "runs", tmp_path / "figures"
-    for row_index, row in enumerate(expected.ABLATION_ROWS):
-        for seed in expected.ABLATION_SEEDS:
+    # The ablation's rows and the method comparison's share runs/synthfer (baseline and hsbs in both).
+    rows = dict.fromkeys([*expected.ABLATION_ROWS, *expected.METHOD_ROWS])
+    for row_index, row in enumerate(rows):
+        for seed in sorted({*expected.ABLATION_SEEDS, *expected.METHOD_SEEDS}):
             run = runs / "synthfer" / row / f"seed{seed}"
             run.mkdir(parents=True)
             (run / "eval.json").write_text(json.dumps(fake_report(seed, 0.70 + 0.01 * row_index + 0.002 * seed)))
@@ -143,6 +145,12 @@ def test_write_reference_derives_the_folder_from_finished_runs(finished_runs, tm
     assert math.isclose(hst["accuracy_diff"], 0.02)                     # +HST minus baseline, paired by seed
     assert math.isclose(ablation["hsbs_vs_hst"]["accuracy_diff"], -0.01)   # hsbs minus +HST: BSA's share
     assert "| +HST | 5 |" in (out / "synthfer_ablation.md").read_text()
+    methods = json.loads((out / "synthfer_methods.json").read_text())
+    assert methods["seeds"] == [0, 1, 2] and [row["row"] for row in methods["rows"]] == list(expected.METHOD_ROWS)
+    phanet = expected.ablation_row(methods["rows"], "phanet")   # row index 5 of the fake runs: +0.05 on seeds 0-2
+    assert math.isclose(phanet["accuracy_mean"], 0.75 + 0.002) and math.isclose(phanet["accuracy_diff"], 0.05)
+    assert "| mfer | 3 |" in (out / "synthfer_methods.md").read_text()
+    assert files["synthfer_methods.md"]["source"] == "runs/synthfer/{baseline,hsbs,clcl,phanet,mfer}/seed{0,1,2}"
     with Image.open(out / "figures" / f"{expected.FIGURES[0]}.png") as image:
         assert image.size == (expected.MAX_FIGURE_WIDTH, 250)
     assert json.loads((out / "manifest.json").read_text()) == files

@@ -1,8 +1,8 @@
 """Expected results: small files from full-budget runs that the notebooks show beside the student's run.
 
 A SMOKE run (a few hundred faces, one epoch) only shows that the code runs; what a good result looks like
-comes from the full-budget runs of ``make demo`` and ``hsbs compare --config configs/ablation_hsbs.yaml
---seeds 0 1 2 3 4``. ``make reference`` (``python -m hsbs_lib.engine.expected --runs RUNS --out
+comes from the full-budget runs of ``make demo``, ``hsbs compare --config configs/ablation_hsbs.yaml
+--seeds 0 1 2 3 4`` and ``hsbs compare --config configs/compare_synthfer.yaml --seeds 0 1 2``. ``make reference`` (``python -m hsbs_lib.engine.expected --runs RUNS --out
 notebooks/reference``) copies and derives, from those finished runs and the committed ``figures/``:
 
 * ``demo_baseline/`` and ``demo_hsbs/``: each run's ``eval.json`` (test metrics, confusion matrix, the
@@ -10,6 +10,8 @@ notebooks/reference``) copies and derives, from those finished runs and the comm
 * ``synthfer_ablation.json``: the ablation rows over their seeds (``compare.summarise``: mean, std and
   the difference to the baseline paired by seed, for the metrics, the attention scores and BSA's
   similarity statistics), plus HSBS against +HST (what BSA adds); ``synthfer_ablation.md``, its tables;
+* ``synthfer_methods.json`` and ``.md``: the same for every method at the demo recipe
+  (``hsbs compare --config configs/compare_synthfer.yaml --seeds 0 1 2``, sharing runs/synthfer);
 * ``figures/``: the few committed figures the notebooks discuss, scaled down to at most 1000 px wide;
 * ``manifest.json``: every file above with its size and where it came from.
 
@@ -34,6 +36,8 @@ DEMO_RUNS = ("demo_baseline", "demo_hsbs")
 RUN_FILES = ("eval.json", "metrics.csv")
 ABLATION_ROWS = ("baseline", "hsbs", "+HST", "+BSA")
 ABLATION_SEEDS = (0, 1, 2, 3, 4)
+METHOD_ROWS = ("baseline", "hsbs", "clcl", "phanet", "mfer")
+METHOD_SEEDS = (0, 1, 2)
 DIAGNOSTICS_FILE = "diagnostics-test-512.json"
 # The committed figures (figures/NAME.png) the notebooks discuss.
 FIGURES = ("synthfer_samples", "demo_hsbs_vs_demo_baseline_attention", "demo_hsbs_vs_demo_baseline_per_class",
@@ -85,16 +89,17 @@ def compare_with_reference(yours: Mapping, reference: Mapping, *, classes: Seque
     return "\n".join(lines)
 
 
-def ablation_table(caption: str | None = None) -> str:
-    """One Markdown table of synthfer_ablation.md: the first (the metrics per row), or the one whose caption
-    starts with ``caption`` (``"Attention of each stage"``, ``"BSA similarity"``), caption included."""
-    blocks = reference_path("synthfer_ablation.md").read_text().strip().split("\n\n")
+def ablation_table(caption: str | None = None, file: str = "synthfer_ablation.md") -> str:
+    """One Markdown table of ``file`` (synthfer_ablation.md, or synthfer_methods.md for the methods): the
+    first (the metrics per row), or the one whose caption starts with ``caption`` (``"Attention of each
+    stage"``, ``"BSA similarity"``), caption included."""
+    blocks = reference_path(file).read_text().strip().split("\n\n")
     if caption is None:
         return blocks[0]
     for index, block in enumerate(blocks[:-1]):
         if block.startswith(caption):
             return f"{block}\n\n{blocks[index + 1]}"
-    raise KeyError(f"synthfer_ablation.md: no table captioned '{caption}...'")
+    raise KeyError(f"{file}: no table captioned '{caption}...'")
 
 
 def ablation_row(summaries: Sequence[Mapping], row: str) -> dict:
@@ -130,12 +135,13 @@ def attention_vs_reference(yours: Mapping[str, Mapping[str, Mapping]], summaries
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def _run_results(run: Path) -> dict:
-    """eval.json of a finished run, with its cached attention/BSA diagnostics when present."""
+def _run_results(run: Path, command: str) -> dict:
+    """eval.json of a finished run, with its cached attention/BSA diagnostics when present; ``command``
+    trains it."""
     eval_file = run / "eval.json"
     if not eval_file.is_file():
         raise ReferenceError(f"{eval_file}: missing; the reference needs the finished run (train it with "
-                             f"`hsbs compare --config configs/ablation_hsbs.yaml --seeds 0 1 2 3 4`)")
+                             f"`{command}`)")
     result = json.loads(eval_file.read_text())
     diagnostics = run / DIAGNOSTICS_FILE
     if diagnostics.is_file():
@@ -143,17 +149,46 @@ def _run_results(run: Path) -> dict:
     return result
 
 
+def _row_results(folder: Path, rows: Sequence[str], seeds: Sequence[int], plan: str) -> dict[str, dict[int, dict]]:
+    command = f"hsbs compare --config configs/{plan} --seeds {' '.join(map(str, seeds))}"
+    return {row: {seed: _run_results(folder / row / f"seed{seed}", command) for seed in seeds} for row in rows}
+
+
+def _summaries_with_cost(folder: Path, results: dict[str, dict[int, dict]], seeds: Sequence[int]) -> list[dict]:
+    """``summarise`` against the baseline, with each row's size columns from its own recipe."""
+    summaries = summarise(results, reference="baseline")
+    for summary in summaries:
+        config = load_config(folder / summary["row"] / f"seed{seeds[0]}" / "config.yaml")
+        summary.update(model_cost(config, measure_speed=False))
+    return summaries
+
+
 def ablation_summaries(ablation: Path, rows: Sequence[str] = ABLATION_ROWS, seeds: Sequence[int] = ABLATION_SEEDS
                        ) -> dict:
     """Summaries of ``ablation/ROW/seedS`` against the baseline, and of hsbs against +HST (BSA's share)."""
-    results = {row: {seed: _run_results(ablation / row / f"seed{seed}") for seed in seeds} for row in rows}
-    summaries = summarise(results, reference="baseline")
-    for summary in summaries:      # the size columns of the tables, from the row's own recipe
-        config = load_config(ablation / summary["row"] / f"seed{seeds[0]}" / "config.yaml")
-        summary.update(model_cost(config, measure_speed=False))
+    results = _row_results(ablation, rows, seeds, "ablation_hsbs.yaml")
+    summaries = _summaries_with_cost(ablation, results, seeds)
     bsa_share = summarise({"+HST": results["+HST"], "hsbs": results["hsbs"]}, reference="+HST")
     return {"rows": summaries, "hsbs_vs_hst": ablation_row(bsa_share, "hsbs"), "seeds": list(seeds),
             "reference_row": "baseline"}
+
+
+def method_summaries(folder: Path, rows: Sequence[str] = METHOD_ROWS, seeds: Sequence[int] = METHOD_SEEDS) -> dict:
+    """Summaries of every method's ``folder/ROW/seedS`` (compare_synthfer.yaml) against the baseline."""
+    results = _row_results(folder, rows, seeds, "compare_synthfer.yaml")
+    return {"rows": _summaries_with_cost(folder, results, seeds), "seeds": list(seeds), "reference_row": "baseline"}
+
+
+def write_summary_files(summaries: dict, out: Path, stem: str, source: str) -> dict[str, dict]:
+    """``out/STEM.json`` (the summaries) and ``out/STEM.md`` (their tables); returns their manifest entries."""
+    (out / f"{stem}.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(format_report(summaries["rows"], summaries["reference_row"]) + "\n")
+    return {f"{stem}.{suffix}": {"source": source, "bytes": (out / f"{stem}.{suffix}").stat().st_size}
+            for suffix in ("json", "md")}
+
+
+def _runs_pattern(rows: Sequence[str], seeds: Sequence[int]) -> str:
+    return f"runs/synthfer/{{{','.join(rows)}}}/seed{{{','.join(map(str, seeds))}}}"
 
 
 def _scaled_figure(source: Path, target: Path) -> None:
@@ -182,10 +217,12 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         raise ReferenceError(f"missing inputs (train with `make demo`, draw with `make figures`): "
                              f"{', '.join(missing)}")
     ablation = ablation_summaries(runs / "synthfer")
+    methods = method_summaries(runs / "synthfer")
     # Only files an earlier run of this command wrote (its manifest.json lists them) may be replaced.
     previous_manifest = out / "manifest.json"
     previous = json.loads(previous_manifest.read_text()) if previous_manifest.is_file() else {}
-    targets = [*sources, "synthfer_ablation.json", "synthfer_ablation.md"]
+    targets = [*sources, *(f"{stem}.{suffix}" for stem in ("synthfer_ablation", "synthfer_methods")
+                           for suffix in ("json", "md"))]
     foreign = [name for name in targets if (out / name).exists() and name not in previous]
     if foreign:
         raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
@@ -202,14 +239,11 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         # Recorded relative to the runs / figures folders: no machine's absolute paths in the repository.
         base, label = (figures, "figures") if name.startswith("figures/") else (runs, "runs")
         manifest[name] = {"source": f"{label}/{source.relative_to(base).as_posix()}"}
-    (out / "synthfer_ablation.json").write_text(json.dumps(ablation, indent=1) + "\n")
-    report = format_report(ablation["rows"], "baseline")
-    (out / "synthfer_ablation.md").write_text(report + "\n")
-    ablation_source = f"runs/synthfer/{{{','.join(ABLATION_ROWS)}}}/seed{{{','.join(map(str, ABLATION_SEEDS))}}}"
-    for name in ("synthfer_ablation.json", "synthfer_ablation.md"):
-        manifest[name] = {"source": ablation_source}
     for name, entry in manifest.items():
         entry["bytes"] = (out / name).stat().st_size
+    manifest.update(write_summary_files(ablation, out, "synthfer_ablation", _runs_pattern(ABLATION_ROWS,
+                                                                                            ABLATION_SEEDS)))
+    manifest.update(write_summary_files(methods, out, "synthfer_methods", _runs_pattern(METHOD_ROWS, METHOD_SEEDS)))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
