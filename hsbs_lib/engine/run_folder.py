@@ -120,12 +120,10 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
     ``replace_other_recipe`` (a fresh start, not a resume): when the folder holds a run of another recipe,
     its checkpoints and metrics go too, so nothing of it is mistaken for the new run's. This runs when
     training starts, not when the command is checked, so a start that fails leaves that run whole."""
-    if replace_other_recipe and (folder / RUN_MARKER).is_file():
-        stored = _stored_config(folder)
-        if stored is None or not trained_same_recipe(stored, config):
-            for name in RUN_OUTPUTS:
-                (folder / name).unlink(missing_ok=True)
-            log.info("replacing the run of another recipe in %s", folder)
+    if replace_other_recipe and (folder / RUN_MARKER).is_file() and not holds_run_of(folder, config):
+        for name in RUN_OUTPUTS:
+            (folder / name).unlink(missing_ok=True)
+        log.info("replacing the run of another recipe in %s", folder)
     (folder / "eval.json").unlink(missing_ok=True)
     save_config(config, folder / RUN_MARKER)
 
