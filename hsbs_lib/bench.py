@@ -269,12 +269,80 @@ def benchmark_notebooks(paths: list[Path], *, smoke: bool = True, timeout: int =
     return "\n".join(lines)
 
 
+def prior_entropy(labels: np.ndarray, num_classes: int) -> float:
+    """Cross-entropy (nats) of always predicting the training prior: the majority-class plateau's level."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    prior = counts[counts > 0] / counts.sum()
+    return float(-(prior * np.log(prior)).sum())
+
+
+@dataclass
+class PlateauRun:
+    """One short training of :func:`plateau_escape`: its training cross-entropy per epoch against the
+    majority-class level, and whether it left that level."""
+
+    size: int
+    seed: int
+    ce: list[float]
+    plateau: float
+    val_mca: float
+    seconds: float
+    threshold: float
+
+    @property
+    def escaped(self) -> bool:
+        return bool(self.ce) and self.ce[-1] < self.threshold * self.plateau
+
+
+def plateau_escape(*, recipe: str = "synthfer_baseline", sizes=(65, 129), seeds=(0, 1, 2, 3, 4), epochs: int = 2,
+                   overrides=(), threshold: float = 0.85, on_run: Callable | None = None) -> list[PlateauRun]:
+    """Train ``recipe`` for ``epochs`` at each input size and seed; a run *escaped* the majority-class
+    plateau when its last epoch's mean training cross-entropy is below ``threshold`` times the prior's
+    entropy (the cross-entropy of always predicting the class frequencies). Runs go to a temporary folder."""
+    from hsbs_lib.engine.build import build_splits
+    from hsbs_lib.engine.train import fit
+    from hsbs_lib.data.pipeline.loaders import labels_of
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="hsbs-plateau-") as folder:
+        for size in sizes:
+            for seed in seeds:
+                config = load_config(config_path(recipe), [
+                    *overrides, f"data.input_size={size}", f"train.epochs={epochs}", f"train.seed={seed}",
+                    "train.progress=false", "train.record_intensity=false"])
+                config.out = str(Path(folder) / f"{size}px_seed{seed}")
+                plateau = prior_entropy(labels_of(build_splits(config).train), config.data.num_classes)
+                started = time.perf_counter()
+                result = fit(config)
+                run = PlateauRun(size, seed, [float(row["loss/ce"]) for row in result.history], plateau,
+                                 float(result.history[-1].get("val/mean_class_accuracy", math.nan)),
+                                 time.perf_counter() - started, threshold)
+                runs.append(run)
+                if on_run is not None:
+                    on_run(run)
+    return runs
+
+
+def plateau_table(runs: list[PlateauRun]) -> str:
+    """Per input size: how many seeds left the plateau, and each seed's last cross-entropy / plateau level."""
+    lines = ["| input | left the plateau | last-epoch training CE / majority-class level, per seed | "
+             "validation MCA, per seed | seconds per run |", "|---|---|---|---|---|"]
+    for size in sorted({run.size for run in runs}):
+        rows = [run for run in runs if run.size == size]
+        ratios = ", ".join(f"{run.ce[-1]:.2f}/{run.plateau:.2f}" for run in rows)
+        mca = ", ".join(f"{100 * run.val_mca:.1f}" for run in rows)
+        seconds = np.mean([run.seconds for run in rows])
+        lines.append(f"| {size} px | {sum(run.escaped for run in rows)} of {len(rows)} | {ratios} | {mca} | "
+                     f"{seconds:.0f} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks"),
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
                              "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
@@ -297,6 +365,15 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--full", action="store_true",
                         help="with --sections notebooks: the full budget (SMOKE=0) instead of SMOKE=1")
     parser.add_argument("--notebook-timeout", type=int, default=3600, help="seconds one notebook may run")
+    parser.add_argument("--plateau-recipe", default="synthfer_baseline",
+                        help="with --sections plateau: the recipe trained (configs/NAME.yaml)")
+    parser.add_argument("--plateau-sizes", type=int, nargs="+", default=[65, 129],
+                        help="with --sections plateau: input sizes (default 65 129)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="with --sections plateau: training seeds (default 0-4)")
+    parser.add_argument("--plateau-epochs", type=int, default=2, help="with --sections plateau: epochs per run")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="with --sections plateau: recipe overrides, e.g. train.warmup_epochs=1")
 
 
 def _parse_model_options(items: list[str]) -> dict[str, dict]:
@@ -344,6 +421,20 @@ def run_bench(args) -> int:
     if "scales" in args.sections:
         print(f"\n## Candidate scales for CPU runs: the baseline's training step, batch {args.batch_size}")
         print(scale_table(device=device, batch_size=args.batch_size, steps=max(2, args.steps // 2)))
+    if "plateau" in args.sections:
+        print(f"\n## Leaving the majority-class plateau: {args.plateau_recipe}, {args.plateau_epochs} epochs, "
+              f"seeds {' '.join(map(str, args.seeds))}{', ' + ' '.join(args.overrides) if args.overrides else ''}")
+        print("(left = last epoch's training cross-entropy below 0.85 x the prior's entropy)", flush=True)
+
+        def show(run: PlateauRun) -> None:
+            print(f"  {run.size} px seed {run.seed}: training CE per epoch "
+                  f"{' '.join(f'{value:.3f}' for value in run.ce)} (plateau {run.plateau:.3f}), "
+                  f"validation MCA {100 * run.val_mca:.1f}, {run.seconds:.0f} s: "
+                  f"{'left' if run.escaped else 'STAYED'}", flush=True)
+
+        runs = plateau_escape(recipe=args.plateau_recipe, sizes=args.plateau_sizes, seeds=args.seeds,
+                              epochs=args.plateau_epochs, overrides=args.overrides, on_run=show)
+        print(plateau_table(runs))
     if "notebooks" in args.sections:
         notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
         if args.notebooks:

@@ -77,6 +77,9 @@ class ModelConfig:
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
     stem: str = "standard"            # standard | no_maxpool (output stride 16) | small (3x3 stride 1, stride 8)
     backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)
+    # Start every residual block as the identity (its last BatchNorm's scale at 0; Goyal et al. 2017):
+    # from scratch only, a pretrained file's values are kept.
+    zero_init_residual: bool = False
     options: dict[str, Any] = field(default_factory=dict)   # method switches, e.g. hst, bsa, lambda_hst
 
 

@@ -255,3 +255,33 @@ def test_convnext_checkpoint_in_the_original_layout_loads(tmp_path):
     assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
     for key, value in _torchvision_names(model.backbone.state_dict()).items():
         assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_zero_init_residual_starts_every_block_as_the_identity(name):
+    from hsbs_lib.models.backbones import zero_init_residual_
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(name, stem="no_maxpool", width=16 if name == "resnet18" else 64).eval()
+    blocks = [block for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for block in stage]
+    assert zero_init_residual_(backbone) == len(blocks)
+    plain = [block for block in blocks if block.downsample is None]
+    assert plain
+    for block in plain:       # without a shortcut projection, a block passes a non-negative input through
+        x = torch.randn(2, block.conv1.in_channels, 5, 5).relu()
+        with torch.no_grad():
+            assert torch.equal(block(x), x)
+    # the residual branch still trains: its last BatchNorm's scale gets a gradient
+    backbone.train()
+    sum(stage.sum() for stage in backbone(torch.randn(2, 3, 32, 32))).backward()
+    last_norm = blocks[0].bn3 if name == "resnet50" else blocks[0].bn2
+    assert last_norm.weight.grad is not None and last_norm.weight.grad.abs().sum() > 0
+
+
+def test_recipe_switch_zero_init_residual_reaches_the_model():
+    from hsbs_lib.config import load_config
+    from hsbs_lib.engine.build import build_model
+    config = load_config(None, ["model.name=baseline", "model.backbone_width=16", "model.zero_init_residual=true"])
+    model = build_model(config, [str(i) for i in range(7)])
+    assert all(float(block.bn2.weight.abs().sum()) == 0 for block in model.backbone.layer3)
+    config = load_config(None, ["model.name=baseline", "model.backbone_width=16"])
+    assert all(float(block.bn2.weight.abs().sum()) > 0 for block in build_model(config, list("abcdefg")).backbone.layer3)

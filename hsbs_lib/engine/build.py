@@ -18,6 +18,7 @@ from hsbs_lib.config import Config, ModelConfig, coerce_value, same_recipe
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
+from hsbs_lib.models.backbones import zero_init_residual_
 from hsbs_lib.models.registry import create_model, get_model_factory, model_option_defaults
 
 
@@ -64,10 +65,13 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model
-    return create_model(m.name, num_classes=len(classes), backbone=m.backbone,
-                        pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
-                        backbone_width=m.backbone_width,
-                        input_size=config.data.input_size, **model_options(m))
+    model = create_model(m.name, num_classes=len(classes), backbone=m.backbone,
+                         pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
+                         backbone_width=m.backbone_width,
+                         input_size=config.data.input_size, **model_options(m))
+    if m.zero_init_residual and not m.pretrained:
+        zero_init_residual_(model.backbone)
+    return model
 
 
 def trained_same_recipe(stored: Config | dict, wanted: Config) -> bool:

@@ -299,6 +299,22 @@ class ConvNeXtBackbone(nn.Module):
         return [x1, x2, x3, x4]
 
 
+def zero_init_residual_(backbone: nn.Module) -> int:
+    """Set the scale of the last BatchNorm of every residual block to 0, so each block starts as the
+    identity (torchvision's ``zero_init_residual``; Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+    Returns how many blocks were changed (0 for a ConvNeXt, whose blocks end in a layer scale, not a BatchNorm).
+    """
+    changed = 0
+    for module in backbone.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+            changed += 1
+        elif isinstance(module, torchvision.models.resnet.BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+            changed += 1
+    return changed
+
+
 def available_backbones() -> list[str]:
     """Every name :func:`build_backbone` accepts."""
     return [*BACKBONES, *CONVNEXTS]
