@@ -296,9 +296,11 @@ class PlateauRun:
 
 def plateau_escape(*, recipe: str = "synthfer_baseline", sizes=(65, 129), seeds=(0, 1, 2, 3, 4), epochs: int = 2,
                    overrides=(), threshold: float = 0.85, on_run: Callable | None = None) -> list[PlateauRun]:
-    """Train ``recipe`` for ``epochs`` at each input size and seed; a run *escaped* the majority-class
-    plateau when its last epoch's mean training cross-entropy is below ``threshold`` times the prior's
-    entropy (the cross-entropy of always predicting the class frequencies). Runs go to a temporary folder."""
+    """Train the first ``epochs`` of ``recipe`` (its schedule unchanged) at each input size and seed.
+
+    A run *left* the majority-class plateau when its last epoch's mean training cross-entropy is below
+    ``threshold`` times the prior's entropy (the cross-entropy of always predicting the class frequencies).
+    Runs go to a temporary folder."""
     from hsbs_lib.engine.build import build_splits
     from hsbs_lib.engine.train import fit
     from hsbs_lib.data.pipeline.loaders import labels_of
@@ -308,7 +310,7 @@ def plateau_escape(*, recipe: str = "synthfer_baseline", sizes=(65, 129), seeds=
         for size in sizes:
             for seed in seeds:
                 config = load_config(config_path(recipe), [
-                    *overrides, f"data.input_size={size}", f"train.epochs={epochs}", f"train.seed={seed}",
+                    *overrides, f"data.input_size={size}", f"train.stop_after_epoch={epochs}", f"train.seed={seed}",
                     "train.progress=false", "train.record_intensity=false"])
                 config.out = str(Path(folder) / f"{size}px_seed{seed}")
                 plateau = prior_entropy(labels_of(build_splits(config).train), config.data.num_classes)

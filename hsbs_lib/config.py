@@ -63,7 +63,9 @@ class DataConfig:
     pipeline: str = "auto"
     device_cache_max_gb: float = 4.0
     workers: int = 0
-    augment: str = "standard"         # none | flip | standard | strong | clcl (CCLLS's recipe; MFER's is none)
+    augment: str = "standard"         # none | flip | standard | strong | clcl (CCLLS's recipe; MFER's is none) | fer
+    # fields of the preset replaced, e.g. {erase: 0} or {zoom: null} (data/pipeline/transforms.py, AugmentSpec)
+    augment_options: dict[str, Any] = field(default_factory=dict)
     erase_scale: list[float] | None = None   # RandomErasing area range [low, high] replacing the preset's
     sampler: str = "none"             # none | balanced (WeightedRandomSampler)
 
@@ -95,11 +97,21 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = False            # SGD with Nesterov momentum (train.optimizer=sgd)
     scheduler: str = "cosine"         # cosine | exponential | step | none
     gamma: float = 0.9                # exponential decay per epoch
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     class_weighted_loss: bool = False
+    # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019): Beta(alpha, alpha) mixing of image pairs and
+    # their labels, 0 = off; with both on, each batch takes one of the two at random.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    # An exponential moving average of the weights (decay per step, 0 = off): validation, best.pt and the
+    # final report use the averaged weights.
+    ema: float = 0.0
+    # Test-time augmentation of the final report (best.pt scored once): none | flip | tencrop.
+    tta: str = "none"
     grad_clip: float | None = None
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     amp: bool = True                  # bf16 autocast on CUDA; ignored on CPU
@@ -108,6 +120,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: int | None = None
+    # End this sitting after this epoch, the schedule still spanning train.epochs; --resume continues the run
+    # (a long recipe trained in several sittings, or the first epochs of a recipe, as hsbs bench's plateau count).
+    stop_after_epoch: int | None = None
     log_every: int = 10
     tensorboard: bool = False
     record_intensity: bool = False    # learning intensity (mean |grad|) at layer1..layer4 per epoch
@@ -385,9 +400,14 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.momentum", _not_negative, "0 or more"),
     ("train.gamma", _positive, "a positive number"),
     ("train.warmup_epochs", _not_negative, "0 or more"),
+    ("train.mixup", _not_negative, "a Beta distribution's alpha > 0, or 0 (off)"),
+    ("train.cutmix", _not_negative, "a Beta distribution's alpha > 0, or 0 (off)"),
+    ("train.ema", lambda v: 0 <= v < 1, "a decay from 0 (off) up to (not including) 1, e.g. 0.999"),
+    ("train.tta", lambda v: v in ("none", "flip", "tencrop"), "none, flip or tencrop"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
     ("train.grad_clip", _positive, "a positive number, or null"),
     ("train.max_steps_per_epoch", _positive, "at least 1, or null"),
+    ("train.stop_after_epoch", _positive, "at least 1, or null"),
     ("train.log_every", _positive, "at least 1"),
     ("train.threads", _positive, "at least 1, or null"),
 )
@@ -526,7 +546,7 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
         for side in (stored, wanted_dict):
             model = side.setdefault("model", {})
             model["options"] = plain_values({**option_defaults, **(model.get("options") or {})})
-    ignore = {"progress", "device", "threads"}   # machine settings, not the recipe
+    ignore = {"progress", "device", "threads", "stop_after_epoch"}   # machine and sitting settings, not the recipe
     return all(
         {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
         == {k: v for k, v in wanted_dict[section].items() if k not in ignore}

@@ -282,6 +282,6 @@ def test_recipe_switch_zero_init_residual_reaches_the_model():
     from hsbs_lib.engine.build import build_model
     config = load_config(None, ["model.name=baseline", "model.backbone_width=16", "model.zero_init_residual=true"])
     model = build_model(config, [str(i) for i in range(7)])
-    assert all(float(block.bn2.weight.abs().sum()) == 0 for block in model.backbone.layer3)
+    assert all(float(block.bn2.weight.detach().abs().sum()) == 0 for block in model.backbone.layer3)
     config = load_config(None, ["model.name=baseline", "model.backbone_width=16"])
-    assert all(float(block.bn2.weight.abs().sum()) > 0 for block in build_model(config, list("abcdefg")).backbone.layer3)
+    assert all(float(block.bn2.weight.detach().abs().sum()) > 0 for block in build_model(config, list("abcdefg")).backbone.layer3)

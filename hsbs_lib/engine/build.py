@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,12 +102,18 @@ NO_SPLIT = ("none", "null", "")
 
 @dataclass
 class Splits:
-    """The three splits of a run and how the validation split was made (``selection``, for reports)."""
+    """The three splits of a run and how the validation split was made (``selection``, for reports).
+
+    ``test_absent``: why there is no test split although the recipe names one (a FER2013 copy without
+    PrivateTest); the run then reports the validation split, labelled. ``val_name``: the validation split's name.
+    """
 
     train: Any
     val: Any
     test: Any
     selection: str
+    test_absent: str | None = None
+    val_name: str = "val"
 
 
 def build_splits(config: Config) -> Splits:
@@ -121,19 +128,25 @@ def build_splits(config: Config) -> Splits:
     """
     d = config.data
     train = build_dataset(config, d.train_split)
-    test = None if str(d.test_split).lower() in NO_SPLIT else build_dataset(config, d.test_split)
+    test, test_absent = None, None
+    if str(d.test_split).lower() not in NO_SPLIT:
+        if _split_absent(config, d.test_split):
+            test_absent = f"{d.name}: this copy has no {d.test_split} split"
+        else:
+            test = build_dataset(config, d.test_split)
     mode = str(d.val_split).strip().lower()
-    val, selection = None, "none (best.pt is the last epoch)"
+    val, selection, val_name = None, "none (best.pt is the last epoch)", "val"
     if mode == "auto":
         val = _own_validation_split(config, test)
         mode = "holdout" if val is None else "own"
         if val is not None:
-            selection = f"{d.name} {val.split} split"
+            selection, val_name = f"{d.name} {val.split} split", str(val.split)
     if mode == "holdout":
         train, val = holdout_split(train, fraction=d.val_fraction, seed=d.val_seed)
-        selection = (f"hold-out of the {d.train_split} split ({100 * d.val_fraction:g}% of every class, "
-                     f"seed {d.val_seed}, {len(val)} images)")
+        selection, val_name = (f"hold-out of the {d.train_split} split ({100 * d.val_fraction:g}% of every class, "
+                               f"seed {d.val_seed}, {len(val)} images)"), "holdout"
     elif mode not in ("own", *NO_SPLIT):
+        val_name = str(d.val_split)
         val = build_dataset(config, d.val_split)
         shared = _shared_images(val, test)
         if shared:
@@ -143,7 +156,17 @@ def build_splits(config: Config) -> Splits:
         selection = f"{d.name} {d.val_split} split"
     if d.max_train_per_class:
         train = per_class_subset(train, int(d.max_train_per_class), seed=d.val_seed)
-    return Splits(train, val, test, selection)
+    return Splits(train, val, test, selection, test_absent, val_name)
+
+
+def _split_absent(config: Config, split: str) -> bool:
+    """True when the dataset's copy says it holds no ``split`` at all (FER2013 without PrivateTest); a split
+    that is present but unreadable is left to fail where it is read, with its own message."""
+    if config.data.name == "synthfer":
+        return False
+    root = config.data_root()
+    adapter = dataset_adapter(config.data.name)
+    return root is not None and hasattr(adapter, "split_present") and not adapter.split_present(Path(root), split)
 
 
 def _shared_images(first: Any, second: Any) -> int:

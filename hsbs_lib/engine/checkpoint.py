@@ -3,6 +3,8 @@
 Keys: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (completed epochs),
 ``step`` (optimizer steps), ``rng`` (torch CPU/CUDA, numpy and Python states), ``config`` (resolved dict),
 ``classes`` (label names), ``input_size``, ``normalization`` ({"mean", "std"}), ``metrics``, ``version``.
+With ``train.ema`` on, ``model`` holds the averaged weights (what is evaluated and predicted with) and
+``raw_model`` the optimiser's own, from which a resumed run continues.
 """
 from __future__ import annotations
 
@@ -66,10 +68,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def build_checkpoint(*, model: nn.Module, config: Config | dict, classes, input_size: int, normalization: dict,
                      epoch: int, step: int, optimizer: torch.optim.Optimizer | None = None,
-                     scheduler: Any = None, scaler: Any = None, metrics: dict | None = None) -> dict[str, Any]:
-    """Assemble the checkpoint dict (see the module docstring for the keys)."""
+                     scheduler: Any = None, scaler: Any = None, metrics: dict | None = None,
+                     raw_model: nn.Module | None = None) -> dict[str, Any]:
+    """Assemble the checkpoint dict (see the module docstring for the keys). ``raw_model``: the optimiser's
+    weights when ``model`` is their moving average (``train.ema``)."""
+    extra = {"raw_model": unwrap_model(raw_model).state_dict()} if raw_model is not None else {}
     return {
         "model": unwrap_model(model).state_dict(),
+        **extra,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -21,6 +21,7 @@ from hsbs_lib.config import validate_config
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                             make_loader, split_nbytes)
+from hsbs_lib.data.pipeline.transforms import TTA_MODES, tta_views
 from hsbs_lib.engine.build import build_dataset, select_device
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 from hsbs_lib.engine.log import progress_bar
@@ -44,10 +45,13 @@ def as_eval_loader(data: Any, *, batch_size: int = 256, device: str | torch.devi
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Any, *, device: str | torch.device = "cpu", batch_size: int = 256,
                    normalization: dict | None = None, input_size: int | None = None,
-                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict[str, Tensor]:
+                   amp_dtype: torch.dtype | None = None, progress: bool = False, tta: str = "none"
+                   ) -> dict[str, Tensor]:
     """Run ``model`` over ``data`` in eval mode.
 
     Returns CPU tensors: ``logits`` (N, K) float32, ``labels`` (N,), ``features`` (N, C), ``index`` (N,).
+    ``tta``: test-time augmentation (:func:`~hsbs_lib.data.pipeline.transforms.tta_views`); with more than
+    one view the logits are the log of the views' mean softmax, and the features those of the plain image.
     """
     device = torch.device(device)
     loader = as_eval_loader(data, batch_size=batch_size, device=device, normalization=normalization,
@@ -59,7 +63,14 @@ def predict_logits(model: nn.Module, data: Any, *, device: str | torch.device = 
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             output = model(images)
-        collected["logits"].append(output.logits.float().cpu())
+            logits = output.logits.float()
+            views = tta_views(images, tta)[1:]
+            if views:
+                probabilities = logits.softmax(dim=1)
+                for view in views:
+                    probabilities += model(view.contiguous(memory_format=memory_format)).logits.float().softmax(dim=1)
+                logits = (probabilities / (1 + len(views))).log()
+        collected["logits"].append(logits.cpu())
         collected["features"].append(output.features.float().cpu())
         collected["labels"].append(targets["label"].cpu())
         collected["index"].append(targets["index"].cpu())
@@ -73,10 +84,13 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu", batch_size: int = 256,
              classes: Sequence[str] | None = None, normalization: dict | None = None,
-             input_size: int | None = None, amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
-    """Accuracy, mean_class_accuracy, macro_f1, per_class_recall (by class name), confusion_matrix, n."""
+             input_size: int | None = None, amp_dtype: torch.dtype | None = None, progress: bool = False,
+             tta: str = "none") -> dict:
+    """Accuracy, mean_class_accuracy, macro_f1, per_class_recall (by class name), confusion_matrix, n.
+
+    ``tta``: none | flip | tencrop, test-time augmentation (see :func:`predict_logits`)."""
     predictions = predict_logits(model, data, device=device, batch_size=batch_size, normalization=normalization,
-                                 input_size=input_size, amp_dtype=amp_dtype, progress=progress)
+                                 input_size=input_size, amp_dtype=amp_dtype, progress=progress, tta=tta)
     num_classes = predictions["logits"].shape[1] if predictions["logits"].dim() == 2 else model.num_classes
     classes = tuple(classes or getattr(data, "classes", None) or class_names(num_classes))
     return classification_metrics(predictions["labels"].numpy(), predictions["logits"].argmax(dim=1).numpy(),
@@ -85,10 +99,12 @@ def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu",
 
 def evaluation_report(metrics: dict, *, checkpoint: str | os.PathLike, dataset: str, split: str,
                       classes: Sequence[str], epoch: int | None = None, selected_on: str | None = None,
-                      validation: dict | None = None) -> dict:
+                      validation: dict | None = None, tta: str = "none", note: str | None = None) -> dict:
     """The eval.json content: where the numbers come from (the scored split, the split that selected the
-    checkpoint and its metrics there), then the metrics."""
-    report = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "epoch": epoch}
+    checkpoint and its metrics there, the test-time augmentation), then the metrics."""
+    report = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "epoch": epoch, "tta": tta}
+    if note:
+        report["note"] = note
     if selected_on is not None:
         report["selected_on"] = selected_on
     if validation:
@@ -120,14 +136,17 @@ def refuse_other_classes(trained: Sequence[str], data_classes: Sequence[str] | N
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str | None = None,
                         device: str = "auto", out: str | os.PathLike | None = None,
-                        overrides: Sequence[str] = (), batch_size: int | None = None) -> dict:
+                        overrides: Sequence[str] = (), batch_size: int | None = None, tta: str = "none") -> dict:
     """Evaluate a checkpoint on ``data`` or on a split of its own (or overridden) data config.
 
     ``overrides`` change the data section (``data.root=/x`` or ``root=/x``); a path stored in the checkpoint
     is used only when the user gives none (and is logged). The report is written to ``out`` (default:
     ``eval_SPLIT.json`` beside the checkpoint, never the training run's own ``eval.json``) and returned;
-    entries ``data.skip_bad=true`` left out are listed in it (``skipped``) and on screen.
+    entries ``data.skip_bad=true`` left out are listed in it (``skipped``) and on screen. ``tta``: none | flip |
+    tencrop, test-time augmentation.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got '{tta}'")
     path = resolve_checkpoint(path, default="best.pt")
     device = select_device(device)
     model, checkpoint = load_model_from_checkpoint(path, device=device)
@@ -152,9 +171,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
         skipped = list(getattr(data, "skipped", []))
     classes = checkpoint["classes"]
     metrics = evaluate(model, data, device=device, classes=classes,
-                       normalization=checkpoint["normalization"], input_size=config.data.input_size)
+                       normalization=checkpoint["normalization"], input_size=config.data.input_size, tta=tta)
     report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split or "given",
-                               classes=classes, epoch=checkpoint.get("epoch"))
+                               classes=classes, epoch=checkpoint.get("epoch"), tta=tta)
     if skipped:
         report["skipped"] = [str(entry) for entry in skipped]
         shown = "\n".join(f"  {entry}" for entry in report["skipped"][:10])
@@ -177,6 +196,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="JSON report path (default: eval_SPLIT.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation: flip (the image and its mirror) or tencrop (corner and centre "
+                             "crops of 7/8 of the side, and their mirrors), predictions averaged")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="data-section overrides, e.g. data.options.fold=2 or skip_bad=true")
 
@@ -188,8 +210,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.root:
         overrides.append(f"data.root={args.root}")
     report = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, out=args.out,
-                                 overrides=overrides, batch_size=args.batch_size)
-    print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]")
+                                 overrides=overrides, batch_size=args.batch_size, tta=args.tta)
+    tta = f", test-time augmentation {report['tta']}" if report["tta"] != "none" else ""
+    print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]{tta}")
     print(format_metrics(report, report["classes"]))
     print(f"wrote {report['report_path']}")
     return 0

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_dict, load_config, plain_values,
@@ -59,7 +60,9 @@ from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
 from hsbs_lib.engine.reference import train_reference
 from hsbs_lib.engine.run_folder import (RunFolderBusyError, claim_run_folder, refuse_another_run,
                                         write_run_config)
-from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, build_loaders, derive_seed
+from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, STREAM_MIX, build_loaders, derive_seed, epoch_generator
+from hsbs_lib.data.pipeline.transforms import BatchMix
+from hsbs_lib.engine.ema import ema_model
 from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
 from hsbs_lib.models.registry import model_option_defaults
@@ -160,7 +163,10 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
     if train.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
     if train.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        if train.nesterov and train.momentum <= 0:
+            raise ValueError("train.nesterov=true needs train.momentum > 0")
+        return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
+                               nesterov=train.nesterov)
     raise ValueError(f"train.optimizer must be adamw, adam or sgd, got '{train.optimizer}'")
 
 
@@ -262,8 +268,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     epoch: int, scheduler=None, step: int = 0, grad_clip: float | None = None,
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                     record_intensity: bool = False, progress: bool = False, log_every: int = 10,
-                    explosion: LossExplosionMonitor | None = None) -> tuple[dict[str, float], int]:
+                    explosion: LossExplosionMonitor | None = None, mix: BatchMix | None = None,
+                    mix_generator: torch.Generator | None = None, ema: AveragedModel | None = None,
+                    ema_source: nn.Module | None = None) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns (epoch means, optimizer steps so far).
+
+    ``mix``: mixup / CutMix of every batch (drawn from ``mix_generator``); ``ema``: a moving average updated
+    toward ``ema_source`` (the plain model) after every optimiser step.
 
     Raises :class:`NonFiniteLossError` before the backward pass of a non-finite loss, or of a loss that
     ``explosion`` flags.
@@ -280,6 +291,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}", total=len(loader))
     for batch, (images, targets) in enumerate(bar):
         images, targets = move_batch(images, targets, device, channels_last)
+        if mix is not None:
+            images, targets = mix(images, targets, mix_generator)
         with autocast(device, amp_dtype):
             output, terms = model(images, targets)
         if intensity is not None:
@@ -308,6 +321,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if scheduler is not None:
             scheduler.step()
         step += 1
+        if ema is not None:
+            ema.update_parameters(ema_source)
 
         count = images.shape[0]
         for name, value in zip(["total", *terms], values[:-1]):
@@ -385,10 +400,14 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         refuse_changed_recipe(config_from_dict(checkpoint["config"]), config, resume)
     out = Path(config.out)
 
+    test_absent, val_split_name = None, "val"
     if train_data is None:
         splits = build_splits(config)
         train_data, val_data, test_data = splits.train, splits.val, splits.test
-        selection = splits.selection
+        selection, test_absent, val_split_name = splits.selection, splits.test_absent, splits.val_name
+        if test_absent and context.is_main:
+            log.warning("%s: best.pt is reported on the validation split that selected it (%s), labelled as "
+                        "validation numbers", test_absent, selection)
     else:
         selection = "the validation data given to fit" if val_data is not None else "none (best.pt is the last epoch)"
     loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context)
@@ -408,7 +427,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
 
     start_epoch, step, best_score, best_epoch = 0, 0, -math.inf, 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        # With train.ema the checkpoint's "model" is the average; the optimiser's weights are "raw_model".
+        model.load_state_dict(checkpoint["raw_model"] if "raw_model" in checkpoint else checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         # The schedule may have a new horizon (train.epochs extended): recompute the current rate.
@@ -419,6 +439,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         best_score = float(checkpoint["metrics"].get("best_score", -math.inf))
         best_epoch = int(checkpoint["metrics"].get("best_epoch", 0))
         log.info("resuming %s at epoch %d (step %d)", resume, start_epoch, step)
+    averaged = ema_model(model, t.ema) if t.ema else None
+    if averaged is not None and checkpoint is not None and "raw_model" in checkpoint:
+        averaged.module.load_state_dict(checkpoint["model"])
+        averaged.n_averaged.fill_(max(step, 1))      # the average of `step` updates, not a fresh copy
+    evaluated = averaged.module if averaged is not None else model     # what validation and best.pt see
+    mix = BatchMix(len(classes), mixup=t.mixup, cutmix=t.cutmix) if t.mixup or t.cutmix else None
 
     # The folder becomes this recipe's run only now, once the data, model and optimiser are built: a start that
     # fails on a bad option or a missing dataset leaves the folder as it was, and the corrected command is
@@ -445,7 +471,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     explosion = LossExplosionMonitor()
     saved_epoch = start_epoch if checkpoint is not None else 0
     try:
-        for epoch in range(start_epoch, t.epochs):
+        last_epoch = min(t.epochs, t.stop_after_epoch or t.epochs)
+        for epoch in range(start_epoch, last_epoch):
             started = time.perf_counter()
             loaders.train.set_epoch(epoch)
             torch.manual_seed(derive_seed(t.seed, epoch, STREAM_GLOBAL, context.rank))  # dropout and friends
@@ -453,10 +480,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                 step_module, loaders.train, optimizer, device=device, epoch=epoch, scheduler=scheduler, step=step,
                 grad_clip=t.grad_clip, amp_dtype=amp_dtype, channels_last=t.channels_last,
                 record_intensity=record_intensity, progress=progress, log_every=t.log_every,
-                explosion=explosion)
+                explosion=explosion, mix=mix,
+                mix_generator=epoch_generator(t.seed, epoch, STREAM_MIX, context.rank) if mix else None,
+                ema=averaged, ema_source=model)
             sync_buffers(model, context)
             if loaders.val is not None:
-                evaluation = evaluate(model, loaders.val, device=device, classes=classes, amp_dtype=amp_dtype,
+                evaluation = evaluate(evaluated, loaders.val, device=device, classes=classes, amp_dtype=amp_dtype,
                                       progress=progress)
             row = epoch_row(epoch, step, train_stats, optimizer.param_groups[0]["lr"], evaluation,
                             model.epoch_end(epoch), time.perf_counter() - started)
@@ -476,9 +505,10 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
             if improved:
                 best_score, best_epoch = score, epoch + 1
             if context.is_main:
-                state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
+                state = build_checkpoint(model=evaluated, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                                          step=step, metrics={**row, "best_score": best_score,
-                                                             "best_epoch": best_epoch}, **parts)
+                                                             "best_epoch": best_epoch},
+                                         raw_model=model if averaged is not None else None, **parts)
                 # best.pt first: last.pt must never name a best epoch whose file was not written.
                 if improved:
                     save_checkpoint(out / "best.pt", **state)
@@ -491,10 +521,19 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         metrics_log.close()
 
     best_report: dict = {}
-    if loaders.test is not None and (out / "best.pt").is_file():
-        best_report = _evaluate_best(out / "best.pt", config, classes, loaders, device, amp_dtype, context,
-                                     selection=selection)
-    return RunResult(out_dir=out, model=model.eval(), classes=classes, history=metrics_log.rows,
+    if saved_epoch < t.epochs:
+        if context.is_main:
+            log.warning("stopped after epoch %d of %d (train.stop_after_epoch); the test split is scored when the run "
+                        "ends: continue with hsbs train --resume %s", saved_epoch, t.epochs, out)
+    elif (out / "best.pt").is_file():
+        if loaders.test is not None:
+            best_report = _evaluate_best(out / "best.pt", config, classes, loaders.test, device, amp_dtype, context,
+                                         selection=selection, split=config.data.test_split)
+        elif test_absent and loaders.val is not None:
+            best_report = _evaluate_best(out / "best.pt", config, classes, loaders.val, device, amp_dtype, context,
+                                         selection=selection, split=val_split_name,
+                                         note=f"{test_absent}; these are validation numbers")
+    return RunResult(out_dir=out, model=evaluated.eval(), classes=classes, history=metrics_log.rows,
                      final=evaluation, best=best_report, best_epoch=best_epoch, pipeline=loaders.pipeline)
 
 
@@ -541,17 +580,19 @@ def epoch_row(epoch: int, step: int, train_stats: dict, lr: float, evaluation: d
     return row
 
 
-def _evaluate_best(path: Path, config: Config, classes, loaders, device, amp_dtype, context, *,
-                   selection: str) -> dict:
-    """Score best.pt once on the test loader and write eval.json beside it, saying what selected it."""
+def _evaluate_best(path: Path, config: Config, classes, data, device, amp_dtype, context, *,
+                   selection: str, split: str, note: str | None = None) -> dict:
+    """Score best.pt once on ``data`` (the test loader, or the validation loader of a copy without a test
+    split) with ``train.tta`` and write eval.json beside it, saying what selected it and what was scored."""
     checkpoint = load_checkpoint(path)
     model = build_model(config, classes, load_pretrained=False)
     model.load_state_dict(checkpoint["model"])
-    metrics = evaluate(model.to(device), loaders.test, device=device, classes=classes, amp_dtype=amp_dtype)
+    metrics = evaluate(model.to(device), data, device=device, classes=classes, amp_dtype=amp_dtype,
+                       tta=config.train.tta)
     validation = {key.split("/", 1)[1]: value for key, value in checkpoint["metrics"].items() if key.startswith("val/")}
-    report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=config.data.test_split,
+    report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split,
                                classes=classes, epoch=checkpoint["epoch"], selected_on=selection,
-                               validation=validation)
+                               validation=validation, tta=config.train.tta, note=note)
     if context.is_main:
         write_json(report, path.parent / "eval.json")
     return report
@@ -564,7 +605,7 @@ RESUME_FIXED_KEYS = (
     "model.name", "model.backbone", "model.stem", "model.backbone_width", "model.options",
     "data.name", "data.train_split", "data.test_split", "data.val_split", "data.val_fraction", "data.val_seed",
     "data.max_train_per_class", "data.num_classes", "data.input_size", "data.n_train", "data.n_val",
-    "data.n_test", "data.synth_seed", "data.synth_balanced", "data.skip_bad", "data.options", "data.augment",
+    "data.n_test", "data.synth_seed", "data.synth_balanced", "data.skip_bad", "data.options", "data.augment", "data.augment_options",
     "data.sampler",
 )
 
@@ -594,6 +635,7 @@ def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...]
     """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory."""
     path = resolve_checkpoint(run)
     config = config_from_dict(load_checkpoint(path)["config"])
+    config.train.stop_after_epoch = None      # the stored sitting's stop; a new one comes from the overrides
     apply_overrides(config, list(overrides))
     config.out = str(path.parent)
     return config

@@ -69,6 +69,14 @@ def _usage_splits(csv_path: Path) -> list[str]:
                                        ("privatetest", "PrivateTest")) if usage in usages]
 
 
+def _holds_usage(csv_path: Path, split: str) -> bool:
+    """Whether a FER2013-style csv has rows of ``split``'s Usage (a split name it does not know: True, so
+    that reading it says what is wrong)."""
+    usage = _FER2013_USAGE.get(str(split).lower())
+    held = {"train": "Training", "publictest": "PublicTest", "privatetest": "PrivateTest"}
+    return usage is None or usage in {held[key] for key in _usage_splits(csv_path)}
+
+
 @register_dataset("fer2013", aliases=("fer-2013",))
 class FER2013(FileDataset):
     """FER2013 as ``fer2013.csv`` (emotion, pixels, Usage) or as image folders.
@@ -101,6 +109,19 @@ class FER2013(FileDataset):
     def splits_on_disk(cls, root: Path) -> list[str]:
         csv_path = _fer2013_csv(root)
         return _usage_splits(csv_path) if csv_path is not None else list(_fer2013_folder_splits(root))
+
+    @classmethod
+    def split_present(cls, root: Path, split: str) -> bool:
+        """Whether this copy holds ``split`` (``test`` is PrivateTest, ``val`` PublicTest): a fer2013.csv
+        without PrivateTest rows, or an export without a test folder, has no test split."""
+        csv_path = _fer2013_csv(Path(root))
+        if csv_path is not None:
+            return _holds_usage(csv_path, split)
+        folders = _fer2013_folder_splits(Path(root))
+        if not folders:
+            return True              # no copy here at all: the adapter says what it expected
+        wanted = {"test": ("test", "privatetest"), "val": ("val", "publictest")}.get(str(split).lower())
+        return any(name in folders for name in wanted or (str(split).lower(),))
 
     def _pick_folder(self, folders: dict[str, Path]) -> Path:
         fallbacks = {"test": ("test", "privatetest"), "val": ("val", "publictest"),
@@ -190,6 +211,11 @@ class FERPlus(FER2013):
     def splits_on_disk(cls, root: Path) -> list[str]:
         votes_csv = _child(root, "fer2013new.csv", want_dir=False)
         return _usage_splits(votes_csv) if votes_csv is not None else []
+
+    @classmethod
+    def split_present(cls, root: Path, split: str) -> bool:
+        votes_csv = _child(Path(root), "fer2013new.csv", want_dir=False)
+        return votes_csv is None or _holds_usage(votes_csv, split)
 
     def _index_votes(self, votes_csv: Path, pixels_csv: Path) -> None:
         usage = _FER2013_USAGE.get(self.split)

@@ -42,7 +42,7 @@ from hsbs_lib.data.splits import SplitView
 log = logging.getLogger("hsbs_lib.engine")
 
 # Independent random streams derived from the run seed.
-STREAM_ORDER, STREAM_AUGMENT, STREAM_SAMPLE, STREAM_GLOBAL = 1, 2, 3, 4
+STREAM_ORDER, STREAM_AUGMENT, STREAM_SAMPLE, STREAM_GLOBAL, STREAM_MIX = 1, 2, 3, 4, 5
 
 
 def derive_seed(*parts: int) -> int:
@@ -394,8 +394,8 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
     """
     d, t = config.data, config.train
     sharded = train and context is not None and context.enabled
-    options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train,
-                   augment=augment_spec(d.augment, erase_scale=d.erase_scale) if train else "none",
+    augment = augment_spec(d.augment, erase_scale=d.erase_scale, options=d.augment_options) if train else "none"
+    options = dict(batch_size=t.batch_size if train else t.eval_batch_size, shuffle=train, augment=augment,
                    normalization=normalization, seed=t.seed,
                    drop_last=train, balanced=train and d.sampler == "balanced", num_classes=d.num_classes,
                    rank=context.rank if sharded else 0, world_size=context.world_size if sharded else 1,

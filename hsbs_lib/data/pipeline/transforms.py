@@ -1,6 +1,7 @@
 """Augmentation presets and normalisation, for whole batches on the device and for single samples.
 
-Two implementations of the same presets (none | flip | standard | strong | clcl):
+Two implementations of the same presets (none | flip | standard | strong | clcl | fer), each of which
+``data.augment_options`` can change field by field (:func:`augment_spec`):
 
 * :class:`BatchAugment` works on a uint8 batch (B, 3, S, S) already on the device. Every sample gets its
   own parameters (flip, noise, crop box, angle, brightness, contrast, erased box), drawn from a CPU
@@ -22,6 +23,8 @@ Policies that reproduce a paper's released recipe:
   pixels the pipeline holds: the cached, model-size image on the device path, the decoded image before
   resizing on the DataLoader path (as CCLLS does).
 * ``none``: MFER's released training uses no augmentation.
+* ``fer``: Khaireddin & Chen's FER2013 recipe: RandomAffine (scale 0.8-1.2, shift up to 20 %, rotation up
+  to 10 degrees), horizontal flip, RandomErasing.
 
 Both paths end with the same normalisation (ImageNet mean and std, stored in every checkpoint).
 """
@@ -52,6 +55,8 @@ class AugmentSpec:
     flip: float = 0.0                                   # probability of a horizontal flip
     crop_scale: tuple[float, float] | None = None       # RandomResizedCrop area fraction range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)    # crop aspect ratio range
+    zoom: tuple[float, float] | None = None             # RandomAffine scale range (above 1 zooms in, below out)
+    shift: float = 0.0                                  # RandomAffine translation, fraction of the side, both ways
     rotation: float = 0.0                               # maximum angle in degrees, both directions
     brightness: float = 0.0                             # factor drawn from [1 - b, 1 + b]
     contrast: float = 0.0                               # factor drawn from [1 - c, 1 + c]
@@ -63,7 +68,12 @@ class AugmentSpec:
 
     @property
     def geometric(self) -> bool:
-        return self.crop_scale is not None or self.rotation > 0
+        return self.crop_scale is not None or self.zoom is not None or self.shift > 0 or self.rotation > 0
+
+    @property
+    def affine(self) -> bool:
+        """A RandomAffine-style warp (zoom and shift) rather than a RandomResizedCrop."""
+        return self.zoom is not None or self.shift > 0
 
 
 AUGMENT_PRESETS: dict[str, AugmentSpec] = {
@@ -73,13 +83,40 @@ AUGMENT_PRESETS: dict[str, AugmentSpec] = {
     "strong": AugmentSpec(flip=0.5, crop_scale=(0.6, 1.0), rotation=15.0, brightness=0.4, contrast=0.4,
                           erase=0.5),
     "clcl": AugmentSpec(flip_or_noise=0.5, erase=0.5, erase_scale=(0.02, 0.1)),
+    # Khaireddin & Chen 2021's FER2013 recipe (VGGNet, 73.28 % on PublicTest): rescale by 0.8-1.2, shift by up
+    # to 20 %, rotate by up to 10 degrees, flip, then RandomErasing.
+    "fer": AugmentSpec(flip=0.5, zoom=(0.8, 1.2), shift=0.2, rotation=10.0, erase=0.5),
 }
 
+#: AugmentSpec fields that ``data.augment_options`` may set, with the type each takes.
+AUGMENT_OPTION_TYPES = {field.name: field.type for field in dataclasses.fields(AugmentSpec)}
 
-def augment_spec(preset: str | AugmentSpec, *, erase_scale: Sequence[float] | None = None) -> AugmentSpec:
+
+def _option_value(name: str, value) -> object:
+    """One ``data.augment_options`` value checked and converted to the AugmentSpec field's type."""
+    where = f"data.augment_options.{name}"
+    if name in ("crop_scale", "crop_ratio", "zoom", "erase_scale", "erase_ratio"):
+        if value is None and name in ("crop_scale", "zoom"):
+            return None
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                or not 0 < value[0] <= value[1]):
+            raise ValueError(f"{where} expects two numbers [low, high] with 0 < low <= high, got {value!r}")
+        return (float(value[0]), float(value[1]))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} expects a number >= 0, got {value!r}")
+    if name in ("flip", "erase", "flip_or_noise") and value > 1:
+        raise ValueError(f"{where} is a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def augment_spec(preset: str | AugmentSpec, *, erase_scale: Sequence[float] | None = None,
+                 options: dict | None = None) -> AugmentSpec:
     """The :class:`AugmentSpec` of a preset name (an AugmentSpec passes through).
 
     ``erase_scale``: (low, high) area fractions of RandomErasing replacing the preset's (data.erase_scale).
+    ``options``: AugmentSpec fields replacing the preset's (``data.augment_options``), e.g. ``{"erase": 0}``
+    for the preset without RandomErasing, ``{"zoom": None}`` without rescaling: the ablation rows.
     """
     if isinstance(preset, AugmentSpec):
         spec = preset
@@ -87,6 +124,12 @@ def augment_spec(preset: str | AugmentSpec, *, erase_scale: Sequence[float] | No
         raise ValueError(f"unknown augmentation preset '{preset}'; choose one of {', '.join(AUGMENT_PRESETS)}")
     else:
         spec = AUGMENT_PRESETS[preset]
+    if options:
+        unknown = sorted(set(options) - set(AUGMENT_OPTION_TYPES))
+        if unknown:
+            raise ValueError(f"unknown augmentation option 'data.augment_options.{unknown[0]}'; the options are: "
+                             f"{', '.join(AUGMENT_OPTION_TYPES)}")
+        spec = dataclasses.replace(spec, **{name: _option_value(name, value) for name, value in options.items()})
     if erase_scale is None:
         return spec
     values = list(erase_scale)
@@ -216,6 +259,9 @@ class BatchAugment:
         """Flip, random resized crop and rotation as one affine map per sample (output -> input coordinates)."""
         spec, (batch, _, height, width) = self.spec, x.shape
         crop_w = crop_h = torch.ones(batch)
+        if spec.zoom is not None:
+            # RandomAffine's scale s shows 1/s of the image (s > 1 zooms in; s < 1 zooms out, black around).
+            crop_w = crop_h = 1.0 / _uniform(*spec.zoom, batch, generator)
         if spec.crop_scale is not None:
             area = _uniform(*spec.crop_scale, batch, generator)
             log_ratio = _uniform(math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]), batch, generator)
@@ -223,10 +269,18 @@ class BatchAugment:
             # Side lengths as fractions of the image; clamped where torchvision would fall back to a centre crop.
             crop_w = (area * ratio).sqrt().clamp(max=1.0)
             crop_h = (area / ratio).sqrt().clamp(max=1.0)
-        centre_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - crop_w)
-        centre_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - crop_h)
+        if not spec.affine:
+            centre_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - crop_w)
+            centre_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - crop_h)
         angle = _uniform(-spec.rotation, spec.rotation, batch, generator) * (math.pi / 180)
         cos, sin = angle.cos(), angle.sin()
+        if spec.affine:
+            # RandomAffine shifts the *output* by whole pixels, up to ``shift`` of the side either way; in the
+            # output -> input map that is a shift of -A t, with A the rotation-and-scale part below.
+            shift_x = _uniform(-spec.shift * width, spec.shift * width, batch, generator).round() * 2 / width
+            shift_y = _uniform(-spec.shift * height, spec.shift * height, batch, generator).round() * 2 / height
+            centre_x = -(crop_w * cos * shift_x - crop_w * sin * shift_y)
+            centre_y = -(crop_h * sin * shift_x + crop_h * cos * shift_y)
         theta = torch.stack([
             torch.stack([crop_w * cos, -crop_w * sin, centre_x], dim=1),
             torch.stack([crop_h * sin, crop_h * cos, centre_y], dim=1),
@@ -267,6 +321,86 @@ class BatchAugment:
         x.masked_fill_(mask, 0.0)
 
 
+class BatchMix:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a normalised batch with a shuffled copy of itself.
+
+    ``mix(images (B, 3, S, S), targets, generator)`` returns the mixed images and targets with
+    ``soft_label`` (B, K) = lam * y_i + (1 - lam) * y_perm(i) (one-hot labels, or the batch's own soft labels),
+    which the models' classification terms use; ``label`` (B,) becomes the label with the larger share, for
+    the accuracy and for loss terms that need a hard label. lam ~ Beta(alpha, alpha), one per batch (as timm);
+    CutMix pastes a box of area 1 - lam and sets lam to the pasted box's exact share. With both alphas above
+    0, each batch takes one of the two at random. Draws come from ``generator`` (CPU), so a seeded epoch
+    mixes the same pairs on every device.
+    """
+
+    def __init__(self, num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0):
+        if mixup < 0 or cutmix < 0:
+            raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup} and {cutmix}")
+        self.num_classes, self.mixup, self.cutmix = num_classes, float(mixup), float(cutmix)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def _beta(self, alpha: float, generator: torch.Generator) -> float:
+        # Beta(a, a) = X / (X + Y) with X, Y ~ Gamma(a): torch's Gamma takes no generator, numpy's does.
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+    def __call__(self, images: Tensor, targets: dict[str, Tensor], generator: torch.Generator
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        if not self.enabled or images.shape[0] < 2:
+            return images, targets
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or bool(torch.rand(1, generator=generator) < 0.5))
+        lam = self._beta(self.cutmix if use_cutmix else self.mixup, generator)
+        order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+        if use_cutmix:
+            height, width = images.shape[-2:]
+            cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+            centre_y = int(torch.randint(0, height, (1,), generator=generator))
+            centre_x = int(torch.randint(0, width, (1,), generator=generator))
+            top, bottom = max(centre_y - cut_h // 2, 0), min(centre_y + (cut_h + 1) // 2, height)
+            left, right = max(centre_x - cut_w // 2, 0), min(centre_x + (cut_w + 1) // 2, width)
+            images = images.clone()
+            images[..., top:bottom, left:right] = images[order][..., top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        else:
+            images = images * lam + images[order] * (1 - lam)
+        soft = targets.get("soft_label")
+        if soft is None:
+            soft = F.one_hot(targets["label"], self.num_classes).float()
+        mixed = dict(targets)
+        mixed["soft_label"] = soft * lam + soft[order] * (1 - lam)
+        if lam < 0.5:
+            mixed["label"] = targets["label"][order]
+        return images, mixed
+
+
+#: test-time augmentation modes (``train.tta``, ``hsbs eval --tta``)
+TTA_MODES = ("none", "flip", "tencrop")
+#: side of the ten-crop views as a fraction of the input (42 of 48 px), each resized back to the input
+TENCROP_FRACTION = 0.875
+
+
+def tta_views(images: Tensor, mode: str = "none") -> list[Tensor]:
+    """The views of a normalised batch (B, 3, S, S) whose predictions test-time augmentation averages.
+
+    ``none``: the batch itself; ``flip``: it and its mirror image; ``tencrop``: the four corner crops and the
+    centre crop of side ``TENCROP_FRACTION * S`` (torchvision's ``ten_crop``) with their mirror images, each
+    resized back to S x S (bilinear), since the models are trained at S.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got '{mode}'")
+    if mode == "none":
+        return [images]
+    if mode == "flip":
+        return [images, images.flip(-1)]
+    height, width = images.shape[-2:]
+    crop = (max(1, round(TENCROP_FRACTION * height)), max(1, round(TENCROP_FRACTION * width)))
+    return [F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False)
+            for view in v2.functional.ten_crop(images, list(crop))]
+
+
 def affine_sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
     """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` by broadcasting: (B, 2, 3) -> (B, H, W, 2).
 
@@ -291,7 +425,10 @@ def sample_transform(preset: str | AugmentSpec, size: int, *, normalization: dic
     if spec.crop_scale is not None:
         steps.append(v2.RandomResizedCrop((size, size), scale=spec.crop_scale, ratio=spec.crop_ratio,
                                           antialias=True))
-    if spec.rotation > 0:
+    if spec.affine:
+        steps.append(v2.RandomAffine(spec.rotation, translate=(spec.shift, spec.shift) if spec.shift else None,
+                                     scale=spec.zoom, interpolation=v2.InterpolationMode.BILINEAR))
+    elif spec.rotation > 0:
         steps.append(v2.RandomRotation(spec.rotation, interpolation=v2.InterpolationMode.BILINEAR))
     if spec.brightness > 0 or spec.contrast > 0:
         steps.append(v2.ColorJitter(brightness=spec.brightness or None, contrast=spec.contrast or None))
