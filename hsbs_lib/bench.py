@@ -21,10 +21,11 @@ from torch import nn
 from hsbs_lib.config import config_path, load_config, repo_root
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
-from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader
+from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
 from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
-from hsbs_lib.engine.build import resolve_device
+from hsbs_lib.engine.build import build_splits, resolve_device
 from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
+from hsbs_lib.engine.train import fit
 from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.registry import create_model, list_models
 
@@ -301,10 +302,6 @@ def plateau_escape(*, recipe: str = "synthfer_baseline", sizes=(65, 129), seeds=
     A run *left* the majority-class plateau when its last epoch's mean training cross-entropy is below
     ``threshold`` times the prior's entropy (the cross-entropy of always predicting the class frequencies).
     Runs go to a temporary folder."""
-    from hsbs_lib.engine.build import build_splits
-    from hsbs_lib.engine.train import fit
-    from hsbs_lib.data.pipeline.loaders import labels_of
-
     runs = []
     with tempfile.TemporaryDirectory(prefix="hsbs-plateau-") as folder:
         for size in sizes:

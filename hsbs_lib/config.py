@@ -6,7 +6,9 @@ A config is resolved in layers, each overriding the one before:
 2. a recipe: one YAML file (``--config FILE``; it may first ``include:`` others), or a composition
    ``--data D --method M`` of ``configs/datasets/D.yaml`` then ``configs/methods/M.yaml`` (the method
    file wins where both set a key; a full recipe ``configs/D_M.yaml``, where one is shipped, replaces the
-   two, see :func:`recipe_files`);
+   two, see :func:`recipe_files`), then, where the dataset has one, its training recipe
+   ``configs/recipes/D_course.yaml`` (or the one ``--recipe NAME`` names: ``configs/recipes/D_NAME.yaml``),
+   which wins over both: a dataset's schedule, width and augmentation found by measurement on that dataset;
 3. overrides such as ``train.epochs=5 data.root=/data/RAF-DB model.options.lambda_hst=10``.
 
 Every value is coerced to its field's type, wherever it comes from: ``train.lr=3e-4`` is a float (YAML 1.1
@@ -475,15 +477,25 @@ def _names(folder: Path) -> str:
     return ", ".join(sorted(path.stem for path in folder.glob("*.yaml"))) or "none"
 
 
-def recipe_files(data: str, method: str, configs: str | os.PathLike | None = None) -> list[Path]:
-    """The YAML files ``--data DATA --method METHOD`` merges, in order.
+#: the training recipe a composition takes when --recipe is not given (configs/recipes/DATA_course.yaml)
+DEFAULT_RECIPE = "course"
+
+
+def recipe_files(data: str, method: str, configs: str | os.PathLike | None = None,
+                 recipe: str | None = None) -> list[Path]:
+    """The YAML files ``--data DATA --method METHOD [--recipe NAME]`` merges, in order.
 
     ``configs/DATA_METHOD.yaml`` when the repository ships that full recipe (the SynthFER demo recipes,
-    tuned per method), else ``configs/datasets/DATA.yaml`` then ``configs/methods/METHOD.yaml``.
+    tuned per method), else ``configs/datasets/DATA.yaml`` then ``configs/methods/METHOD.yaml``, then the
+    dataset's training recipe ``configs/recipes/DATA_NAME.yaml`` (NAME: ``recipe``, default ``course`` where
+    the dataset has one).
     """
     configs = Path(configs) if configs is not None else repo_root() / "configs"
     full_recipe = configs / f"{data}_{method}.yaml"
     if full_recipe.is_file():
+        if recipe is not None:
+            raise ValueError(f"--recipe {recipe}: {full_recipe.name} is a full recipe of its own; --recipe names a "
+                             f"dataset's training recipe (configs/recipes/DATA_NAME.yaml: {_names(configs / 'recipes')})")
         return [full_recipe]
     dataset_file, method_file = configs / "datasets" / f"{data}.yaml", configs / "methods" / f"{method}.yaml"
     if not dataset_file.is_file():
@@ -492,28 +504,36 @@ def recipe_files(data: str, method: str, configs: str | os.PathLike | None = Non
                                 f"configs/synthfer_*.yaml)")
     if not method_file.is_file():
         raise FileNotFoundError(f"no method recipe {method_file}; --method takes one of: {_names(configs / 'methods')}")
-    return [dataset_file, method_file]
+    training_recipe = configs / "recipes" / f"{data}_{recipe or DEFAULT_RECIPE}.yaml"
+    if recipe is not None and not training_recipe.is_file():
+        known = sorted(path.stem.removeprefix(f"{data}_") for path in (configs / "recipes").glob(f"{data}_*.yaml"))
+        raise FileNotFoundError(f"no training recipe {training_recipe}; --recipe for {data} takes one of: "
+                                f"{', '.join(known) or 'none (this dataset has no named recipes)'}")
+    return [dataset_file, method_file, *([training_recipe] if training_recipe.is_file() else [])]
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
                 data: str | None = None, method: str | None = None,
-                configs: str | os.PathLike | None = None) -> Config:
+                configs: str | os.PathLike | None = None, recipe: str | None = None) -> Config:
     """Defaults, then the recipe, then the overrides.
 
     The recipe is the YAML file ``path`` (after the files it lists under ``include:``) or the composition
     of ``data`` and ``method`` from the ``configs`` folder (default: the repository's; :func:`recipe_files`);
-    a composition is named ``DATA_METHOD`` and writes to ``runs/DATA_METHOD`` unless its files or the
-    overrides say otherwise.
+    a composition is named ``DATA_METHOD`` (``DATA_METHOD_NAME`` with ``recipe``, other than the default) and
+    writes to ``runs/<name>`` unless its files or the overrides say otherwise.
     """
     config = Config()
+    if recipe is not None and data is None:
+        raise ValueError("--recipe names a dataset's training recipe: give it with --data and --method")
     if data is not None or method is not None:
         if path is not None:
             raise ValueError("give a recipe file (--config) or a dataset and a method (--data, --method), not both")
         if data is None or method is None:
             raise ValueError("--data and --method go together, e.g. --data rafdb --method hsbs")
-        for file in recipe_files(data, method, configs):
+        for file in recipe_files(data, method, configs, recipe):
             _merge_file(config, file)
-        config.name = config.name or f"{data}_{method}"
+        suffix = f"_{recipe}" if recipe not in (None, DEFAULT_RECIPE) else ""
+        config.name = config.name or f"{data}_{method}{suffix}"
         if config.out == Config.out:
             config.out = f"runs/{config.name}"
     elif path is not None:

@@ -73,6 +73,21 @@ def test_msr_grid_is_11x11_without_resizing(backbone, side, caplog):
     assert "resizing" not in caplog.text
 
 
+def test_a_narrow_backbone_is_widened_to_what_the_shuffle_divides():
+    # width 24: stages of 24, 48, 96, 192 channels; the shuffles need multiples of 4, 16, 64 and 256
+    channels = [24, 48, 96, 192]
+    head = MultiScaleHead(channels, input_size=64)
+    assert [isinstance(widen, torch.nn.Identity) for widen in head.widen] == [True, True, False, False]
+    assert [widen.out_channels for widen in head.widen[2:]] == [128, 256]
+    stages = [torch.randn(2, c, s, s) for c, s in zip(channels, stage_sizes(64))]
+    per_layer, fused = head(stages)
+    assert [tuple(m.shape) for m in per_layer] == [(2, 128, 11, 11)] * 4
+    fused.square().mean().backward()
+    assert all(widen.weight.grad.abs().sum() > 0 for widen in head.widen[2:])
+    # the paper's widths add nothing: the same parameters as before the widening existed
+    assert all(isinstance(widen, torch.nn.Identity) for widen in MultiScaleHead([32, 64, 128, 256]).widen)
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
 def test_model_outputs_at_64px(backbone):
     model = _model(backbone=backbone).eval()

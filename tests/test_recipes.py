@@ -35,51 +35,51 @@ MAKERS = {
 # without name and out (numbers compared as floats). A deliberate change to a dataset or method file
 # changes these: print the new table with ``python tests/test_recipes.py`` and paste it here.
 RECIPE_DIGESTS = {
-    "rafdb_baseline": "110e25b7815b6754",
-    "rafdb_hsbs": "52b4da763ab503a0",
-    "rafdb_clcl": "0f53518edbf935f9",
-    "rafdb_phanet": "ae95bd5db623f3f0",
-    "rafdb_mfer": "c04f07ced8e7d2e1",
-    "fer2013_baseline": "b5070ee1addcf879",
-    "fer2013_hsbs": "98689bb3755a772a",
-    "fer2013_clcl": "47ca1e4e0c539683",
-    "fer2013_phanet": "22115b2a071f0d67",
-    "fer2013_mfer": "7f5b31f903b1a934",
-    "ferplus_baseline": "41c1af4a2d73c88a",
-    "ferplus_hsbs": "50444d77efae7f24",
-    "ferplus_clcl": "5c2adb1dde89b58a",
-    "ferplus_phanet": "8ceba88e7d2502a9",
-    "ferplus_mfer": "4485694e7ba19be0",
-    "affectnet7_baseline": "e77cef011fd71764",
-    "affectnet7_hsbs": "49270379de42f908",
-    "affectnet7_clcl": "01aa1365ce6257aa",
-    "affectnet7_phanet": "40571f6876439e7e",
-    "affectnet7_mfer": "4fc40f4f7516c9be",
-    "affectnet8_baseline": "b6f164d1f3f379a1",
-    "affectnet8_hsbs": "c4eb3a3628d019b3",
-    "affectnet8_clcl": "122f8db715e92b8f",
-    "affectnet8_phanet": "ed7fdf65c93f917a",
-    "affectnet8_mfer": "23669016045e3e1f",
-    "sfew_baseline": "6a15a859dbbd3fde",
-    "sfew_hsbs": "e5c1750bb381f6a2",
-    "sfew_clcl": "ff7bf2fefadbbea3",
-    "sfew_phanet": "db146e991ef412aa",
-    "sfew_mfer": "e20d9bcb1eebee80",
-    "kdef_baseline": "473adfa8d754dd37",
-    "kdef_hsbs": "79121bf8f6e10f13",
-    "kdef_clcl": "c0001cf152d0e704",
-    "kdef_phanet": "b8981a16fa92d517",
-    "kdef_mfer": "d832233cfbc75821",
-    "ckplus_baseline": "56accfbbc66bde00",
-    "ckplus_hsbs": "5742fd8dc8efea07",
-    "ckplus_clcl": "7d34062f5affb35b",
-    "ckplus_phanet": "bbfd977db18f46ca",
-    "ckplus_mfer": "6e4e5eec7e024b94",
-    "synthfer_baseline": "55fedc0711869a71",
-    "synthfer_hsbs": "7a4139de667511c7",
-    "synthfer_clcl": "94c95c9f46d5be2e",
-    "synthfer_phanet": "e8939740ecff490e",
-    "synthfer_mfer": "16749e2f37a6dbdf",
+    "rafdb_baseline": "f77dbbbbb8f026e0",
+    "rafdb_hsbs": "d431196d5cd3d0ee",
+    "rafdb_clcl": "feda10b381a6739b",
+    "rafdb_phanet": "021bb6c355217218",
+    "rafdb_mfer": "703b3c947a770397",
+    "fer2013_baseline": "f4ddee024d61d3df",
+    "fer2013_hsbs": "38f4c739dd2ebf3b",
+    "fer2013_clcl": "3c618c581df8a363",
+    "fer2013_phanet": "df4c7313307c7e1d",
+    "fer2013_mfer": "0169dbd8304f249b",
+    "ferplus_baseline": "16fab52a654070d2",
+    "ferplus_hsbs": "0c1ad2aa01ab4b06",
+    "ferplus_clcl": "c2943f093abaaa3c",
+    "ferplus_phanet": "c68ba8e92f76a03e",
+    "ferplus_mfer": "86f80bfb58ef5cfb",
+    "affectnet7_baseline": "a37a17f540eb03e4",
+    "affectnet7_hsbs": "903a708fe20fc427",
+    "affectnet7_clcl": "e6ebca690d2f3782",
+    "affectnet7_phanet": "2e78c027246adf94",
+    "affectnet7_mfer": "095ced6e136aacea",
+    "affectnet8_baseline": "4fd9c1ae5cd8b5b2",
+    "affectnet8_hsbs": "78dbcfb953b0deab",
+    "affectnet8_clcl": "df4cf65000d33d46",
+    "affectnet8_phanet": "7f1795a98c2ec1bb",
+    "affectnet8_mfer": "209b1821f22e5b90",
+    "sfew_baseline": "ffbe7f3469a74a5e",
+    "sfew_hsbs": "bb8d062f890e998f",
+    "sfew_clcl": "2f4e45455c123b7a",
+    "sfew_phanet": "9d4c8ee615c8624b",
+    "sfew_mfer": "f28ca731c7e532b5",
+    "kdef_baseline": "51aed204238d0660",
+    "kdef_hsbs": "c6c4573d77e1f88c",
+    "kdef_clcl": "af3f92b168fed8a9",
+    "kdef_phanet": "aba378fb2830a260",
+    "kdef_mfer": "d5cca5b6484f745c",
+    "ckplus_baseline": "e778826901ba4055",
+    "ckplus_hsbs": "5b64d533794a2a6f",
+    "ckplus_clcl": "911edbda52473f85",
+    "ckplus_phanet": "92d7695e6708be53",
+    "ckplus_mfer": "616a7992b357d3d7",
+    "synthfer_baseline": "d35d1e24c67a53f0",
+    "synthfer_hsbs": "f299bb115be0b741",
+    "synthfer_clcl": "fc498295a552cc6f",
+    "synthfer_phanet": "f67b1cae9b11755a",
+    "synthfer_mfer": "85520ca5a052a03c",
 }
 
 
@@ -103,6 +103,7 @@ def test_the_shipped_files_cover_every_dataset_and_method():
     assert sorted(path.stem for path in (CONFIGS / "methods").glob("*.yaml")) == sorted(METHODS)
     assert sorted(path.stem for path in CONFIGS.glob("*_*.yaml")
                   if not path.name.startswith(("compare_", "ablation_"))) == [f"synthfer_{m}" for m in sorted(METHODS)]
+    assert sorted(path.stem for path in (CONFIGS / "recipes").glob("*.yaml")) == ["fer2013_course", "fer2013_full"]
 
 
 @pytest.mark.parametrize("data, method", PAIRS, ids=lambda value: str(value))
@@ -117,8 +118,10 @@ def test_a_composition_resolves_to_the_recipe_its_file_held(data, method):
 def test_a_composition_is_the_dataset_file_then_the_method_file(data, tmp_path):
     for method in METHODS:
         pair = tmp_path / f"{data}_{method}.yaml"
-        pair.write_text(yaml.safe_dump({"include": [str(CONFIGS / "datasets" / f"{data}.yaml"),
-                                                    str(CONFIGS / "methods" / f"{method}.yaml")]}))
+        files = recipe_files(data, method)
+        assert files[:2] == [CONFIGS / "datasets" / f"{data}.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+        assert files[2:] == ([CONFIGS / "recipes" / f"{data}_course.yaml"] if data == "fer2013" else [])
+        pair.write_text(yaml.safe_dump({"include": [str(file) for file in files]}))
         composed = load_config(data=data, method=method, overrides=["train.epochs=3"]).to_dict()
         included = load_config(pair, ["train.epochs=3"]).to_dict()
         assert {**composed, "name": "", "out": ""} == {**included, "name": "", "out": ""}
@@ -142,6 +145,22 @@ def test_precedence_defaults_dataset_method_overrides(tmp_path):
     assert load_config(data="toy", method="plain", configs=tmp_path).train.epochs == Config().train.epochs
     with pytest.raises(FileNotFoundError, match="--method takes one of: plain"):
         recipe_files("toy", "fancy", tmp_path)
+    with pytest.raises(ValueError, match="toy_plain.yaml is a full recipe of its own"):
+        recipe_files("toy", "plain", tmp_path, recipe="course")
+    (tmp_path / "toy_plain.yaml").unlink()
+    # the dataset's training recipe wins over the method file; --recipe picks another of the dataset's
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "toy_course.yaml").write_text("train: {epochs: 11}\n")
+    (tmp_path / "recipes" / "toy_long.yaml").write_text("train: {epochs: 99, lr: 0.5}\n")
+    config = load_config(data="toy", method="plain", configs=tmp_path)
+    assert (config.train.epochs, config.train.lr, config.name) == (11, 0.1, "toy_plain")
+    config = load_config(data="toy", method="plain", configs=tmp_path, recipe="long", overrides=["train.lr=0.2"])
+    assert (config.train.epochs, config.train.lr, config.name, config.out) == (99, 0.2, "toy_plain_long",
+                                                                              "runs/toy_plain_long")
+    with pytest.raises(FileNotFoundError, match="--recipe for toy takes one of: course, long"):
+        recipe_files("toy", "plain", tmp_path, recipe="short")
+    with pytest.raises(ValueError, match="--recipe names a dataset's training recipe"):
+        load_config(recipe="long")
     with pytest.raises(FileNotFoundError, match="--data takes one of: toy"):
         recipe_files("mnist", "plain", tmp_path)
 

@@ -99,11 +99,12 @@ def load_plan(path: str | Path) -> ComparePlan:
         raise ValueError(f"{path}: reference row '{reference}' is not among the rows {list(rows)}")
     base = spec["base"]
     if isinstance(base, dict):
-        unknown = set(base) - {"data", "method"}
+        unknown = set(base) - {"data", "method", "recipe"}
         if unknown or "data" not in base:
-            raise ValueError(f"{path}: base must be a recipe file or a mapping with data (and method), "
+            raise ValueError(f"{path}: base must be a recipe file or a mapping with data (and method, recipe), "
                              f"got keys {sorted(base)}")
-        base = {"data": str(base["data"]), "method": str(base.get("method", "baseline"))}
+        base = {"data": str(base["data"]), "method": str(base.get("method", "baseline")),
+                **({"recipe": str(base["recipe"])} if base.get("recipe") is not None else {})}
     elif not isinstance(base, str):
         raise ValueError(f"{path}: base must be a recipe file or a mapping with data and method, got {base!r}")
     return ComparePlan(base=base, out=spec.get("out", f"runs/{path.stem}"), rows=rows,
@@ -133,9 +134,11 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def load_plan_config(plan: ComparePlan, overrides: list[str]):
-    """The plan's base recipe (a file, or a ``{data, method}`` composition as ``--data/--method``) + overrides."""
+    """The plan's base recipe (a file, or a ``{data, method[, recipe]}`` composition as ``--data/--method/--recipe``)
+    + overrides."""
     if isinstance(plan.base, dict):
-        return load_config(None, overrides, data=plan.base["data"], method=plan.base["method"])
+        return load_config(None, overrides, data=plan.base["data"], method=plan.base["method"],
+                           recipe=plan.base.get("recipe"))
     return load_config(plan.base, overrides)
 
 
@@ -237,7 +240,8 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
     summaries = []
     for row, by_seed in results.items():
         seeds = sorted(by_seed)
-        summary: dict[str, Any] = {"row": row, "seeds": len(seeds), "seed_list": " ".join(map(str, seeds))}
+        summary: dict[str, Any] = {"row": row, "seeds": len(seeds), "seed_list": " ".join(map(str, seeds)),
+                                   "scored": scored_split(by_seed.values())}
         series = _series(by_seed)
         for key, values in series.items():
             if len(values) == len(seeds):           # present in every seed (a class may be absent)
@@ -255,6 +259,18 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
                                     f"{key}_verdict": difference.verdict, "paired_seeds": difference.n})
         summaries.append(summary)
     return summaries
+
+
+def scored_split(reports) -> str:
+    """What the runs' eval.json files scored, in words: "test split", or the validation split with the reason
+    (a FER2013 copy without PrivateTest), plus the test-time augmentation when there was one."""
+    labels = set()
+    for report in reports:
+        split = str(report.get("split", "test"))
+        label = f"{split} split" + (" (validation numbers: no test split in the copy)" if report.get("note") else "")
+        tta = report.get("tta", "none")
+        labels.add(label + (f", test-time augmentation {tta}" if tta != "none" else ""))
+    return "; ".join(sorted(labels))
 
 
 def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
@@ -425,7 +441,9 @@ def format_diagnostics_table(summaries: list[dict], reference: str = "reference"
 def format_report(summaries: list[dict], reference: str, published: dict | None = None) -> str:
     """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows."""
     quoted = format_published(published["datasets"], published.get("methods")) if published else ""
-    parts = [format_markdown(summaries), quoted, format_differences(summaries, reference),
+    scored = sorted({s["scored"] for s in summaries if s.get("scored")})
+    heading = f"Scored on: {'; '.join(scored)}." if scored else ""
+    parts = [heading, format_markdown(summaries), quoted, format_differences(summaries, reference),
              format_validation(summaries, reference), format_diagnostics_table(summaries, reference)]
     return "\n\n".join(part for part in parts if part)
 

@@ -647,6 +647,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a full YAML recipe, e.g. configs/synthfer_hsbs.yaml")
     parser.add_argument("--data", help="compose the recipe: configs/datasets/DATA.yaml (rafdb, fer2013, ..., or synthfer)")
     parser.add_argument("--method", help="compose the recipe: configs/methods/METHOD.yaml (baseline, hsbs, clcl, ...)")
+    parser.add_argument("--recipe", help="with --data: the dataset's training recipe configs/recipes/DATA_RECIPE.yaml "
+                                         "(default: course where the dataset has one; fer2013 also has full)")
     parser.add_argument("--out", help="run directory (default: the config's out)")
     parser.add_argument("--resume", metavar="RUN",
                         help="continue RUN (a run directory or its last.pt) with its stored config plus overrides; "
@@ -659,17 +661,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Examples: hsbs train --data rafdb --method hsbs data.root=/data/RAF-DB/basic; "
                      "hsbs train --config configs/synthfer_hsbs.yaml --out runs/a train.epochs=1, "
                      "then hsbs train --resume runs/a train.epochs=2. Layers, later wins: defaults, the recipe "
-                     "(--config FILE, or configs/datasets/DATA.yaml then configs/methods/METHOD.yaml), key=value. "
+                     "(--config FILE, or configs/datasets/DATA.yaml, configs/methods/METHOD.yaml, then the dataset's "
+                     "training recipe configs/recipes/DATA_course.yaml where it has one), key=value. "
                      "Under torchrun: torchrun --nproc_per_node=2 -m hsbs_lib.cli train --data ... --method ...")
 
 
 def run_train(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.config or args.data or args.method:
+        if args.config or args.data or args.method or args.recipe:
             raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
         config = resume_config(args.resume, args.overrides)
     else:
-        config = load_config(args.config, args.overrides, data=args.data, method=args.method)
+        config = load_config(args.config, args.overrides, data=args.data, method=args.method, recipe=args.recipe)
     if args.out:
         config.out = args.out
     if args.device:

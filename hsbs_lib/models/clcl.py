@@ -121,6 +121,10 @@ def msr_geometry(input_size: int = 224, *, stem: str = "standard", grid: int = M
     return geometry
 
 
+def _next_multiple(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
 class MultiScaleHead(nn.Module):
     """[code] The MSR fusion of the four stage outputs into one width x 11 x 11 map.
 
@@ -133,22 +137,26 @@ class MultiScaleHead(nn.Module):
         super().__init__()
         self.input_size = input_size
         self.geometry = msr_geometry(input_size, stem=stem)
-        for channel, factor in zip(channels, SHUFFLE_FACTORS):
-            if channel % (factor * factor):
-                raise ValueError(f"MSR needs stage channels divisible by the squared shuffle factor, got {channel} "
-                                 f"for factor {factor}")
+        # The shuffle folds factor^2 channels into one: a stage whose channels it cannot divide (a backbone
+        # narrower than the paper's, e.g. model.backbone_width=24) is first widened by a 1x1 convolution to
+        # the next multiple. At the paper's widths (multiples of 32) every stage divides and nothing is added.
+        self.widen = nn.ModuleList(
+            nn.Identity() if channel % (factor * factor) == 0
+            else nn.Conv2d(channel, _next_multiple(channel, factor * factor), kernel_size=1, bias=False)
+            for channel, factor in zip(channels, SHUFFLE_FACTORS))
         self.shuffles = nn.ModuleList(nn.PixelShuffle(factor) for factor in SHUFFLE_FACTORS)
         self.projections = nn.ModuleList(
-            nn.Conv2d(channel // factor ** 2, width, kernel_size=geo.kernel, stride=geo.stride, padding=geo.padding,
-                      bias=False)
+            nn.Conv2d(_next_multiple(channel, factor ** 2) // factor ** 2, width, kernel_size=geo.kernel,
+                      stride=geo.stride, padding=geo.padding, bias=False)
             for channel, factor, geo in zip(channels, SHUFFLE_FACTORS, self.geometry))
         self.fuse = nn.Sequential(nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(width))
         self._warned_resize = False
 
     def forward(self, stages: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         per_layer = []
-        for stage, shuffle, projection, geo in zip(stages, self.shuffles, self.projections, self.geometry):
-            shuffled = shuffle(stage)
+        for stage, widen, shuffle, projection, geo in zip(stages, self.widen, self.shuffles, self.projections,
+                                                          self.geometry):
+            shuffled = shuffle(widen(stage))
             if tuple(shuffled.shape[-2:]) != (geo.in_size, geo.in_size):
                 if not self._warned_resize:
                     log.warning("CLCL MSR head built for %d px inputs got a %dx%d shuffled map where %d was expected: "
