@@ -336,12 +336,43 @@ def plateau_table(runs: list[PlateauRun]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class RecipeTime:
+    """The first epochs of a dataset's training recipe, timed, and the whole schedule extrapolated."""
+
+    name: str
+    epochs: int                  # the recipe's schedule
+    epoch_seconds: list[float]   # training + validation of each measured epoch (metrics.csv's time/epoch_s)
+    wall_seconds: float          # the measured sitting from start to end (cache, checkpoints and all)
+    threads: int
+
+    @property
+    def minutes(self) -> float:
+        """The whole schedule: the measured epochs' mean times the recipe's epochs."""
+        return float(np.mean(self.epoch_seconds)) * self.epochs / 60
+
+
+def recipe_time(data: str, method: str = "baseline", recipe: str | None = None, *, epochs: int = 1,
+                overrides=()) -> RecipeTime:
+    """Train the first ``epochs`` of ``--data DATA --method METHOD [--recipe NAME]`` on the real data (its
+    ``data.root`` or $HSBS_DATA) in a temporary folder and extrapolate the epoch time to the whole schedule."""
+    config = load_config(None, [*overrides, f"train.stop_after_epoch={epochs}", "train.progress=false"],
+                         data=data, method=method, recipe=recipe)
+    with tempfile.TemporaryDirectory(prefix="hsbs-recipe-time-") as folder:
+        config.out = str(Path(folder) / "run")
+        started = time.perf_counter()
+        result = fit(config)
+        wall = time.perf_counter() - started
+    return RecipeTime(config.name, config.train.epochs, [float(row["time/epoch_s"]) for row in result.history], wall,
+                      torch.get_num_threads())
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau"),
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
                              "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
@@ -371,8 +402,15 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="with --sections plateau: training seeds (default 0-4)")
     parser.add_argument("--plateau-epochs", type=int, default=2, help="with --sections plateau: epochs per run")
+    parser.add_argument("--data", default="fer2013", help="with --sections recipe: the dataset (its data.root or "
+                                                               "$HSBS_DATA holds the copy)")
+    parser.add_argument("--method", default="baseline", help="with --sections recipe: the method")
+    parser.add_argument("--recipe", default=None, help="with --sections recipe: the dataset's training recipe "
+                                                       "(default: course)")
+    parser.add_argument("--recipe-epochs", type=int, default=1, help="with --sections recipe: epochs measured")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="with --sections plateau: recipe overrides, e.g. train.warmup_epochs=1")
+                        help="with --sections plateau or recipe: recipe overrides, e.g. train.warmup_epochs=1 "
+                             "data.root=/data/fer2013 (before --sections on the command line)")
 
 
 def _parse_model_options(items: list[str]) -> dict[str, dict]:
@@ -434,6 +472,13 @@ def run_bench(args) -> int:
         runs = plateau_escape(recipe=args.plateau_recipe, sizes=args.plateau_sizes, seeds=args.seeds,
                               epochs=args.plateau_epochs, overrides=args.overrides, on_run=show)
         print(plateau_table(runs))
+    if "recipe" in args.sections:
+        timed = recipe_time(args.data, args.method, args.recipe, epochs=args.recipe_epochs, overrides=args.overrides)
+        print(f"\n## Training time of {timed.name} ({args.recipe or 'course'} recipe) on {where}")
+        print(f"epochs measured: {' '.join(f'{value:.1f}' for value in timed.epoch_seconds)} s each (training and "
+              f"validation; {timed.wall_seconds:.0f} s for the sitting, data cache and checkpoints included)")
+        print(f"whole schedule: {timed.epochs} epochs x {np.mean(timed.epoch_seconds):.1f} s = "
+              f"{timed.minutes:.1f} minutes of training (plus the final report's test-time augmentation)")
     if "notebooks" in args.sections:
         notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
         if args.notebooks:
