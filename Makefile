@@ -8,7 +8,7 @@ RUNS ?= runs
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lab figures reference bench exercises clean
+.PHONY: venv demo test test-fast lab figures reference bench exercises shipped clean
 
 # The virtual environment is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -47,6 +47,12 @@ reference: venv
 
 bench: venv
 	$(HSBS) bench
+
+## Rewrite the shipped FER2013 model (hsbs_lib/shipped/fer2013.pt, under 5 MB) and its card from a finished
+## course-recipe run: make shipped SHIPPED_RUN=runs/fer2013_baseline
+SHIPPED_RUN ?= runs/fer2013_baseline
+shipped: venv
+	$(PY) -m hsbs_lib.engine.shipped $(SHIPPED_RUN)/best.pt --name fer2013
 
 exercises: venv
 	$(PY) -m hsbs_lib.exercises notebooks notebooks/exercises

@@ -21,7 +21,8 @@ from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.images import decode_image
 from hsbs_lib.data.pipeline.transforms import model_inputs
 from hsbs_lib.engine.build import resolve_device
-from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, non_finite_entries, resolve_checkpoint
+from hsbs_lib.engine.checkpoint import (DEFAULT_SHIPPED, SHIPPED_MODELS, is_shipped_name, load_model_from_checkpoint,
+                                        non_finite_entries, resolve_checkpoint, shipped_checkpoint)
 from hsbs_lib.losses.hst import activation_attention
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -336,7 +337,9 @@ def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torc
 # ------------------------------------------------------------------------------------------------- CLI
 def add_predict_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    parser.add_argument("--checkpoint", default=DEFAULT_SHIPPED,
+                        help=f"RUN/best.pt, or a shipped model's name (default: {DEFAULT_SHIPPED}, the package's own "
+                             f"FER2013 model; its card: hsbs_lib/shipped/{DEFAULT_SHIPPED}.md)")
     parser.add_argument("--no-detect", dest="detect", action="store_false",
                         help="take each image as an already aligned face")
     parser.add_argument("--margin", type=float, default=0.2, help="crop margin around a detected box")
@@ -350,6 +353,10 @@ def run_predict(args) -> int:
     from PIL import Image
 
     skipped: list[SkippedFile] = []
+    if is_shipped_name(args.checkpoint):
+        print(f"using the shipped model '{args.checkpoint}' ({SHIPPED_MODELS[args.checkpoint][1]}; card: "
+              f"{shipped_checkpoint(args.checkpoint).with_suffix('.md')}); --checkpoint RUN/best.pt uses your own",
+              file=sys.stderr)
     faces = predict(args.checkpoint, args.inputs, detect=args.detect, margin=args.margin, device=args.device,
                     with_attention=args.attention, skipped=skipped)
     if args.format == "jsonl":

@@ -15,7 +15,7 @@ from torch import nn
 from hsbs_lib.config import Config, config_path, load_config, repo_root, same_recipe  # noqa: F401 (notebooks)
 from hsbs_lib.data.synthfer import sample_parameters
 from hsbs_lib.engine.build import resolve_device, trained_same_recipe  # noqa: F401 (notebooks)
-from hsbs_lib.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from hsbs_lib.engine.checkpoint import is_shipped_name, load_checkpoint, load_model_from_checkpoint
 from hsbs_lib.engine.train import fit
 
 # Sizes that let every notebook finish in well under two minutes on 2 CPU cores.
@@ -83,14 +83,15 @@ class TrainedRun:
 
 def train_or_load(config: Config, *, checkpoint: str | Path | None = None, reuse: bool = True,
                   device: str = "cpu") -> TrainedRun:
-    """Load ``checkpoint`` when given; else reuse ``config.out/best.pt`` when it was trained with exactly
-    this config (and ``reuse``); else train.
+    """Load ``checkpoint`` (a file, or a shipped model's name such as ``"fer2013"``) when given; else reuse
+    ``config.out/best.pt`` when it was trained with exactly this config (and ``reuse``); else train.
 
     Returns the best epoch's model on ``device`` in eval mode.
     """
     if checkpoint:
         model, meta = load_model_from_checkpoint(checkpoint, device=device)
-        return TrainedRun(model, meta, Path(checkpoint).parent)
+        # a shipped model's name (CKPT = "fer2013") has no run folder
+        return TrainedRun(model, meta, None if is_shipped_name(checkpoint) else Path(checkpoint).parent)
     best = Path(config.out) / "best.pt"
     if not (reuse and best.is_file() and trained_same_recipe(load_checkpoint(best)["config"], config)):
         fit(config)

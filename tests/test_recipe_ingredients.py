@@ -17,8 +17,10 @@ from hsbs_lib.data.pipeline.transforms import (AUGMENT_PRESETS, BatchAugment, Ba
                                                normalize, sample_transform, tta_views)
 from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.checkpoint import load_checkpoint
+from hsbs_lib.engine.compare import scored_split
 from hsbs_lib.engine.ema import ema_model, warmed_up_decay
 from hsbs_lib.engine.evaluate import evaluate
+from hsbs_lib.engine.reference import train_reference
 from hsbs_lib.engine.train import build_optimizer, fit, resume_config
 from hsbs_lib.models.base import ModelOutput
 
@@ -293,6 +295,22 @@ def test_a_copy_without_privatetest_reports_the_validation_split_labelled(tmp_pa
     assert report["split"] == "val" and report["n"] == 35 and report["tta"] == "flip"
     assert "validation numbers" in report["note"] and report["selected_on"] == "fer2013 val split"
     assert result.best["accuracy"] == report["accuracy"]
+
+
+def test_the_reference_trainer_reports_the_validation_split_of_a_copy_without_privatetest(tmp_path, fer_copy):
+    config = apply_overrides(Config(), ["data.name=fer2013", f"data.root={fer_copy}", "data.input_size=48",
+                                        "train.trainer=reference", "train.epochs=1", "train.batch_size=16",
+                                        "train.progress=false", f"out={tmp_path / 'run'}"])
+    report = train_reference(config)
+    written = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["split"] == written["split"] == "val" and "validation numbers" in written["note"]
+    assert written["n"] == 35 and 0.0 <= written["accuracy"] <= 1.0
+
+
+def test_a_comparison_says_which_split_its_runs_scored():
+    assert scored_split([{"split": "test"}, {"split": "test", "tta": "none"}]) == "test split"
+    labelled = scored_split([{"split": "val", "note": "no test split", "tta": "tencrop"}])
+    assert labelled == "val split (validation numbers: no test split in the copy), test-time augmentation tencrop"
 
 
 def test_hsbs_eval_takes_tta_and_labels_it(tmp_path, fer_copy, capsys):

@@ -27,6 +27,32 @@ from hsbs_lib.models.weights_file import load_weights_file
 
 CHECKPOINT_FORMAT = 1
 
+#: models shipped inside the package (hsbs_lib/shipped/), usable wherever a checkpoint path is taken:
+#: name -> (file, one line on what it is). hsbs_lib.engine.shipped writes them and their model cards.
+SHIPPED_MODELS: dict[str, tuple[str, str]] = {
+    "fer2013": ("fer2013.pt", "a quarter-width ResNet-18 trained on FER2013's Training split by the course "
+                              "recipe (configs/recipes/fer2013_course.yaml), selected on PublicTest"),
+}
+DEFAULT_SHIPPED = "fer2013"
+SHIPPED_FOLDER = Path(__file__).resolve().parents[1] / "shipped"
+
+
+def is_shipped_name(text: str | os.PathLike) -> bool:
+    """Whether ``text`` names a shipped model rather than a file (a file of that name in the current folder
+    wins)."""
+    return str(text) in SHIPPED_MODELS and not Path(text).exists()
+
+
+def shipped_checkpoint(name: str = DEFAULT_SHIPPED) -> Path:
+    """The file of the shipped model ``name``; a one-line FileNotFoundError when it is unknown or missing."""
+    if name not in SHIPPED_MODELS:
+        raise FileNotFoundError(f"no shipped model named '{name}'; shipped: {', '.join(SHIPPED_MODELS)}")
+    path = SHIPPED_FOLDER / SHIPPED_MODELS[name][0]
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped model '{name}' should be at {path}, which this installation lacks; "
+                                f"reinstall the package from its repository, or pass --checkpoint RUN/best.pt")
+    return path
+
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside DistributedDataParallel, torch.compile or the engine's loss wrapper."""
@@ -140,7 +166,9 @@ def disk_is_full(folder: str | os.PathLike, margin_bytes: int = 16 * 2**20) -> b
 
 
 def resolve_checkpoint(path: str | os.PathLike, default: str = "last.pt") -> Path:
-    """Accept a checkpoint file or a run directory (then ``RUN/<default>``)."""
+    """Accept a checkpoint file, a run directory (then ``RUN/<default>``) or a shipped model's name."""
+    if is_shipped_name(path):
+        return shipped_checkpoint(str(path))
     path = Path(path)
     if path.is_dir():
         path = path / default

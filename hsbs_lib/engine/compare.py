@@ -441,8 +441,9 @@ def format_diagnostics_table(summaries: list[dict], reference: str = "reference"
 def format_report(summaries: list[dict], reference: str, published: dict | None = None) -> str:
     """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows."""
     quoted = format_published(published["datasets"], published.get("methods")) if published else ""
+    # Said only when it is not the plain test split: a copy without one (validation numbers) or TTA.
     scored = sorted({s["scored"] for s in summaries if s.get("scored")})
-    heading = f"Scored on: {'; '.join(scored)}." if scored else ""
+    heading = f"Scored on: {'; '.join(scored)}." if scored and scored != ["test split"] else ""
     parts = [heading, format_markdown(summaries), quoted, format_differences(summaries, reference),
              format_validation(summaries, reference), format_diagnostics_table(summaries, reference)]
     return "\n\n".join(part for part in parts if part)

@@ -23,7 +23,7 @@ from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader
                                             make_loader, split_nbytes)
 from hsbs_lib.data.pipeline.transforms import TTA_MODES, tta_views
 from hsbs_lib.engine.build import build_dataset, select_device
-from hsbs_lib.engine.checkpoint import load_model_from_checkpoint, resolve_checkpoint
+from hsbs_lib.engine.checkpoint import SHIPPED_FOLDER, load_model_from_checkpoint, resolve_checkpoint
 from hsbs_lib.engine.log import progress_bar
 from hsbs_lib.engine.runs import checkpoint_data_config
 from hsbs_lib.engine.metrics import classification_metrics, format_metrics
@@ -180,7 +180,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
         more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning(f"left out {len(skipped)} bad entries (data.skip_bad=true), listed in the report:\n{shown}{more}")
     # The training run's eval.json holds its validation scores, which hsbs compare reads: never replace it.
-    report_path = Path(out) if out else path.parent / f"eval_{split or 'given'}.json"
+    # A shipped model's report goes to the current folder, never into the installed package.
+    beside = Path.cwd() / f"eval_{path.stem}" if path.parent == SHIPPED_FOLDER else path.parent / "eval"
+    report_path = Path(out) if out else beside.with_name(f"{beside.name}_{split or 'given'}.json")
     write_json(report, report_path)
     report["report_path"] = str(report_path)
     return report
