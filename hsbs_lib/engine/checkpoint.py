@@ -199,14 +199,14 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
                          f"build a model ({str(reason).splitlines()[0]})") from None
     try:
         result = model.load_state_dict(checkpoint["model"], strict=False)
-        problems = [f"{len(result.missing_keys)} weights missing ({_some(result.missing_keys)})"
+        problems = [f"{len(result.missing_keys)} weight(s) missing ({_some(result.missing_keys)})"
                     if result.missing_keys else "",
-                    f"{len(result.unexpected_keys)} it has no place for ({_some(result.unexpected_keys)})"
+                    f"{len(result.unexpected_keys)} unexpected weight(s) ({_some(result.unexpected_keys)})"
                     if result.unexpected_keys else ""]
         problem = "; ".join(part for part in problems if part)
     except RuntimeError as error:     # shapes that differ: "size mismatch for head.weight: ..."
         lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
-        problem = f"{len(lines)} weights of another shape ({_some(lines, 1)})" if lines else str(error).splitlines()[0]
+        problem = f"{len(lines)} weight(s) of another shape ({_some(lines, 1)})" if lines else str(error).splitlines()[0]
     if problem:
         raise ValueError(f"checkpoint {path} ({describe_checkpoint(checkpoint)}): its weights do not fit the model "
                          f"its config describes: {problem}; it was edited, or its weights come from another "
