@@ -338,8 +338,8 @@ def add_predict_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def overlay_output(folder: str | Path, inputs: Iterable[str | Path], *, force: bool = False
-                   ) -> tuple[OutputFolder, list[Path], dict[str, str]]:
+def overlay_output(folder: str | Path, inputs: Iterable[str | Path], *, force: bool = False,
+                   checkpoint: str | Path | None = None) -> tuple[OutputFolder, list[Path], dict[str, str]]:
     """The overlay folder under the output rule, the input files, and each one's overlay name, all checked
     before any work: an overlay never replaces an input photo, nor a file hsbs predict did not write
     (``force``). Overlays an earlier ``hsbs predict`` wrote into an input folder are not inputs."""
@@ -355,7 +355,7 @@ def overlay_output(folder: str | Path, inputs: Iterable[str | Path], *, force: b
     paths = [path for path in expand_inputs(inputs) if not own_overlay(path)]
     if not paths:
         raise FileNotFoundError(f"no input image besides the overlays hsbs predict wrote into {folder}")
-    outputs.reads = paths
+    outputs.reads = [*paths, *([Path(checkpoint)] if checkpoint is not None else [])]
     names = overlay_names(paths)
     outputs.check(names.values())
     return outputs, paths, names
@@ -367,7 +367,8 @@ def run_predict(args) -> int:
     skipped: list[SkippedFile] = []
     inputs, outputs, names = args.inputs, None, {}
     if args.save_overlay:
-        outputs, inputs, names = overlay_output(args.save_overlay, args.inputs, force=args.force)
+        outputs, inputs, names = overlay_output(args.save_overlay, args.inputs, force=args.force,
+                                                 checkpoint=args.checkpoint)
     faces = predict(args.checkpoint, inputs, detect=args.detect, margin=args.margin, device=args.device,
                     with_attention=args.attention, skipped=skipped)
     if args.format == "jsonl":

@@ -658,6 +658,17 @@ def compare_beside_a_users_table(env: Env) -> None:
     one_line_error(err, str(out / "comparison.md"), "not written by hsbs compare", "--force")
 
 
+def compare_plan_inside_its_output_folder(env: Env) -> None:
+    out = env.tmp / "cmp"
+    out.mkdir()
+    plan = out / "comparison.md"                  # the plan the command reads, named like its table
+    plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {out}\nrows:\n  baseline: {{}}\n")
+    before = tree(out)
+    status, _, err = env.hsbs("compare", "--config", plan, "--seeds", "0", "--no-speed", "--force", *TINY)
+    assert status == 1 and tree(out) == before
+    one_line_error(err, str(plan), "reads", "not even with --force")
+
+
 def compare_row_leading_out_of_its_folder(env: Env) -> None:
     out = env.tmp / "a" / "b" / "cmp"
     for row in ("../../x", "/tmp/x", ".hidden"):
@@ -742,6 +753,8 @@ CASES = [
     Case("figures --out onto a user's same-named file", 28, "refused without --force; its own figures redrawn",
          figures_beside_a_users_file),
     Case("compare --out onto a user's comparison.md", 28, "refused before any training", compare_beside_a_users_table),
+    Case("compare --config OUT/comparison.md", 28, "refused before training, even with --force: the plan it "
+         "reads is never replaced", compare_plan_inside_its_output_folder),
     Case("compare plan row named ../../x", 28, "refused in one line, nothing trained or written",
          compare_row_leading_out_of_its_folder),
 ]

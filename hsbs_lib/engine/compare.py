@@ -454,18 +454,19 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
 TABLE_FILES = ("comparison.md", "comparison.csv")
 
 
-def table_outputs(out: str | Path, *, force: bool = False) -> OutputFolder:
+def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | None = None) -> OutputFolder:
     """The comparison's folder under the output rule (:mod:`hsbs_lib.outputs`), its tables checked: a
-    comparison.md or .csv that hsbs compare did not write is replaced only with ``force``."""
-    outputs = OutputFolder(out, "compare", force=force)
+    comparison.md or .csv that hsbs compare did not write is replaced only with ``force``, and the plan
+    file it reads never."""
+    outputs = OutputFolder(out, "compare", force=force, reads=[plan] if plan is not None else [])
     outputs.check(TABLE_FILES)
     return outputs
 
 
 def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None, *,
-                 force: bool = False) -> tuple[Path, Path]:
+                 force: bool = False, plan: str | Path | None = None) -> tuple[Path, Path]:
     """comparison.md (every table) and comparison.csv (the measured rows only), written atomically."""
-    outputs = table_outputs(out, force=force)
+    outputs = table_outputs(out, force=force, plan=plan)
     md = outputs.write_text(TABLE_FILES[0], format_report(summaries, reference, published) + "\n")
     fields = list(dict.fromkeys(key for summary in summaries for key in summary))
 
@@ -526,10 +527,11 @@ def run_compare(args) -> int:
         if unknown:
             raise KeyError(f"unknown rows {sorted(unknown)}; the config has {list(plan.rows)}")
         plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
-    table_outputs(plan.out, force=args.force)    # refused before hours of training, not after
+    table_outputs(plan.out, force=args.force, plan=args.config)    # refused before hours of training, not after
     summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
                                diagnostics=args.diagnostics)
-    md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force)
+    md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force,
+                                plan=args.config)
     print(format_report(summaries, reference, plan.published))
     print(f"\nwritten {md} and {csv_path}")
     return 0
