@@ -642,6 +642,28 @@ def figures_beside_a_users_file(env: Env) -> None:
     assert env.hsbs("figures", "--run", run, "--out", out, "--formats", "png")[0] == 0
 
 
+def train_onto_a_users_config_yaml(env: Env) -> None:
+    project = env.tmp / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("model: {name: my_net}\ntrain: {lr: 3}\n")   # a config.yaml, not a run
+    before = tree(project)
+    status, _, err = env.hsbs("train", "--out", project, *TINY, f"data.cache_dir={env.tmp / 'cache'}")
+    assert status == 1 and tree(project) == before
+    one_line_error(err, "config.yaml", "not a training run", "--overwrite")
+
+
+def train_records_its_run_and_resumes_one_from_before_manifests(env: Env) -> None:
+    from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder
+
+    run = env.copy_run()
+    recorded = OutputFolder(run, "train").manifest()
+    assert {name for name, entry in recorded.items() if entry["command"] == "train"} >= {
+        "config.yaml", "best.pt", "last.pt", "metrics.csv", "eval.json"}
+    (run / MANIFEST_NAME).unlink()           # a run written before runs kept a manifest
+    assert env.hsbs("train", "--resume", run, "train.epochs=2")[0] == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and OutputFolder(run, "train").written_by_me("last.pt")
+
+
 def compare_plan(env: Env, rows: str, out: Path) -> Path:
     plan = env.tmp / "plan.yaml"
     plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {out}\nrows:\n{rows}")
@@ -752,6 +774,10 @@ CASES = [
          "without --force", export_beside_an_earlier_exports_sidecar),
     Case("figures --out onto a user's same-named file", 28, "refused without --force; its own figures redrawn",
          figures_beside_a_users_file),
+    Case("train --out onto a folder holding a user's config.yaml", 28, "refused: the manifest does not record "
+         "it as hsbs train's, and no run's results sit beside it", train_onto_a_users_config_yaml),
+    Case("train, then resume a run from before manifests", 28, "keeps working: a run records its files as hsbs "
+         "train's, and a run without a manifest is still resumed", train_records_its_run_and_resumes_one_from_before_manifests),
     Case("compare --out onto a user's comparison.md", 28, "refused before any training", compare_beside_a_users_table),
     Case("compare --config OUT/comparison.md", 28, "refused before training, even with --force: the plan it "
          "reads is never replaced", compare_plan_inside_its_output_folder),
