@@ -149,7 +149,8 @@ class OutputFolder:
                                 f"({path.parent} leads to {path.parent.resolve()})")
         for read in self.reads:
             if path.exists() and read.exists() and _same_file(path, read):
-                raise OutputRefused(f"{path} is {read}, which hsbs {self.command} reads; it is never replaced, "
+                which = "" if os.path.abspath(path) == os.path.abspath(read) else f" ({read})"
+                raise OutputRefused(f"{path} is a file hsbs {self.command} reads{which}; it is never replaced, "
                                     "not even with --force: choose another output")
         if path.is_dir() and not path.is_symlink():
             raise OutputRefused(f"{path} is a folder; choose another output name")

@@ -664,6 +664,22 @@ def train_records_its_run_and_resumes_one_from_before_manifests(env: Env) -> Non
     assert load_checkpoint(run / "last.pt")["epoch"] == 2 and OutputFolder(run, "train").written_by_me("last.pt")
 
 
+def output_names_leading_out_of_the_folder(env: Env) -> None:
+    from hsbs_lib.outputs import OutputFolder, OutputRefused
+
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    folder = env.tmp / "out"
+    folder.mkdir()
+    (folder / "link").symlink_to(outside, target_is_directory=True)   # a folder on the way leads outside
+    outputs = OutputFolder(folder, "figures", force=True)
+    for name in ("../x.png", str(outside / "x.png"), "a/../../x.png", "link/x.png", ".hsbs-outputs.json"):
+        with pytest.raises(OutputRefused, match="outside"):
+            outputs.write_text(name, "escaped")
+    assert not list(outside.iterdir()) and not (env.tmp / "x.png").exists()
+    assert outputs.write_text("sub/x.png", "inside").read_text() == "inside"      # a plain subfolder is fine
+
+
 def compare_plan(env: Env, rows: str, out: Path) -> Path:
     plan = env.tmp / "plan.yaml"
     plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {out}\nrows:\n{rows}")
@@ -778,6 +794,8 @@ CASES = [
          "it as hsbs train's, and no run's results sit beside it", train_onto_a_users_config_yaml),
     Case("train, then resume a run from before manifests", 28, "keeps working: a run records its files as hsbs "
          "train's, and a run without a manifest is still resumed", train_records_its_run_and_resumes_one_from_before_manifests),
+    Case("output names with .., absolute, through a link out", 28, "refused, even with --force; nothing written "
+         "outside the folder", output_names_leading_out_of_the_folder),
     Case("compare --out onto a user's comparison.md", 28, "refused before any training", compare_beside_a_users_table),
     Case("compare --config OUT/comparison.md", 28, "refused before training, even with --force: the plan it "
          "reads is never replaced", compare_plan_inside_its_output_folder),
