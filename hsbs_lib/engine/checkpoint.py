@@ -206,7 +206,8 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
         problem = "; ".join(part for part in problems if part)
     except RuntimeError as error:     # shapes that differ: "size mismatch for head.weight: ..."
         lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
-        problem = f"{len(lines)} weight(s) of another shape ({_some(lines, 1)})" if lines else str(error).splitlines()[0]
+        problem = (f"{len(lines)} weight(s) of another shape ({_some(lines, 1)})" if lines
+                   else str(error).splitlines()[0])
     if problem:
         raise ValueError(f"checkpoint {path} ({describe_checkpoint(checkpoint)}): its weights do not fit the model "
                          f"its config describes: {problem}; it was edited, or its weights come from another "

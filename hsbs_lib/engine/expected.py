@@ -234,7 +234,8 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         and previous[name].get("bytes") == (out / name).stat().st_size)]
     if foreign:
         raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
-                             f"{previous_manifest.name}, or another size than it records); choose another --out or move them away")
+                             f"{previous_manifest.name}, or another size than it records); choose another --out "
+                             "or move them away")
 
     manifest = {}
     for name, source in sources.items():

@@ -72,7 +72,8 @@ def save_figure(fig, name: str, out: str | os.PathLike | None = None, formats=("
         def write(path: Path, fmt: str = fmt, metadata: dict = metadata) -> None:
             fig.savefig(path, dpi=DPI, metadata=metadata, format=fmt)
 
-        paths.append(outputs.write(file_name, write) if outputs is not None else atomic_write(folder / file_name, write))
+        paths.append(outputs.write(file_name, write) if outputs is not None
+                     else atomic_write(folder / file_name, write))
     return paths
 
 
