@@ -1,6 +1,7 @@
 """Outputs never destroy user data; divergence is caught; a checkpoint's stored config is not trusted.
 
-Issue 17, items 11-15 and the default folder of ``hsbs figures``, as one table of named cases (``CASES``)
+Issue 17, items 11-15 and the default folder of ``hsbs figures``, and issue 28's output rule for every command
+that writes (:mod:`hsbs_lib.outputs`), as one table of named cases (``CASES``)
 with the expected outcome of each: ``pytest tests/test_bad_output.py`` reports how many were tried and
 how many held. Every case runs the command (or the library call) a user would, on tiny settings. Cases
 whose outcome starts with "keeps working" guard what must stay allowed; every other case failed before
