@@ -32,6 +32,8 @@ from typing import Any, Union
 
 import yaml
 
+from hsbs_lib.outputs import write_text_atomic
+
 
 @dataclass
 class DataConfig:
@@ -583,4 +585,5 @@ def plain_values(value: Any) -> Any:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a killed run never leaves half a config.yaml)."""
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -29,6 +29,7 @@ from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.engine.run_folder import holds_run_of
 from hsbs_lib.engine.train import fit
+from hsbs_lib.outputs import OutputFolder
 from hsbs_lib.viz.figures import draw_figures
 from hsbs_lib.viz.gradcam import CAM_METHODS
 from hsbs_lib.viz.samples import plot_synthfer_grid
@@ -96,8 +97,11 @@ def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -
 
 def run_demo_job(root: str | Path = "runs", figures_out: str | Path | None = None, *,
                  overrides: Sequence[str] = (), draw: bool = True, device: str = "cpu",
-                 formats: Sequence[str] = ("png", "pdf")) -> dict:
-    """Train (or reuse) the demo runs, tabulate them and draw their figures. Returns what it wrote."""
+                 formats: Sequence[str] = ("png", "pdf"), force: bool = False) -> dict:
+    """Train (or reuse) the demo runs, tabulate them and draw their figures. Returns what it wrote.
+
+    The figures folder follows the output rule (:mod:`hsbs_lib.outputs`) as ``hsbs figures``: a file there
+    that it did not write is replaced only with ``force``."""
     runs = ensure_demo_runs(root, overrides)
     reports = {}
     for name, directory in runs.items():
@@ -107,12 +111,11 @@ def run_demo_job(root: str | Path = "runs", figures_out: str | Path | None = Non
         reports[name] = json.loads(eval_file.read_text())
     table = comparison_table(reports)
     figures_out = Path(figures_out) if figures_out is not None else Path(root) / "demo_figures"
-    figures_out.mkdir(parents=True, exist_ok=True)
-    table_path = figures_out / "demo_comparison.md"
-    table_path.write_text(table + "\n")
+    outputs = OutputFolder(figures_out, "figures", force=force)
+    table_path = outputs.write_text("demo_comparison.md", table + "\n")
     paths = []
     if draw:
-        paths = draw_figures(runs["demo_hsbs"], runs["demo_baseline"], figures_out, device=device,
+        paths = draw_figures(runs["demo_hsbs"], runs["demo_baseline"], outputs, device=device,
                              formats=formats)
     return {"runs": runs, "reports": reports, "table": table, "table_path": table_path, "figures": paths}
 
@@ -123,6 +126,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", dest="draw", action="store_false", help="only train and tabulate")
     parser.add_argument("--device", default="cpu", help="device for drawing the figures (training: the recipe's)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats (default png,pdf)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in the figures folder that hsbs demo / figures did not write")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for both runs, e.g. train.device=cuda train.epochs=4")
     parser.epilog = ("Trains configs/synthfer_baseline.yaml and configs/synthfer_hsbs.yaml (about 2 minutes each "
@@ -133,7 +138,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     # Malformed overrides are refused by load_config before anything is trained or written.
     result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw, device=args.device,
-                          formats=parse_formats(args.formats))
+                          formats=parse_formats(args.formats), force=args.force)
     print("\nSynthFER test split, scored once for the checkpoint each run's validation split selected (percent):\n")
     print(result["table"])
     print(f"\nruns: {', '.join(str(path) for path in result['runs'].values())}")
@@ -161,6 +166,8 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and of the sample choice")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in --out that hsbs figures did not write")
 
 
 def run_figures(args) -> int:
@@ -176,13 +183,17 @@ def run_figures(args) -> int:
     # leaves no RUN/figures behind.
     out = Path(args.out or os.environ.get("HSBS_FIGURES") or Path(run_dir) / "figures")
     formats = parse_formats(args.formats)
-    paths = draw_figures(run_dir, compare_dir, out, checkpoint=args.checkpoint, device=args.device,
+    # A file there that hsbs figures did not write (its manifest says which) is replaced only with --force.
+    outputs = OutputFolder(out, "figures", force=args.force)
+    paths = draw_figures(run_dir, compare_dir, outputs, checkpoint=args.checkpoint, device=args.device,
                          samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats,
                          data_overrides=[f"data.root={args.root}"] if args.root else ())
     if args.demo:  # the README's picture of the data belongs to the demo set too
         grid = plot_synthfer_grid()
-        paths += save_figure(grid, "synthfer_samples", out, formats=formats)
-        plt.close(grid)
+        try:
+            paths += save_figure(grid, "synthfer_samples", formats=formats, outputs=outputs)
+        finally:
+            plt.close(grid)
     figures = sorted({path.stem for path in paths})
     print(f"wrote {len(figures)} figures to {out}: {', '.join(figures)}")
     notes = figure_notes(paths)

@@ -24,6 +24,7 @@ from hsbs_lib.engine.build import resolve_device
 from hsbs_lib.engine.checkpoint import (DEFAULT_SHIPPED, SHIPPED_MODELS, is_shipped_name, load_model_from_checkpoint,
                                         non_finite_entries, resolve_checkpoint, shipped_checkpoint)
 from hsbs_lib.losses.hst import activation_attention
+from hsbs_lib.outputs import OutputFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -273,33 +274,22 @@ def format_table(faces: Sequence[FacePrediction]) -> str:
 EXPORT_MARK = "hsbs export"
 
 
-def _written_by_export(sidecar: Path) -> bool:
-    """True when ``sidecar`` is the metadata file of an earlier ``hsbs export``."""
-    try:
-        values = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(values, dict) and (values.get("written_by") == EXPORT_MARK
-                                         or {"classes", "input_size", "normalization", "output"} <= set(values))
-
-
-def check_export_paths(checkpoint: str | Path, out: Path, *, overwrite: bool = False) -> None:
-    """Refuse an export that would destroy a file it did not write: the checkpoint itself, a model file
-    replaced by its own sidecar (``--out x.json``), or any existing file unless it is an earlier export
-    (or ``overwrite``)."""
+def check_export_paths(checkpoint: str | Path, out: Path, *, overwrite: bool = False) -> OutputFolder:
+    """The export's output folder once the rule allows both files: never the checkpoint itself, never a
+    model replaced by its own sidecar (``--out x.json``), and an existing file only when an earlier
+    ``hsbs export`` wrote it, as the folder's manifest records (or ``overwrite``)."""
     sidecar = out.with_suffix(".json")
     if sidecar == out:
         raise ValueError(f"--out {out}: the metadata file would overwrite the exported model; "
                          "name the model .pt (TorchScript) or .onnx")
-    source = resolve_checkpoint(checkpoint).resolve()
+    source = resolve_checkpoint(checkpoint)
     for target in (out, sidecar):
-        if target.resolve() == source:
+        if target.resolve() == source.resolve():
             raise ValueError(f"--out {out} would replace the checkpoint {checkpoint} being exported; "
                              "choose another file name")
-    existing = [str(target) for target in (out, sidecar) if target.exists()]
-    if existing and not overwrite and not _written_by_export(sidecar):
-        raise ValueError(f"{' and '.join(existing)} already exist(s) and were not written by hsbs export; "
-                         "choose another --out, or pass --force to replace them")
+    outputs = OutputFolder(out.parent, "export", force=overwrite, reads=[source])
+    outputs.check([out.name, sidecar.name])
+    return outputs
 
 
 def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torchscript",
@@ -308,29 +298,29 @@ def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torc
 
     A JSON sidecar (same name, .json) records classes, input size and normalisation, so the exported
     file can be used without hsbs_lib. Existing files are replaced only when an earlier export wrote
-    them, or with ``overwrite`` (never the checkpoint itself).
+    them (the folder's manifest, :mod:`hsbs_lib.outputs`), or with ``overwrite`` (never the checkpoint).
     """
-    check_export_paths(checkpoint, Path(out), overwrite=overwrite)
+    if format not in ("torchscript", "onnx"):
+        raise ValueError(f"unknown export format '{format}'; expected torchscript or onnx")
+    out = Path(out)
+    outputs = check_export_paths(checkpoint, out, overwrite=overwrite)
     predictor = Predictor(checkpoint, device="cpu")
     module = LogitsOnly(predictor.model).eval()
     example = torch.zeros(1, 3, predictor.input_size, predictor.input_size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if format == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(out))
-    elif format == "onnx":
-        torch.onnx.export(module, (example,), str(out), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        outputs.write(out.name, lambda temporary: traced.save(str(temporary)))
     else:
-        raise ValueError(f"unknown export format '{format}'; expected torchscript or onnx")
+        outputs.write(out.name, lambda temporary: torch.onnx.export(
+            module, (example,), str(temporary), input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False))
     sidecar = {"classes": predictor.classes, "input_size": predictor.input_size,
                "normalization": {"mean": list(predictor.normalization["mean"]),
                                  "std": list(predictor.normalization["std"])},
                "input": "float32 (B, 3, S, S), RGB scaled to [0, 1] then normalised", "output": "logits (B, K)",
                "written_by": EXPORT_MARK}
-    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    outputs.write_text(out.with_suffix(".json").name, json.dumps(sidecar, indent=2))
     return out
 
 
@@ -346,7 +336,32 @@ def add_predict_arguments(parser) -> None:
     parser.add_argument("--format", choices=("table", "jsonl"), default="table")
     parser.add_argument("--save-overlay", metavar="DIR", help="write images with boxes and labels here")
     parser.add_argument("--attention", action="store_true", help="blend the attention map into overlays")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in --save-overlay that hsbs predict did not write (never an input)")
     parser.add_argument("--device", default="cpu")
+
+
+def overlay_output(folder: str | Path, inputs: Iterable[str | Path], *, force: bool = False,
+                   checkpoint: str | Path | None = None) -> tuple[OutputFolder, list[Path], dict[str, str]]:
+    """The overlay folder under the output rule, the input files, and each one's overlay name, all checked
+    before any work: an overlay never replaces an input photo, nor a file hsbs predict did not write
+    (``force``). Overlays an earlier ``hsbs predict`` wrote into an input folder are not inputs."""
+    outputs = OutputFolder(folder, "predict", force=force)
+
+    def own_overlay(path: Path) -> bool:
+        try:
+            name = path.resolve().relative_to(outputs.folder.resolve()).as_posix()
+        except ValueError:
+            return False
+        return outputs.written_by_me(name)
+
+    paths = [path for path in expand_inputs(inputs) if not own_overlay(path)]
+    if not paths:
+        raise FileNotFoundError(f"no input image besides the overlays hsbs predict wrote into {folder}")
+    outputs.reads = [*paths, *([Path(checkpoint)] if checkpoint is not None else [])]
+    names = overlay_names(paths)
+    outputs.check(names.values())
+    return outputs, paths, names
 
 
 def run_predict(args) -> int:
@@ -357,24 +372,25 @@ def run_predict(args) -> int:
         print(f"using the shipped model '{args.checkpoint}' ({SHIPPED_MODELS[args.checkpoint][1]}; card: "
               f"{shipped_checkpoint(args.checkpoint).with_suffix('.md')}); --checkpoint RUN/best.pt uses your own",
               file=sys.stderr)
-    faces = predict(args.checkpoint, args.inputs, detect=args.detect, margin=args.margin, device=args.device,
+    inputs, outputs, names = args.inputs, None, {}
+    if args.save_overlay:
+        outputs, inputs, names = overlay_output(args.save_overlay, args.inputs, force=args.force,
+                                                 checkpoint=args.checkpoint)
+    faces = predict(args.checkpoint, inputs, detect=args.detect, margin=args.margin, device=args.device,
                     with_attention=args.attention, skipped=skipped)
     if args.format == "jsonl":
         for face in faces:
             print(json.dumps(face.to_json(), allow_nan=False))
     else:
         print(format_table(faces))
-    if args.save_overlay:
-        out = Path(args.save_overlay)
-        out.mkdir(parents=True, exist_ok=True)
+    if outputs is not None:
         by_file: dict[str, list[FacePrediction]] = {}
         for face in faces:
             by_file.setdefault(face.path, []).append(face)
-        names = overlay_names(list(by_file))
         for path, file_faces in by_file.items():
             overlay = draw_overlay(decode_image(path), file_faces, margin=args.margin)
-            Image.fromarray(overlay).save(out / names[path])
-        print(f"overlays written to {out}", file=sys.stderr)
+            outputs.write(names[path], lambda temporary: Image.fromarray(overlay).save(temporary, format="PNG"))
+        print(f"overlays written to {outputs.folder}", file=sys.stderr)
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     return 0

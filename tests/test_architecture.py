@@ -2,7 +2,8 @@
 
 Floors, bottom to top (a module may import its own floor and the floors below, never one above):
 
-0. ``constants``, ``config``, ``losses``, ``data``: values, recipes, loss functions, datasets and pipelines;
+0. ``constants``, ``config``, ``losses``, ``data``, ``outputs``: values, recipes, loss functions, datasets and
+   pipelines, the output rule;
 1. ``models``: the registry, backbones and one module per method;
 2. ``engine``: building, training, evaluating, reading runs, comparing;
 3. ``viz``: plotting;
@@ -26,6 +27,7 @@ FLOORS = {
     "hsbs_lib.config": 0,
     "hsbs_lib.losses": 0,
     "hsbs_lib.data": 0,
+    "hsbs_lib.outputs": 0,        # the output rule every writing command follows
     "hsbs_lib.models": 1,
     "hsbs_lib.engine": 2,
     "hsbs_lib.viz": 3,

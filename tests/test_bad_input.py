@@ -7,6 +7,7 @@ values it names in the new run's config.yaml.
 
 Placeholders in a case's arguments: ``{run}`` is a finished one-epoch run (a module fixture, copied for
 every case), ``{yaml}`` the case's YAML text written to a file, ``{recipe}`` the SynthFER baseline recipe.
+A case's ``prepare`` changes the copied run first (a checkpoint edited as a foreign one could be).
 """
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from hsbs_lib.cli import main
 
@@ -39,10 +44,48 @@ class Case:
     says: str = ""
     yaml_text: str | None = None
     stores: dict = field(default_factory=dict)
+    prepare: Callable[[Path], None] | None = None
 
 
 def train(*overrides: str, config: str = "{recipe}") -> tuple[str, ...]:
     return ("train", "--config", config, "--out", NEW_RUN, *TINY, *overrides)
+
+
+def edited_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A ``prepare`` that edits the run's best.pt (and adds a face photo for predict)."""
+    def prepare(run: Path) -> None:
+        state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+        edit(state)
+        torch.save(state, run / "best.pt")
+        Image.fromarray(np.full((33, 33, 3), 100, np.uint8)).save(run / "face.png")
+    return prepare
+
+
+def other_method(state: dict) -> None:       # a baseline's weights under an HSBS config
+    state["config"]["model"]["name"] = "hsbs"
+
+
+def extra_key(state: dict) -> None:
+    state["model"]["extra_head.weight"] = torch.zeros(3)
+
+
+def missing_key(state: dict) -> None:
+    del state["model"][next(name for name in state["model"] if name.endswith("weight"))]
+
+
+def no_config(state: dict) -> None:
+    del state["config"]
+
+
+def wider_weights(state: dict) -> None:       # weights of a wider network, the config left as it was
+    name = next(name for name, value in state["model"].items() if value.dim() == 4)
+    state["model"][name] = torch.zeros(2 * state["model"][name].shape[0], *state["model"][name].shape[1:])
+
+
+EVAL = ("eval", "--checkpoint", "{run}/best.pt", "--out", f"{NEW_RUN}/eval.json")
+PREDICT = ("predict", "--checkpoint", "{run}/best.pt", "--no-detect", "{run}/face.png")
+EXPORT = ("export", "--checkpoint", "{run}/best.pt", "--out", f"{NEW_RUN}/model.pt")
+DESCRIBED = "(method baseline, backbone resnet18, 7 classes (surprise"   # what the one line says it is
 
 
 CASES = [
@@ -128,6 +171,22 @@ CASES = [
                                                        "--out", f"{NEW_RUN}/eval.json"),
          says="was trained on 7 classes (surprise, fear, disgust, happiness, sadness, anger, neutral) but the data "
               "has 8 (the data adds contempt)"),
+    # 28, rule 4. a checkpoint that does not fit says what it is, in one line, on every command that loads one
+    Case("eval of another method's checkpoint", EVAL, prepare=edited_checkpoint(other_method),
+         says="(method hsbs, backbone resnet18, 7 classes (surprise"),
+    Case("predict of another method's checkpoint", PREDICT, prepare=edited_checkpoint(other_method),
+         says="its weights do not fit the model its config describes"),
+    Case("eval of a checkpoint with an extra key", EVAL, prepare=edited_checkpoint(extra_key),
+         says="1 unexpected weight(s) (extra_head.weight)"),
+    Case("export of a checkpoint with a missing key", EXPORT, prepare=edited_checkpoint(missing_key),
+         says="1 weight(s) missing (backbone.conv1.weight)"),
+    Case("predict of a checkpoint with weights of another shape", PREDICT, prepare=edited_checkpoint(wider_weights),
+         says="1 weight(s) of another shape (size mismatch for backbone.conv1.weight"),
+    Case("eval of a checkpoint without a stored config", EVAL, prepare=edited_checkpoint(no_config),
+         says="stores no config"),
+    Case("figures (the notebooks' loader) of a checkpoint with an extra key",
+         ("figures", "--run", "{run}", "--out", f"{NEW_RUN}/figures"), prepare=edited_checkpoint(extra_key),
+         says=DESCRIBED),
 ]
 
 
@@ -164,6 +223,8 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HSBS_CACHE", str(trained_run.parent / "cache"))
     run = shutil.copytree(trained_run, tmp_path / "run")
+    if case.prepare is not None:
+        case.prepare(run)
     yaml_file = tmp_path / "user.yaml"
     if case.yaml_text is not None:
         yaml_file.write_bytes(case.yaml_text.encode("utf-8", "surrogateescape"))

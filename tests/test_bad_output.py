@@ -1,6 +1,7 @@
 """Outputs never destroy user data; divergence is caught; a checkpoint's stored config is not trusted.
 
-Issue 17, items 11-15 and the default folder of ``hsbs figures``, as one table of named cases (``CASES``)
+Issue 17, items 11-15 and the default folder of ``hsbs figures``, and issue 28's output rule for every command
+that writes (:mod:`hsbs_lib.outputs`), as one table of named cases (``CASES``)
 with the expected outcome of each: ``pytest tests/test_bad_output.py`` reports how many were tried and
 how many held. Every case runs the command (or the library call) a user would, on tiny settings. Cases
 whose outcome starts with "keeps working" guard what must stay allowed; every other case failed before
@@ -504,6 +505,218 @@ def eval_lists_what_skip_bad_left_out(env: Env) -> None:
     assert bad.name in env.caplog.text
 
 
+# --------------------------------------------------------------- 28: the output rule, every command
+
+def eval_onto_its_own_checkpoint(env: Env) -> None:
+    run = env.copy_run()
+    before = tree(run)
+    for extra in ((), ("--force",)):          # the file a command reads is never replaced, --force or not
+        status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", run / "best.pt", *extra)
+        assert status == 1 and tree(run) == before
+        one_line_error(err, str(run / "best.pt"), "reads")
+        assert len(err.strip().splitlines()) == 1
+
+
+def eval_onto_the_runs_own_files(env: Env) -> None:
+    run = env.copy_run()
+    before = tree(run)
+    # config.yaml and the eval.json hsbs compare reads were written by hsbs train, not by hsbs eval.
+    for name in ("config.yaml", "eval.json", "metrics.csv"):
+        status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt", "--out", run / name)
+        assert status == 1 and tree(run) == before, name
+        one_line_error(err, str(run / name), "not written by hsbs eval", "--force")
+        assert len(err.strip().splitlines()) == 1
+
+
+def eval_onto_an_unrelated_file(env: Env) -> None:
+    notes = env.tmp / "notes.json"
+    notes.write_text('{"mine": true}')
+    status, _, err = env.hsbs("eval", "--checkpoint", env.run / "best.pt", "--out", notes)
+    assert status == 1 and notes.read_text() == '{"mine": true}'
+    one_line_error(err, str(notes), "--force")
+    assert env.hsbs("eval", "--checkpoint", env.run / "best.pt", "--out", notes, "--force")[0] == 0
+    assert json.loads(notes.read_text())["n"] == 16
+
+
+def eval_again_replaces_only_its_own_unchanged_report(env: Env) -> None:
+    run = env.copy_run()
+    assert env.hsbs("eval", "--checkpoint", run / "best.pt")[0] == 0
+    assert env.hsbs("eval", "--checkpoint", run / "best.pt")[0] == 0      # its own report, replaced
+    (run / "eval_test.json").write_text("my notes on the test split\n")   # edited by the user since
+    status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt")
+    assert status == 1 and (run / "eval_test.json").read_text() == "my notes on the test split\n"
+    one_line_error(err, "eval_test.json", "--force")
+
+
+def eval_report_write_that_fails_halfway(env: Env) -> None:
+    run = env.copy_run()
+    assert env.hsbs("eval", "--checkpoint", run / "best.pt")[0] == 0
+    before = tree(run)
+    real_write_text = Path.write_text
+
+    def half_written(self, text, *args, **kwargs):   # what a full disk does to a report mid-file
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    env.monkeypatch.setattr(Path, "write_text", half_written)
+    status, _, err = env.hsbs("eval", "--checkpoint", run / "best.pt")
+    env.monkeypatch.undo()
+    assert status == 1 and tree(run) == before        # the previous report whole, no temporary left
+    one_line_error(err, "No space left")
+
+
+def photos(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((32, 32, 3), 40 + 30 * i, np.uint8)).save(folder / name)
+
+
+def predict_overlays_into_the_input_folder(env: Env) -> None:
+    folder = env.tmp / "photos"
+    photos(folder, "a.png", "a_pred.png", "b.png")     # a_pred.png is a photo, and an input
+    before = tree(folder)
+    for extra in ((), ("--force",)):
+        status, _, err = env.hsbs("predict", "--checkpoint", env.run / "best.pt", "--no-detect",
+                                  "--save-overlay", folder, folder, *extra)
+        assert status == 1 and tree(folder) == before
+        one_line_error(err, str(folder / "a_pred.png"), "reads")
+    # Without the clash: the overlays go beside the photos, and a second run neither reads them as photos
+    # nor refuses to replace them.
+    (folder / "a_pred.png").unlink()
+    before = tree(folder)
+    for _ in range(2):
+        status, _, err = env.hsbs("predict", "--checkpoint", env.run / "best.pt", "--no-detect",
+                                  "--save-overlay", folder, folder)
+        assert status == 0, err
+        assert sorted(p.name for p in folder.glob("*.png")) == ["a.png", "a_pred.png", "b.png", "b_pred.png"]
+        assert {name: tree(folder)[name] for name in before} == before
+
+
+def predict_overlay_onto_a_users_file(env: Env) -> None:
+    photos(env.tmp / "in", "face.png")
+    out = env.tmp / "out"
+    photos(out, "face_pred.png")
+    mine = (out / "face_pred.png").read_bytes()
+    status, _, err = env.hsbs("predict", "--checkpoint", env.run / "best.pt", "--no-detect", "--save-overlay", out,
+                              env.tmp / "in")
+    assert status == 1 and (out / "face_pred.png").read_bytes() == mine
+    one_line_error(err, str(out / "face_pred.png"), "--force")
+    assert env.hsbs("predict", "--checkpoint", env.run / "best.pt", "--no-detect", "--save-overlay", out,
+                    env.tmp / "in", "--force")[0] == 0
+    assert (out / "face_pred.png").read_bytes() != mine
+
+
+def export_beside_an_earlier_exports_sidecar(env: Env) -> None:
+    folder = env.tmp / "deploy"
+    assert env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", folder / "first.pt")[0] == 0
+    # An earlier export's metadata under the name of a user's model does not make the model export's own.
+    shutil.copy(folder / "first.json", folder / "model.json")
+    (folder / "model.pt").write_bytes(b"someone's model")
+    status, _, err = env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", folder / "model.pt")
+    assert status == 1 and (folder / "model.pt").read_bytes() == b"someone's model"
+    one_line_error(err, str(folder / "model.pt"), "--force")
+    # Nor does an export whose file the user replaced since.
+    (folder / "first.pt").write_bytes(b"retrained elsewhere")
+    status, _, err = env.hsbs("export", "--checkpoint", env.run / "best.pt", "--out", folder / "first.pt")
+    assert status == 1 and (folder / "first.pt").read_bytes() == b"retrained elsewhere"
+    one_line_error(err, "first.pt", "--force")
+
+
+def metric_figures_only(env: Env) -> None:
+    from hsbs_lib.viz import figures as figures_module
+
+    env.monkeypatch.setattr(figures_module, "load_eval_data", lambda run, **kw: None)
+
+
+def figures_beside_a_users_file(env: Env) -> None:
+    metric_figures_only(env)
+    run = env.copy_run("myrun")
+    out = env.tmp / "paper"
+    out.mkdir()
+    (out / "myrun_curves.png").write_bytes(b"my own plot")
+    status, _, err = env.hsbs("figures", "--run", run, "--out", out, "--formats", "png")
+    assert status == 1 and (out / "myrun_curves.png").read_bytes() == b"my own plot"
+    one_line_error(err, str(out / "myrun_curves.png"), "not written by hsbs figures", "--force")
+    assert env.hsbs("figures", "--run", run, "--out", out, "--formats", "png", "--force")[0] == 0
+    assert (out / "myrun_curves.png").read_bytes().startswith(b"\x89PNG")
+    # Its own figures it redraws without --force.
+    assert env.hsbs("figures", "--run", run, "--out", out, "--formats", "png")[0] == 0
+
+
+def train_onto_a_users_config_yaml(env: Env) -> None:
+    project = env.tmp / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("model: {name: my_net}\ntrain: {lr: 3}\n")   # a config.yaml, not a run
+    before = tree(project)
+    status, _, err = env.hsbs("train", "--out", project, *TINY, f"data.cache_dir={env.tmp / 'cache'}")
+    assert status == 1 and tree(project) == before
+    one_line_error(err, "config.yaml", "not a training run", "--overwrite")
+
+
+def train_records_its_run_and_resumes_one_from_before_manifests(env: Env) -> None:
+    from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder
+
+    run = env.copy_run()
+    recorded = OutputFolder(run, "train").manifest()
+    assert {name for name, entry in recorded.items() if entry["command"] == "train"} >= {
+        "config.yaml", "best.pt", "last.pt", "metrics.csv", "eval.json"}
+    (run / MANIFEST_NAME).unlink()           # a run written before runs kept a manifest
+    assert env.hsbs("train", "--resume", run, "train.epochs=2")[0] == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and OutputFolder(run, "train").written_by_me("last.pt")
+
+
+def output_names_leading_out_of_the_folder(env: Env) -> None:
+    from hsbs_lib.outputs import OutputFolder, OutputRefused
+
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    folder = env.tmp / "out"
+    folder.mkdir()
+    (folder / "link").symlink_to(outside, target_is_directory=True)   # a folder on the way leads outside
+    outputs = OutputFolder(folder, "figures", force=True)
+    for name in ("../x.png", str(outside / "x.png"), "a/../../x.png", "link/x.png", ".hsbs-outputs.json"):
+        with pytest.raises(OutputRefused, match="outside"):
+            outputs.write_text(name, "escaped")
+    assert not list(outside.iterdir()) and not (env.tmp / "x.png").exists()
+    assert outputs.write_text("sub/x.png", "inside").read_text() == "inside"      # a plain subfolder is fine
+
+
+def compare_plan(env: Env, rows: str, out: Path) -> Path:
+    plan = env.tmp / "plan.yaml"
+    plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {out}\nrows:\n{rows}")
+    return plan
+
+
+def compare_beside_a_users_table(env: Env) -> None:
+    out = env.tmp / "cmp"
+    out.mkdir()
+    (out / "comparison.md").write_text("my table")
+    plan = compare_plan(env, "  baseline: {}\n", out)
+    status, _, err = env.hsbs("compare", "--config", plan, "--seeds", "0", "--no-speed", *TINY)
+    assert status == 1 and tree(out) == {"comparison.md": b"my table"}   # refused before any training
+    one_line_error(err, str(out / "comparison.md"), "not written by hsbs compare", "--force")
+
+
+def compare_plan_inside_its_output_folder(env: Env) -> None:
+    out = env.tmp / "cmp"
+    out.mkdir()
+    plan = out / "comparison.md"                  # the plan the command reads, named like its table
+    plan.write_text(f"base: configs/synthfer_baseline.yaml\nout: {out}\nrows:\n  baseline: {{}}\n")
+    before = tree(out)
+    status, _, err = env.hsbs("compare", "--config", plan, "--seeds", "0", "--no-speed", "--force", *TINY)
+    assert status == 1 and tree(out) == before
+    one_line_error(err, str(plan), "reads", "not even with --force")
+
+
+def compare_row_leading_out_of_its_folder(env: Env) -> None:
+    out = env.tmp / "a" / "b" / "cmp"
+    for row in ("../../x", "/tmp/x", ".hidden"):
+        plan = compare_plan(env, f"  baseline: {{}}\n  '{row}': {{}}\n", out)
+        status, _, err = env.hsbs("compare", "--config", plan, "--seeds", "0", "--no-speed", *TINY)
+        assert status == 1 and not (env.tmp / "a").exists() and not (env.tmp / "x").exists()
+        one_line_error(err, repr(row), "outside the output folder")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -560,6 +773,35 @@ CASES = [
          eval_lists_what_skip_bad_left_out),
     Case("figures without --out", 0, "written into RUN/figures, never into the package checkout",
          figures_default_beside_the_run_not_in_the_checkout),
+    Case("eval --out onto the checkpoint it reads", 28, "refused in one line, even with --force",
+         eval_onto_its_own_checkpoint),
+    Case("eval --out onto the run's config.yaml, eval.json, metrics.csv", 28, "refused in one line naming the "
+         "file (hsbs train wrote them)", eval_onto_the_runs_own_files),
+    Case("eval --out onto an unrelated file", 28, "refused without --force; replaced with it",
+         eval_onto_an_unrelated_file),
+    Case("eval twice, then the report edited", 28, "keeps working: its own report is replaced; once edited, "
+         "refused", eval_again_replaces_only_its_own_unchanged_report),
+    Case("eval report write fails halfway", 28, "one line; the previous report whole, no temporary file",
+         eval_report_write_that_fails_halfway),
+    Case("predict FOLDER --save-overlay FOLDER over an input photo", 28, "refused, even with --force; without "
+         "the clash its overlays are written and replaced, never read as photos", predict_overlays_into_the_input_folder),
+    Case("predict --save-overlay onto a user's *_pred.png", 28, "refused without --force",
+         predict_overlay_onto_a_users_file),
+    Case("export beside an earlier export's sidecar", 28, "a user's model.pt (or a replaced export) is refused "
+         "without --force", export_beside_an_earlier_exports_sidecar),
+    Case("figures --out onto a user's same-named file", 28, "refused without --force; its own figures redrawn",
+         figures_beside_a_users_file),
+    Case("train --out onto a folder holding a user's config.yaml", 28, "refused: the manifest does not record "
+         "it as hsbs train's, and no run's results sit beside it", train_onto_a_users_config_yaml),
+    Case("train, then resume a run from before manifests", 28, "keeps working: a run records its files as hsbs "
+         "train's, and a run without a manifest is still resumed", train_records_its_run_and_resumes_one_from_before_manifests),
+    Case("output names with .., absolute, through a link out", 28, "refused, even with --force; nothing written "
+         "outside the folder", output_names_leading_out_of_the_folder),
+    Case("compare --out onto a user's comparison.md", 28, "refused before any training", compare_beside_a_users_table),
+    Case("compare --config OUT/comparison.md", 28, "refused before training, even with --force: the plan it "
+         "reads is never replaced", compare_plan_inside_its_output_folder),
+    Case("compare plan row named ../../x", 28, "refused in one line, nothing trained or written",
+         compare_row_leading_out_of_its_folder),
 ]
 
 

@@ -192,9 +192,13 @@ def test_files_the_command_did_not_write_are_never_overwritten(finished_runs, tm
     assert status == 1 and "demo_hsbs/eval.json" in error and len(error.strip().splitlines()) == 1
     assert (out / "demo_hsbs" / "eval.json").read_text() == "my own notes"
     assert not (out / "manifest.json").exists()
-    # A folder this command wrote is rewritten in place.
+    # A folder this command wrote is rewritten in place ...
     shutil.rmtree(out)
     expected.write_reference(runs, figures, out)
-    (out / "demo_hsbs" / "eval.json").write_text("stale")
     expected.write_reference(runs, figures, out)
     assert json.loads((out / "demo_hsbs" / "eval.json").read_text())["accuracy"] == 0.8
+    # ... but a file edited since it was written (another size than manifest.json records) is the user's now.
+    (out / "demo_hsbs" / "eval.json").write_text("edited")
+    with pytest.raises(expected.ReferenceError, match="demo_hsbs/eval.json"):
+        expected.write_reference(runs, figures, out)
+    assert (out / "demo_hsbs" / "eval.json").read_text() == "edited"

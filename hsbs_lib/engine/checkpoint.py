@@ -186,11 +186,58 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """What a checkpoint says it is, in words: method, backbone, classes and input size (``?`` where it
+    does not say)."""
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    classes = checkpoint.get("classes")
+    classes = (f"{len(classes)} classes ({', '.join(map(str, classes))})" if isinstance(classes, (list, tuple))
+               else "classes ?")
+    size = checkpoint.get("input_size", "?")
+    return (f"method {model.get('name', '?')}, backbone {model.get('backbone', '?')}, {classes}, "
+            f"input size {size}")
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                                ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from the stored config and classes, load its weights, put it in eval mode."""
+    """Rebuild the model from the stored config and classes, load its weights, put it in eval mode.
+
+    A checkpoint that cannot be rebuilt (no stored config, classes or input size; a config that does not
+    read) or whose weights do not fit the model its config describes (another method's weights, keys
+    missing or extra, other shapes) is refused with one ValueError saying what the checkpoint is."""
+    path = resolve_checkpoint(path)
     checkpoint = load_checkpoint(path)
-    config = config_from_dict(checkpoint["config"])
-    model = build_model(config, checkpoint["classes"], load_pretrained=False)
-    model.load_state_dict(checkpoint["model"])
+    missing = [key for key in ("config", "classes", "input_size") if key not in checkpoint]
+    if missing or not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
+        what = (f"stores no {' or '.join(missing)}" if missing
+                else "holds no config and weights as hsbs train writes them")
+        raise ValueError(f"checkpoint {path} ({describe_checkpoint(checkpoint)}) {what}, so its model cannot be "
+                         "rebuilt; give a best.pt or last.pt written by hsbs train")
+    try:
+        config = config_from_dict(checkpoint["config"])
+        model = build_model(config, checkpoint["classes"], load_pretrained=False)
+    except (ValueError, KeyError, TypeError) as error:
+        reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise ValueError(f"checkpoint {path} ({describe_checkpoint(checkpoint)}): its stored config does not "
+                         f"build a model ({str(reason).splitlines()[0]})") from None
+    try:
+        result = model.load_state_dict(checkpoint["model"], strict=False)
+        problems = [f"{len(result.missing_keys)} weight(s) missing ({_some(result.missing_keys)})"
+                    if result.missing_keys else "",
+                    f"{len(result.unexpected_keys)} unexpected weight(s) ({_some(result.unexpected_keys)})"
+                    if result.unexpected_keys else ""]
+        problem = "; ".join(part for part in problems if part)
+    except RuntimeError as error:     # shapes that differ: "size mismatch for head.weight: ..."
+        lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        problem = (f"{len(lines)} weight(s) of another shape ({_some(lines, 1)})" if lines
+                   else str(error).splitlines()[0])
+    if problem:
+        raise ValueError(f"checkpoint {path} ({describe_checkpoint(checkpoint)}): its weights do not fit the model "
+                         f"its config describes: {problem}; it was edited, or its weights come from another "
+                         "method or width") from None
     return model.to(device).eval(), checkpoint

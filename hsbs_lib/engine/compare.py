@@ -49,6 +49,7 @@ from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference
 from hsbs_lib.engine.diagnostics import run_diagnostics
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
 from hsbs_lib.engine.run_folder import holds_run_of
+from hsbs_lib.outputs import OutputFolder, plain_name
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc.", "macro_f1": "macro-F1"}
@@ -88,6 +89,8 @@ def load_plan(path: str | Path) -> ComparePlan:
         raise ValueError(f"{path}: rows must be a mapping of row names to their overrides")
     rows = {}
     for name, row in spec["rows"].items():
+        # A row trains into OUT/ROW/seedS: its name must not lead out of OUT ("../../x", "/tmp/x").
+        name = plain_name(str(name), f"{path}: row")
         if isinstance(row, dict):
             rows[name] = [f"{key}={_yaml_scalar(value)}" for key, value in row.items()]
         elif isinstance(row, list):
@@ -449,19 +452,31 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
     return "\n\n".join(part for part in parts if part)
 
 
-def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None
-                 ) -> tuple[Path, Path]:
-    """comparison.md (every table) and comparison.csv (the measured rows only)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out / "comparison.md", out / "comparison.csv"
-    md.write_text(format_report(summaries, reference, published) + "\n")
+TABLE_FILES = ("comparison.md", "comparison.csv")
+
+
+def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | None = None) -> OutputFolder:
+    """The comparison's folder under the output rule (:mod:`hsbs_lib.outputs`), its tables checked: a
+    comparison.md or .csv that hsbs compare did not write is replaced only with ``force``, and the plan
+    file it reads never."""
+    outputs = OutputFolder(out, "compare", force=force, reads=[plan] if plan is not None else [])
+    outputs.check(TABLE_FILES)
+    return outputs
+
+
+def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None, *,
+                 force: bool = False, plan: str | Path | None = None) -> tuple[Path, Path]:
+    """comparison.md (every table) and comparison.csv (the measured rows only), written atomically."""
+    outputs = table_outputs(out, force=force, plan=plan)
+    md = outputs.write_text(TABLE_FILES[0], format_report(summaries, reference, published) + "\n")
     fields = list(dict.fromkeys(key for summary in summaries for key in summary))
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(summaries)
-    return md, csv_path
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(summaries)
+    return md, outputs.write(TABLE_FILES[1], write_csv)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -471,6 +486,8 @@ def add_compare_arguments(parser) -> None:
     # Strings, so that "--seeds 0 1 2 train.epochs=6" works: key=value items after the seeds are overrides.
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default 0 1 2)")
     parser.add_argument("--out", help="override the comparison's output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace comparison.md / .csv in the output folder that hsbs compare did not write")
     parser.add_argument("--rows", nargs="+", help="only these rows (the reference row is always kept)")
     parser.add_argument("--reference", help="the row the others are compared with (default: the plan's reference)")
     parser.add_argument("--no-speed", dest="speed", action="store_false", help="skip the images/s measurement")
@@ -511,9 +528,11 @@ def run_compare(args) -> int:
         if unknown:
             raise KeyError(f"unknown rows {sorted(unknown)}; the config has {list(plan.rows)}")
         plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
+    table_outputs(plan.out, force=args.force, plan=args.config)    # refused before hours of training, not after
     summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
                                diagnostics=args.diagnostics)
-    md, csv_path = write_tables(summaries, plan.out, reference, plan.published)
+    md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force,
+                                plan=args.config)
     print(format_report(summaries, reference, plan.published))
     print(f"\nwritten {md} and {csv_path}")
     return 0

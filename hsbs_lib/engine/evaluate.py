@@ -27,6 +27,7 @@ from hsbs_lib.engine.checkpoint import SHIPPED_FOLDER, load_model_from_checkpoin
 from hsbs_lib.engine.log import progress_bar
 from hsbs_lib.engine.runs import checkpoint_data_config
 from hsbs_lib.engine.metrics import classification_metrics, format_metrics
+from hsbs_lib.outputs import OutputFolder, output_for, write_text_atomic
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -112,11 +113,12 @@ def evaluation_report(metrics: dict, *, checkpoint: str | os.PathLike, dataset: 
     return {**report, "classes": list(classes), **metrics}
 
 
-def write_json(values: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2) + "\n")
-    return path
+def write_json(values: dict, path: str | os.PathLike, *, outputs: OutputFolder | None = None) -> Path:
+    """Write ``values`` as JSON atomically; through ``outputs`` (checked and recorded) when given."""
+    text = json.dumps(values, indent=2) + "\n"
+    if outputs is not None:
+        return outputs.write_text(Path(path).name, text)
+    return write_text_atomic(path, text)
 
 
 def refuse_other_classes(trained: Sequence[str], data_classes: Sequence[str] | None, checkpoint: Any) -> None:
@@ -136,18 +138,23 @@ def refuse_other_classes(trained: Sequence[str], data_classes: Sequence[str] | N
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str | None = None,
                         device: str = "auto", out: str | os.PathLike | None = None,
-                        overrides: Sequence[str] = (), batch_size: int | None = None, tta: str = "none") -> dict:
+                        overrides: Sequence[str] = (), batch_size: int | None = None, tta: str = "none",
+                        force: bool = False) -> dict:
     """Evaluate a checkpoint on ``data`` or on a split of its own (or overridden) data config.
 
     ``overrides`` change the data section (``data.root=/x`` or ``root=/x``); a path stored in the checkpoint
     is used only when the user gives none (and is logged). The report is written to ``out`` (default:
     ``eval_SPLIT.json`` beside the checkpoint, never the training run's own ``eval.json``) and returned;
     entries ``data.skip_bad=true`` left out are listed in it (``skipped``) and on screen. ``tta``: none | flip |
-    tencrop, test-time augmentation.
+    tencrop, test-time augmentation. The report follows the output rule (:mod:`hsbs_lib.outputs`): it never
+    replaces the checkpoint, nor a file an earlier ``hsbs eval`` did not write (``force``), checked before
+    any work.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got '{tta}'")
     path = resolve_checkpoint(path, default="best.pt")
+    if out is not None:   # an --out the rule refuses is refused before the checkpoint is even read
+        output_for(out, "eval", force=force, reads=[path])[0].check([Path(out).name])
     device = select_device(device)
     model, checkpoint = load_model_from_checkpoint(path, device=device)
     # The user's data settings win over the checkpoint's stored paths and sizes (see checkpoint_data_config).
@@ -157,8 +164,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     validate_config(config)     # data.n_test=0, a non-positive batch size ...: one line before any work
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
-    if data is None:
+    own_data = data is None
+    if own_data:
         split = split or config.data.test_split
+    # The training run's eval.json holds its validation scores, which hsbs compare reads: never replace it.
+    # A shipped model's report goes to the current folder, never into the installed package.
+    beside = Path.cwd() / f"eval_{path.stem}" if path.parent == SHIPPED_FOLDER else path.parent / "eval"
+    report_path = Path(out) if out else beside.with_name(f"{beside.name}_{split or 'given'}.json")
+    outputs, report_name = output_for(report_path, "eval", force=force, reads=[path])
+    outputs.check([report_name])
+    if own_data:
         data = build_dataset(config, split)
     refuse_other_classes(checkpoint["classes"], getattr(data, "classes", None), path)
     skipped: list = []
@@ -179,11 +194,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
         shown = "\n".join(f"  {entry}" for entry in report["skipped"][:10])
         more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning(f"left out {len(skipped)} bad entries (data.skip_bad=true), listed in the report:\n{shown}{more}")
-    # The training run's eval.json holds its validation scores, which hsbs compare reads: never replace it.
-    # A shipped model's report goes to the current folder, never into the installed package.
-    beside = Path.cwd() / f"eval_{path.stem}" if path.parent == SHIPPED_FOLDER else path.parent / "eval"
-    report_path = Path(out) if out else beside.with_name(f"{beside.name}_{split or 'given'}.json")
-    write_json(report, report_path)
+    write_json(report, report_path, outputs=outputs)
     report["report_path"] = str(report_path)
     return report
 
@@ -197,6 +208,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split to evaluate (default: the config's test split)")
     parser.add_argument("--out", help="JSON report path (default: eval_SPLIT.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out that hsbs eval did not write (never the checkpoint)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: flip (the image and its mirror) or tencrop (corner and centre "
@@ -212,7 +225,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.root:
         overrides.append(f"data.root={args.root}")
     report = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, out=args.out,
-                                 overrides=overrides, batch_size=args.batch_size, tta=args.tta)
+                                 overrides=overrides, batch_size=args.batch_size, tta=args.tta,
+                                 force=args.force)
     tta = f", test-time augmentation {report['tta']}" if report["tta"] != "none" else ""
     print(f"{report['checkpoint']} on {report['dataset']} [{report['split']}]{tta}")
     print(format_metrics(report, report["classes"]))

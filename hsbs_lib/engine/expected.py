@@ -31,6 +31,7 @@ from PIL import Image
 from hsbs_lib.config import load_config, repo_root
 from hsbs_lib.engine.compare import _cost as model_cost
 from hsbs_lib.engine.compare import format_report, summarise
+from hsbs_lib.outputs import atomic_write, write_bytes_atomic, write_text_atomic
 
 DEMO_RUNS = ("demo_baseline", "demo_hsbs")
 RUN_FILES = ("eval.json", "metrics.csv")
@@ -181,8 +182,8 @@ def method_summaries(folder: Path, rows: Sequence[str] = METHOD_ROWS, seeds: Seq
 
 def write_summary_files(summaries: dict, out: Path, stem: str, source: str) -> dict[str, dict]:
     """``out/STEM.json`` (the summaries) and ``out/STEM.md`` (their tables); returns their manifest entries."""
-    (out / f"{stem}.json").write_text(json.dumps(summaries, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(format_report(summaries["rows"], summaries["reference_row"]) + "\n")
+    write_text_atomic(out / f"{stem}.json", json.dumps(summaries, indent=1) + "\n")
+    write_text_atomic(out / f"{stem}.md", format_report(summaries["rows"], summaries["reference_row"]) + "\n")
     return {f"{stem}.{suffix}": {"source": source, "bytes": (out / f"{stem}.{suffix}").stat().st_size}
             for suffix in ("json", "md")}
 
@@ -200,7 +201,7 @@ def _scaled_figure(source: Path, target: Path) -> None:
         # A 256-colour palette keeps a plot readable at a third of the bytes of full colour.
         palette = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
                                                 dither=Image.Dither.FLOYDSTEINBERG)
-        palette.save(target, optimize=True)
+        atomic_write(target, lambda path: palette.save(path, format="PNG", optimize=True))
 
 
 def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> dict:
@@ -218,15 +219,23 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
                              f"{', '.join(missing)}")
     ablation = ablation_summaries(runs / "synthfer")
     methods = method_summaries(runs / "synthfer")
-    # Only files an earlier run of this command wrote (its manifest.json lists them) may be replaced.
+    # Only files an earlier run of this command wrote (its manifest.json lists them, with their size) may be
+    # replaced; every name is checked before anything is written.
     previous_manifest = out / "manifest.json"
-    previous = json.loads(previous_manifest.read_text()) if previous_manifest.is_file() else {}
+    try:
+        previous = json.loads(previous_manifest.read_text()) if previous_manifest.is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
     targets = [*sources, *(f"{stem}.{suffix}" for stem in ("synthfer_ablation", "synthfer_methods")
                            for suffix in ("json", "md"))]
-    foreign = [name for name in targets if (out / name).exists() and name not in previous]
+    foreign = [name for name in targets if (out / name).exists() and not (
+        isinstance(previous.get(name), dict) and (out / name).is_file()
+        and previous[name].get("bytes") == (out / name).stat().st_size)]
     if foreign:
         raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
-                             f"{previous_manifest.name}); choose another --out or move them away")
+                             f"{previous_manifest.name}, or another size than it records); choose another --out "
+                             "or move them away")
 
     manifest = {}
     for name, source in sources.items():
@@ -235,7 +244,7 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         if name.startswith("figures/"):
             _scaled_figure(source, target)
         else:
-            target.write_bytes(source.read_bytes())
+            write_bytes_atomic(target, source.read_bytes())
         # Recorded relative to the runs / figures folders: no machine's absolute paths in the repository.
         base, label = (figures, "figures") if name.startswith("figures/") else (runs, "runs")
         manifest[name] = {"source": f"{label}/{source.relative_to(base).as_posix()}"}
@@ -244,7 +253,7 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
     manifest.update(write_summary_files(ablation, out, "synthfer_ablation", _runs_pattern(ABLATION_ROWS,
                                                                                             ABLATION_SEEDS)))
     manifest.update(write_summary_files(methods, out, "synthfer_methods", _runs_pattern(METHOD_ROWS, METHOD_SEEDS)))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

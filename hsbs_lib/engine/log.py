@@ -17,6 +17,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from hsbs_lib.constants import progress_disabled
+from hsbs_lib.outputs import atomic_write
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -70,13 +71,13 @@ class MetricsLog:
         columns: list[str] = []
         for row in self.rows:
             columns += [key for key in row if key not in columns]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".csv.tmp")
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(temporary, self.path)
+
+        def write(path: Path) -> None:
+            with open(path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        atomic_write(self.path, write)      # a reader (or a kill) never meets half a table
 
     def close(self) -> None:
         if self.writer is not None:

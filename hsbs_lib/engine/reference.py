@@ -32,6 +32,7 @@ from hsbs_lib.engine.build import build_splits
 from hsbs_lib.engine.evaluate import write_json
 from hsbs_lib.engine.metrics import classification_metrics
 from hsbs_lib.engine.run_folder import write_run_config
+from hsbs_lib.outputs import atomic_write
 
 RECIPE = ("torchvision resnet18 (standard stem), Adam + OneCycleLR (peak train.lr), random horizontal flip, "
           "cross-entropy; model, optimiser, schedule, weight decay and augmentation settings ignored")
@@ -111,10 +112,12 @@ def train_reference(config: Config) -> dict:
             best_score, best_epoch = val["mean_class_accuracy"], epoch + 1
             best_state = copy.deepcopy(model.state_dict())
             best_validation = {key: val[key] for key in ("accuracy", "mean_class_accuracy", "macro_f1")}
-    with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    def write_metrics(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(out / "metrics.csv", write_metrics)
     model.load_state_dict(best_state)
     report = {"trainer": RECIPE, "dataset": config.data.name, "epoch": best_epoch, "selected_on": splits.selection,
               "validation": best_validation}

@@ -19,6 +19,7 @@ import yaml
 
 from hsbs_lib.config import Config, save_config
 from hsbs_lib.engine.build import trained_same_recipe
+from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -28,6 +29,8 @@ TEMPORARY_PATTERN = ".*.pt.*.tmp"
 # What fit writes into a run folder (plus figures drawn into it, a skipped-entries list, ...).
 RUN_MARKER = "config.yaml"
 RUN_OUTPUTS = ("last.pt", "best.pt", "eval.json", "metrics.csv")
+# Everything fit records in the folder's manifest (hsbs_lib.outputs) as written by "train".
+RECORDED = (RUN_MARKER, *RUN_OUTPUTS, "skipped.txt")
 
 
 class RunFolderBusyError(OSError):
@@ -35,13 +38,31 @@ class RunFolderBusyError(OSError):
     reports it in one line)."""
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a training run: its manifest (:mod:`hsbs_lib.outputs`) records that hsbs train
+    wrote its config.yaml. A folder whose manifest records nothing of hsbs train's was written before runs kept
+    one: it is a run when a config.yaml sits beside a run's results (a checkpoint, metrics or an evaluation)."""
+    files = OutputFolder(folder, "train").manifest()
+    trained = {name for name, entry in files.items() if entry.get("command") == "train"}
+    if trained:
+        return RUN_MARKER in trained
+    return (folder / RUN_MARKER).is_file() and _has_results(folder)
+
+
 def foreign_files(folder: Path) -> list[str]:
-    """Names in ``folder`` when it holds files but is not a run folder (no config.yaml); else []."""
+    """Names in ``folder`` when it holds files but is not a run folder (:func:`is_run_folder`); else []."""
     if not folder.is_dir():
         return []
     names = sorted(path.name for path in folder.iterdir()
-                   if path.name != LOCK_NAME and not path.match(TEMPORARY_PATTERN))
-    return [] if not names or RUN_MARKER in names else names
+                   if path.name not in (LOCK_NAME, MANIFEST_NAME) and not path.match(TEMPORARY_PATTERN))
+    return [] if not names or is_run_folder(folder) else names
+
+
+def record_run_outputs(folder: Path) -> None:
+    """Record the run files present in ``folder`` in its manifest, as written by hsbs train."""
+    present = [name for name in RECORDED if (folder / name).is_file()]
+    if present:
+        OutputFolder(folder, "train").record(*present)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -126,6 +147,7 @@ def write_run_config(config: Config, folder: Path, *, replace_other_recipe: bool
         log.info("replacing the run of another recipe in %s", folder)
     (folder / "eval.json").unlink(missing_ok=True)
     save_config(config, folder / RUN_MARKER)
+    record_run_outputs(folder)     # from now on the folder is this command's run (its manifest says so)
 
 
 def _has_results(folder: Path) -> bool:
@@ -174,7 +196,13 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
     try:
         with run_folder_lock(folder):
             remove_stale_temporaries(folder)
-            yield folder
+            try:
+                yield folder
+            finally:
+                # Once this or an earlier start made the folder a run (its config.yaml recorded), what the
+                # run wrote is recorded too, whether it finished or failed.
+                if OutputFolder(folder, "train").manifest().get(RUN_MARKER, {}).get("command") == "train":
+                    record_run_outputs(folder)
     finally:
         # A run that failed before writing anything leaves no empty folders behind it.
         for path in created:

@@ -66,6 +66,7 @@ from hsbs_lib.engine.ema import ema_model
 from hsbs_lib.engine.log import MetricsLog, format_epoch, progress_bar, progress_enabled
 from hsbs_lib.models.base import ModelOutput
 from hsbs_lib.models.registry import model_option_defaults
+from hsbs_lib.outputs import write_text_atomic
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -550,7 +551,7 @@ def report_skipped(skipped: dict[str, list[BadEntry]], out: Path, *, shown: int 
         return
     path = out / "skipped.txt"
     # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+    write_text_atomic(path, "\n".join(lines) + "\n", errors="surrogateescape")
     more = [f"  ... and {len(lines) - shown} more"] if len(lines) > shown else []
     log.warning("\n".join([f"skipped {len(lines)} bad entries (data.skip_bad=true), listed in {path}:"]
                           + [f"  {line}" for line in lines[:shown]] + more))

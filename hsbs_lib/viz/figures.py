@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.engine.runs import EvalData, RunArtifacts, load_eval_data, load_run, model_inputs, predict_batches
 from hsbs_lib.losses.bsa import similarity_statistics
+from hsbs_lib.outputs import OutputFolder
 from hsbs_lib.viz.attention import attention_maps, plot_ds_attention, plot_layer_attention, plot_scale_attention_by_pose
 from hsbs_lib.viz.confusion import confusion, per_class_recall, plot_confusion, plot_confusion_pair
 from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves
@@ -72,21 +73,25 @@ def _attention_over(model: nn.Module, inputs: Tensor, *, batch_size: int = 128) 
 
 
 class FigureWriter:
-    """Saves figures into one folder in the given formats, closes them, and remembers every path."""
+    """Saves figures into one folder in the given formats, closes them, and remembers every path.
+
+    ``out``: a folder (written as ``hsbs figures`` under the output rule, :mod:`hsbs_lib.outputs`) or a
+    command's :class:`~hsbs_lib.outputs.OutputFolder` (with its ``--force``)."""
 
     def __init__(self, out=None, formats: Sequence[str] = ("png", "pdf")):
-        self.out = figures_dir(out)
+        self.outputs = out if isinstance(out, OutputFolder) else OutputFolder(figures_dir(out), "figures")
+        self.out = self.outputs.folder
         self.formats = tuple(formats)
         self.paths: list[Path] = []
 
     def save(self, fig, name: str) -> None:
-        self.paths.extend(save_figure(fig, name, self.out, formats=self.formats))
-        plt.close(fig)
+        try:
+            self.paths.extend(save_figure(fig, name, formats=self.formats, outputs=self.outputs))
+        finally:
+            plt.close(fig)
 
     def write_text(self, file_name: str, text: str) -> None:
-        path = self.out / file_name
-        path.write_text(text)
-        self.paths.append(path)
+        self.paths.append(self.outputs.write_text(file_name, text))
 
 
 def write_run_figures(run: RunArtifacts, data: EvalData | None, out=None, *, show: int = 6,
@@ -255,13 +260,15 @@ def write_comparison_figures(method: RunSummary, baseline: RunSummary, runs: tup
 def draw_figures(run_dir: str | Path, compare_dir: str | Path | None = None, out=None, *,
                  checkpoint: str = "best.pt", device: str = "cpu", samples: int = 512, cam_method: str = "gradcam",
                  seed: int = 0, formats: Sequence[str] = ("png", "pdf"),
-                 data_overrides: Sequence[str] = ()) -> list[Path]:
+                 data_overrides: Sequence[str] = (), force: bool = False) -> list[Path]:
     """Every figure of ``run_dir``, and with ``compare_dir`` those of the second run and the side-by-side
     ones, drawn on the same test images. ``data_overrides`` (``data.root=...``) are the user's data settings,
-    which win over the run's stored ones. Returns the written paths."""
+    which win over the run's stored ones. Returns the written paths. ``out`` follows the output rule
+    (:mod:`hsbs_lib.outputs`): a file hsbs figures did not write there is replaced only with ``force``."""
     options = dict(cam_method=cam_method, seed=seed, formats=formats)
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     data = load_eval_data(run, max_samples=samples, overrides=data_overrides)
+    out = out if isinstance(out, OutputFolder) else OutputFolder(figures_dir(out), "figures", force=force)
     summary = write_run_figures(run, data, out, **options)
     paths = list(summary.paths)
     if compare_dir is not None:

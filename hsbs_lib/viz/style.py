@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hsbs_lib.config import repo_root  # noqa: E402
 from hsbs_lib.data.labels import CANONICAL_8  # noqa: E402
+from hsbs_lib.outputs import OutputFolder, atomic_write  # noqa: E402
 
 DPI = 150
 FONT_SIZE = 9
@@ -53,16 +54,26 @@ def figures_dir(out: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def save_figure(fig, name: str, out: str | os.PathLike | None = None, formats=("png", "pdf")) -> list[Path]:
-    """Write ``fig`` as NAME.png and NAME.pdf into the figures folder; returns the paths."""
-    folder = figures_dir(out)
+def save_figure(fig, name: str, out: str | os.PathLike | None = None, formats=("png", "pdf"), *,
+                outputs: OutputFolder | None = None) -> list[Path]:
+    """Write ``fig`` as NAME.png and NAME.pdf into the figures folder (atomically); returns the paths.
+
+    With ``outputs`` (a command's folder, :mod:`hsbs_lib.outputs`) the files go there under the output rule:
+    every format is checked before any is written, and each is recorded in the folder's manifest."""
+    folder = outputs.folder if outputs is not None else figures_dir(out)
+    names = [f"{name}.{fmt}" for fmt in formats]
+    if outputs is not None:
+        outputs.check(names)
     paths = []
-    for fmt in formats:
-        path = folder / f"{name}.{fmt}"
+    for file_name, fmt in zip(names, formats):
         # PDFs carry a creation date by default; drop it so regenerated figures are byte-stable.
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-        fig.savefig(path, dpi=DPI, metadata=metadata)
-        paths.append(path)
+
+        def write(path: Path, fmt: str = fmt, metadata: dict = metadata) -> None:
+            fig.savefig(path, dpi=DPI, metadata=metadata, format=fmt)
+
+        paths.append(outputs.write(file_name, write) if outputs is not None
+                     else atomic_write(folder / file_name, write))
     return paths
 
 

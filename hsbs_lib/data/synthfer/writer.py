@@ -9,24 +9,29 @@ import numpy as np
 
 from hsbs_lib.data.synthfer.params import EXPRESSION_CLASSES
 from hsbs_lib.data.synthfer.render import check_size, render_synthfer
+from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder, atomic_write
 
 
 META_NAME = "synthfer_meta.npz"   # also the mark of a folder this writer filled
 WRITING_NAME = ".hsbs-synth-writing"   # present while writing, so an interrupted write can be redone
 
 
-def refuse_foreign_folder(root: Path, *, overwrite: bool = False) -> None:
-    """Refuse a folder that holds files and was not written by :func:`write_rafdb_layout` (no
-    synthfer_meta.npz), e.g. a RAF-DB copy whose label file and images would be replaced."""
+def refuse_foreign_folder(root: Path, *, overwrite: bool = False) -> OutputFolder:
+    """The folder under the output rule (:mod:`hsbs_lib.outputs`): one that holds files is written into only
+    when its manifest records that hsbs synth filled it (its synthfer_meta.npz, or the mark of a write that
+    was interrupted), or with ``overwrite``; else a RAF-DB copy's label file and images would be replaced."""
+    outputs = OutputFolder(root, "synth", force=overwrite)
     if not root.exists():
-        return
+        return outputs
     if not root.is_dir():
         raise ValueError(f"--out {root} is a file, not a folder")
-    names = sorted(path.name for path in root.iterdir())
-    if names and META_NAME not in names and WRITING_NAME not in names and not overwrite:
+    names = sorted(path.name for path in root.iterdir() if path.name != MANIFEST_NAME)
+    own = outputs.written_by_me(META_NAME) or outputs.written_by_me(WRITING_NAME)
+    if names and not own and not overwrite:
         shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
         raise ValueError(f"--out {root} already holds files ({shown}) that hsbs synth did not write; its label file "
                          "and images would be replaced. Choose an empty or new folder, or pass --overwrite")
+    return outputs
 
 
 def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed: int = 0,
@@ -44,14 +49,11 @@ def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed:
 
     check_size(size)   # before the folder is made: a refused command leaves nothing behind
     root = Path(out)
-    refuse_foreign_folder(root, overwrite=overwrite)
+    outputs = refuse_foreign_folder(root, overwrite=overwrite)
     image_dir = root / "Image" / "aligned"
-    label_dir = root / "EmoLabel"
-    root.mkdir(parents=True, exist_ok=True)
-    (root / WRITING_NAME).touch()
+    outputs.write_text(WRITING_NAME, "hsbs synth is writing this folder\n")   # recorded: a rerun may finish it
     (root / META_NAME).unlink(missing_ok=True)   # an earlier output's extras no longer describe the folder
     image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     meta: dict[str, list] = {key: [] for key in ("labels", "poses", "subjects", "intensity", "occluded", "masks")}
     names: list[str] = []
@@ -62,14 +64,15 @@ def write_rafdb_layout(out, *, n_train: int, n_test: int, size: int = 100, seed:
             rendered = render_synthfer(indices, size=size, seed=seed, split=split, balanced=balanced)
             for i, image, label in zip(indices, rendered["images"], rendered["labels"]):
                 name = f"{split}_{i + 1:0{width}d}.jpg"
-                Image.fromarray(image).save(image_dir / f"{name[:-4]}_aligned.jpg", quality=95)
+                atomic_write(image_dir / f"{name[:-4]}_aligned.jpg",
+                             lambda path, image=image: Image.fromarray(image).save(path, format="JPEG", quality=95))
                 lines.append(f"{name} {int(label) + 1}")
                 names.append(name)
             for key in meta:
                 meta[key].append(rendered[key])
-    (label_dir / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    outputs.write_text("EmoLabel/list_patition_label.txt", "\n".join(lines) + "\n")
     arrays = {key: np.concatenate(value) if value else np.zeros(0) for key, value in meta.items()}
-    np.savez_compressed(root / META_NAME, file_names=np.array(names), **arrays)
+    outputs.write(META_NAME, lambda path: np.savez_compressed(path, file_names=np.array(names), **arrays))
     (root / WRITING_NAME).unlink()
     return root
 
