@@ -15,10 +15,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from hsbs_lib.config import config_path, load_config, repo_root
+from hsbs_lib.config import config_path, load_config, load_yaml, repo_root
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
@@ -380,7 +379,7 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, value = item.split("=", 1)
         model, option = key.split(".", 1)
-        options.setdefault(model, {})[option] = yaml.safe_load(value)
+        options.setdefault(model, {})[option] = load_yaml(value)
     return options
 
 

@@ -162,15 +162,75 @@ _YAMLLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: The most nodes a YAML document may hold once its aliases are expanded: a recipe holds about a hundred,
+#: a "billion laughs" alias bomb of a few lines expands to billions (and is refused before it is built).
+YAML_EXPANSION_LIMIT = 10_000
+#: The most characters of a value an error message repeats.
+SHOWN_VALUE_CHARS = 80
+
+
+class YAMLBoundError(yaml.MarkedYAMLError):
+    """A YAML document whose aliases expand beyond :data:`YAML_EXPANSION_LIMIT` nodes, refer to themselves,
+    or nest too deeply to read."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` stands for once every alias is expanded, counted without expanding them
+    (each node's size is counted once and reused); a node that contains itself raises YAMLBoundError."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:                      # iterative: a deep document must not exhaust Python's stack
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if not children_done:
+            if key in open_nodes:
+                raise YAMLBoundError(None, None, "an alias refers to a node that contains it", node.start_mark)
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[key] > YAML_EXPANSION_LIMIT:
+            raise YAMLBoundError(None, None, f"aliases expand to more than {YAML_EXPANSION_LIMIT:,} values "
+                                             f"(an alias bomb?)", node.start_mark)
+    return sizes[id(root)]
+
+
 def load_yaml(text: str) -> Any:
-    """YAML as the configs read it (see :class:`_YAMLLoader`)."""
-    return yaml.load(text, Loader=_YAMLLoader)
+    """YAML as the configs read it (see :class:`_YAMLLoader`), bounded: a document whose aliases expand to
+    more than :data:`YAML_EXPANSION_LIMIT` values, or that refers to itself, raises :class:`YAMLBoundError`
+    (a ``yaml.YAMLError``) before any value is built."""
+    loader = _YAMLLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YAMLBoundError(None, None, "nested too deeply to read", None) from None
+    finally:
+        loader.dispose()
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a pasted file must not become the
+    message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text):,} characters)"
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
     """A YAML error in one line: what went wrong and where (line and column, 1-based)."""
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    problem = problem if len(problem) <= 2 * SHOWN_VALUE_CHARS else f"{problem[:2 * SHOWN_VALUE_CHARS]}..."
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
@@ -181,7 +241,7 @@ def read_yaml_file(path: Path, what: str = "config file") -> Any:
     except UnicodeDecodeError as error:
         raise ConfigValueError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
-        raise ConfigValueError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
+        raise ConfigValueError(f"{what} {path} is not valid YAML: {yaml_problem(error)}") from None
 
 
 def _parse_value(text: str, key: str = "") -> Any:
@@ -191,7 +251,7 @@ def _parse_value(text: str, key: str = "") -> Any:
     try:
         return load_yaml(text)
     except yaml.YAMLError as error:
-        raise ConfigValueError(f"config key '{key}': cannot read the value {text!r} ({_yaml_problem(error)})") from None
+        raise ConfigValueError(f"config key '{key}': cannot read the value {shown(text)} ({yaml_problem(error)})") from None
 
 
 _NULL_WORDS = ("null", "Null", "NULL", "~", "None")
@@ -226,7 +286,7 @@ def coerce_value(value: Any, annotation: Any, key: str) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
 
     def refuse() -> ConfigValueError:
-        return ConfigValueError(f"config key '{key}' expects {_describe_type(annotation)}, got {value!r}")
+        return ConfigValueError(f"config key '{key}' expects {_describe_type(annotation)}, got {shown(value)}")
 
     if origin in (Union, types.UnionType):
         options = [arg for arg in args if arg is not type(None)]
@@ -322,7 +382,7 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigValueError(f"config key '{where}{key}' is a section; expected a mapping, got {value!r}")
+                raise ConfigValueError(f"config key '{where}{key}' is a section; expected a mapping, got {shown(value)}")
             _merge_into(current, value, f"{where}{key}.")
             continue
         value = coerce_value(value, _field_types(type(obj))[key], f"{where}{key}")
@@ -415,17 +475,64 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+def memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes_text(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count:,.1f} PiB"
+
+
+def batch_bytes(input_size: int, batch_size: int = 1, width: int = 64) -> int:
+    """A lower bound on the memory one batch takes: its float32 images (B, 3, S, S) and the stem's first
+    feature maps (B, width, S/2, S/2); the rest of the network only adds to it."""
+    return batch_size * 4 * (3 * input_size ** 2 + width * max(1, input_size // 2) ** 2)
+
+
+def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64, key: str = "data.input_size",
+                     batch_key: str = "train.batch_size", source: str = "") -> None:
+    """Refuse, in one line naming the key, a size or batch whose images alone exceed this machine's memory
+    (``data.input_size=100000`` would ask numpy for terabytes and end in an allocation traceback).
+
+    ``source``: where the value comes from, e.g. ``checkpoint runs/a/best.pt: `` (a prefix of the message).
+    """
+    available = memory_bytes()
+    if available is None:
+        return
+    if batch_bytes(input_size, 1, width) > available:
+        raise ConfigValueError(
+            f"{source}config key '{key}' = {input_size:,} pixels needs about {_bytes_text(batch_bytes(input_size, 1, width))} "
+            f"for one image and its first feature maps; this machine has {_bytes_text(available)} of memory")
+    if batch_bytes(input_size, batch_size, width) > available:
+        raise ConfigValueError(
+            f"{source}config key '{batch_key}' = {batch_size:,} images of {input_size} pixels needs about "
+            f"{_bytes_text(batch_bytes(input_size, batch_size, width))} for one batch and its first feature maps; this "
+            f"machine has {_bytes_text(available)} of memory")
+
+
 def validate_config(config: Config) -> Config:
     """Refuse values outside the range a run can work with, before any work is done.
 
     Raises :class:`ConfigValueError` naming the first bad key, its value and what it expects
-    (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best").
+    (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best"), or
+    the key whose images would not fit in this machine's memory (:func:`check_input_size`).
     """
     for key, allowed, expected in VALUE_RANGES:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value is not None and not allowed(value):
-            raise ConfigValueError(f"config key '{key}' expects {expected}, got {value!r}")
+            raise ConfigValueError(f"config key '{key}' expects {expected}, got {shown(value)}")
+    for batch_key in ("train.batch_size", "train.eval_batch_size"):
+        check_input_size(config.data.input_size, batch_size=getattr(config.train, batch_key.split(".")[1]),
+                         width=config.model.backbone_width, batch_key=batch_key)
     return config
 
 
@@ -444,7 +551,7 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
     includes = [includes] if isinstance(includes, str) else includes
     if not isinstance(includes, list) or not all(isinstance(include, str) for include in includes):
         raise ConfigValueError(f"config file {path}: 'include' expects a file name or a list of file names, "
-                               f"got {includes!r}")
+                               f"got {shown(includes)}")
     for include in includes:
         _merge_file(config, path.parent / include, (*seen, path))
     try:

@@ -26,6 +26,7 @@ RECIPE = str(REPO / "configs/synthfer_baseline.yaml")
 TINY = ["train.progress=false", "train.threads=1", "data.n_train=28", "data.n_val=14", "data.n_test=14",
         "data.input_size=33", "model.backbone_width=8", "train.batch_size=14", "train.epochs=1"]
 NEW_RUN = "runs/new"
+MESSAGE_CHARS = 600          # a refusal is a sentence, however long the value it names
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,17 @@ class Case:
 
 def train(*overrides: str, config: str = "{recipe}") -> tuple[str, ...]:
     return ("train", "--config", config, "--out", NEW_RUN, *TINY, *overrides)
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML flow mapping: 9 ** levels strings from a few hundred characters."""
+    anchors = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "{" + ", ".join(anchors) + "}"
+
+
+# Placeholders are filled with str.format: the braces of YAML flow mappings are doubled.
+BOMB = alias_bomb().replace("{", "{{").replace("}", "}}")
 
 
 CASES = [
@@ -88,6 +100,24 @@ CASES = [
          says="'include' expects a file name or a list of file names, got 5"),
     Case("config file not UTF-8", train(config="{yaml}"), yaml_text="train:\n  lr: 0.1 \udcff\n",
          says="is not UTF-8 text"),
+    # issue 28, rule 2: bounded input. An alias bomb is refused before it is built, in one short line.
+    Case("YAML alias bomb as train.lr", train(f"train.lr={BOMB}"),
+         says="'train.lr': cannot read the value"),
+    Case("YAML alias bomb names the expansion budget", train(f"train.lr={BOMB}"),
+         says="aliases expand to more than 10,000 values"),
+    Case("YAML alias bomb in a user's file", train(config="{yaml}"),
+         yaml_text=f"bomb: {alias_bomb()}\ntrain:\n  lr: 0.1\n", says="aliases expand to more than 10,000 values"),
+    Case("YAML alias that contains itself", train(config="{yaml}"), yaml_text="model:\n  options: &o {dropout: *o}\n",
+         says="an alias refers to a node that contains it"),
+    Case("YAML nested too deeply", train(f"train.lr={'[' * 20000}"), says="nested too deeply to read"),
+    Case("a long value is cut in the message", train(f"train.lr={'x' * 5000}"),
+         says="'train.lr' expects a number, got 'xxxx"),
+    Case("data.input_size beyond this machine's memory", train("data.input_size=100000"),
+         says="config key 'data.input_size' = 100,000 pixels needs about"),
+    Case("batch size beyond this machine's memory", train("train.batch_size=1000000000000"),
+         says="config key 'train.batch_size' = 1,000,000,000,000 images of 33 pixels needs about"),
+    Case("eval batch size beyond this machine's memory", train("train.eval_batch_size=1000000000000"),
+         says="config key 'train.eval_batch_size' = 1,000,000,000,000 images"),
     # 8. overrides before and after --out
     Case("overrides after --out", ("train", "--config", "{recipe}", *TINY[:-1], "--out", NEW_RUN, "train.epochs=1",
                                    "train.lr=3e-4"), status=0, stores={"train.epochs": 1, "train.lr": 3e-4}),
@@ -117,6 +147,10 @@ CASES = [
          yaml_text="base: {data: synthfer}\nrows: [baseline\n", says="comparison config"),
     Case("comparison plan not UTF-8", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="rows:\n  a: \udcff\n", says="is not UTF-8 text"),
+    Case("comparison plan with an alias bomb in a row", ("compare", "--config", "{yaml}", "--out", NEW_RUN,
+                                                         "--no-speed"),
+         yaml_text=f"base: {{data: synthfer}}\nbomb: {alias_bomb()}\nrows:\n  a: {{train.lr: *a8}}\n",
+         says="aliases expand to more than 10,000 values"),
     Case("comparison plan rows not a mapping", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="base: {data: synthfer}\nrows: [baseline, hsbs]\n", says="rows must be a mapping"),
     Case("figures of a mistyped run folder", ("figures", "--run", NEW_RUN, "--out", f"{NEW_RUN}/figures"),
@@ -184,6 +218,7 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     lines = [line for line in err.splitlines() if line.strip()]
     if case.status == 1:
         assert len(lines) == 1 and case.says in lines[0], err
+        assert len(lines[0]) <= MESSAGE_CHARS, f"a {len(lines[0]):,}-character message: {lines[0][:300]}"
     assert not (tmp_path / NEW_RUN).exists(), "a refused command wrote a run folder"
     assert fingerprint(run) == before, "a refused command changed the trained run's files"
 

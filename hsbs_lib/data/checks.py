@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from hsbs_lib.config import load_yaml, shown, yaml_problem
 from hsbs_lib.constants import progress_disabled
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.datasets import canonical_dataset_name, dataset_splits, load_dataset
@@ -129,7 +130,10 @@ def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value else ""
+    try:
+        return key.strip(), load_yaml(value) if value else ""
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {shown(key.strip())}: {yaml_problem(error)}") from None
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:

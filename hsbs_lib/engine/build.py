@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config, ModelConfig, coerce_value, same_recipe
+from hsbs_lib.config import Config, ModelConfig, check_input_size, coerce_value, same_recipe
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
@@ -66,6 +66,7 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model
+    check_input_size(config.data.input_size, width=m.backbone_width)   # a model sized for it could not run anyway
     model = create_model(m.name, num_classes=len(classes), backbone=m.backbone,
                          pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
                          backbone_width=m.backbone_width,

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.config import validate_config
+from hsbs_lib.config import check_input_size, validate_config
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                             make_loader, split_nbytes)
@@ -157,6 +157,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     validate_config(config)     # data.n_test=0, a non-positive batch size ...: one line before any work
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
+    check_input_size(config.data.input_size, batch_size=batch_size or config.train.eval_batch_size,
+                     width=config.model.backbone_width, key="input_size", batch_key="--batch-size",
+                     source=f"checkpoint {path}: ")
     if data is None:
         split = split or config.data.test_split
         data = build_dataset(config, split)
