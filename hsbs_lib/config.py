@@ -497,25 +497,26 @@ def batch_bytes(input_size: int, batch_size: int = 1, width: int = 64) -> int:
     return batch_size * 4 * (3 * input_size ** 2 + width * max(1, input_size // 2) ** 2)
 
 
-def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64, key: str = "data.input_size",
-                     batch_key: str = "train.batch_size", source: str = "") -> None:
+def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64,
+                     name: str = "config key 'data.input_size'", batch_name: str = "config key 'train.batch_size'"
+                     ) -> None:
     """Refuse, in one line naming the key, a size or batch whose images alone exceed this machine's memory
     (``data.input_size=100000`` would ask numpy for terabytes and end in an allocation traceback).
 
-    ``source``: where the value comes from, e.g. ``checkpoint runs/a/best.pt: `` (a prefix of the message).
+    ``name``/``batch_name``: what the message calls the size and the batch size (a config key, or
+    ``checkpoint runs/a/best.pt's input_size``).
     """
     available = memory_bytes()
     if available is None:
         return
-    if batch_bytes(input_size, 1, width) > available:
-        raise ConfigValueError(
-            f"{source}config key '{key}' = {input_size:,} pixels needs about {_bytes_text(batch_bytes(input_size, 1, width))} "
-            f"for one image and its first feature maps; this machine has {_bytes_text(available)} of memory")
-    if batch_bytes(input_size, batch_size, width) > available:
-        raise ConfigValueError(
-            f"{source}config key '{batch_key}' = {batch_size:,} images of {input_size} pixels needs about "
-            f"{_bytes_text(batch_bytes(input_size, batch_size, width))} for one batch and its first feature maps; this "
-            f"machine has {_bytes_text(available)} of memory")
+    one, batch = batch_bytes(input_size, 1, width), batch_bytes(input_size, batch_size, width)
+    if one > available:
+        raise ConfigValueError(f"{name} = {input_size:,} pixels needs about {_bytes_text(one)} for one image and its "
+                               f"first feature maps; this machine has {_bytes_text(available)} of memory")
+    if batch > available:
+        raise ConfigValueError(f"{batch_name} = {batch_size:,} images of {input_size} pixels needs about "
+                               f"{_bytes_text(batch)} for one batch and its first feature maps; this machine has "
+                               f"{_bytes_text(available)} of memory")
 
 
 def validate_config(config: Config) -> Config:
@@ -532,13 +533,16 @@ def validate_config(config: Config) -> Config:
             raise ConfigValueError(f"config key '{key}' expects {expected}, got {shown(value)}")
     for batch_key in ("train.batch_size", "train.eval_batch_size"):
         check_input_size(config.data.input_size, batch_size=getattr(config.train, batch_key.split(".")[1]),
-                         width=config.model.backbone_width, batch_key=batch_key)
+                         width=config.model.backbone_width, batch_name=f"config key '{batch_key}'")
     return config
 
 
 def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
     """Merge one YAML file into ``config``; its ``include:`` files (relative to it) are merged first."""
     path = path.resolve()
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a directory; --config takes a YAML file "
+                                f"(configs/synthfer_baseline.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
     if path in seen:

@@ -127,7 +127,7 @@ class Predictor:
         self.model.eval()
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
-        check_input_size(self.input_size, key="input_size", source=f"checkpoint {checkpoint}: ")
+        check_input_size(self.input_size, name=f"checkpoint {checkpoint}'s stored input_size")
         self.normalization: dict = dict(meta.get("normalization") or IMAGENET_NORMALIZATION)
 
     def preprocess(self, faces: Sequence[np.ndarray]) -> Tensor:

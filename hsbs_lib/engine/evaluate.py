@@ -158,8 +158,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
     check_input_size(config.data.input_size, batch_size=batch_size or config.train.eval_batch_size,
-                     width=config.model.backbone_width, key="input_size", batch_key="--batch-size",
-                     source=f"checkpoint {path}: ")
+                     width=config.model.backbone_width, name=f"checkpoint {path}'s stored input_size",
+                     batch_name="--batch-size")
     if data is None:
         split = split or config.data.test_split
         data = build_dataset(config, split)

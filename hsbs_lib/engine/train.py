@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -414,6 +414,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
+    for split_name, loader in (("training", loaders.train), ("test", loaders.test)):
+        problem = one_class_only(loader, classes, split_name)
+        if problem and split_name == "training":
+            raise ValueError(f"{problem}: a classifier needs two or more (hsbs check counts a copy's classes)")
+        if problem and context.is_main:
+            log.warning("%s: its accuracy, mean class accuracy and F1 say nothing of the other classes", problem)
 
     model = build_model(config, classes, load_pretrained=checkpoint is None).to(device)
     if t.channels_last:
@@ -596,6 +602,16 @@ def _evaluate_best(path: Path, config: Config, classes, data, device, amp_dtype,
     if context.is_main:
         write_json(report, path.parent / "eval.json")
     return report
+
+
+def one_class_only(loader, classes: Sequence[str], split_name: str) -> str:
+    """``'the training split holds one class only (12 images of happiness, none of the other 6 classes)'``
+    when every sample ``loader`` draws from has the same label, else ``''``."""
+    labels = loader.sample_labels() if loader is not None and hasattr(loader, "sample_labels") else None
+    if labels is None or len(labels) == 0 or len(np.unique(labels)) != 1 or len(classes) < 2:
+        return ""
+    return (f"the {split_name} split holds one class only ({len(labels)} image{'s' if len(labels) != 1 else ''} of "
+            f"{classes[int(labels[0])]}, none of the other {len(classes) - 1} classes)")
 
 
 # What a resumed run must keep: the keys that decide the model's shape and method, and which images, labels
