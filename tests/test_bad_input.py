@@ -14,6 +14,7 @@ import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -32,7 +33,8 @@ MESSAGE_CHARS = 600          # a refusal is a sentence, however long the value i
 @dataclass(frozen=True)
 class Case:
     """``args`` for ``hsbs``; ``status`` 0 (accepted) or the refusal's exit status; ``says``: a phrase the
-    one-line refusal must contain; ``stores``: dotted keys and the values config.yaml must hold."""
+    one-line refusal must contain; ``stores``: dotted keys and the values config.yaml must hold; ``prepare``,
+    ``written`` and ``then``: see their comments."""
 
     name: str
     args: tuple[str, ...]
@@ -40,6 +42,37 @@ class Case:
     says: str = ""
     yaml_text: str | None = None
     stores: dict = field(default_factory=dict)
+    prepare: Callable[[Path], None] | None = None     # changes the copy of the trained run first
+    written: str = NEW_RUN                            # the run folder an accepted case writes
+    then: Callable[[Path], None] | None = None        # more checks on that folder, once accepted
+
+
+def edit_run_config(run: Path, **values) -> None:
+    """Edit the run's config.yaml by hand: ``lr=0.05`` sets train.lr."""
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["train"].update(values)
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+
+
+def drop_metrics(run: Path, *, history: bool = True) -> None:
+    """Delete the run's metrics.csv; ``history=False`` also strips the history from last.pt (an older run)."""
+    (run / "metrics.csv").unlink()
+    if not history:
+        import torch
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+        state["metrics"].pop("history")
+        torch.save(state, run / "last.pt")
+
+
+def _edit_model(run: Path) -> None:
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["model"]["backbone_width"] = 16
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+
+
+def metrics_epochs(run: Path) -> None:
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["1", "2"], rows
 
 
 def train(*overrides: str, config: str = "{recipe}") -> tuple[str, ...]:
@@ -143,6 +176,24 @@ CASES = [
          says="cannot resume with data.synth_seed=1"),
     Case("resume with another dataset", ("train", "--resume", "{run}", "data.name=rafdb"),
          says="cannot resume with data.name='rafdb'"),
+    # issue 28, rule 5: a resume takes neither a hand edit nor a lost history silently
+    Case("resume after config.yaml was edited by hand", ("train", "--resume", "{run}", "train.epochs=2"),
+         prepare=lambda run: edit_run_config(run, lr=0.05, weight_decay=0.5),
+         says="config.yaml was edited since last.pt was saved: train.lr=0.05 (last.pt: 0.001), train.weight_decay=0.5"),
+    Case("resume with the hand edit taken", ("train", "--resume", "{run}", "--edited-config", "train.epochs=2"),
+         status=0, prepare=lambda run: edit_run_config(run, lr=0.05), written="run",
+         stores={"train.lr": 0.05, "train.epochs": 2}),
+    Case("resume overriding the edited key", ("train", "--resume", "{run}", "train.epochs=2", "train.lr=0.002"),
+         status=0, prepare=lambda run: edit_run_config(run, lr=0.05), written="run", stores={"train.lr": 0.002}),
+    Case("resume of a hand edit of a model key is still refused", ("train", "--resume", "{run}", "--edited-config"),
+         prepare=lambda run: edit_run_config(run, epochs=2) or _edit_model(run),
+         says="cannot resume with model.backbone_width=16; the run was trained with model.backbone_width=8"),
+    Case("--edited-config without --resume", train("--edited-config"), says="--edited-config goes with --resume"),
+    Case("resume after metrics.csv was deleted rebuilds it", ("train", "--resume", "{run}", "train.epochs=2"),
+         status=0, prepare=drop_metrics, written="run", stores={"train.epochs": 2}, then=metrics_epochs),
+    Case("resume after metrics.csv was deleted, no history kept", ("train", "--resume", "{run}", "train.epochs=2"),
+         prepare=lambda run: drop_metrics(run, history=False),
+         says="metrics.csv is missing and"),
     Case("comparison plan not valid YAML", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="base: {data: synthfer}\nrows: [baseline\n", says="comparison config"),
     Case("comparison plan not UTF-8", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
@@ -205,6 +256,8 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     if case.yaml_text is not None:
         yaml_file.write_bytes(case.yaml_text.encode("utf-8", "surrogateescape"))
     args = [arg.format(run=run, yaml=yaml_file, recipe=RECIPE) for arg in case.args]
+    if case.prepare is not None:
+        case.prepare(run)
     before = fingerprint(run)
     capsys.readouterr()
 
@@ -213,9 +266,11 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     err = capsys.readouterr().err
     assert status == case.status, err
     if case.status == 0:
-        stored = yaml.safe_load((tmp_path / NEW_RUN / "config.yaml").read_text())
+        stored = yaml.safe_load((tmp_path / case.written / "config.yaml").read_text())
         for key, value in case.stores.items():
             assert stored_value(stored, key) == value, key
+        if case.then is not None:
+            case.then(tmp_path / case.written)
         return
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
