@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,9 @@ from typing import Callable
 import pytest
 import yaml
 
+from hsbs_lib.bench import run_fuzz
+from hsbs_lib import bench
+from hsbs_lib.bench import run_fuzz
 from hsbs_lib.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,3 +284,35 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     assert not (tmp_path / NEW_RUN).exists(), "a refused command wrote a run folder"
     assert fingerprint(run) == before, "a refused command changed the trained run's files"
 
+
+# issue 28, rule 6: random bad input (hsbs bench --sections fuzz runs the same generator at 1,000 cases)
+FUZZ_CASES = 60
+
+
+def test_random_bad_input_ends_in_one_line_or_a_clean_run(tmp_path):
+    """Seeded random recipes, plans, label lines, csv rows and option values: each ends in a clean run or a
+    one-line refusal, never a traceback, and writes nothing outside its output folder."""
+    result = run_fuzz(FUZZ_CASES, seed=28, folder=tmp_path / "fuzz")
+    assert not result.problems, "\n".join(result.problems)
+    assert result.cases == FUZZ_CASES == result.clean + result.refused
+    assert len(result.by_kind) == 6, result.by_kind          # every kind of input was tried
+
+
+def _long_message(argv):
+    print("x" * 1000, file=sys.stderr)
+    return 1
+
+
+def _stray_write(argv):
+    Path("stray.txt").write_text("not in the output folder")
+    return 0
+
+
+@pytest.mark.parametrize("command, problem", [(lambda argv: 1 / 0, "traceback: ZeroDivisionError"),
+                                              (_long_message, "1-line, 1,001-character refusal"),
+                                              (_stray_write, "wrote outside its output folder")],
+                         ids=["traceback", "long message", "stray write"])
+def test_the_fuzz_sees_what_it_looks_for(command, problem, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "hsbs_main", command)
+    result = run_fuzz(3, seed=0, folder=tmp_path / "fuzz")
+    assert len(result.problems) == 3 and all(problem in line for line in result.problems), result.problems

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from hsbs_lib.config import shown
 from hsbs_lib.data.base import BadDatasetError, BadEntry, FERDataset
 from hsbs_lib.data.images import decode_image, is_image_file
 from hsbs_lib.data.labels import canonical_name
@@ -96,7 +97,7 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def _unknown_split(name: str, split: str, present: list[str]) -> ValueError:
-    return ValueError(f"{name}: unknown split {split!r}; splits here: {', '.join(present) or 'none'}")
+    return ValueError(f"{name}: unknown split {shown(split)}; splits here: {', '.join(present) or 'none'}")
 
 
 def ascii_number(text: str) -> int | None:
