@@ -183,7 +183,8 @@ CASES = [
     # issue 28, rule 5: a resume takes neither a hand edit nor a lost history silently
     Case("resume after config.yaml was edited by hand", ("train", "--resume", "{run}", "train.epochs=2"),
          prepare=lambda run: edit_run_config(run, lr=0.05, weight_decay=0.5),
-         says="config.yaml was edited since last.pt was saved: train.lr=0.05 (last.pt: 0.001), train.weight_decay=0.5"),
+         says="config.yaml has changed since last.pt was saved (edited by hand, or written by a sitting that saved no "
+              "epoch): train.lr=0.05 (last.pt: 0.001), train.weight_decay=0.5"),
     Case("resume with the hand edit taken", ("train", "--resume", "{run}", "--edited-config", "train.epochs=2"),
          status=0, prepare=lambda run: edit_run_config(run, lr=0.05), written="run",
          stores={"train.lr": 0.05, "train.epochs": 2}),

@@ -698,9 +698,9 @@ def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...]
                   edited_config: bool = False) -> Config:
     """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory.
 
-    A ``config.yaml`` edited by hand since that checkpoint was saved is refused, naming the keys that differ,
-    unless ``edited_config``: then its values are the recipe (the model and data keys still cannot change,
-    :func:`refuse_changed_recipe`).
+    A ``config.yaml`` that differs from the config of that checkpoint (edited by hand, or written by a sitting
+    that saved no epoch) is refused, naming the keys that differ, unless ``edited_config``: then its values are
+    the recipe (the model and data keys still cannot change, :func:`refuse_changed_recipe`).
     """
     path = resolve_checkpoint(run)
     config = config_from_dict(load_checkpoint(path)["config"])
@@ -708,8 +708,9 @@ def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...]
     edited = edited_keys(run_config, config, overrides)
     if edited and not edited_config:
         more = f" and {len(edited) - 4} more" if len(edited) > 4 else ""
-        raise ValueError(f"{run_config} was edited since {path.name} was saved: {', '.join(edited[:4])}{more}; "
-                         f"resume with --edited-config to train with the edits, or pass them as key=value")
+        raise ValueError(f"{run_config} has changed since {path.name} was saved (edited by hand, or written by a "
+                         f"sitting that saved no epoch): {', '.join(edited[:4])}{more}; resume with --edited-config to "
+                         f"train with config.yaml as it is, or pass the values as key=value")
     if edited:
         log.info("resuming with the edits of %s: %s", run_config, ", ".join(edited))
         config = config_from_dict(read_yaml_file(run_config, "run config"))
