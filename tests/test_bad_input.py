@@ -217,6 +217,12 @@ CASES = [
     Case("synth at a size it cannot draw", ("synth", "--out", NEW_RUN, "--n", "4", "--size", "8"),
          says="at least 16 pixels, got 8"),
     # 10. evaluation on another class set
+    Case("eval with a batch beyond this machine's memory", ("eval", "--checkpoint", "{run}/best.pt", "--batch-size",
+                                                              "1000000000000", "--out", f"{NEW_RUN}/eval.json"),
+         says="--batch-size = 1,000,000,000,000 images of 33 pixels needs about"),
+    Case("eval with a negative batch size", ("eval", "--checkpoint", "{run}/best.pt", "--batch-size", "-5",
+                                             "--out", f"{NEW_RUN}/eval.json"),
+         says="--batch-size expects at least 1 image, got -5"),
     Case("eval of a 7-class checkpoint on 8 classes", ("eval", "--checkpoint", "{run}/best.pt", "data.num_classes=8",
                                                        "--out", f"{NEW_RUN}/eval.json"),
          says="was trained on 7 classes (surprise, fear, disgust, happiness, sadness, anger, neutral) but the data "

@@ -157,6 +157,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     validate_config(config)     # data.n_test=0, a non-positive batch size ...: one line before any work
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size expects at least 1 image, got {batch_size}")
     check_input_size(config.data.input_size, batch_size=batch_size or config.train.eval_batch_size,
                      width=config.model.backbone_width, name=f"checkpoint {path}'s stored input_size",
                      batch_name="--batch-size")
