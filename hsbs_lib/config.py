@@ -531,9 +531,25 @@ def validate_config(config: Config) -> Config:
         value = getattr(getattr(config, section), name)
         if value is not None and not allowed(value):
             raise ConfigValueError(f"config key '{key}' expects {expected}, got {shown(value)}")
+    available = memory_bytes()
+    # A ResNet-18 holds 11.2 M weights at width 64, growing with the square of the width; training keeps four
+    # float32 copies (weights, gradients, two AdamW moments).
+    weights = 11_200_000 * (config.model.backbone_width / 64) ** 2
+    if available is not None and 16 * weights > available:
+        raise ConfigValueError(f"config key 'model.backbone_width' = {config.model.backbone_width:,} channels makes a "
+                               f"ResNet of about {weights:,.0f} weights, {_bytes_text(16 * weights)} with their "
+                               f"gradients and optimiser state; this machine has {_bytes_text(available)} of memory")
     for batch_key in ("train.batch_size", "train.eval_batch_size"):
         check_input_size(config.data.input_size, batch_size=getattr(config.train, batch_key.split(".")[1]),
                          width=config.model.backbone_width, batch_name=f"config key '{batch_key}'")
+    if config.data.name.lower() == "synthfer" and available is not None:    # rendered into memory, split by split
+        for key in ("data.n_train", "data.n_val", "data.n_test"):
+            count = getattr(config.data, key.split(".")[1])
+            needed = count * 3 * config.data.input_size ** 2
+            if needed > available:
+                raise ConfigValueError(f"config key '{key}' = {count:,} SynthFER images of {config.data.input_size} "
+                                       f"pixels need about {_bytes_text(needed)} in memory; this machine has "
+                                       f"{_bytes_text(available)}")
     return config
 
 

@@ -153,6 +153,10 @@ CASES = [
          says="config key 'data.input_size' = 100,000 pixels needs about"),
     Case("batch size beyond this machine's memory", train("train.batch_size=1000000000000"),
          says="config key 'train.batch_size' = 1,000,000,000,000 images of 33 pixels needs about"),
+    Case("backbone width beyond this machine's memory", train("model.backbone_width=1000000"),
+         says="config key 'model.backbone_width' = 1,000,000 channels makes a ResNet of about"),
+    Case("SynthFER images beyond this machine's memory", train("data.n_train=1000000000000"),
+         says="config key 'data.n_train' = 1,000,000,000,000 SynthFER images of 33 pixels need about"),
     Case("eval batch size beyond this machine's memory", train("train.eval_batch_size=1000000000000"),
          says="config key 'train.eval_batch_size' = 1,000,000,000,000 images"),
     # 8. overrides before and after --out
