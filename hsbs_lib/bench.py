@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from hsbs_lib.cli import main as hsbs_main
@@ -351,7 +352,8 @@ _FUZZ_KEYS = ("train.lr", "train.epochs", "train.batch_size", "train.eval_batch_
               "train.momentum", "train.ema", "train.tta", "train.label_smoothing", "train.grad_clip", "train.seed",
               "data.input_size", "data.num_classes", "data.val_fraction", "data.n_train", "data.augment",
               "data.options", "data.erase_scale", "model.name", "model.backbone", "model.backbone_width",
-              "model.options.dropout", "model.options.lambda_hst", "model.stem", "out", "name", "train.nope")
+              "model.options.dropout", "model.options.lambda_hst", "model.stem", "train.device", "out", "name",
+              "train.nope")
 
 
 def _fuzz_scalar(rng: random.Random) -> str:
@@ -428,11 +430,36 @@ def _fuzz_csv_row(rng: random.Random) -> str:
     return ",".join(fields)
 
 
-def fuzz_cases(count: int, seed: int, folder: Path) -> Iterator[tuple[str, list[str], Path]]:
+#: A SynthFER run small enough to train in seconds, for the fuzz's predict and eval options.
+FUZZ_RUN = ("train.progress=false", "train.threads=1", "data.n_train=28", "data.n_val=14", "data.n_test=14",
+            "data.input_size=33", "model.backbone_width=8", "train.batch_size=14", "train.epochs=1")
+_FUZZ_NUMBERS = ("0", "-1", "-0.6", "0.2", "1000", "1e400", "nan", "inf", "-inf", "1000000000000", "abc", "", "3.5",
+                 "²", "0x10", "1_0")
+
+
+def _fuzz_command_options(rng: random.Random, command: str) -> list[str]:
+    """Random options of ``hsbs predict`` or ``hsbs eval`` (after the input and --checkpoint)."""
+    if command == "predict":
+        choices = [["--margin", rng.choice(_FUZZ_NUMBERS)], ["--no-detect"], ["--format", rng.choice(["jsonl", "x"])],
+                   ["--device", rng.choice(["cpu", "auto", "cuda:99", "tpu", ""])], ["--attention"]]
+    else:
+        choices = [["--batch-size", rng.choice(_FUZZ_NUMBERS)], ["--tta", rng.choice(["flip", "tencrop", "x"])],
+                   ["--split", rng.choice(["train", "val", "nope", "", "../x"])],
+                   ["--device", rng.choice(["cpu", "cuda:99", "x"])],
+                   [f"{rng.choice(['data.n_test', 'data.input_size', 'train.eval_batch_size', 'data.pipeline', 'x'])}"
+                    f"={rng.choice(_FUZZ_NUMBERS)}"]]
+    return [item for _ in range(rng.randint(1, 3)) for item in rng.choice(choices)]
+
+
+def fuzz_cases(count: int, seed: int, folder: Path, checkpoint: Path | None = None
+               ) -> Iterator[tuple[str, list[str], Path]]:
     """``count`` seeded cases (kind, hsbs arguments, the case's folder), made one at a time: the case's files
     are written under ``CASE/inputs`` and its command writes under ``CASE/out``. A recipe that reads cleanly
-    ends at a data root that does not exist (one line), so no case trains."""
+    ends at a data root that does not exist (one line), so no case trains. With a ``checkpoint`` (a small
+    SynthFER run's best.pt), ``hsbs predict`` and ``hsbs eval`` options are tried on it too."""
     rng = random.Random(seed)
+    kinds = ("recipe", "override", "plan", "labels", "csv", "check option",
+             *(("predict option", "eval option") if checkpoint is not None else ()))
     raf_names = [f"train_{i:05d}.jpg" for i in range(1, 5)] + [f"test_{i:04d}.jpg" for i in range(1, 3)]
 
     def copy_of(name: str, images: list[str]) -> Path:
@@ -448,7 +475,7 @@ def fuzz_cases(count: int, seed: int, folder: Path) -> Iterator[tuple[str, list[
         inputs, out = case / "inputs", case / "out"
         inputs.mkdir(parents=True)
         stop = ["data.name=imagefolder", f"data.root={inputs / 'no_data_here'}", f"data.cache_dir={out / 'cache'}"]
-        kind = rng.choice(("recipe", "override", "plan", "labels", "csv", "check option"))
+        kind = rng.choice(kinds)
         run_out = str(out / "run")
         if kind == "recipe":
             recipe = inputs / "recipe.yaml"
@@ -483,6 +510,15 @@ def fuzz_cases(count: int, seed: int, folder: Path) -> Iterator[tuple[str, list[
                                                       "Manually_Annotated_Images/2/b.jpg"])
             (affectnet / "training.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8", errors="replace")
             yield (kind, ["check", "affectnet", str(affectnet), "--split", "train", "--no-decode"], case)
+        elif kind == "predict option":
+            image = inputs / "face.png"
+            Image.fromarray(np.full((40, 40, 3), rng.randrange(256), np.uint8)).save(image)
+            overlay = ["--save-overlay", str(out / "overlays")] if rng.random() < 0.3 else []
+            yield (kind, ["predict", str(image), "--checkpoint", str(checkpoint), *overlay,
+                          *_fuzz_command_options(rng, "predict")], case)
+        elif kind == "eval option":
+            yield (kind, ["eval", "--checkpoint", str(checkpoint), "--out", str(out / "eval.json"),
+                          *_fuzz_command_options(rng, "eval")], case)
         else:
             option = rng.choice(["--num-classes", "--option", "--split"])
             value = rng.choice([_fuzz_scalar(rng), f"aligned={_fuzz_scalar(rng)}", f"x={_fuzz_scalar(rng)}", "9", ""])
@@ -504,9 +540,10 @@ def _files_under(folder: Path) -> dict[str, tuple[int, int]]:
             for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
 
 
-def run_fuzz(count: int = 1000, seed: int = 0, folder: str | os.PathLike | None = None) -> FuzzResult:
+def run_fuzz(count: int = 1000, seed: int = 0, folder: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None) -> FuzzResult:
     """Run :func:`fuzz_cases` through ``hsbs`` in this process, each from its own folder (removed after it);
-    see :class:`FuzzResult`."""
+    see :class:`FuzzResult`. The ``checkpoint``'s folder must come out of every case as it went in."""
     with contextlib.ExitStack() as stack:
         work = Path(folder) if folder is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
@@ -514,14 +551,16 @@ def run_fuzz(count: int = 1000, seed: int = 0, folder: str | os.PathLike | None 
         previous = os.getcwd()
         logging.disable(logging.WARNING)            # a command's warnings are not its errors
         try:
-            for kind, argv, case in fuzz_cases(count, seed, work):
+            run = Path(checkpoint).parent if checkpoint is not None else None
+            for kind, argv, case in fuzz_cases(count, seed, work, None if checkpoint is None else Path(checkpoint)):
                 result.cases += 1
                 result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
                 os.chdir(case)                      # a relative path a command writes lands here, and is seen
                 around = set(os.listdir(work))
-                before = _files_under(case)
+                before = {**_files_under(case), **(_files_under(run) if run is not None else {})}
                 problem, code, stdout, stderr = _run_case(argv)
-                after = {path: stamp for path, stamp in _files_under(case).items()
+                after = {path: stamp for path, stamp in
+                         {**_files_under(case), **(_files_under(run) if run is not None else {})}.items()
                          if not path.startswith(str(case / "out") + os.sep)}
                 stray = sorted({*(path for path in after if path not in before),
                                 *(path for path in before if path in after and after[path] != before[path]),
@@ -679,7 +718,12 @@ def run_bench(args) -> int:
     if "fuzz" in args.sections:
         print(f"\n## Fuzz: random bad recipes, plans, label lines, csv rows and options through hsbs", flush=True)
         started = time.perf_counter()
-        result = run_fuzz(args.fuzz_count, args.fuzz_seed)
+        with tempfile.TemporaryDirectory() as folder:
+            trained = Path(folder) / "trained"      # a small run for the predict and eval options
+            with contextlib.redirect_stdout(io.StringIO()):
+                hsbs_main(["train", "--config", str(config_path("synthfer_baseline")), "--out", str(trained),
+                           *FUZZ_RUN])
+            result = run_fuzz(args.fuzz_count, args.fuzz_seed, Path(folder) / "cases", checkpoint=trained / "best.pt")
         print(fuzz_table(result, args.fuzz_seed))
         print(f"({time.perf_counter() - started:.0f} s)")
     if "notebooks" in args.sections:

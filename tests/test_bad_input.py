@@ -227,6 +227,12 @@ CASES = [
     Case("eval with a negative batch size", ("eval", "--checkpoint", "{run}/best.pt", "--batch-size", "-5",
                                              "--out", f"{NEW_RUN}/eval.json"),
          says="--batch-size expects at least 1 image, got -5"),
+    Case("train on a device that does not exist", train("--device", "tpu"),
+         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got 'tpu'"),
+    Case("train on a GPU this machine lacks", train("train.device=cuda:99"), says="device 'cuda:99' requested but"),
+    Case("eval on an empty device name", ("eval", "--checkpoint", "{run}/best.pt", "--device", "",
+                                          "--out", f"{NEW_RUN}/eval.json"),
+         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got ''"),
     Case("eval of a 7-class checkpoint on 8 classes", ("eval", "--checkpoint", "{run}/best.pt", "data.num_classes=8",
                                                        "--out", f"{NEW_RUN}/eval.json"),
          says="was trained on 7 classes (surprise, fear, disgust, happiness, sadness, anger, neutral) but the data "
@@ -300,13 +306,14 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
 FUZZ_CASES = 60
 
 
-def test_random_bad_input_ends_in_one_line_or_a_clean_run(tmp_path):
-    """Seeded random recipes, plans, label lines, csv rows and option values: each ends in a clean run or a
-    one-line refusal, never a traceback, and writes nothing outside its output folder."""
-    result = run_fuzz(FUZZ_CASES, seed=28, folder=tmp_path / "fuzz")
+def test_random_bad_input_ends_in_one_line_or_a_clean_run(trained_run, tmp_path):
+    """Seeded random recipes, plans, label lines, csv rows and option values (predict and eval options on the
+    trained run's best.pt): each ends in a clean run or a one-line refusal, never a traceback, and writes
+    nothing outside its output folder."""
+    result = run_fuzz(FUZZ_CASES, seed=28, folder=tmp_path / "fuzz", checkpoint=trained_run / "best.pt")
     assert not result.problems, "\n".join(result.problems)
     assert result.cases == FUZZ_CASES == result.clean + result.refused
-    assert len(result.by_kind) == 6, result.by_kind          # every kind of input was tried
+    assert len(result.by_kind) == 8, result.by_kind          # every kind of input was tried
 
 
 def _long_message(argv):
