@@ -394,6 +394,13 @@ def single_class_test_split_is_said(ctx):
     return hsbs(ctx, *train_args(ctx, root))
 
 
+def eval_on_a_test_split_of_one_class(ctx):
+    root = single_class_copy(ctx, test_classes=("anger",))
+    (root / "train").rename(root / "unused")                         # eval reads the test split only
+    return hsbs(ctx, "eval", "--checkpoint", str(ctx.checkpoint), "--data", "imagefolder", "--root", str(root),
+                "--split", "test", "--out", str(ctx.tmp_path / "eval.json"), "data.val_split=none")
+
+
 def single_class_copy_in_check(ctx):
     return hsbs(ctx, "check", "imagefolder", str(single_class_copy(ctx)), "--no-decode")
 
@@ -502,6 +509,8 @@ CASES = [
          says=("the training split holds one class only (4 images of happiness, none of the other 6 classes)",),
          one_line_error=True),
     Case("train: a test split of one class is said", single_class_test_split_is_said, exit=0,
+         says=("the test split holds one class only (1 image of anger",)),
+    Case("eval: a test split of one class is said", eval_on_a_test_split_of_one_class, exit=0,
          says=("the test split holds one class only (1 image of anger",)),
     Case("check: a copy of one class is said", single_class_copy_in_check, exit=1,
          says=("[train] holds one class only: 4 images of happiness, none of the other 6 classes",)),

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -175,6 +176,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
                            normalization=checkpoint["normalization"])
         skipped = list(getattr(data, "skipped", []))
     classes = checkpoint["classes"]
+    problem = one_class_only(data, classes, split or config.data.test_split)
+    if problem:
+        log.warning("%s: its accuracy, mean class accuracy and F1 say nothing of the other classes", problem)
     metrics = evaluate(model, data, device=device, classes=classes,
                        normalization=checkpoint["normalization"], input_size=config.data.input_size, tta=tta)
     report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split or "given",
@@ -189,6 +193,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     write_json(report, report_path)
     report["report_path"] = str(report_path)
     return report
+
+
+def one_class_only(loader, classes: Sequence[str], split_name: str) -> str:
+    """``'the training split holds one class only (12 images of happiness, none of the other 6 classes)'``
+    when every sample ``loader`` draws from has the same label, else ``''``."""
+    labels = loader.sample_labels() if loader is not None and hasattr(loader, "sample_labels") else None
+    if labels is None or len(labels) == 0 or len(np.unique(labels)) != 1 or len(classes) < 2:
+        return ""
+    return (f"the {split_name} split holds one class only ({len(labels)} image{'s' if len(labels) != 1 else ''} of "
+            f"{classes[int(labels[0])]}, none of the other {len(classes) - 1} classes)")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

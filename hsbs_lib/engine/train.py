@@ -56,7 +56,7 @@ from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, non_f
                                         restore_rng_state, save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
-from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
+from hsbs_lib.engine.evaluate import evaluate, evaluation_report, one_class_only, write_json
 from hsbs_lib.engine.reference import train_reference
 from hsbs_lib.engine.run_folder import (RUN_MARKER, RunFolderBusyError, claim_run_folder, refuse_another_run,
                                         write_run_config)
@@ -610,16 +610,6 @@ def _evaluate_best(path: Path, config: Config, classes, data, device, amp_dtype,
     if context.is_main:
         write_json(report, path.parent / "eval.json")
     return report
-
-
-def one_class_only(loader, classes: Sequence[str], split_name: str) -> str:
-    """``'the training split holds one class only (12 images of happiness, none of the other 6 classes)'``
-    when every sample ``loader`` draws from has the same label, else ``''``."""
-    labels = loader.sample_labels() if loader is not None and hasattr(loader, "sample_labels") else None
-    if labels is None or len(labels) == 0 or len(np.unique(labels)) != 1 or len(classes) < 2:
-        return ""
-    return (f"the {split_name} split holds one class only ({len(labels)} image{'s' if len(labels) != 1 else ''} of "
-            f"{classes[int(labels[0])]}, none of the other {len(classes) - 1} classes)")
 
 
 # What a resumed run must keep: the keys that decide the model's shape and method, and which images, labels
