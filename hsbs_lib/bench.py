@@ -720,9 +720,11 @@ def run_bench(args) -> int:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             trained = Path(folder) / "trained"      # a small run for the predict and eval options
+            logging.disable(logging.INFO)           # its epoch lines are not the section's
             with contextlib.redirect_stdout(io.StringIO()):
                 hsbs_main(["train", "--config", str(config_path("synthfer_baseline")), "--out", str(trained),
                            *FUZZ_RUN])
+            logging.disable(logging.NOTSET)
             result = run_fuzz(args.fuzz_count, args.fuzz_seed, Path(folder) / "cases", checkpoint=trained / "best.pt")
         print(fuzz_table(result, args.fuzz_seed))
         print(f"({time.perf_counter() - started:.0f} s)")
