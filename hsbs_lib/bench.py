@@ -458,7 +458,7 @@ def fuzz_cases(count: int, seed: int, folder: Path, checkpoint: Path | None = No
     ends at a data root that does not exist (one line), so no case trains. With a ``checkpoint`` (a small
     SynthFER run's best.pt), ``hsbs predict`` and ``hsbs eval`` options are tried on it too."""
     rng = random.Random(seed)
-    kinds = ("recipe", "override", "plan", "labels", "csv", "check option",
+    kinds = ("recipe", "override", "plan", "labels", "csv", "folders", "check option",
              *(("predict option", "eval option") if checkpoint is not None else ()))
     raf_names = [f"train_{i:05d}.jpg" for i in range(1, 5)] + [f"test_{i:04d}.jpg" for i in range(1, 3)]
 
@@ -510,6 +510,20 @@ def fuzz_cases(count: int, seed: int, folder: Path, checkpoint: Path | None = No
                                                       "Manually_Annotated_Images/2/b.jpg"])
             (affectnet / "training.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8", errors="replace")
             yield (kind, ["check", "affectnet", str(affectnet), "--split", "train", "--no-decode"], case)
+        elif kind == "folders":
+            root = inputs / "folders"
+            for _ in range(rng.randint(1, 6)):
+                split = rng.choice(["train", "test", "val", "x"])
+                folder_name = rng.choice(["anger", "happy", "Happiness", "7", "²", "contempt", "x", "", ".hidden"])
+                image = root / split / folder_name / rng.choice(["a.jpg", "b.png", "c.txt", "d.JPG", ".e.jpg"])
+                image.parent.mkdir(parents=True, exist_ok=True)
+                image.touch()
+                link = image.parent / f"link{rng.randrange(100)}.jpg"
+                if not link.exists() and not link.is_symlink() and rng.random() < 0.5:
+                    link.symlink_to(rng.choice([link, image, inputs / "nowhere.jpg", image.parent, root]))
+            root.mkdir(exist_ok=True)
+            yield (kind, ["check", "imagefolder", str(root), "--no-decode",
+                          *(["--split", rng.choice(["train", "test", "x"])] if rng.random() < 0.5 else [])], case)
         elif kind == "predict option":
             image = inputs / "face.png"
             Image.fromarray(np.full((40, 40, 3), rng.randrange(256), np.uint8)).save(image)

@@ -313,7 +313,7 @@ def test_random_bad_input_ends_in_one_line_or_a_clean_run(trained_run, tmp_path)
     result = run_fuzz(FUZZ_CASES, seed=28, folder=tmp_path / "fuzz", checkpoint=trained_run / "best.pt")
     assert not result.problems, "\n".join(result.problems)
     assert result.cases == FUZZ_CASES == result.clean + result.refused
-    assert len(result.by_kind) == 8, result.by_kind          # every kind of input was tried
+    assert len(result.by_kind) == 9, result.by_kind          # every kind of input was tried
 
 
 def _long_message(argv):
