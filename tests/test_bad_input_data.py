@@ -372,6 +372,14 @@ def affectnet_row_outside_the_root(ctx, listed: str):
     return hsbs(ctx, "check", "affectnet", str(root), "--split", "train")
 
 
+def affectnet_row_listed_twice_with_two_codes(ctx):
+    root = ctx.tmp_path / "affectnet"
+    fakes.make_affectnet_csv(root)
+    with open(root / "training.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow(["1/h.jpg", 0, 0, 10, 10, "1;2", 6, 0, 0])     # happiness above, anger here
+    return hsbs(ctx, "check", "affectnet", str(root), "--split", "train", "--no-decode")
+
+
 def single_class_copy(ctx, *, test_classes=("anger", "happiness", "sadness", "surprise")):
     root = ctx.tmp_path / "one"
     for i in range(4):
@@ -505,6 +513,10 @@ CASES = [
     Case("labels: an AffectNet row climbing out of the root is not read", functools.partial(
         affectnet_row_outside_the_root, listed="../../secret.jpg"), exit=1,
          says=("'../../secret.jpg' is not under Manually_Annotated_Images/",)),
+    Case("labels: an AffectNet image listed twice with two codes is a bad entry",
+         affectnet_row_listed_twice_with_two_codes, exit=1,
+         says=("h.jpg: listed 2 times with different labels (happiness, anger)",
+               "(1 image listed with conflicting labels;")),
     Case("train: a 7-class model on a copy of one class is refused", single_class_copy_refuses_training, exit=1,
          says=("the training split holds one class only (4 images of happiness, none of the other 6 classes)",),
          one_line_error=True),
