@@ -5,20 +5,27 @@ reported as ratios to the baseline measured in the same run, because shared mach
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import os
+import random
+import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import yaml
+from PIL import Image
 from torch import nn
 
-from hsbs_lib.config import config_path, load_config, repo_root
+from hsbs_lib.cli import main as hsbs_main
+from hsbs_lib.config import config_path, load_config, load_yaml, repo_root
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
@@ -367,12 +374,299 @@ def recipe_time(data: str, method: str = "baseline", recipe: str | None = None, 
                       torch.get_num_threads())
 
 
+# ---------------------------------------------------------------------------------------------- fuzz
+# Random bad input for the commands (issue 28): malformed YAML recipes and comparison plans, label-file lines,
+# csv rows and option values. Every case must end in a clean run or a refusal of one line (argparse's usage
+# line and its error for a bad option), never a traceback, and must write nothing outside its output folder.
+
+_FUZZ_KEYS = ("train.lr", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.weight_decay",
+              "train.momentum", "train.ema", "train.tta", "train.label_smoothing", "train.grad_clip", "train.seed",
+              "data.input_size", "data.num_classes", "data.val_fraction", "data.n_train", "data.augment",
+              "data.options", "data.erase_scale", "model.name", "model.backbone", "model.backbone_width",
+              "model.options.dropout", "model.options.lambda_hst", "model.stem", "train.device", "out", "name",
+              "train.nope")
+
+
+def _fuzz_scalar(rng: random.Random) -> str:
+    """A YAML scalar or small value, mostly wrong for whatever key receives it."""
+    choices = [
+        lambda: str(rng.choice([0, -1, 1, 7, 2**31, 10**12, -10**9, 3])),
+        lambda: rng.choice(["3e-4", "1e400", "-1e-9", "nan", ".inf", "-.inf", "0x1F", "0o17", "1_000", "1.5"]),
+        lambda: rng.choice(["null", "~", "true", "no", "on", "yes", "''", '""', "[]", "{}", "[1, 2]", "{a: 1}"]),
+        lambda: rng.choice(["abc", "é", "²", "\u202e", "a: b", "- x", "&a 1", "*a", "!!binary aGk=",
+                            "!!python/object:os.system ls", "!!str 3", "!!float x", "%x", "@x", "`x`"]),
+        lambda: "x" * rng.choice([300, 5000, 60000]),
+        lambda: "[" * rng.choice([5, 200, 5000]) + "1" + "]" * rng.choice([0, 5, 200]),
+        lambda: _fuzz_bomb(rng.randint(2, 12)),
+        lambda: "".join(rng.choice("{}[]:,&*!|>'\"#%@` -?\t\n") for _ in range(rng.randint(1, 20))),
+    ]
+    return rng.choice(choices)()
+
+
+def _fuzz_bomb(levels: int) -> str:
+    anchors = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "{" + ", ".join(anchors) + "}"
+
+
+def _fuzz_yaml(rng: random.Random) -> bytes:
+    """A recipe file, damaged: wrong values, unknown keys, bad indentation, tabs, aliases, tags, bad bytes."""
+    lines = []
+    for _ in range(rng.randint(0, 8)):
+        section, _, name = rng.choice(_FUZZ_KEYS).rpartition(".")
+        if section:
+            lines += [f"{section.split('.')[0]}:", f"  {'.'.join(section.split('.')[1:] + [name])}: {_fuzz_scalar(rng)}"]
+        else:
+            lines.append(f"{name}: {_fuzz_scalar(rng)}")
+    damage = rng.randint(0, 9)
+    if damage == 0 and lines:
+        lines[rng.randrange(len(lines))] = " " * rng.randint(1, 3) + lines[rng.randrange(len(lines))]
+    elif damage == 1:
+        lines.insert(0, rng.choice(["include: " + _fuzz_scalar(rng), "include: [../nowhere.yaml]", "include: .",
+                                    "- a list", "just a string", "---", "%YAML 1.1\n---", "? complex key"]))
+    elif damage == 2:
+        lines.append("train:\n\tlr: 0.1")
+    elif damage == 3:
+        lines.append(f"bomb: {_fuzz_bomb(rng.randint(3, 10))}\ntrain:\n  lr: *a{rng.randint(1, 2)}")
+    elif damage == 4:
+        lines.append("train: &t\n  lr: 0.1\n  extra: *t")
+    elif damage == 5:
+        lines.append("train:\n  lr: 0.1\ntrain:\n  lr: 0.2")
+    text = "\n".join(lines) + rng.choice(["\n", "", "\n---\nsecond: doc\n"])
+    data = text.encode("utf-8", "surrogatepass")
+    if damage == 6:
+        data = rng.choice([b"\xff\xfe", b"\xef\xbb\xbf", b""]) + data + rng.choice([b"\x00", b"\xc3", b"\x80\x81", b""])
+    elif damage == 7:
+        data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+    return data
+
+
+def _fuzz_label_line(rng: random.Random, names: list[str]) -> str:
+    """One line of a RAF-DB partition list, often broken."""
+    name = rng.choice(names + ["train_x.jpg", "test_y.jpg", "other.jpg", "../../etc/passwd", "/etc/passwd",
+                               "train_\u00e9.jpg", "train_00001.jpg/../..", "", "\x00"])
+    label = rng.choice(["1", "4", "7", "0", "8", "-1", "²", "٣", "1.0", "nan", "", "99999999999999999999", "a"])
+    return rng.choice([f"{name} {label}", name, f"{name} {label} extra", f"{name}\t{label}", f"  {name}   {label}  ",
+                       label, "\ufeff" + name + " " + label, f"{name} {label}" * rng.randint(1, 3)])
+
+
+def _fuzz_csv_row(rng: random.Random) -> str:
+    """One row of AffectNet's training.csv, often broken: paths out of the root, codes out of range."""
+    path = rng.choice(["1/a.jpg", "2/b.jpg", "/etc/passwd", "../../secret.jpg", "1/../../x.jpg", "C:\\x.jpg",
+                       "\\\\server\\x.jpg", "", "1/missing.jpg", "1", "1/a.jpg\x00", '"1/a.jpg']) 
+    code = rng.choice(["0", "6", "7", "8", "10", "11", "-1", "1.5", "nan", "inf", "", "x", "1e3"])
+    fields = [path, "0", "0", "10", "10", "1;2", code, "0.1", "-0.2"]
+    if rng.random() < 0.2:
+        fields = fields[:rng.randint(0, 8)]
+    return ",".join(fields)
+
+
+#: A SynthFER run small enough to train in seconds, for the fuzz's predict and eval options.
+FUZZ_RUN = ("train.progress=false", "train.threads=1", "data.n_train=28", "data.n_val=14", "data.n_test=14",
+            "data.input_size=33", "model.backbone_width=8", "train.batch_size=14", "train.epochs=1")
+_FUZZ_NUMBERS = ("0", "-1", "-0.6", "0.2", "1000", "1e400", "nan", "inf", "-inf", "1000000000000", "abc", "", "3.5",
+                 "²", "0x10", "1_0")
+
+
+def _fuzz_command_options(rng: random.Random, command: str) -> list[str]:
+    """Random options of ``hsbs predict`` or ``hsbs eval`` (after the input and --checkpoint)."""
+    if command == "predict":
+        choices = [["--margin", rng.choice(_FUZZ_NUMBERS)], ["--no-detect"], ["--format", rng.choice(["jsonl", "x"])],
+                   ["--device", rng.choice(["cpu", "auto", "cuda:99", "tpu", ""])], ["--attention"]]
+    else:
+        choices = [["--batch-size", rng.choice(_FUZZ_NUMBERS)], ["--tta", rng.choice(["flip", "tencrop", "x"])],
+                   ["--split", rng.choice(["train", "val", "nope", "", "../x"])],
+                   ["--device", rng.choice(["cpu", "cuda:99", "x"])],
+                   [f"{rng.choice(['data.n_test', 'data.input_size', 'train.eval_batch_size', 'data.pipeline', 'x'])}"
+                    f"={rng.choice(_FUZZ_NUMBERS)}"]]
+    return [item for _ in range(rng.randint(1, 3)) for item in rng.choice(choices)]
+
+
+def fuzz_cases(count: int, seed: int, folder: Path, checkpoint: Path | None = None
+               ) -> Iterator[tuple[str, list[str], Path]]:
+    """``count`` seeded cases (kind, hsbs arguments, the case's folder), made one at a time: the case's files
+    are written under ``CASE/inputs`` and its command writes under ``CASE/out``. A recipe that reads cleanly
+    ends at a data root that does not exist (one line), so no case trains. With a ``checkpoint`` (a small
+    SynthFER run's best.pt), ``hsbs predict`` and ``hsbs eval`` options are tried on it too."""
+    rng = random.Random(seed)
+    kinds = ("recipe", "override", "plan", "labels", "csv", "folders", "check option",
+             *(("predict option", "eval option") if checkpoint is not None else ()))
+    raf_names = [f"train_{i:05d}.jpg" for i in range(1, 5)] + [f"test_{i:04d}.jpg" for i in range(1, 3)]
+
+    def copy_of(name: str, images: list[str]) -> Path:
+        """A dataset folder of empty image files (--no-decode: listed images only need to exist)."""
+        root = inputs / name
+        for image in images:
+            (root / image).parent.mkdir(parents=True, exist_ok=True)
+            (root / image).touch()
+        return root
+
+    for index in range(count):
+        case = folder / f"case{index}"
+        inputs, out = case / "inputs", case / "out"
+        inputs.mkdir(parents=True)
+        stop = ["data.name=imagefolder", f"data.root={inputs / 'no_data_here'}", f"data.cache_dir={out / 'cache'}"]
+        kind = rng.choice(kinds)
+        run_out = str(out / "run")
+        if kind == "recipe":
+            recipe = inputs / "recipe.yaml"
+            recipe.write_bytes(_fuzz_yaml(rng))
+            yield (kind, ["train", "--config", str(recipe), "--out", run_out, *stop], case)
+        elif kind == "override":
+            overrides = [f"{rng.choice(_FUZZ_KEYS)}={_fuzz_scalar(rng)}" for _ in range(rng.randint(1, 3))]
+            yield (kind, ["train", "--out", run_out, *overrides, *stop], case)
+        elif kind == "plan":
+            plan = inputs / "plan.yaml"
+            body = (_fuzz_yaml(rng) if rng.random() < 0.5 else
+                    f"base: {rng.choice(['{data: synthfer}', 'nowhere.yaml', '5', '[a]', '{data: x, y: 1}'])}\n"
+                    f"rows:\n  a: {{{rng.choice(_FUZZ_KEYS)}: {_fuzz_scalar(rng)}}}\n"
+                    f"  b: {rng.choice(['[train.lr=1]', '5', 'null', '{}', '[x]'])}\n".encode("utf-8", "surrogatepass"))
+            plan.write_bytes(body)
+            yield (kind, ["compare", "--config", str(plan), "--out", run_out, "--no-speed", "--seeds", "0", *stop],
+                   case)
+        elif kind == "labels":
+            lines = [f"{name} {rng.randint(1, 7)}" for name in raf_names]
+            lines += [_fuzz_label_line(rng, raf_names) for _ in range(rng.randint(1, 8))]
+            rng.shuffle(lines)
+            raf = copy_of("raf", [f"Image/aligned/{name[:-4]}_aligned.jpg" for name in raf_names])
+            label_file = raf / "EmoLabel" / "list_patition_label.txt"
+            label_file.parent.mkdir()
+            encoding = rng.choice(["utf-8", "utf-8", "utf-16", "latin-1"])
+            label_file.write_bytes("\n".join(lines).encode(encoding, "replace"))
+            yield (kind, ["check", "rafdb", str(raf), "--no-decode"], case)
+        elif kind == "csv":
+            header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+            rows = ["1/a.jpg,0,0,10,10,1;2,1,0,0"] + [_fuzz_csv_row(rng) for _ in range(rng.randint(1, 6))]
+            affectnet = copy_of("affectnet", ["Manually_Annotated_Images/1/a.jpg",
+                                                      "Manually_Annotated_Images/2/b.jpg"])
+            (affectnet / "training.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8", errors="replace")
+            yield (kind, ["check", "affectnet", str(affectnet), "--split", "train", "--no-decode"], case)
+        elif kind == "folders":
+            root = inputs / "folders"
+            for _ in range(rng.randint(1, 6)):
+                split = rng.choice(["train", "test", "val", "x"])
+                folder_name = rng.choice(["anger", "happy", "Happiness", "7", "²", "contempt", "x", "", ".hidden"])
+                image = root / split / folder_name / rng.choice(["a.jpg", "b.png", "c.txt", "d.JPG", ".e.jpg"])
+                image.parent.mkdir(parents=True, exist_ok=True)
+                image.touch()
+                link = image.parent / f"link{rng.randrange(100)}.jpg"
+                if not link.exists() and not link.is_symlink() and rng.random() < 0.5:
+                    link.symlink_to(rng.choice([link, image, inputs / "nowhere.jpg", image.parent, root]))
+            root.mkdir(exist_ok=True)
+            yield (kind, ["check", "imagefolder", str(root), "--no-decode",
+                          *(["--split", rng.choice(["train", "test", "x"])] if rng.random() < 0.5 else [])], case)
+        elif kind == "predict option":
+            image = inputs / "face.png"
+            Image.fromarray(np.full((40, 40, 3), rng.randrange(256), np.uint8)).save(image)
+            overlay = ["--save-overlay", str(out / "overlays")] if rng.random() < 0.3 else []
+            yield (kind, ["predict", str(image), "--checkpoint", str(checkpoint), *overlay,
+                          *_fuzz_command_options(rng, "predict")], case)
+        elif kind == "eval option":
+            yield (kind, ["eval", "--checkpoint", str(checkpoint), "--out", str(out / "eval.json"),
+                          *_fuzz_command_options(rng, "eval")], case)
+        else:
+            option = rng.choice(["--num-classes", "--option", "--split"])
+            value = rng.choice([_fuzz_scalar(rng), f"aligned={_fuzz_scalar(rng)}", f"x={_fuzz_scalar(rng)}", "9", ""])
+            raf = copy_of("raf", [f"train/{rng.choice(['anger', 'happy', '3', 'x'])}/a.jpg"])
+            yield (kind, ["check", "rafdb", str(raf), "--no-decode", option, value], case)
+
+
+@dataclass
+class FuzzResult:
+    cases: int
+    by_kind: dict[str, int]
+    clean: int              # exit 0
+    refused: int            # exit 1 with one line (or hsbs check's report), or exit 2 with argparse's usage and error
+    problems: list[str]     # "kind: arguments: what went wrong" for every traceback, long message or stray write
+
+
+def _files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
+
+
+def run_fuzz(count: int = 1000, seed: int = 0, folder: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None) -> FuzzResult:
+    """Run :func:`fuzz_cases` through ``hsbs`` in this process, each from its own folder (removed after it);
+    see :class:`FuzzResult`. The ``checkpoint``'s folder must come out of every case as it went in."""
+    with contextlib.ExitStack() as stack:
+        work = Path(folder) if folder is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
+        result = FuzzResult(0, {}, 0, 0, [])
+        previous = os.getcwd()
+        logging.disable(logging.WARNING)            # a command's warnings are not its errors
+        try:
+            run = Path(checkpoint).parent if checkpoint is not None else None
+            for kind, argv, case in fuzz_cases(count, seed, work, None if checkpoint is None else Path(checkpoint)):
+                result.cases += 1
+                result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
+                os.chdir(case)                      # a relative path a command writes lands here, and is seen
+                around = set(os.listdir(work))
+                before = {**_files_under(case), **(_files_under(run) if run is not None else {})}
+                problem, code, stdout, stderr = _run_case(argv)
+                after = {path: stamp for path, stamp in
+                         {**_files_under(case), **(_files_under(run) if run is not None else {})}.items()
+                         if not path.startswith(str(case / "out") + os.sep)}
+                stray = sorted({*(path for path in after if path not in before),
+                                *(path for path in before if path in after and after[path] != before[path]),
+                                *(str(work / name) for name in set(os.listdir(work)) - around)})
+                if not problem and stray:
+                    problem = f"wrote outside its output folder: {stray[:3]}"
+                if problem:
+                    result.problems.append(f"{kind}: {' '.join(argv)[:200]}: {problem}")
+                elif code == 0:
+                    result.clean += 1
+                else:
+                    result.refused += 1
+                os.chdir(work)
+                shutil.rmtree(case, ignore_errors=True)
+        finally:
+            logging.disable(logging.NOTSET)
+            os.chdir(previous)
+    return result
+
+
+def _run_case(argv: list[str]) -> tuple[str, int, str, str]:
+    """``hsbs ARGV`` in this process: (what went wrong or "", exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    problem = ""
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = hsbs_main(argv)
+            except SystemExit as exit_:
+                code = int(exit_.code or 0)
+    except Exception as error:                      # noqa: BLE001 - a traceback is what the fuzz looks for
+        return f"traceback: {traceback.format_exception_only(error)[-1].strip()[:300]}", -1, "", ""
+    out, err = stdout.getvalue(), stderr.getvalue()
+    lines = [line for line in err.splitlines() if line.strip()]
+    if "Traceback" in err:
+        problem = "traceback on stderr"
+    elif code == 1 and not lines and argv[0] == "check" and "bad entries" in out:
+        pass                                        # hsbs check's report of a copy's bad entries
+    elif code == 1 and (len(lines) != 1 or len(lines[0]) > 600):
+        problem = f"{len(lines)}-line, {len(err):,}-character refusal: {err[:300]!r}"
+    elif code == 2 and not (lines and "error:" in lines[-1]):
+        problem = f"exit 2 without an argparse error: {err[:300]!r}"
+    elif code not in (0, 1, 2):
+        problem = f"exit status {code}"
+    return problem, code, out, err
+
+
+def fuzz_table(result: FuzzResult, seed: int) -> str:
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result.by_kind.items()))
+    lines = [f"{result.cases} cases (seed {seed}: {kinds}): {result.clean} clean, {result.refused} refused in one "
+             f"line, {len(result.problems)} problems (tracebacks, long messages, writes outside the output folder)"]
+    return "\n".join(lines + [f"  {problem}" for problem in result.problems[:20]])
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe"),
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe",
+                                                            "fuzz"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
                              "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
@@ -408,6 +702,8 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--recipe", default=None, help="with --sections recipe: the dataset's training recipe "
                                                        "(default: course)")
     parser.add_argument("--recipe-epochs", type=int, default=1, help="with --sections recipe: epochs measured")
+    parser.add_argument("--fuzz-count", type=int, default=1000, help="with --sections fuzz: random bad inputs")
+    parser.add_argument("--fuzz-seed", type=int, default=0, help="with --sections fuzz: the generator's seed")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="with --sections plateau or recipe: recipe overrides, e.g. train.warmup_epochs=1 "
                              "data.root=/data/fer2013 (before --sections on the command line)")
@@ -418,7 +714,7 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, value = item.split("=", 1)
         model, option = key.split(".", 1)
-        options.setdefault(model, {})[option] = yaml.safe_load(value)
+        options.setdefault(model, {})[option] = load_yaml(value)
     return options
 
 
@@ -479,6 +775,19 @@ def run_bench(args) -> int:
               f"validation; {timed.wall_seconds:.0f} s for the sitting, data cache and checkpoints included)")
         print(f"whole schedule: {timed.epochs} epochs x {np.mean(timed.epoch_seconds):.1f} s = "
               f"{timed.minutes:.1f} minutes of training (plus the final report's test-time augmentation)")
+    if "fuzz" in args.sections:
+        print("\n## Fuzz: random bad recipes, plans, label lines, csv rows and options through hsbs", flush=True)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            trained = Path(folder) / "trained"      # a small run for the predict and eval options
+            logging.disable(logging.INFO)           # its epoch lines are not the section's
+            with contextlib.redirect_stdout(io.StringIO()):
+                hsbs_main(["train", "--config", str(config_path("synthfer_baseline")), "--out", str(trained),
+                           *FUZZ_RUN])
+            logging.disable(logging.NOTSET)
+            result = run_fuzz(args.fuzz_count, args.fuzz_seed, Path(folder) / "cases", checkpoint=trained / "best.pt")
+        print(fuzz_table(result, args.fuzz_seed))
+        print(f"({time.perf_counter() - started:.0f} s)")
     if "notebooks" in args.sections:
         notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
         if args.notebooks:

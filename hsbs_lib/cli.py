@@ -47,6 +47,17 @@ def printable_streams() -> None:
             reconfigure(errors="hsbs.escape")
 
 
+#: The most characters one line of an error message shows: a value pasted from a file never becomes the message.
+MESSAGE_LINE_CHARS = 500
+
+
+def bounded(message: str) -> str:
+    """``message`` with every line cut to :data:`MESSAGE_LINE_CHARS` characters, saying how long it was."""
+    return "\n".join(line if len(line) <= MESSAGE_LINE_CHARS else
+                     f"{line[:MESSAGE_LINE_CHARS - 40]}... (a line of {len(line):,} characters, cut)"
+                     for line in message.splitlines() or [""])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsbs", description="hsbs_lib: facial expression recognition you can read")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -93,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         if isinstance(error, OSError) and error.strerror and error.filename is None:
             message = error.strerror  # "[Errno 28] ..." says less than the sentence itself
-        print(f"hsbs {args.command}: error: {message}", file=sys.stderr)
+        print(f"hsbs {args.command}: error: {bounded(str(message))}", file=sys.stderr)
         return 1
 
 

@@ -164,15 +164,75 @@ _YAMLLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: The most nodes a YAML document may hold once its aliases are expanded: a recipe holds about a hundred,
+#: a "billion laughs" alias bomb of a few lines expands to billions (and is refused before it is built).
+YAML_EXPANSION_LIMIT = 10_000
+#: The most characters of a value an error message repeats.
+SHOWN_VALUE_CHARS = 80
+
+
+class YAMLBoundError(yaml.MarkedYAMLError):
+    """A YAML document whose aliases expand beyond :data:`YAML_EXPANSION_LIMIT` nodes, refer to themselves,
+    or nest too deeply to read."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` stands for once every alias is expanded, counted without expanding them
+    (each node's size is counted once and reused); a node that contains itself raises YAMLBoundError."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:                      # iterative: a deep document must not exhaust Python's stack
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if not children_done:
+            if key in open_nodes:
+                raise YAMLBoundError(None, None, "an alias refers to a node that contains it", node.start_mark)
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[key] > YAML_EXPANSION_LIMIT:
+            raise YAMLBoundError(None, None, f"aliases expand to more than {YAML_EXPANSION_LIMIT:,} values "
+                                             f"(an alias bomb?)", node.start_mark)
+    return sizes[id(root)]
+
+
 def load_yaml(text: str) -> Any:
-    """YAML as the configs read it (see :class:`_YAMLLoader`)."""
-    return yaml.load(text, Loader=_YAMLLoader)
+    """YAML as the configs read it (see :class:`_YAMLLoader`), bounded: a document whose aliases expand to
+    more than :data:`YAML_EXPANSION_LIMIT` values, or that refers to itself, raises :class:`YAMLBoundError`
+    (a ``yaml.YAMLError``) before any value is built."""
+    loader = _YAMLLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YAMLBoundError(None, None, "nested too deeply to read", None) from None
+    finally:
+        loader.dispose()
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a pasted file must not become the
+    message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text):,} characters)"
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
     """A YAML error in one line: what went wrong and where (line and column, 1-based)."""
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    problem = problem if len(problem) <= 2 * SHOWN_VALUE_CHARS else f"{problem[:2 * SHOWN_VALUE_CHARS]}..."
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
@@ -183,7 +243,7 @@ def read_yaml_file(path: Path, what: str = "config file") -> Any:
     except UnicodeDecodeError as error:
         raise ConfigValueError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
-        raise ConfigValueError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
+        raise ConfigValueError(f"{what} {path} is not valid YAML: {yaml_problem(error)}") from None
 
 
 def _parse_value(text: str, key: str = "") -> Any:
@@ -193,7 +253,7 @@ def _parse_value(text: str, key: str = "") -> Any:
     try:
         return load_yaml(text)
     except yaml.YAMLError as error:
-        raise ConfigValueError(f"config key '{key}': cannot read the value {text!r} ({_yaml_problem(error)})") from None
+        raise ConfigValueError(f"config key '{key}': cannot read the value {shown(text)} ({yaml_problem(error)})") from None
 
 
 _NULL_WORDS = ("null", "Null", "NULL", "~", "None")
@@ -228,7 +288,7 @@ def coerce_value(value: Any, annotation: Any, key: str) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
 
     def refuse() -> ConfigValueError:
-        return ConfigValueError(f"config key '{key}' expects {_describe_type(annotation)}, got {value!r}")
+        return ConfigValueError(f"config key '{key}' expects {_describe_type(annotation)}, got {shown(value)}")
 
     if origin in (Union, types.UnionType):
         options = [arg for arg in args if arg is not type(None)]
@@ -324,7 +384,7 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigValueError(f"config key '{where}{key}' is a section; expected a mapping, got {value!r}")
+                raise ConfigValueError(f"config key '{where}{key}' is a section; expected a mapping, got {shown(value)}")
             _merge_into(current, value, f"{where}{key}.")
             continue
         value = coerce_value(value, _field_types(type(obj))[key], f"{where}{key}")
@@ -417,23 +477,90 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+def memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes_text(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count:,.1f} PiB"
+
+
+def batch_bytes(input_size: int, batch_size: int = 1, width: int = 64) -> int:
+    """A lower bound on the memory one batch takes: its float32 images (B, 3, S, S) and the stem's first
+    feature maps (B, width, S/2, S/2); the rest of the network only adds to it."""
+    return batch_size * 4 * (3 * input_size ** 2 + width * max(1, input_size // 2) ** 2)
+
+
+def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64,
+                     name: str = "config key 'data.input_size'", batch_name: str = "config key 'train.batch_size'"
+                     ) -> None:
+    """Refuse, in one line naming the key, a size or batch whose images alone exceed this machine's memory
+    (``data.input_size=100000`` would ask numpy for terabytes and end in an allocation traceback).
+
+    ``name``/``batch_name``: what the message calls the size and the batch size (a config key, or
+    ``checkpoint runs/a/best.pt's input_size``).
+    """
+    available = memory_bytes()
+    if available is None:
+        return
+    one, batch = batch_bytes(input_size, 1, width), batch_bytes(input_size, batch_size, width)
+    if one > available:
+        raise ConfigValueError(f"{name} = {input_size:,} pixels needs about {_bytes_text(one)} for one image and its "
+                               f"first feature maps; this machine has {_bytes_text(available)} of memory")
+    if batch > available:
+        raise ConfigValueError(f"{batch_name} = {batch_size:,} images of {input_size} pixels needs about "
+                               f"{_bytes_text(batch)} for one batch and its first feature maps; this machine has "
+                               f"{_bytes_text(available)} of memory")
+
+
 def validate_config(config: Config) -> Config:
     """Refuse values outside the range a run can work with, before any work is done.
 
     Raises :class:`ConfigValueError` naming the first bad key, its value and what it expects
-    (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best").
+    (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best"), or
+    the key whose images would not fit in this machine's memory (:func:`check_input_size`).
     """
     for key, allowed, expected in VALUE_RANGES:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value is not None and not allowed(value):
-            raise ConfigValueError(f"config key '{key}' expects {expected}, got {value!r}")
+            raise ConfigValueError(f"config key '{key}' expects {expected}, got {shown(value)}")
+    available = memory_bytes()
+    # A ResNet-18 holds 11.2 M weights at width 64, growing with the square of the width; training keeps four
+    # float32 copies (weights, gradients, two AdamW moments).
+    weights = 11_200_000 * (config.model.backbone_width / 64) ** 2
+    if available is not None and 16 * weights > available:
+        raise ConfigValueError(f"config key 'model.backbone_width' = {config.model.backbone_width:,} channels makes a "
+                               f"ResNet of about {weights:,.0f} weights, {_bytes_text(16 * weights)} with their "
+                               f"gradients and optimiser state; this machine has {_bytes_text(available)} of memory")
+    for batch_key in ("train.batch_size", "train.eval_batch_size"):
+        check_input_size(config.data.input_size, batch_size=getattr(config.train, batch_key.split(".")[1]),
+                         width=config.model.backbone_width, batch_name=f"config key '{batch_key}'")
+    if config.data.name.lower() == "synthfer" and available is not None:    # rendered into memory, split by split
+        for key in ("data.n_train", "data.n_val", "data.n_test"):
+            count = getattr(config.data, key.split(".")[1])
+            needed = count * 3 * config.data.input_size ** 2
+            if needed > available:
+                raise ConfigValueError(f"config key '{key}' = {count:,} SynthFER images of {config.data.input_size} "
+                                       f"pixels need about {_bytes_text(needed)} in memory; this machine has "
+                                       f"{_bytes_text(available)}")
     return config
 
 
 def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
     """Merge one YAML file into ``config``; its ``include:`` files (relative to it) are merged first."""
     path = path.resolve()
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a directory; --config takes a YAML file "
+                                f"(configs/synthfer_baseline.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found (configs/ holds the recipes)")
     if path in seen:
@@ -446,7 +573,7 @@ def _merge_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> None
     includes = [includes] if isinstance(includes, str) else includes
     if not isinstance(includes, list) or not all(isinstance(include, str) for include in includes):
         raise ConfigValueError(f"config file {path}: 'include' expects a file name or a list of file names, "
-                               f"got {includes!r}")
+                               f"got {shown(includes)}")
     for include in includes:
         _merge_file(config, path.parent / include, (*seen, path))
     try:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.config import check_input_size, memory_bytes
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.images import decode_image
 from hsbs_lib.data.pipeline.transforms import model_inputs
@@ -78,6 +79,10 @@ def detect_faces(image: np.ndarray, *, scale_factor: float = 1.1, min_neighbors:
     return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
 
 
+#: --margin's range: from a crop 0.2 times as wide as the face's box to one 9 times as wide.
+MARGIN_RANGE = (-0.4, 4.0)
+
+
 def crop_face(image: np.ndarray, box: Sequence[int], *, margin: float = 0.2) -> np.ndarray:
     """Square crop around ``box`` enlarged by ``margin`` on each side; borders padded by replication.
 
@@ -85,6 +90,10 @@ def crop_face(image: np.ndarray, box: Sequence[int], *, margin: float = 0.2) -> 
     """
     x, y, w, h = box
     side = int(round(max(w, h) * (1 + 2 * margin)))
+    available = memory_bytes()
+    if side < 1 or (available is not None and 3 * side * side > available):
+        raise ValueError(f"--margin {margin} makes a crop of {side} pixels around a face of {max(w, h)}: "
+                         f"{'empty' if side < 1 else 'more than this machine can hold'}")
     cx, cy = x + w / 2, y + h / 2
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     height, width = image.shape[:2]
@@ -120,6 +129,7 @@ class Predictor:
         self.model.eval()
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
+        check_input_size(self.input_size, name=f"checkpoint {checkpoint}'s stored input_size")
         self.normalization: dict = dict(meta.get("normalization") or IMAGENET_NORMALIZATION)
 
     def preprocess(self, faces: Sequence[np.ndarray]) -> Tensor:
@@ -170,6 +180,10 @@ def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | s
     not exist, or a folder without images, raises FileNotFoundError before any work. With
     ``detect=False`` each image is taken as an already aligned face (box = the whole image).
     """
+    low, high = MARGIN_RANGE
+    if not low <= margin <= high:      # NaN too: a crop of no pixels, or of gigabytes
+        raise ValueError(f"--margin expects the share of a face's box added on each side, from {low} (a tighter "
+                         f"crop) to {high} (a crop {1 + 2 * high:g} times as wide), got {margin}")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     paths = expand_inputs(inputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,8 @@ import torch
 import yaml
 from PIL import Image
 
+from hsbs_lib import bench
+from hsbs_lib.bench import run_fuzz
 from hsbs_lib.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +34,14 @@ RECIPE = str(REPO / "configs/synthfer_baseline.yaml")
 TINY = ["train.progress=false", "train.threads=1", "data.n_train=28", "data.n_val=14", "data.n_test=14",
         "data.input_size=33", "model.backbone_width=8", "train.batch_size=14", "train.epochs=1"]
 NEW_RUN = "runs/new"
+MESSAGE_CHARS = 600          # a refusal is a sentence, however long the value it names
 
 
 @dataclass(frozen=True)
 class Case:
     """``args`` for ``hsbs``; ``status`` 0 (accepted) or the refusal's exit status; ``says``: a phrase the
-    one-line refusal must contain; ``stores``: dotted keys and the values config.yaml must hold."""
+    one-line refusal must contain; ``stores``: dotted keys and the values config.yaml must hold; ``prepare``,
+    ``written`` and ``then``: see their comments."""
 
     name: str
     args: tuple[str, ...]
@@ -44,7 +49,36 @@ class Case:
     says: str = ""
     yaml_text: str | None = None
     stores: dict = field(default_factory=dict)
-    prepare: Callable[[Path], None] | None = None
+    prepare: Callable[[Path], None] | None = None     # changes the copy of the trained run first
+    written: str = NEW_RUN                            # the run folder an accepted case writes
+    then: Callable[[Path], None] | None = None        # more checks on that folder, once accepted
+
+
+def edit_run_config(run: Path, **values) -> None:
+    """Edit the run's config.yaml by hand: ``lr=0.05`` sets train.lr."""
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["train"].update(values)
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+
+
+def drop_metrics(run: Path, *, history: bool = True) -> None:
+    """Delete the run's metrics.csv; ``history=False`` also strips the history from last.pt (an older run)."""
+    (run / "metrics.csv").unlink()
+    if not history:
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+        state["metrics"].pop("history")
+        torch.save(state, run / "last.pt")
+
+
+def _edit_model(run: Path) -> None:
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["model"]["backbone_width"] = 16
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+
+
+def metrics_epochs(run: Path) -> None:
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["1", "2"], rows
 
 
 def train(*overrides: str, config: str = "{recipe}") -> tuple[str, ...]:
@@ -86,6 +120,17 @@ EVAL = ("eval", "--checkpoint", "{run}/best.pt", "--out", f"{NEW_RUN}/eval.json"
 PREDICT = ("predict", "--checkpoint", "{run}/best.pt", "--no-detect", "{run}/face.png")
 EXPORT = ("export", "--checkpoint", "{run}/best.pt", "--out", f"{NEW_RUN}/model.pt")
 DESCRIBED = "(method baseline, backbone resnet18, 7 classes (surprise"   # what the one line says it is
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML flow mapping: 9 ** levels strings from a few hundred characters."""
+    anchors = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "{" + ", ".join(anchors) + "}"
+
+
+# Placeholders are filled with str.format: the braces of YAML flow mappings are doubled.
+BOMB = alias_bomb().replace("{", "{{").replace("}", "}}")
 
 
 CASES = [
@@ -131,6 +176,28 @@ CASES = [
          says="'include' expects a file name or a list of file names, got 5"),
     Case("config file not UTF-8", train(config="{yaml}"), yaml_text="train:\n  lr: 0.1 \udcff\n",
          says="is not UTF-8 text"),
+    # issue 28, rule 2: bounded input. An alias bomb is refused before it is built, in one short line.
+    Case("YAML alias bomb as train.lr", train(f"train.lr={BOMB}"),
+         says="'train.lr': cannot read the value"),
+    Case("YAML alias bomb names the expansion budget", train(f"train.lr={BOMB}"),
+         says="aliases expand to more than 10,000 values"),
+    Case("YAML alias bomb in a user's file", train(config="{yaml}"),
+         yaml_text=f"bomb: {alias_bomb()}\ntrain:\n  lr: 0.1\n", says="aliases expand to more than 10,000 values"),
+    Case("YAML alias that contains itself", train(config="{yaml}"), yaml_text="model:\n  options: &o {dropout: *o}\n",
+         says="an alias refers to a node that contains it"),
+    Case("YAML nested too deeply", train(f"train.lr={'[' * 20000}"), says="nested too deeply to read"),
+    Case("a long value is cut in the message", train(f"train.lr={'x' * 5000}"),
+         says="'train.lr' expects a number, got 'xxxx"),
+    Case("data.input_size beyond this machine's memory", train("data.input_size=100000"),
+         says="config key 'data.input_size' = 100,000 pixels needs about"),
+    Case("batch size beyond this machine's memory", train("train.batch_size=1000000000000"),
+         says="config key 'train.batch_size' = 1,000,000,000,000 images of 33 pixels needs about"),
+    Case("backbone width beyond this machine's memory", train("model.backbone_width=1000000"),
+         says="config key 'model.backbone_width' = 1,000,000 channels makes a ResNet of about"),
+    Case("SynthFER images beyond this machine's memory", train("data.n_train=1000000000000"),
+         says="config key 'data.n_train' = 1,000,000,000,000 SynthFER images of 33 pixels need about"),
+    Case("eval batch size beyond this machine's memory", train("train.eval_batch_size=1000000000000"),
+         says="config key 'train.eval_batch_size' = 1,000,000,000,000 images"),
     # 8. overrides before and after --out
     Case("overrides after --out", ("train", "--config", "{recipe}", *TINY[:-1], "--out", NEW_RUN, "train.epochs=1",
                                    "train.lr=3e-4"), status=0, stores={"train.epochs": 1, "train.lr": 3e-4}),
@@ -156,10 +223,36 @@ CASES = [
          says="cannot resume with data.synth_seed=1"),
     Case("resume with another dataset", ("train", "--resume", "{run}", "data.name=rafdb"),
          says="cannot resume with data.name='rafdb'"),
+    # issue 28, rule 5: a resume takes neither a hand edit nor a lost history silently
+    Case("resume after config.yaml was edited by hand", ("train", "--resume", "{run}", "train.epochs=2"),
+         prepare=lambda run: edit_run_config(run, lr=0.05, weight_decay=0.5),
+         says="config.yaml has changed since last.pt was saved (edited by hand, or written by a sitting that saved no "
+              "epoch): train.lr=0.05 (last.pt: 0.001), train.weight_decay=0.5"),
+    Case("resume with the hand edit taken", ("train", "--resume", "{run}", "--edited-config", "train.epochs=2"),
+         status=0, prepare=lambda run: edit_run_config(run, lr=0.05), written="run",
+         stores={"train.lr": 0.05, "train.epochs": 2}),
+    Case("resume overriding the edited key", ("train", "--resume", "{run}", "train.epochs=2", "train.lr=0.002"),
+         status=0, prepare=lambda run: edit_run_config(run, lr=0.05), written="run", stores={"train.lr": 0.002}),
+    Case("resume of a hand edit of a model key is still refused", ("train", "--resume", "{run}", "--edited-config"),
+         prepare=lambda run: edit_run_config(run, epochs=2) or _edit_model(run),
+         says="cannot resume with model.backbone_width=16; the run was trained with model.backbone_width=8"),
+    Case("--edited-config without --resume", train("--edited-config"), says="--edited-config goes with --resume"),
+    Case("resume after metrics.csv was deleted rebuilds it", ("train", "--resume", "{run}", "train.epochs=2"),
+         status=0, prepare=drop_metrics, written="run", stores={"train.epochs": 2}, then=metrics_epochs),
+    Case("resume after metrics.csv was deleted, no history kept", ("train", "--resume", "{run}", "train.epochs=2"),
+         prepare=lambda run: drop_metrics(run, history=False),
+         says="metrics.csv is missing and"),
     Case("comparison plan not valid YAML", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="base: {data: synthfer}\nrows: [baseline\n", says="comparison config"),
     Case("comparison plan not UTF-8", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="rows:\n  a: \udcff\n", says="is not UTF-8 text"),
+    Case("--config a directory", ("train", "--config", "{run}", "--out", NEW_RUN), says="is a directory"),
+    Case("compare --config a directory", ("compare", "--config", "{run}", "--out", NEW_RUN, "--no-speed"),
+         says="is a directory"),
+    Case("comparison plan with an alias bomb in a row", ("compare", "--config", "{yaml}", "--out", NEW_RUN,
+                                                         "--no-speed"),
+         yaml_text=f"base: {{data: synthfer}}\nbomb: {alias_bomb()}\nrows:\n  a: {{train.lr: *a8}}\n",
+         says="aliases expand to more than 10,000 values"),
     Case("comparison plan rows not a mapping", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="base: {data: synthfer}\nrows: [baseline, hsbs]\n", says="rows must be a mapping"),
     Case("figures of a mistyped run folder", ("figures", "--run", NEW_RUN, "--out", f"{NEW_RUN}/figures"),
@@ -167,6 +260,18 @@ CASES = [
     Case("synth at a size it cannot draw", ("synth", "--out", NEW_RUN, "--n", "4", "--size", "8"),
          says="at least 16 pixels, got 8"),
     # 10. evaluation on another class set
+    Case("eval with a batch beyond this machine's memory", ("eval", "--checkpoint", "{run}/best.pt", "--batch-size",
+                                                              "1000000000000", "--out", f"{NEW_RUN}/eval.json"),
+         says="--batch-size = 1,000,000,000,000 images of 33 pixels needs about"),
+    Case("eval with a negative batch size", ("eval", "--checkpoint", "{run}/best.pt", "--batch-size", "-5",
+                                             "--out", f"{NEW_RUN}/eval.json"),
+         says="--batch-size expects at least 1 image, got -5"),
+    Case("train on a device that does not exist", train("--device", "tpu"),
+         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got 'tpu'"),
+    Case("train on a GPU this machine lacks", train("train.device=cuda:99"), says="device 'cuda:99' requested but"),
+    Case("eval on an empty device name", ("eval", "--checkpoint", "{run}/best.pt", "--device", "",
+                                          "--out", f"{NEW_RUN}/eval.json"),
+         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got ''"),
     Case("eval of a 7-class checkpoint on 8 classes", ("eval", "--checkpoint", "{run}/best.pt", "data.num_classes=8",
                                                        "--out", f"{NEW_RUN}/eval.json"),
          says="was trained on 7 classes (surprise, fear, disgust, happiness, sadness, anger, neutral) but the data "
@@ -237,14 +342,50 @@ def test_bad_input(case: Case, trained_run: Path, tmp_path: Path, monkeypatch, c
     err = capsys.readouterr().err
     assert status == case.status, err
     if case.status == 0:
-        stored = yaml.safe_load((tmp_path / NEW_RUN / "config.yaml").read_text())
+        stored = yaml.safe_load((tmp_path / case.written / "config.yaml").read_text())
         for key, value in case.stores.items():
             assert stored_value(stored, key) == value, key
+        if case.then is not None:
+            case.then(tmp_path / case.written)
         return
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     if case.status == 1:
         assert len(lines) == 1 and case.says in lines[0], err
+        assert len(lines[0]) <= MESSAGE_CHARS, f"a {len(lines[0]):,}-character message: {lines[0][:300]}"
     assert not (tmp_path / NEW_RUN).exists(), "a refused command wrote a run folder"
     assert fingerprint(run) == before, "a refused command changed the trained run's files"
 
+
+# issue 28, rule 6: random bad input (hsbs bench --sections fuzz runs the same generator at 1,000 cases)
+FUZZ_CASES = 60
+
+
+def test_random_bad_input_ends_in_one_line_or_a_clean_run(trained_run, tmp_path):
+    """Seeded random recipes, plans, label lines, csv rows and option values (predict and eval options on the
+    trained run's best.pt): each ends in a clean run or a one-line refusal, never a traceback, and writes
+    nothing outside its output folder."""
+    result = run_fuzz(FUZZ_CASES, seed=28, folder=tmp_path / "fuzz", checkpoint=trained_run / "best.pt")
+    assert not result.problems, "\n".join(result.problems)
+    assert result.cases == FUZZ_CASES == result.clean + result.refused
+    assert len(result.by_kind) == 9, result.by_kind          # every kind of input was tried
+
+
+def _long_message(argv):
+    print("x" * 1000, file=sys.stderr)
+    return 1
+
+
+def _stray_write(argv):
+    Path("stray.txt").write_text("not in the output folder")
+    return 0
+
+
+@pytest.mark.parametrize("command, problem", [(lambda argv: 1 / 0, "traceback: ZeroDivisionError"),
+                                              (_long_message, "1-line, 1,001-character refusal"),
+                                              (_stray_write, "wrote outside its output folder")],
+                         ids=["traceback", "long message", "stray write"])
+def test_the_fuzz_sees_what_it_looks_for(command, problem, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "hsbs_main", command)
+    result = run_fuzz(3, seed=0, folder=tmp_path / "fuzz")
+    assert len(result.problems) == 3 and all(problem in line for line in result.problems), result.problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import os
 import shutil
@@ -312,6 +313,145 @@ def predict_empty_folder(ctx):
     return hsbs(ctx, "predict", str(ctx.tmp_path / "empty"), "--checkpoint", str(ctx.checkpoint))
 
 
+# ------------------------------------------------------------- issue 28, rule 3: what a listing would skip
+
+def symlink_loop_and_dangling_link_in_check(ctx):
+    root = image_copy(ctx)
+    (root / "train" / "anger" / "gone.png").symlink_to(ctx.tmp_path / "nowhere.png")
+    (root / "train" / "happiness" / "loop.png").symlink_to(root / "train" / "happiness" / "loop.png")
+    return hsbs(ctx, "check", "imagefolder", str(root), "--split", "train")
+
+
+def dangling_link_refuses_training(ctx):
+    root = image_copy(ctx)
+    (root / "train" / "anger" / "gone.png").symlink_to(ctx.tmp_path / "nowhere.png")
+    outcome = hsbs(ctx, *train_args(ctx, root))
+    assert not (ctx.tmp_path / "run").exists()
+    return outcome
+
+
+def rafdb_image_listed_twice_with_two_labels(ctx):
+    root = ctx.tmp_path / "raf"
+    fakes.make_rafdb_basic(root)
+    rafdb_label_lines(root, rafdb_lines(root) + ["train_00001.jpg 4"], "utf-8")    # listed as sadness, then happiness
+    return hsbs(ctx, "check", "rafdb", str(root), "--no-decode")
+
+
+def rafdb_image_listed_twice_with_one_label(ctx):
+    root = ctx.tmp_path / "raf"
+    fakes.make_rafdb_basic(root)
+    rafdb_label_lines(root, rafdb_lines(root) + ["train_00001.jpg 5"], "utf-8")    # sadness again
+    assert len(load_dataset("rafdb", root, "train")) == len(fakes.RAF_TRAIN)       # kept once
+    return hsbs(ctx, "check", "rafdb", str(root), "--no-decode")
+
+
+def rafdb_malformed_lines_counted_once(ctx):
+    root = ctx.tmp_path / "raf"
+    fakes.make_rafdb_basic(root)
+    malformed = ["train_00001.jpg", "train_00002.jpg 4 4", "train_x", "notes", "test_0001.jpg", "a b c",
+                 "train_00003.jpg 1 2 3", "lonely"]
+    outcome = hsbs(ctx, "check", "rafdb", str(root), "--no-decode")
+    assert outcome.code == 0
+    rafdb_label_lines(root, rafdb_lines(root) + malformed, "utf-8")
+    outcome = hsbs(ctx, "check", "rafdb", str(root), "--no-decode")
+    test_lines = [line for line in outcome.stdout.splitlines() if line.startswith("  [test]")]
+    assert test_lines == [f"  [test] {root / 'EmoLabel' / 'list_patition_label.txt'}:12: malformed line "
+                          f"'test_0001.jpg': expected 'NAME LABEL'"], test_lines     # only the test_ line
+    return outcome
+
+
+def affectnet_row_outside_the_root(ctx, listed: str):
+    root = ctx.tmp_path / "affectnet"
+    fakes.make_affectnet_csv(root)
+    secret = ctx.tmp_path / "secret.jpg"                  # an image outside the copy: must never be read
+    fakes.write_class_image(secret, "anger")
+    with open(root / "training.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow([listed.format(secret=secret), 0, 0, 10, 10, "1;2", 6, 0, 0])
+    ctx.monkeypatch.setattr("hsbs_lib.data.datasets.adapter.decode_image",
+                            lambda path: pytest.fail(f"read {path}") if Path(path) == secret else np.zeros((4, 4, 3)))
+    return hsbs(ctx, "check", "affectnet", str(root), "--split", "train")
+
+
+def affectnet_row_listed_twice_with_two_codes(ctx):
+    root = ctx.tmp_path / "affectnet"
+    fakes.make_affectnet_csv(root)
+    with open(root / "training.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow(["1/h.jpg", 0, 0, 10, 10, "1;2", 6, 0, 0])     # happiness above, anger here
+    return hsbs(ctx, "check", "affectnet", str(root), "--split", "train", "--no-decode")
+
+
+def single_class_copy(ctx, *, test_classes=("anger", "happiness", "sadness", "surprise")):
+    root = ctx.tmp_path / "one"
+    for i in range(4):
+        fakes.write_class_image(root / "train" / "happiness" / f"h{i}.png", "happiness", size=(20, 20))
+    for class_name in test_classes:
+        fakes.write_class_image(root / "test" / class_name / "t.png", class_name, size=(20, 20))
+    return root
+
+
+def single_class_copy_refuses_training(ctx):
+    outcome = hsbs(ctx, *train_args(ctx, single_class_copy(ctx)))
+    assert not (ctx.tmp_path / "run").exists()
+    return outcome
+
+
+def single_class_test_split_is_said(ctx):
+    root = image_copy(ctx)
+    shutil.rmtree(root / "test")
+    fakes.write_class_image(root / "test" / "anger" / "t.png", "anger", size=(20, 20))
+    return hsbs(ctx, *train_args(ctx, root))
+
+
+def eval_on_a_test_split_of_one_class(ctx):
+    root = single_class_copy(ctx, test_classes=("anger",))
+    (root / "train").rename(root / "unused")                         # eval reads the test split only
+    return hsbs(ctx, "eval", "--checkpoint", str(ctx.checkpoint), "--data", "imagefolder", "--root", str(root),
+                "--split", "test", "--out", str(ctx.tmp_path / "eval.json"), "data.val_split=none")
+
+
+def single_class_copy_in_check(ctx):
+    return hsbs(ctx, "check", "imagefolder", str(single_class_copy(ctx)), "--no-decode")
+
+
+def cache_of_python_objects(ctx):
+    root = image_copy(ctx)
+    assert hsbs(ctx, *train_args(ctx, root, "data.pipeline=device")).code == 0
+    shutil.rmtree(ctx.tmp_path / "run")
+    caches = sorted((ctx.tmp_path / "cache").glob("imagefolder-train-*"))
+    np.save(caches[0] / "images.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    outcome = hsbs(ctx, *train_args(ctx, root, "data.pipeline=device"))
+    assert str(caches[0]) in outcome.stderr, outcome.stderr
+    return outcome
+
+
+# ------------------------------------------------------------------ issue 28, rule 2: sizes that cannot fit
+
+def predict_margin(ctx, margin: str):
+    folder = ctx.tmp_path / "photos"
+    fakes.write_class_image(folder / "face.png", "happiness", size=(40, 40))
+    return hsbs(ctx, "predict", str(folder), "--checkpoint", str(ctx.checkpoint), f"--margin={margin}")
+
+
+def checkpoint_with_input_size(ctx, size: int) -> Path:
+    import torch
+    state = torch.load(ctx.checkpoint, map_location="cpu", weights_only=True)
+    state["input_size"] = size
+    path = ctx.tmp_path / "huge.pt"
+    torch.save(state, path)
+    return path
+
+
+def predict_huge_stored_input_size(ctx):
+    folder = ctx.tmp_path / "photos"
+    fakes.write_class_image(folder / "face.png", "happiness", size=(40, 40))
+    return hsbs(ctx, "predict", str(folder), "--checkpoint", str(checkpoint_with_input_size(ctx, 10**6)), "--no-detect")
+
+
+def eval_huge_stored_input_size(ctx):
+    return hsbs(ctx, "eval", "--checkpoint", str(checkpoint_with_input_size(ctx, 10**6)),
+                "--out", str(ctx.tmp_path / "eval.json"))
+
+
 CASES = [
     Case("loader: a bad training image refuses to start and is named", loader_bad_train_image_refused,
          exit=1, says=("cut_train.jpg", "truncated", "skip_bad")),
@@ -354,6 +494,49 @@ CASES = [
          one_line_error=True),
     Case("predict: a folder without images is an error", predict_empty_folder, exit=1, says=("empty", "no image"),
          one_line_error=True),
+    # issue 28, rule 3: nothing a listing skips goes unsaid, each problem counted by kind
+    Case("check: a symlink loop and a dangling symlink are listed and counted", symlink_loop_and_dangling_link_in_check,
+         exit=1, says=("gone.png: dangling symbolic link to", "loop.png: symbolic link loop",
+                       "2 bad entries (1 dangling symbolic link, 1 symbolic link loop;")),
+    Case("train: a dangling symlink refuses training, counted", dangling_link_refuses_training, exit=1,
+         says=("gone.png", "(1 dangling symbolic link)")),
+    Case("labels: one RAF-DB image listed twice with two labels is a bad entry", rafdb_image_listed_twice_with_two_labels,
+         exit=1, says=("train_00001_aligned.jpg: listed 2 times with different labels (happiness, sadness)",
+                       "1 bad entries (1 image listed with conflicting labels;")),
+    Case("labels: one RAF-DB image listed twice with one label is kept once", rafdb_image_listed_twice_with_one_label,
+         exit=0, says=("listed again with the same label: 1", "no bad entries")),
+    Case("labels: malformed lines are counted once, under their own split", rafdb_malformed_lines_counted_once,
+         exit=1, says=("8 bad entries (8 malformed lines;",)),
+    Case("labels: an AffectNet row with an absolute path is not read", functools.partial(
+        affectnet_row_outside_the_root, listed="{secret}"), exit=1,
+         says=("is not under Manually_Annotated_Images/", "(1 path outside the dataset root;")),
+    Case("labels: an AffectNet row climbing out of the root is not read", functools.partial(
+        affectnet_row_outside_the_root, listed="../../secret.jpg"), exit=1,
+         says=("'../../secret.jpg' is not under Manually_Annotated_Images/",)),
+    Case("labels: an AffectNet image listed twice with two codes is a bad entry",
+         affectnet_row_listed_twice_with_two_codes, exit=1,
+         says=("h.jpg: listed 2 times with different labels (happiness, anger)",
+               "(1 image listed with conflicting labels;")),
+    Case("train: a 7-class model on a copy of one class is refused", single_class_copy_refuses_training, exit=1,
+         says=("the training split holds one class only (4 images of happiness, none of the other 6 classes)",),
+         one_line_error=True),
+    Case("train: a test split of one class is said", single_class_test_split_is_said, exit=0,
+         says=("the test split holds one class only (1 image of anger",)),
+    Case("eval: a test split of one class is said", eval_on_a_test_split_of_one_class, exit=0,
+         says=("the test split holds one class only (1 image of anger",)),
+    Case("check: a copy of one class is said", single_class_copy_in_check, exit=1,
+         says=("[train] holds one class only: 4 images of happiness, none of the other 6 classes",)),
+    Case("cache: an images.npy of Python objects names the cache", cache_of_python_objects, exit=1,
+         says=("is unreadable", "delete that folder"), one_line_error=True),
+    # issue 28, rule 2: a size this machine cannot allocate is one line naming the key
+    Case("predict: --margin -0.6 is refused", functools.partial(predict_margin, margin="-0.6"), exit=1,
+         says=("--margin expects", "got -0.6"), one_line_error=True),
+    Case("predict: --margin 1000 is refused", functools.partial(predict_margin, margin="1000"), exit=1,
+         says=("--margin expects", "got 1000.0"), one_line_error=True),
+    Case("predict: a checkpoint storing input size 10^6 is refused", predict_huge_stored_input_size, exit=1,
+         says=("huge.pt's stored input_size = 1,000,000 pixels needs about",), one_line_error=True),
+    Case("eval: a checkpoint storing input size 10^6 is refused", eval_huge_stored_input_size, exit=1,
+         says=("huge.pt's stored input_size = 1,000,000 pixels needs about",), one_line_error=True),
 ]
 
 

@@ -29,7 +29,7 @@ def test_check_lists_index_and_decode_problems(tmp_path):
     text = result.format()
     for name in copy.bad_index["train"] | copy.bad_decode["train"]:
         assert name in text
-    assert "6 bad entries" in text      # 3 + 2 in train, the malformed line again in test
+    assert "5 bad entries (1 malformed line, 4 other;" in text      # 3 + 2 in train, the malformed line once
 
     index_only = check_dataset("rafdb", tmp_path, decode=False, splits=["train"])
     assert {Path(e.path).name for e in index_only.bad} == copy.bad_index["train"]

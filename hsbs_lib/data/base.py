@@ -17,9 +17,29 @@ class BadEntry:
 
     path: str
     reason: str
+    kind: str = ""      # a key of BAD_KINDS, counted by kind; "" for any other problem
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+#: The kinds of bad entry counted on a line of their own (``hsbs check`` and a refused training run):
+#: kind -> (one, several).
+BAD_KINDS: dict[str, tuple[str, str]] = {
+    "malformed": ("malformed line", "malformed lines"),
+    "conflicting": ("image listed with conflicting labels", "images listed with conflicting labels"),
+    "outside": ("path outside the dataset root", "paths outside the dataset root"),
+    "dangling": ("dangling symbolic link", "dangling symbolic links"),
+    "loop": ("symbolic link loop", "symbolic link loops"),
+}
+
+
+def count_by_kind(entries: list[BadEntry]) -> str:
+    """``'2 malformed lines, 1 dangling symbolic link, 3 other'``: the entries counted by kind, in one line."""
+    counts = {kind: sum(entry.kind == kind for entry in entries) for kind in BAD_KINDS}
+    other = len(entries) - sum(counts.values())
+    parts = [f"{count} {BAD_KINDS[kind][count != 1]}" for kind, count in counts.items() if count]
+    return ", ".join(parts + ([f"{other} other"] if other else []))
 
 
 @dataclass
@@ -34,6 +54,7 @@ class DatasetReport:
 
     def summary(self) -> str:
         lines = [f"{self.dataset} [{self.split}] at {self.root}: {len(self.bad)} bad entries"
+                 + (f" ({count_by_kind(self.bad)})" if self.bad else "")
                  + (f", {self.skipped} skipped" if self.skipped else "")]
         lines += [f"  {entry}" for entry in self.bad]
         return "\n".join(lines)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from hsbs_lib.config import load_yaml, shown, yaml_problem
 from hsbs_lib.constants import progress_disabled
-from hsbs_lib.data.base import BadEntry
+from hsbs_lib.data.base import BadEntry, count_by_kind
 from hsbs_lib.data.datasets import canonical_dataset_name, dataset_splits, load_dataset
 from hsbs_lib.data.images import ImageDecodeError
 from hsbs_lib.data.labels import class_names
@@ -48,8 +49,20 @@ class CheckResult:
         return [entry for check in self.splits.values() for entry in check.bad]
 
     @property
+    def one_class_splits(self) -> dict[str, str]:
+        """Splits whose usable images are all of one class: split -> that class. A classifier cannot learn
+        from them, and scores on them say nothing about the other classes (every score reads 1.0)."""
+        found = {}
+        for name, check in self.splits.items():
+            present = [k for k, count in enumerate(check.counts) if count]
+            if len(present) == 1:
+                found[name] = self.classes[present[0]]
+        return found
+
+    @property
     def ok(self) -> bool:
-        return not self.bad
+        """No bad entries, and a training split of more than one class (training refuses one of one class)."""
+        return not self.bad and "train" not in self.one_class_splits
 
     def format(self) -> str:
         names = list(self.splits)
@@ -71,11 +84,18 @@ class CheckResult:
                 common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in check.sizes.most_common(3))
                 more = f" and {len(check.sizes) - 3} other sizes" if len(check.sizes) > 3 else ""
                 lines.append(f"[{name}] image sizes: {common}{more}")
+        for name, class_name in self.one_class_splits.items():
+            check = self.splits[name]
+            lines.append(f"[{name}] holds one class only: {check.total} image{'s' if check.total != 1 else ''} of "
+                         f"{class_name}, none of the other {len(self.classes) - 1} classes"
+                         + (" (training needs two or more)" if name == "train" else
+                            " (scores on it say nothing of the others)"))
         lines.append("")
-        if self.ok:
+        if not self.bad:
             lines.append("no bad entries")
         else:
-            lines.append(f"{len(self.bad)} bad entries (skip them with skip_bad=True / data.skip_bad=true):")
+            lines.append(f"{len(self.bad)} bad entries ({count_by_kind(self.bad)}; skip them with skip_bad=True / "
+                         f"data.skip_bad=true):")
             for name, check in self.splits.items():
                 lines += [f"  [{name}] {entry.path}: {entry.reason}" for entry in check.bad]
         return "\n".join(lines)
@@ -101,10 +121,12 @@ def check_dataset(name: str, root, *, splits: list[str] | None = None, decode: b
         raise ValueError(f"{key}: no splits found under {root}")
     results: dict[str, SplitCheck] = {}
     dataset_root = root
+    reported: set[tuple[str, str]] = set()     # a line every split reads (a malformed csv row) is listed once
     for split in splits:
         dataset = load_dataset(key, root, split, num_classes=num_classes, skip_bad=True, **options)
         dataset_root = dataset.root
-        bad = list(dataset.report.bad)
+        bad = [entry for entry in dataset.report.bad if (entry.path, entry.reason) not in reported]
+        reported.update((entry.path, entry.reason) for entry in bad)
         counts = [0] * len(dataset.classes)
         sizes: Counter = Counter()
         indices = range(len(dataset))
@@ -129,7 +151,10 @@ def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value else ""
+    try:
+        return key.strip(), load_yaml(value) if value else ""
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {shown(key.strip())}: {yaml_problem(error)}") from None
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ data of a run (the validation split selects checkpoints; the test split is score
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from pathlib import Path
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config, ModelConfig, coerce_value, same_recipe
+from hsbs_lib.config import Config, ModelConfig, check_input_size, coerce_value, same_recipe, shown
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
@@ -24,9 +25,19 @@ from hsbs_lib.models.registry import create_model, get_model_factory, model_opti
 
 
 def resolve_device(name: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``, ``mps``, ``cuda`` and ``cuda:N`` as
+    given. Any other name, or a GPU this machine does not have, is a one-line ValueError."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ValueError(f"--device (train.device) expects auto, cpu, cuda or cuda:N, got {shown(name)}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device '{name}' requested but this machine has {count} GPU"
+                             f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
     return name
 
 
@@ -66,6 +77,7 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model
+    check_input_size(config.data.input_size, width=m.backbone_width)   # a model sized for it could not run anyway
     model = create_model(m.name, num_classes=len(classes), backbone=m.backbone,
                          pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
                          backbone_width=m.backbone_width,

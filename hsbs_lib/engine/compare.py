@@ -77,6 +77,9 @@ class ComparePlan:
 def load_plan(path: str | Path) -> ComparePlan:
     """Read a comparison YAML; row values may be a mapping of dotted keys or a list of key=value."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"comparison config {path} is a directory; --config takes a YAML file "
+                                f"(configs/compare_synthfer.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"comparison config {path} not found")
     spec = read_yaml_file(path, "comparison config") or {}

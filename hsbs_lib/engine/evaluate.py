@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.config import validate_config
+from hsbs_lib.config import check_input_size, validate_config
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.data.pipeline.loaders import (DeviceBatchLoader, SampleBatchLoader, choose_pipeline, is_cached_split,
                                             make_loader, split_nbytes)
@@ -164,6 +165,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     validate_config(config)     # data.n_test=0, a non-positive batch size ...: one line before any work
     # The model was trained at this size and normalisation; the data must follow it.
     config.data.input_size = int(checkpoint["input_size"])
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size expects at least 1 image, got {batch_size}")
+    check_input_size(config.data.input_size, batch_size=batch_size or config.train.eval_batch_size,
+                     width=config.model.backbone_width, name=f"checkpoint {path}'s stored input_size",
+                     batch_name="--batch-size")
     own_data = data is None
     if own_data:
         split = split or config.data.test_split
@@ -185,6 +191,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
                            normalization=checkpoint["normalization"])
         skipped = list(getattr(data, "skipped", []))
     classes = checkpoint["classes"]
+    problem = one_class_only(data, classes, split or config.data.test_split)
+    if problem:
+        log.warning("%s: its accuracy, mean class accuracy and F1 say nothing of the other classes", problem)
     metrics = evaluate(model, data, device=device, classes=classes,
                        normalization=checkpoint["normalization"], input_size=config.data.input_size, tta=tta)
     report = evaluation_report(metrics, checkpoint=path, dataset=config.data.name, split=split or "given",
@@ -197,6 +206,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data: Any = None, split: str
     write_json(report, report_path, outputs=outputs)
     report["report_path"] = str(report_path)
     return report
+
+
+def one_class_only(loader, classes: Sequence[str], split_name: str) -> str:
+    """``'the training split holds one class only (12 images of happiness, none of the other 6 classes)'``
+    when every sample ``loader`` draws from has the same label, else ``''``."""
+    labels = loader.sample_labels() if loader is not None and hasattr(loader, "sample_labels") else None
+    if labels is None or len(labels) == 0 or len(np.unique(labels)) != 1 or len(classes) < 2:
+        return ""
+    return (f"the {split_name} split holds one class only ({len(labels)} image{'s' if len(labels) != 1 else ''} of "
+            f"{classes[int(labels[0])]}, none of the other {len(classes) - 1} classes)")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

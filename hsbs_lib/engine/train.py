@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from hsbs_lib.constants import STAGE_NAMES
-from hsbs_lib.config import (Config, TrainConfig, apply_overrides, config_from_dict, load_config, plain_values,
-                             validate_config)
+from hsbs_lib.config import (Config, ConfigValueError, TrainConfig, apply_overrides, config_from_dict, load_config,
+                             plain_values, read_yaml_file, shown, validate_config)
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
@@ -56,9 +56,9 @@ from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, non_f
                                         restore_rng_state, save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
                                          init_distributed, sync_buffers, wrap_model)
-from hsbs_lib.engine.evaluate import evaluate, evaluation_report, write_json
+from hsbs_lib.engine.evaluate import evaluate, evaluation_report, one_class_only, write_json
 from hsbs_lib.engine.reference import train_reference
-from hsbs_lib.engine.run_folder import (RunFolderBusyError, claim_run_folder, refuse_another_run,
+from hsbs_lib.engine.run_folder import (RUN_MARKER, RunFolderBusyError, claim_run_folder, refuse_another_run,
                                         write_run_config)
 from hsbs_lib.data.pipeline.loaders import STREAM_GLOBAL, STREAM_MIX, build_loaders, derive_seed, epoch_generator
 from hsbs_lib.data.pipeline.transforms import BatchMix
@@ -397,9 +397,11 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     configure_determinism(t.deterministic, device)
     seed_everything(t.seed)
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    out = Path(config.out)
+    history = None
     if checkpoint is not None:   # before anything is written: a refused resume leaves the run as it was
         refuse_changed_recipe(config_from_dict(checkpoint["config"]), config, resume)
-    out = Path(config.out)
+        history = resumed_history(out, checkpoint, resume)
 
     test_absent, val_split_name = None, "val"
     if train_data is None:
@@ -415,6 +417,12 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")
+    for split_name, loader in (("training", loaders.train), ("test", loaders.test)):
+        problem = one_class_only(loader, classes, split_name)
+        if problem and split_name == "training":
+            raise ValueError(f"{problem}: a classifier needs two or more (hsbs check counts a copy's classes)")
+        if problem and context.is_main:
+            log.warning("%s: its accuracy, mean class accuracy and F1 say nothing of the other classes", problem)
 
     model = build_model(config, classes, load_pretrained=checkpoint is None).to(device)
     if t.channels_last:
@@ -466,6 +474,11 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     progress = progress_enabled(t.progress) and context.is_main
     metrics_log = MetricsLog(out, enabled=context.is_main, tensorboard=t.tensorboard,
                              keep_until=start_epoch if checkpoint is not None else None)
+    if history is not None:
+        metrics_log.rows = history
+        if context.is_main:
+            log.warning("%s was missing: rebuilt from %s's history of %d epochs", out / "metrics.csv", resume,
+                        len(history))
     parts = dict(config=config, classes=classes, input_size=config.data.input_size,
                  normalization=loaders.normalization)
     evaluation: dict = {}
@@ -508,7 +521,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
             if context.is_main:
                 state = build_checkpoint(model=evaluated, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                                          step=step, metrics={**row, "best_score": best_score,
-                                                             "best_epoch": best_epoch},
+                                                             "best_epoch": best_epoch,
+                                                             "history": [dict(r) for r in metrics_log.rows]},
                                          raw_model=model if averaged is not None else None, **parts)
                 # best.pt first: last.pt must never name a best epoch whose file was not written.
                 if improved:
@@ -632,14 +646,83 @@ def refuse_changed_recipe(stored: Config, wanted: Config, run: str | os.PathLike
                          f"{key}")
 
 
-def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory."""
+# Keys that say where a run is written and how one sitting runs, not what it trains: an edit to them in
+# config.yaml is no edit of the recipe.
+SITTING_KEYS = ("out", "name", "train.progress", "train.device", "train.threads", "train.stop_after_epoch")
+
+
+def _dotted(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}, mappings (model.options) flattened too."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = plain_values(value)
+    return flat
+
+
+def edited_keys(run_config: str | os.PathLike, stored: Config, overrides: Sequence[str] = ()) -> list[str]:
+    """The keys whose value in the run's ``config.yaml`` differs from ``stored`` (the config its last
+    checkpoint was trained with), as ``key=VALUE (last.pt: VALUE)``; keys the ``overrides`` set now, and
+    :data:`SITTING_KEYS`, do not count. Empty when the file is missing."""
+    path = Path(run_config)
+    if not path.is_file():
+        return []
+    on_disk = read_yaml_file(path, "run config")
+    if not isinstance(on_disk, dict):
+        raise ConfigValueError(f"run config {path}: expected a mapping of sections, got {type(on_disk).__name__}")
+    try:
+        written = config_from_dict(on_disk)
+    except (ConfigValueError, KeyError) as error:
+        message = error.args[0] if error.args else error
+        raise ConfigValueError(f"run config {path} was edited and no longer reads as a config: {message}") from None
+    new, old = _dotted(written.to_dict()), _dotted(stored.to_dict())
+    set_now = tuple(item.split("=", 1)[0].strip() for item in overrides)
+    return [f"{key}={shown(new.get(key), 40)} (last.pt: {shown(old.get(key), 40)})"
+            for key in sorted(set(new) | set(old))
+            if new.get(key) != old.get(key)
+            and not any(key == fixed or key.startswith(f"{fixed}.") for fixed in (*SITTING_KEYS, *set_now))]
+
+
+def resume_config(run: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                  edited_config: bool = False) -> Config:
+    """The config stored in ``run``'s last.pt plus ``overrides``, writing back into the same run directory.
+
+    A ``config.yaml`` that differs from the config of that checkpoint (edited by hand, or written by a sitting
+    that saved no epoch) is refused, naming the keys that differ, unless ``edited_config``: then its values are
+    the recipe (the model and data keys still cannot change, :func:`refuse_changed_recipe`).
+    """
     path = resolve_checkpoint(run)
     config = config_from_dict(load_checkpoint(path)["config"])
+    run_config = path.parent / RUN_MARKER
+    edited = edited_keys(run_config, config, overrides)
+    if edited and not edited_config:
+        more = f" and {len(edited) - 4} more" if len(edited) > 4 else ""
+        raise ValueError(f"{run_config} has changed since {path.name} was saved (edited by hand, or written by a "
+                         f"sitting that saved no epoch): {', '.join(edited[:4])}{more}; resume with --edited-config to "
+                         f"train with config.yaml as it is, or pass the values as key=value")
+    if edited:
+        log.info("resuming with the edits of %s: %s", run_config, ", ".join(edited))
+        config = config_from_dict(read_yaml_file(run_config, "run config"))
     config.train.stop_after_epoch = None      # the stored sitting's stop; a new one comes from the overrides
     apply_overrides(config, list(overrides))
     config.out = str(path.parent)
     return config
+
+
+def resumed_history(out: Path, checkpoint: dict, resume) -> list[dict] | None:
+    """The epoch rows a resumed run continues: None when ``out/metrics.csv`` is there (MetricsLog reads it),
+    else the history ``checkpoint`` holds; a missing metrics.csv and a checkpoint without history is refused
+    (the earlier epochs' rows would be lost without a word)."""
+    if (out / "metrics.csv").is_file() or int(checkpoint.get("epoch", 0)) == 0:
+        return None
+    history = (checkpoint.get("metrics") or {}).get("history")
+    if not isinstance(history, list):
+        raise ValueError(f"{out / 'metrics.csv'} is missing and {resume} holds no history of its "
+                         f"{int(checkpoint['epoch'])} epochs to rebuild it from: put metrics.csv back, or start a new "
+                         f"run (--out)")
+    return [dict(row) for row in history if isinstance(row, dict) and int(row.get("epoch", 0)) <= checkpoint["epoch"]]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -654,6 +737,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN",
                         help="continue RUN (a run directory or its last.pt) with its stored config plus overrides; "
                              "the model and the data it was trained on cannot change")
+    parser.add_argument("--edited-config", action="store_true",
+                        help="with --resume: train with RUN/config.yaml as edited by hand since the last checkpoint "
+                             "(without it such edits are refused, naming the keys)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's train.device)")
     parser.add_argument("--overwrite", "--force", action="store_true",
                         help="write into --out even when it holds another run or files that are not a run")
@@ -671,8 +757,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.data or args.method or args.recipe:
             raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
-        config = resume_config(args.resume, args.overrides)
+        config = resume_config(args.resume, args.overrides, edited_config=args.edited_config)
     else:
+        if args.edited_config:
+            raise ValueError("--edited-config goes with --resume RUN: it takes RUN/config.yaml as edited by hand")
         config = load_config(args.config, args.overrides, data=args.data, method=args.method, recipe=args.recipe)
     if args.out:
         config.out = args.out

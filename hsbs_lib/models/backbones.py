@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from hsbs_lib.config import shown
 from hsbs_lib.models.weights_file import load_weights_file
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class ResNetBackbone(nn.Module):
                  width: int = TORCHVISION_WIDTH):
         super().__init__()
         if name not in BACKBONES:
-            raise KeyError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")
+            raise KeyError(f"unknown backbone {shown(name)}; available: {', '.join(BACKBONES)}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
         if int(width) < 8:
@@ -210,7 +211,7 @@ class ConvNeXtBackbone(nn.Module):
                  width: int = TORCHVISION_WIDTH, drop_path: float = 0.0):
         super().__init__()
         if name not in CONVNEXTS:
-            raise KeyError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+            raise KeyError(f"unknown backbone {shown(name)}; available: {', '.join(available_backbones())}")
         if stem not in CONVNEXT_STEMS:
             raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(CONVNEXT_STEMS)}")
         if int(width) != TORCHVISION_WIDTH:
@@ -330,7 +331,7 @@ def build_backbone(name: str = "resnet18", pretrained: str | None = None, *, ste
     if name in CONVNEXTS:
         return ConvNeXtBackbone(name, pretrained, stem=stem, width=width, drop_path=drop_path)
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+        raise KeyError(f"unknown backbone {shown(name)}; available: {', '.join(available_backbones())}")
     if drop_path:
         raise ValueError(f"drop_path (stochastic depth) applies to ConvNeXt backbones, not {name}")
     return ResNetBackbone(name, pretrained, stem=stem, width=width)

@@ -10,6 +10,8 @@ from typing import Callable
 
 from torch import nn
 
+from hsbs_lib.config import shown
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -38,7 +40,7 @@ def list_models() -> list[str]:
 def get_model_factory(name: str) -> Callable[..., nn.Module]:
     """The class or function registered under ``name`` (to inspect its options)."""
     if name not in _MODELS:
-        raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
+        raise KeyError(f"unknown model {shown(name)}; available: {', '.join(sorted(_MODELS))}")
     return _MODELS[name]
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from hsbs_lib.config import shown
 from hsbs_lib.data.base import BadDatasetError, BadEntry, FERDataset
 from hsbs_lib.data.images import decode_image, is_image_file
 from hsbs_lib.data.labels import canonical_name
@@ -58,6 +59,31 @@ def _image_files(path: Path) -> list[Path]:
     return sorted(entry for entry in path.iterdir() if entry.is_file() and is_image_file(entry.name))
 
 
+def broken_link(path: Path) -> tuple[str, str] | None:
+    """(kind, reason) when ``path`` is a symbolic link that leads nowhere (dangling) or to itself (a loop),
+    else None: such an entry is neither a file nor a folder, so a listing would skip it without a word."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return "dangling", f"dangling symbolic link to {os.readlink(path)}"
+    except (OSError, RuntimeError):      # ELOOP; Python before 3.13 raises RuntimeError for a loop
+        return "loop", "symbolic link loop"
+    return None
+
+
+def inside(base: Path, relative: str) -> Path | None:
+    """``base / relative`` when that names a path under ``base`` (after ``..`` is resolved, without following
+    links, so a copy built of symbolic links still works), else None: an absolute path or one that climbs
+    out of the dataset root is never read."""
+    text = relative.strip()
+    if not text or os.path.isabs(text) or text.startswith(("\\", "/")) or (len(text) > 1 and text[1] == ":"):
+        return None
+    joined = os.path.normpath(os.path.join(base, text))
+    return Path(joined) if os.path.commonpath([joined, os.path.normpath(base)]) == os.path.normpath(base) else None
+
+
 def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
     if root is None:
         root = os.environ.get("HSBS_DATA")
@@ -71,7 +97,7 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def _unknown_split(name: str, split: str, present: list[str]) -> ValueError:
-    return ValueError(f"{name}: unknown split {split!r}; splits here: {', '.join(present) or 'none'}")
+    return ValueError(f"{name}: unknown split {shown(split)}; splits here: {', '.join(present) or 'none'}")
 
 
 def ascii_number(text: str) -> int | None:
@@ -162,8 +188,20 @@ class FileDataset(FERDataset):
         """Decode sample ``index`` as a uint8 (H, W, 3) RGB array (ImageDecodeError if broken)."""
         return decode_image(self.samples[index][0])
 
-    def _bad(self, path, reason: str) -> None:
-        self.report.bad.append(BadEntry(str(path), reason))
+    def _bad(self, path, reason: str, kind: str = "") -> None:
+        self.report.bad.append(BadEntry(str(path), reason, kind))
+
+    def _broken_links(self, folder: Path) -> None:
+        """Report every symbolic link in ``folder`` that leads nowhere or to itself (a listing skips them)."""
+        for entry in sorted(folder.iterdir()):
+            problem = None if entry.name.startswith(".") else broken_link(entry)
+            if problem is not None:
+                self._bad(entry, problem[1], problem[0])
+
+    def _images_in(self, folder: Path) -> list[Path]:
+        """The image files of ``folder``, its broken symbolic links reported as bad entries."""
+        self._broken_links(folder)
+        return _image_files(folder)
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -194,10 +232,10 @@ class FileDataset(FERDataset):
     def _scan_class_folders(self, split_dir: Path, digit_table: dict[int, str] | None = None) -> list[Path]:
         """Index ``split_dir/<class>/*``; returns the files kept (parallel to the samples added)."""
         kept = []
-        for stray in _image_files(split_dir):
+        for stray in self._images_in(split_dir):
             self._bad(stray, "image outside a class folder")
         for class_dir in _subdirs(split_dir):
-            files = _image_files(class_dir)
+            files = self._images_in(class_dir)
             class_name, reason = self._folder_class(class_dir.name, digit_table)
             if class_name is None:
                 self._bad(class_dir, f"{reason}; {len(files)} images not used")
@@ -209,7 +247,38 @@ class FileDataset(FERDataset):
                     kept.append(path)
         return kept
 
+    def _drop_duplicates(self) -> None:
+        """An image listed more than once: kept once when every listing gives it the same label (the others
+        counted as dropped), a bad entry when the labels differ (no listing is trusted)."""
+        labels: dict[str, set[int]] = {}
+        for path, label in self.samples:
+            labels.setdefault(path, set()).add(label)
+        if len(labels) == len(self.samples):
+            return
+        seen: set[str] = set()
+        keep = []
+        for index, (path, _) in enumerate(self.samples):
+            if len(labels[path]) > 1:
+                if path not in seen:
+                    names = ", ".join(self.classes[label] for label in sorted(labels[path]))
+                    self._bad(path, f"listed {sum(p == path for p, _ in self.samples)} times with different labels "
+                                    f"({names})", "conflicting")
+            elif path in seen:
+                self._drop("listed again with the same label")
+            else:
+                keep.append(index)
+            seen.add(path)
+        listed = len(self.samples)
+        self.samples = [self.samples[i] for i in keep]
+        for name in ("poses", "subjects"):          # the lists parallel to samples
+            values = getattr(self, name)
+            if values is not None and len(values) == listed:
+                setattr(self, name, [values[i] for i in keep])
+        if self.soft_labels is not None and len(self.soft_labels) == listed:
+            self.soft_labels = self.soft_labels[keep]
+
     def _finish(self) -> None:
+        self._drop_duplicates()
         if self.report.bad:
             if not self.skip_bad:
                 raise BadDatasetError(self.report)

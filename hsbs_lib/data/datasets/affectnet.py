@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hsbs_lib.data.datasets.adapter import FileDataset, _child, _describe, _image_files, _read_csv, _unknown_split
+from hsbs_lib.config import shown
+from hsbs_lib.data.datasets.adapter import FileDataset, _child, _describe, _read_csv, _unknown_split, inside
 from hsbs_lib.data.datasets.registry import register_dataset
 
 # AffectNet's expression codes -> canonical class names; codes 8..10 are outside the protocol.
@@ -82,9 +83,13 @@ class AffectNet(FileDataset):
         for line_number, row in rows:
             where = f"{csv_path}:{line_number}"
             if len(row) != len(columns):
-                self._bad(where, f"malformed row: {len(row)} fields, expected {len(columns)}")
+                self._bad(where, f"malformed row: {len(row)} fields, expected {len(columns)}", "malformed")
                 continue
-            image_path = image_dir / row[columns["subdirectory_filepath"]].strip()
+            listed = row[columns["subdirectory_filepath"]]
+            image_path = inside(image_dir, listed)
+            if image_path is None:      # an absolute path, or ../ out of the images: never read
+                self._bad(where, f"path {shown(listed)} is not under {image_dir.name}/", "outside")
+                continue
             code = self._parse_code(row[columns["expression"]])
             if code is None:
                 self._bad(image_path, f"expression {row[columns['expression']]!r} out of range 0..10 (line {line_number})")
@@ -97,7 +102,7 @@ class AffectNet(FileDataset):
     def _index_npy(self, split_dir: Path) -> None:
         images = _child(split_dir, "images")
         annotations = _child(split_dir, "annotations")
-        for image_path in _image_files(images):
+        for image_path in self._images_in(images):
             candidates = [images / f"{image_path.stem}_exp.npy"]
             if annotations is not None:
                 candidates.insert(0, annotations / f"{image_path.stem}_exp.npy")

@@ -142,7 +142,7 @@ class FER2013(FileDataset):
         for line_number, row in rows:
             where = f"{csv_path}:{line_number}"
             if len(row) != len(columns):
-                self._bad(where, f"malformed row: {len(row)} fields, expected {len(columns)}")
+                self._bad(where, f"malformed row: {len(row)} fields, expected {len(columns)}", "malformed")
                 continue
             row_usage = row[columns["usage"]].strip()
             if row_usage not in ("Training", "PublicTest", "PrivateTest"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hsbs_lib.config import shown
 from hsbs_lib.data.datasets.adapter import (FileDataset, _child, _describe, _unknown_split, ascii_number, not_text_error,
                                             open_text)
 from hsbs_lib.data.datasets.registry import register_dataset
@@ -91,12 +92,19 @@ class RAFDB(FileDataset):
                 where = f"{relative} line {line_number}"
                 if not fields:
                     continue
+                # A line belongs to the split its name's prefix says; one that names none is the train split's
+                # (every split reads the file: a malformed line is reported once, under one split).
+                owner = fields[0].startswith(prefix) or (prefix == "train_" and not fields[0].startswith("test_"))
                 if len(fields) != 2:
-                    self._bad(f"{label_file}:{line_number}", f"malformed line {line.strip()!r}: expected 'NAME LABEL'")
+                    if owner:
+                        self._bad(f"{label_file}:{line_number}",
+                                  f"malformed line {shown(line.strip())}: expected 'NAME LABEL'", "malformed")
                     continue
                 file_name, code = fields
                 if not file_name.startswith(("train_", "test_")):
-                    self._bad(f"{label_file}:{line_number}", f"image name {file_name!r} has neither a train_ nor a test_ prefix")
+                    if owner:
+                        self._bad(f"{label_file}:{line_number}",
+                                  f"image name {shown(file_name)} has neither a train_ nor a test_ prefix", "malformed")
                     continue
                 if not file_name.startswith(prefix):
                     continue

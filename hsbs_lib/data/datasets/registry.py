@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from hsbs_lib.config import shown
 from hsbs_lib.data.base import FERDataset
 
 ADAPTERS: dict[str, type[FERDataset]] = {}
@@ -46,7 +47,7 @@ def canonical_dataset_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in ADAPTERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(ADAPTERS)}")
+        raise ValueError(f"unknown dataset {shown(name)}; known: {', '.join(ADAPTERS)}")
     return key
 
 

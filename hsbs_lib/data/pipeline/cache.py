@@ -366,13 +366,29 @@ def _store_kept_rows(folder: Path, images: np.ndarray | None, good: np.ndarray, 
     os.replace(folder / "images_kept.npy", folder / "images.npy")
 
 
+class CacheCorruptError(ValueError):
+    """A cache folder whose files are not what :func:`cache_split` writes (edited, truncated, or replaced)."""
+
+
 def _load(folder: Path) -> CachedSplit:
-    meta = json.loads((folder / "meta.json").read_text())
-    n = len(meta["paths"])
-    # copy-on-write map: writable for torch.from_numpy, yet nothing is ever written back to disk
-    images = np.load(folder / "images.npy", mmap_mode="c" if n else None)
-    optional = {key: np.load(folder / f"{key}.npy") if (folder / f"{key}.npy").is_file() else None
-                for key in ("poses", "soft_labels")}
-    bad = [BadEntry(path, reason) for path, reason in meta["bad"]]
-    return CachedSplit(images, np.load(folder / "labels.npy"), optional["poses"], optional["soft_labels"],
-                       tuple(meta["classes"]), meta["paths"], skipped=len(bad), bad=bad, location=folder)
+    """The cached split in ``folder``; files that are not what :func:`_build` writes (an ``images.npy`` of
+    Python objects, a truncated array, a broken meta.json) raise :class:`CacheCorruptError` naming the folder."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        n = len(meta["paths"])
+        # copy-on-write map: writable for torch.from_numpy, yet nothing is ever written back to disk
+        images = np.load(folder / "images.npy", mmap_mode="c" if n else None, allow_pickle=False)
+        optional = {key: np.load(folder / f"{key}.npy", allow_pickle=False) if (folder / f"{key}.npy").is_file()
+                    else None for key in ("poses", "soft_labels")}
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        bad = [BadEntry(path, reason) for path, reason in meta["bad"]]
+        classes = tuple(meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CacheCorruptError(f"cache {folder} is unreadable ({problem}); delete that folder and the next run "
+                                f"rebuilds it (data.cache_dir sets where caches go)") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != n or len(labels) != n:
+        raise CacheCorruptError(f"cache {folder} holds {images.dtype} images of shape {images.shape} for {n} listed "
+                                f"images; delete that folder and the next run rebuilds it")
+    return CachedSplit(images, labels, optional["poses"], optional["soft_labels"],
+                       classes, meta["paths"], skipped=len(bad), bad=bad, location=folder)
