@@ -171,6 +171,11 @@ def holds_run_of(folder: str | os.PathLike, config: Config) -> bool:
     return stored is not None and trained_same_recipe(stored, config)
 
 
+def _file_states(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file directly in ``folder``: what a run could have written."""
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir() if path.is_file()}
+
+
 @contextlib.contextmanager
 def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main_process: bool = True
                      ) -> Iterator[Path]:
@@ -196,12 +201,15 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
     try:
         with run_folder_lock(folder):
             remove_stale_temporaries(folder)
+            before = _file_states(folder)
             try:
                 yield folder
             finally:
                 # Once this or an earlier start made the folder a run (its config.yaml recorded), what the
-                # run wrote is recorded too, whether it finished or failed.
-                if OutputFolder(folder, "train").manifest().get(RUN_MARKER, {}).get("command") == "train":
+                # run wrote is recorded too, whether it finished or failed; a start refused before writing
+                # anything (a resume of a hand-edited config) leaves the folder, manifest included, as it was.
+                if (OutputFolder(folder, "train").manifest().get(RUN_MARKER, {}).get("command") == "train"
+                        and _file_states(folder) != before):
                     record_run_outputs(folder)
     finally:
         # A run that failed before writing anything leaves no empty folders behind it.
