@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from hsbs_lib.config import Config, save_config
+from hsbs_lib.config import Config, load_yaml, save_config
 from hsbs_lib.engine.build import trained_same_recipe
 from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder
 
@@ -158,7 +158,7 @@ def _has_results(folder: Path) -> bool:
 def _stored_config(folder: Path) -> dict | None:
     """``folder/config.yaml`` as a dict, or None when it is missing or cannot be read as one."""
     try:
-        stored = yaml.safe_load((folder / RUN_MARKER).read_text(encoding="utf-8")) or {}
+        stored = load_yaml((folder / RUN_MARKER).read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return None
     return stored if isinstance(stored, dict) else None
