@@ -13,6 +13,7 @@ report of its training run; its model card (``NAME.md`` beside it) is written fr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from pathlib import Path
@@ -31,8 +32,16 @@ def shipped_state(checkpoint: dict[str, Any], report: dict | None = None) -> dic
     weights = {key: value.half() if value.is_floating_point() else value
                for key, value in checkpoint["model"].items()}
     kept = {key: checkpoint[key] for key in ("config", "classes", "input_size", "normalization", "epoch", "version")}
+    # Where the training machine kept its copy and wrote its run means nothing on a user's machine.
+    config = copy.deepcopy(kept["config"])
+    config["data"].update(root=None, cache_dir=None)
+    config["out"] = f"runs/{config.get('name') or 'shipped'}"
+    kept["config"] = config
+    report = dict(report or {})
+    if "checkpoint" in report:
+        report["checkpoint"] = f"{config['out']}/best.pt"
     return {"model": weights, "optimizer": None, "scheduler": None, "scaler": None, "step": checkpoint.get("step", 0),
-            "rng": None, **kept, "metrics": {"report": report or {}}}
+            "rng": None, **kept, "metrics": {"report": report}}
 
 
 def write_shipped_model(best: str | os.PathLike, name: str, *, folder: str | os.PathLike = SHIPPED_FOLDER
@@ -57,6 +66,10 @@ def write_shipped_model(best: str | os.PathLike, name: str, *, folder: str | os.
     return out
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -75,7 +88,7 @@ def model_card(state: dict[str, Any], name: str) -> str:
     lines = [
         f"# Shipped model `{name}`",
         "",
-        SHIPPED_MODELS.get(name, ("", ""))[1] + ".",
+        _sentence(SHIPPED_MODELS.get(name, ("", ""))[1]),
         "",
         "## Data and protocol",
         "",
