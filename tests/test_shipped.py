@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from hsbs_lib.cli import main
+from hsbs_lib.config import Config
 from hsbs_lib.data.fer2013_files import load_fer2013_npz, write_fer2013_csv
 from hsbs_lib.data.labels import canonical_name, class_names
 from hsbs_lib.data.pipeline.cache import cache_split
@@ -17,6 +18,7 @@ from hsbs_lib.engine import checkpoint as checkpoints
 from hsbs_lib.engine import shipped
 from hsbs_lib.engine.checkpoint import SHIPPED_FOLDER, load_checkpoint, load_model_from_checkpoint, resolve_checkpoint
 from hsbs_lib.engine.train import fit
+from hsbs_lib.tutorial import train_or_load
 
 from test_engine import ColourFER, _config
 
@@ -111,6 +113,12 @@ def test_the_fer2013_model_scores_its_card_on_publictest():
     accuracy = float((probabilities.argmax(1).numpy() == labels).mean())
     # half-precision weights move a few faces at most
     assert abs(accuracy - stored["metrics"]["report"]["accuracy"]) < 0.003
+
+
+def test_the_notebooks_loader_takes_the_shipped_models_name():
+    run = train_or_load(Config(), checkpoint="fer2013")
+    assert run.run_dir is None and not run.model.training
+    assert run.classes == list(class_names(7)) and run.checkpoint["input_size"] == 48
 
 
 def test_hsbs_predict_uses_the_shipped_model_when_no_checkpoint_is_given(tmp_path, capsys):
