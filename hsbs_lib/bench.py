@@ -284,6 +284,14 @@ def prior_entropy(labels: np.ndarray, num_classes: int) -> float:
     return float(-(prior * np.log(prior)).sum())
 
 
+def plateau_level(labels: np.ndarray, num_classes: int, sampler: str = "none") -> float:
+    """The training cross-entropy of the best constant prediction: the prior's entropy, or, when a balanced
+    sampler draws every class present equally often, the entropy of that uniform draw."""
+    if sampler == "balanced":
+        return float(math.log(len(np.unique(np.asarray(labels)))))
+    return prior_entropy(labels, num_classes)
+
+
 @dataclass
 class PlateauRun:
     """One short training of :func:`plateau_escape`: its training cross-entropy per epoch against the
@@ -317,7 +325,8 @@ def plateau_escape(*, recipe: str = "synthfer_baseline", sizes=(65, 129), seeds=
                     *overrides, f"data.input_size={size}", f"train.stop_after_epoch={epochs}", f"train.seed={seed}",
                     "train.progress=false", "train.record_intensity=false"])
                 config.out = str(Path(folder) / f"{size}px_seed{seed}")
-                plateau = prior_entropy(labels_of(build_splits(config).train), config.data.num_classes)
+                plateau = plateau_level(labels_of(build_splits(config).train), config.data.num_classes,
+                                        config.data.sampler)
                 started = time.perf_counter()
                 result = fit(config)
                 run = PlateauRun(size, seed, [float(row["loss/ce"]) for row in result.history], plateau,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fakes
-from hsbs_lib.bench import PlateauRun, RecipeTime, plateau_table, prior_entropy, recipe_time
+from hsbs_lib.bench import PlateauRun, RecipeTime, plateau_level, plateau_table, prior_entropy, recipe_time
 from hsbs_lib.cli import main
 
 
@@ -15,6 +15,9 @@ def test_the_plateau_level_is_the_entropy_of_the_training_prior():
     assert prior_entropy(np.array([5, 5, 5]), 7) == pytest.approx(0.0)
     labels = np.array([0] * 9 + [1])
     assert prior_entropy(labels, 7) == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    # a balanced sampler draws both classes equally often: the best constant prediction costs log 2
+    assert plateau_level(labels, 7, "balanced") == pytest.approx(math.log(2))
+    assert plateau_level(labels, 7, "none") == prior_entropy(labels, 7)
 
 
 def test_a_run_left_the_plateau_only_below_the_threshold_and_the_table_counts_them():
