@@ -702,6 +702,17 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
         for section in ("data", "model", "train"))
 
 
+def dotted_items(values: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: leaf value} (``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``);
+    an empty mapping has no leaves."""
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(dotted_items(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def plain_values(value: Any) -> Any:
     """Tuples as lists, recursively (what a YAML round trip gives)."""
     if isinstance(value, dict):

@@ -13,11 +13,11 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import yaml
 
-from hsbs_lib.config import Config, load_yaml, save_config
+from hsbs_lib.config import Config, dotted_items, load_yaml, save_config
 from hsbs_lib.engine.build import trained_same_recipe
 from hsbs_lib.outputs import MANIFEST_NAME, OutputFolder
 
@@ -219,15 +219,6 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, main
             path.rmdir()
 
 
-def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(values, dict):
-        return {prefix: values}
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: bool = False) -> None:
     """Refuse to start a fresh run in ``folder`` when it holds a run of another recipe (``hsbs train --out``).
 
@@ -244,7 +235,8 @@ def refuse_another_run(folder: str | os.PathLike, config: Config, *, overwrite: 
         # diverged in its first epoch, or was killed before it ended, is replaced by the corrected command.
         return
     if stored is not None:
-        old, new = _flat({key: stored.get(key) for key in ("data", "model", "train")}), _flat(config.to_dict())
+        old = dotted_items({key: stored.get(key) for key in ("data", "model", "train")})
+        new = dotted_items(config.to_dict())
         keys = [key for key in new if key.split(".")[0] in ("data", "model", "train")
                 and key.split(".")[-1] not in ("progress", "device", "threads") and old.get(key) != new[key]]
         what = f"a run of another recipe (differing in {', '.join(keys[:4]) or 'model options'})"

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from hsbs_lib.constants import STAGE_NAMES
-from hsbs_lib.config import (Config, ConfigValueError, TrainConfig, apply_overrides, config_from_dict, load_config,
-                             plain_values, read_yaml_file, shown, validate_config)
+from hsbs_lib.config import (Config, ConfigValueError, TrainConfig, apply_overrides, config_from_dict, dotted_items,
+                             load_config, plain_values, read_yaml_file, shown, validate_config)
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
@@ -651,17 +651,6 @@ def refuse_changed_recipe(stored: Config, wanted: Config, run: str | os.PathLike
 SITTING_KEYS = ("out", "name", "train.progress", "train.device", "train.threads", "train.stop_after_epoch")
 
 
-def _dotted(values: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as {dotted key: value}, mappings (model.options) flattened too."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = plain_values(value)
-    return flat
-
-
 def edited_keys(run_config: str | os.PathLike, stored: Config, overrides: Sequence[str] = ()) -> list[str]:
     """The keys whose value in the run's ``config.yaml`` differs from ``stored`` (the config its last
     checkpoint was trained with), as ``key=VALUE (last.pt: VALUE)``; keys the ``overrides`` set now, and
@@ -677,7 +666,7 @@ def edited_keys(run_config: str | os.PathLike, stored: Config, overrides: Sequen
     except (ConfigValueError, KeyError) as error:
         message = error.args[0] if error.args else error
         raise ConfigValueError(f"run config {path} was edited and no longer reads as a config: {message}") from None
-    new, old = _dotted(written.to_dict()), _dotted(stored.to_dict())
+    new, old = dotted_items(plain_values(written.to_dict())), dotted_items(plain_values(stored.to_dict()))
     set_now = tuple(item.split("=", 1)[0].strip() for item in overrides)
     return [f"{key}={shown(new.get(key), 40)} (last.pt: {shown(old.get(key), 40)})"
             for key in sorted(set(new) | set(old))
