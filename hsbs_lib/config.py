@@ -118,7 +118,11 @@ class TrainConfig:
     tta: str = "none"
     grad_clip: float | None = None
     device: str = "auto"              # auto | cpu | cuda | cuda:N
-    amp: bool = True                  # bf16 autocast on CUDA; ignored on CPU
+    # Arithmetic of the forward pass: auto (follows train.amp) | fp32 | bf16 (autocast, CUDA or CPU) |
+    # fp16 (autocast with a torch.amp.GradScaler, CUDA or CPU); docs/TRAINING_OPTIONS.md.
+    precision: str = "auto"
+    amp: bool = True                  # with precision=auto: bf16 autocast on CUDA, fp32 on CPU; false: fp32
+    accumulate: int = 1               # micro-batches per optimiser step (gradient accumulation)
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -443,6 +447,9 @@ def _not_negative(value: Any) -> bool:
     return math.isfinite(value) and value >= 0
 
 
+#: the values of ``train.precision`` (auto: bf16 on CUDA when ``train.amp``, else fp32)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 # (dotted key, test, what the key expects): the ranges no run can work outside of. ``None`` is allowed
 # where the field is optional (it means "off" or "unlimited").
 VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
@@ -470,6 +477,8 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.tta", lambda v: v in ("none", "flip", "tencrop"), "none, flip or tencrop"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
     ("train.grad_clip", _positive, "a positive number, or null"),
+    ("train.precision", lambda v: v in PRECISIONS, "auto, fp32, bf16 or fp16"),
+    ("train.accumulate", lambda v: v >= 1, "at least 1 micro-batch per optimiser step"),
     ("train.max_steps_per_epoch", _positive, "at least 1, or null"),
     ("train.stop_after_epoch", _positive, "at least 1, or null"),
     ("train.log_every", _positive, "at least 1"),
@@ -696,8 +705,10 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
             model = side.setdefault("model", {})
             model["options"] = plain_values({**option_defaults, **(model.get("options") or {})})
     ignore = {"progress", "device", "threads", "stop_after_epoch"}   # machine and sitting settings, not the recipe
+    # A key the stored run predates (train.precision, train.accumulate) had its default's meaning.
+    defaults = Config().to_dict()
     return all(
-        {k: v for k, v in stored.get(section, {}).items() if k not in ignore}
+        {k: v for k, v in {**defaults[section], **stored.get(section, {})}.items() if k not in ignore}
         == {k: v for k, v in wanted_dict[section].items() if k not in ignore}
         for section in ("data", "model", "train"))
 

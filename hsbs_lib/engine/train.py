@@ -36,6 +36,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -248,8 +249,49 @@ class LearningIntensity:
         return {f"intensity/{name}": float(self.sums[name]) for name in self.layers if name in self.sums}
 
 
+def precision_policy(train: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, ``torch.amp.GradScaler`` or None) for ``train.precision`` on ``device``.
+
+    ``auto`` keeps the meaning ``train.amp`` always had: bf16 autocast on CUDA when ``train.amp`` is on, fp32
+    otherwise (and on CPU). ``bf16`` autocasts on CUDA and on CPU alike; ``fp16`` autocasts and scales the loss
+    with a GradScaler (torch has both for CPU too: it runs there, for checking the fp16 path, see
+    docs/TRAINING_OPTIONS.md); ``fp32`` is full precision. An explicit precision overrides ``train.amp``.
+    """
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if train.amp and device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None, None
+    if precision == "bf16":
+        return torch.bfloat16, None
+    if precision == "fp16":
+        return torch.float16, torch.amp.GradScaler(device.type)
+    raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got '{train.precision}'")
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, scaler: Any = None,
+                   grad_clip: float | None = None) -> bool:
+    """Step ``optimizer`` on the gradients accumulated in ``model``; return whether the step was taken.
+
+    With a ``scaler`` (fp16) the gradients are unscaled before ``grad_clip`` clips their norm, and a step
+    whose gradients hold inf or NaN is skipped (the weights and the optimiser state stay as they were) while
+    the scaler halves its scale, as ``torch.amp.GradScaler`` does; training continues with the next batch.
+    """
+    if scaler is not None and grad_clip:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is None:
+        optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale      # a skipped step lowers the scale; a taken one keeps or grows it
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast on CUDA when ``dtype`` is given; a no-op context otherwise."""
+    """Autocast to ``dtype`` (bf16 or fp16) on ``device`` when given; a no-op context otherwise."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -271,11 +313,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     record_intensity: bool = False, progress: bool = False, log_every: int = 10,
                     explosion: LossExplosionMonitor | None = None, mix: BatchMix | None = None,
                     mix_generator: torch.Generator | None = None, ema: AveragedModel | None = None,
-                    ema_source: nn.Module | None = None) -> tuple[dict[str, float], int]:
+                    ema_source: nn.Module | None = None, accumulate: int = 1, scaler: Any = None
+                    ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns (epoch means, optimizer steps so far).
 
     ``mix``: mixup / CutMix of every batch (drawn from ``mix_generator``); ``ema``: a moving average updated
     toward ``ema_source`` (the plain model) after every optimiser step.
+
+    ``accumulate``: micro-batches per optimiser step; each one's loss is divided by the number of micro-batches
+    in its group, so N equal micro-batches step as one batch N times their size would. The epoch's last group
+    may be shorter (its losses divided by its own size) and is stepped at the epoch's end, so no accumulated
+    gradient crosses an epoch (or a checkpoint). ``step``, the schedule and ``ema`` count optimiser steps.
+    ``scaler``: a ``torch.amp.GradScaler`` (fp16; see :func:`optimizer_step`).
 
     Raises :class:`NonFiniteLossError` before the backward pass of a non-finite loss, or of a loss that
     ``explosion`` flags.
@@ -290,11 +339,17 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     intensity = LearningIntensity() if record_intensity else None
     sums: dict[str, float] = {}
     bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}", total=len(loader))
+    accumulate, skipped = max(1, int(accumulate)), 0
     for batch, (images, targets) in enumerate(bar):
         images, targets = move_batch(images, targets, device, channels_last)
         if mix is not None:
             images, targets = mix(images, targets, mix_generator)
-        with autocast(device, amp_dtype):
+        group_start = batch - batch % accumulate
+        group_size = min(accumulate, len(loader) - group_start)
+        steps_now = batch + 1 == group_start + group_size
+        # DDP: gradients are averaged across ranks only on the micro-batch that steps.
+        holds_sync = not steps_now and isinstance(model, nn.parallel.DistributedDataParallel)
+        with (model.no_sync() if holds_sync else contextlib.nullcontext()), autocast(device, amp_dtype):
             output, terms = model(images, targets)
         if intensity is not None:
             intensity.watch(output)
@@ -314,16 +369,22 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 f"loss exploded at step {step + 1} (epoch {epoch + 1}, batch {batch + 1} of {len(loader)}): "
                 f"total={values[0]:.4g}, more than {explosion.factor:g} times the running median {median:.4g}; "
                 f"training diverged and was stopped. Lower train.lr or set train.grad_clip.")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        step += 1
-        if ema is not None:
-            ema.update_parameters(ema_source)
+        if batch == group_start:
+            optimizer.zero_grad(set_to_none=True)
+        scaled = total / group_size if group_size > 1 else total
+        with model.no_sync() if holds_sync else contextlib.nullcontext():
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if steps_now:
+            taken = optimizer_step(model, optimizer, scaler=scaler, grad_clip=grad_clip)
+            skipped += not taken
+            if scheduler is not None:
+                with warnings.catch_warnings():
+                    if not taken:   # the schedule counts steps taken or skipped; torch's order warning does not apply
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    scheduler.step()
+            step += 1
+            if ema is not None:
+                ema.update_parameters(ema_source)
 
         count = images.shape[0]
         for name, value in zip(["total", *terms], values[:-1]):
@@ -333,6 +394,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if progress and (batch % max(1, log_every) == 0 or batch + 1 == len(loader)):
             bar.set_postfix(loss=f"{sums['loss/total'] / sums['count']:.4f}",
                             acc=f"{sums['correct'] / sums['count']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if skipped:
+        log.info("epoch %d: the fp16 gradient scaler skipped %d optimiser step(s) with inf or NaN gradients "
+                 "(scale now %g)", epoch + 1, skipped, scaler.get_scale())
     if intensity is not None:
         sums.update(intensity.totals())
         sums["intensity_steps"] = float(intensity.steps)
@@ -431,9 +495,13 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                      if t.class_weighted_loss else None)
     model.configure_criterion(label_smoothing=t.label_smoothing, class_weights=class_weights)
     optimizer = build_optimizer(model, t)
-    steps_per_epoch = max(1, len(loaders.train))
+    steps_per_epoch = max(1, math.ceil(len(loaders.train) / t.accumulate))   # optimiser steps (train.accumulate)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch=steps_per_epoch)
 
+    amp_dtype, scaler = precision_policy(t, device)
+    if t.precision == "fp16" and device.type == "cpu" and context.is_main:
+        log.warning("train.precision=fp16 on the CPU: torch's CPU autocast and GradScaler run it, to check the fp16 "
+                    "path; bf16 (or fp32) is the CPU's precision for real runs")
     start_epoch, step, best_score, best_epoch = 0, 0, -math.inf, 0
     if checkpoint is not None:
         # With train.ema the checkpoint's "model" is the average; the optimiser's weights are "raw_model".
@@ -443,6 +511,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
         # The schedule may have a new horizon (train.epochs extended): recompute the current rate.
         for group, base_lr, lr_lambda in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])     # the fp16 loss scale it had reached
         restore_rng_state(checkpoint["rng"])
         start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
         best_score = float(checkpoint["metrics"].get("best_score", -math.inf))
@@ -470,7 +540,6 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     if t.record_intensity and t.compile and context.is_main:
         log.warning("train.record_intensity is off under train.compile: the compiled forward hides the gradients "
                     "at the stage outputs (train eagerly to record the learning intensity)")
-    amp_dtype = torch.bfloat16 if t.amp and device.type == "cuda" else None
     progress = progress_enabled(t.progress) and context.is_main
     metrics_log = MetricsLog(out, enabled=context.is_main, tensorboard=t.tensorboard,
                              keep_until=start_epoch if checkpoint is not None else None)
@@ -496,7 +565,7 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                 record_intensity=record_intensity, progress=progress, log_every=t.log_every,
                 explosion=explosion, mix=mix,
                 mix_generator=epoch_generator(t.seed, epoch, STREAM_MIX, context.rank) if mix else None,
-                ema=averaged, ema_source=model)
+                ema=averaged, ema_source=model, accumulate=t.accumulate, scaler=scaler)
             sync_buffers(model, context)
             if loaders.val is not None:
                 evaluation = evaluate(evaluated, loaders.val, device=device, classes=classes, amp_dtype=amp_dtype,
@@ -519,7 +588,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
             if improved:
                 best_score, best_epoch = score, epoch + 1
             if context.is_main:
-                state = build_checkpoint(model=evaluated, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
+                state = build_checkpoint(model=evaluated, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                         epoch=epoch + 1,
                                          step=step, metrics={**row, "best_score": best_score,
                                                              "best_epoch": best_epoch,
                                                              "history": [dict(r) for r in metrics_log.rows]},
