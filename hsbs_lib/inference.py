@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hsbs_lib.config import check_input_size, memory_bytes
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
@@ -25,6 +25,7 @@ from hsbs_lib.engine.build import resolve_device
 from hsbs_lib.engine.checkpoint import (DEFAULT_SHIPPED, SHIPPED_MODELS, is_shipped_name, load_model_from_checkpoint,
                                         non_finite_entries, resolve_checkpoint, shipped_checkpoint)
 from hsbs_lib.losses.hst import activation_attention
+from hsbs_lib.models.base import LogitsOnly
 from hsbs_lib.outputs import OutputFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -105,17 +106,6 @@ def crop_face(image: np.ndarray, box: Sequence[int], *, margin: float = 0.2) -> 
 
 
 # ------------------------------------------------------------------------------------------ predictor
-class LogitsOnly(nn.Module):
-    """Wraps a model so that forward returns the logits tensor alone (export, Grad-CAM)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x).logits
-
-
 class Predictor:
     """A checkpoint ready for inference: model in eval mode plus its own preprocessing and labels."""
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from hsbs_lib.models import create_model
-from hsbs_lib.viz.gradcam import gradcam, gradcam_target_layer, plot_gradcam_per_class
+from hsbs_lib.models import create_model, list_models
+from hsbs_lib.viz.gradcam import (CAM_METHODS, EXCLUDED_CAM_METHODS, gradcam, gradcam_target_layer,
+                                  plot_gradcam_per_class)
 from hsbs_lib.viz.style import save_figure
 
 
@@ -59,6 +60,48 @@ def test_explicit_targets_change_the_map(model, images):
         gradcam(model, images[:2], targets=[0, 1, 2])
     with pytest.raises(ValueError, match="unknown CAM method"):
         gradcam(model, images[:1], method="nope")
+
+
+# A forward pass per channel of layer4 (scorecam, ablationcam) or a CAM per window and scale (sess): one small
+# image. fem thresholds the target grid at its mean plus two standard deviations: 4 x 4 cells (128 px) at least.
+SLOW_CAM_METHODS = ("scorecam", "ablationcam", "sess")
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_every_selectable_method_gives_a_finite_map_and_releases_its_hooks(model, method):
+    size, count = (64, 1) if method in SLOW_CAM_METHODS else (128, 2) if method == "fem" else (64, 2)
+    x = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(3))
+    before, modes = _hook_count(model), {name: m.training for name, m in model.named_modules()}
+    cams = gradcam(model, x, method=method, targets=[1] * count)
+    assert cams.shape == (count, size, size) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+    assert cams.max() > 0.5, "a blank map"
+    assert _hook_count(model) == before
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_fast_methods_run_on_every_registered_model(name):
+    torch.manual_seed(0)
+    network = create_model(name, num_classes=7, backbone_width=16, input_size=64).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    for method in CAM_METHODS:
+        if method in (*SLOW_CAM_METHODS, "fem"):
+            continue
+        cams = gradcam(network, x, method=method)
+        assert cams.shape == (1, 64, 64) and np.isfinite(cams).all() and cams.max() > 0.5, method
+
+
+def test_an_unknown_method_is_one_line_naming_every_method(model, images):
+    with pytest.raises(ValueError) as error:
+        gradcam(model, images[:1], method="gradcam--")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("unknown CAM method 'gradcam--'; choose from gradcam, ")
+    assert all(name in message for name in CAM_METHODS)
+    for excluded in EXCLUDED_CAM_METHODS:
+        assert excluded not in CAM_METHODS
+        with pytest.raises(ValueError, match=f"{excluded} is left out: "):
+            gradcam(model, images[:1], method=excluded)
 
 
 def test_gradcam_with_frozen_parameters(images):

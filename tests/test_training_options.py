@@ -8,12 +8,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from hsbs_lib.config import Config, ConfigValueError, apply_overrides, config_from_dict, same_recipe, validate_config
+from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.engine.checkpoint import load_checkpoint
 from hsbs_lib.engine.ema import ema_model
 from hsbs_lib.engine.train import fit, optimizer_step, precision_policy, resume_config, train_one_epoch
 from hsbs_lib.models.base import ModelOutput
 
-from test_engine import _config, _rows, splits  # noqa: F401 (fixture)
+from test_engine import ColourFER, _config, _rows
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return (cache_split(ColourFER(96, seed=0), 32), cache_split(ColourFER(56, seed=1, split="test"), 32),
+            cache_split(ColourFER(40, seed=2, split="val"), 32))
 
 
 class TinyLinear(nn.Module):
@@ -157,7 +164,7 @@ def test_a_config_saved_before_precision_and_accumulate_still_loads_as_the_same_
 
 # ---------------------------------------------------------------------------------------------- through fit
 
-def test_fp16_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path, splits):  # noqa: F811
+def test_fp16_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path, splits):
     overrides = ["train.precision=fp16", "train.accumulate=2", "train.max_steps_per_epoch=5",
                  "train.warmup_epochs=0.5", "train.deterministic=true"]
     straight = fit(_config(tmp_path / "straight", "train.epochs=2", *overrides),
@@ -194,7 +201,7 @@ def test_ema_update_rule_for_two_steps_in_numbers():
     assert averaged.module.weight.item() == pytest.approx(5 / 11, abs=1e-6)
 
 
-def test_with_ema_validation_and_best_pt_use_the_averaged_weights(tmp_path, splits):  # noqa: F811
+def test_with_ema_validation_and_best_pt_use_the_averaged_weights(tmp_path, splits):
     result = fit(_config(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=3", "train.ema=0.5",
                          "train.accumulate=2", "train.lr=0.05"),
                  train_data=splits[0], val_data=splits[2], test_data=splits[1])

@@ -33,6 +33,19 @@ class ModelOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class LogitsOnly(nn.Module):
+    """Wraps a package model so that ``forward(x)`` returns only the logits (B, K): what export and
+    pytorch-grad-cam expect (a model that already returns a tensor passes it through)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        output = self.model(x)
+        return output.logits if hasattr(output, "logits") else output
+
+
 class FERModel(nn.Module):
     """Base class: a ResNet or ConvNeXt backbone with feature taps plus the shared classification loss.
 

@@ -1,4 +1,5 @@
-"""Grad-CAM, Grad-CAM++ and Score-CAM through pytorch-grad-cam, for any model of the package.
+"""Class activation maps through pytorch-grad-cam, for any model of the package: every method of the library
+that works on these models, by name (:data:`CAM_METHODS`; the ones left out and why: :data:`EXCLUDED_CAM_METHODS`).
 
 Our models return a :class:`ModelOutput`, the library expects logits: :class:`LogitsOnly` adapts one
 to the other. The target layer comes from a per-backbone table unless the model names its own with a
@@ -15,11 +16,33 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.models.base import LogitsOnly
 from hsbs_lib.viz.attention import _hide_axes, overlay, to_display_images
 from hsbs_lib.viz.style import apply_style
 
-# method name -> pytorch_grad_cam class name (imported on first use: the library pulls in a lot)
-CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM"}
+# method name (as pytorch-grad-cam's own example script names them) -> pytorch_grad_cam class name (imported on
+# first use: the library pulls in a lot). Each runs on every registered model (tests/test_gradcam.py). Notes:
+# eigencam, eigengradcam, kpcacam, fem and segeigencam ignore the target class (principal components or
+# feature statistics of the layer); fem needs a target grid of at least 4 x 4 (inputs of 112 px and more on a
+# stride-32 backbone) and returns a blank map below that; scorecam and ablationcam run a forward pass per
+# channel of the target layer (512 on a ResNet-18), and sess one CAM per window of 12 scales: seconds per
+# image on a CPU (docs/BENCHMARKS.md), meant for a handful of images.
+CAM_METHODS = {
+    "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcamelementwise": "GradCAMElementWise",
+    "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM", "kpcacam": "KPCA_CAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM",
+    "fem": "FEM", "segeigencam": "SegEigenCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
+    "sess": "SESS",
+}
+
+#: pytorch-grad-cam methods that are not selectable here, and why.
+EXCLUDED_CAM_METHODS = {
+    "fullgrad": "ignores the target layer and sums the bias gradients of every Conv2d and BatchNorm2d; fails on "
+                "CLCL (an assertion) and MFER (bias and map shapes do not broadcast)",
+    "randomcam": "a random map, a control for saliency metrics rather than an explanation",
+    "refinecam": "aggregates the maps of several target layers (this module targets one, where it is its base "
+                 "method) and has no context manager to release its hooks",
+}
 
 # The last residual block of the last stage: the deepest map that still has a spatial grid.
 TARGET_LAYERS: dict[str, str] = {
@@ -30,18 +53,6 @@ TARGET_LAYERS: dict[str, str] = {
     "convnext_tiny": "backbone.layer4.-1",
     "convnext_base": "backbone.layer4.-1",
 }
-
-
-class LogitsOnly(nn.Module):
-    """Wraps a package model so ``forward(x)`` returns only the logits (B, K)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        output = self.model(x)
-        return output.logits if hasattr(output, "logits") else output
 
 
 def resolve_module(model: nn.Module, dotted: str) -> nn.Module:
@@ -88,10 +99,12 @@ def gradcam(model: nn.Module, images: Tensor, *, method: str = "gradcam", target
     """Class activation maps: images (B, 3, H, W) model inputs -> float32 (B, H, W) in [0, 1].
 
     targets: None explains each image's predicted class; an int or indices (B,) explain given classes.
-    method: "gradcam", "gradcam++" or "scorecam" (Score-CAM runs one forward per channel: slow on CPU).
+    method: a name of :data:`CAM_METHODS` ("gradcam", "gradcam++", "layercam", "scorecam", ...; the notes
+    above the table say which ignore the class and which are slow).
     """
     if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method '{method}'; choose from {', '.join(CAM_METHODS)}")
+        why = f" ({method} is left out: {EXCLUDED_CAM_METHODS[method]})" if method in EXCLUDED_CAM_METHODS else ""
+        raise ValueError(f"unknown CAM method '{method}'{why}; choose from {', '.join(CAM_METHODS)}")
     import pytorch_grad_cam
 
     cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
@@ -107,7 +120,7 @@ def gradcam(model: nn.Module, images: Tensor, *, method: str = "gradcam", target
             cam.batch_size = score_batch_size
             # Frozen parameters would leave the target layer without a gradient; an input that
             # requires grad keeps every activation on the graph.
-            inputs.requires_grad_(method != "scorecam")
+            inputs.requires_grad_(method not in ("scorecam", "ablationcam"))
             with torch.enable_grad():
                 result = cam(input_tensor=inputs, targets=cam_targets)
     finally:
