@@ -1,8 +1,10 @@
 """Inference on real photos (``hsbs predict``) and model export (``hsbs export``).
 
-A photo goes through: decode -> detect faces with OpenCV's bundled Haar cascade (or take the whole
-image as an aligned face) -> square crop with a margin -> the checkpoint's own resize and
-normalisation -> eval-mode model -> label names stored in the checkpoint.
+A photo goes through: decode -> detect faces (OpenCV's bundled Haar cascade by default, or any detector of
+:mod:`hsbs_lib.data.faces`: ``--detector yunet:PATH`` or ``module:callable``), or take the whole image as an
+aligned face -> optionally rotate so the eyes are level (``--align``, when the detector gives eyes) -> square
+crop with a margin -> the checkpoint's own resize and normalisation -> eval-mode model -> label names stored
+in the checkpoint.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from hsbs_lib.config import check_input_size, memory_bytes
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.data.faces import Face, FaceDetector, HaarDetector, align_face, as_face, face_detector
 from hsbs_lib.data.images import decode_image
 from hsbs_lib.data.pipeline.transforms import model_inputs
 from hsbs_lib.engine.build import resolve_device
@@ -56,28 +59,12 @@ class SkippedFile:
 
 
 # --------------------------------------------------------------------------------------------- faces
-def haar_cascade_path() -> str:
-    """Path of OpenCV's bundled frontal-face cascade (ships inside opencv-python-headless<5)."""
-    import cv2
-
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    if not path.is_file():
-        raise FileNotFoundError(f"OpenCV's Haar cascade {path} is missing; install opencv-python-headless<5, "
-                                "which bundles it (version 5 does not)")
-    return str(path)
-
-
 def detect_faces(image: np.ndarray, *, scale_factor: float = 1.1, min_neighbors: int = 5,
                  min_size: int = 24) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in a uint8 (H, W, 3) RGB image, largest first."""
-    import cv2
-
-    detector = cv2.CascadeClassifier(haar_cascade_path())
-    grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-    boxes = detector.detectMultiScale(grey, scaleFactor=scale_factor, minNeighbors=min_neighbors,
-                                      minSize=(min_size, min_size))
-    boxes = [tuple(int(v) for v in box) for box in (boxes if len(boxes) else [])]
-    return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
+    """Face boxes (x, y, w, h) in a uint8 (H, W, 3) RGB image, largest first, by OpenCV's Haar cascade (the
+    other detectors: :mod:`hsbs_lib.data.faces`)."""
+    detector = HaarDetector(scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size)
+    return [face.box for face in detector(image)]
 
 
 #: --margin's range: from a crop 0.2 times as wide as the face's box to one 9 times as wide.
@@ -103,6 +90,15 @@ def crop_face(image: np.ndarray, box: Sequence[int], *, margin: float = 0.2) -> 
         image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         x0, y0 = x0 + pad, y0 + pad
     return np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+
+
+def face_crop(image: np.ndarray, face: Face, *, margin: float = 0.2, align: bool = False) -> np.ndarray:
+    """:func:`crop_face` of ``face``, from the image rotated about its eyes so that they are level when
+    ``align`` and the detector gave the eyes (:func:`~hsbs_lib.data.faces.align_face`)."""
+    if align and face.eyes is not None:
+        image, box = align_face(image, face)
+        return crop_face(image, box, margin=margin)
+    return crop_face(image, face.box, margin=margin)
 
 
 # ------------------------------------------------------------------------------------------ predictor
@@ -163,20 +159,28 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | str | Path, *, detect: bool = True,
             margin: float = 0.2, device: str = "cpu", with_attention: bool = False,
-            skipped: list[SkippedFile] | None = None) -> list[FacePrediction]:
+            skipped: list[SkippedFile] | None = None, detector: str | FaceDetector | None = None,
+            align: bool = False) -> list[FacePrediction]:
     """Classify the expression of every face in the given images or folders.
 
     Unreadable files are appended to ``skipped`` (when given) and never stop the run; an input that does
     not exist, or a folder without images, raises FileNotFoundError before any work. With
     ``detect=False`` each image is taken as an already aligned face (box = the whole image).
+
+    ``detector``: a spec or a detector of :func:`~hsbs_lib.data.faces.face_detector` (default: Haar);
+    ``align``: rotate each face so that its eyes are level before cropping, where the detector gives eyes
+    (YuNet does, Haar does not). The reported box is the detector's, in the photo as it is.
     """
     low, high = MARGIN_RANGE
     if not low <= margin <= high:      # NaN too: a crop of no pixels, or of gigabytes
         raise ValueError(f"--margin expects the share of a face's box added on each side, from {low} (a tighter "
                          f"crop) to {high} (a crop {1 + 2 * high:g} times as wide), got {margin}")
+    if not detect and (detector is not None or align):
+        raise ValueError("--detector and --align work on detected faces; --no-detect takes each image as a face")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     paths = expand_inputs(inputs)
+    find_faces = face_detector(detector) if detect else None
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device=device)
     results: list[FacePrediction] = []
     for path in paths:
@@ -187,12 +191,13 @@ def predict(checkpoint: str | Path | Predictor, inputs: Iterable[str | Path] | s
                 skipped.append(SkippedFile(str(path), str(error)))
             continue
         height, width = image.shape[:2]
-        boxes = detect_faces(image) if detect else [(0, 0, width, height)]
-        if not boxes:
+        faces = [as_face(found) for found in find_faces(image)] if detect else [Face((0, 0, width, height))]
+        if not faces:
             if skipped is not None:
                 skipped.append(SkippedFile(str(path), "no face detected (try --no-detect for aligned crops)"))
             continue
-        crops = [crop_face(image, box, margin=margin) if detect else image for box in boxes]
+        crops = [face_crop(image, face, margin=margin, align=align) if detect else image for face in faces]
+        boxes = [face.box for face in faces]
         probabilities, attention = predictor.classify(crops, with_attention=with_attention)
         if not torch.isfinite(probabilities).all():
             raise ValueError(f"{path}: the model gave non-finite probabilities (an overflow inside it)")
@@ -337,6 +342,13 @@ def add_predict_arguments(parser) -> None:
     parser.add_argument("--no-detect", dest="detect", action="store_false",
                         help="take each image as an already aligned face")
     parser.add_argument("--margin", type=float, default=0.2, help="crop margin around a detected box")
+    parser.add_argument("--detector", metavar="SPEC",
+                        help="face detector: haar (default, OpenCV's bundled cascade), yunet:PATH (OpenCV's YuNet from "
+                             "an ONNX file you supply), or module:callable (your own: image -> boxes); "
+                             "docs/TRAINING_OPTIONS.md")
+    parser.add_argument("--align", action="store_true",
+                        help="rotate each face so that its eyes are level before cropping (needs a detector that "
+                             "gives eyes, e.g. yunet; haar gives none)")
     parser.add_argument("--format", choices=("table", "jsonl"), default="table")
     parser.add_argument("--save-overlay", metavar="DIR", help="write images with boxes and labels here")
     parser.add_argument("--attention", action="store_true", help="blend the attention map into overlays")
@@ -380,8 +392,11 @@ def run_predict(args) -> int:
     if args.save_overlay:
         outputs, inputs, names = overlay_output(args.save_overlay, args.inputs, force=args.force,
                                                  checkpoint=args.checkpoint)
+    if args.align and args.detect and (args.detector or "haar") == "haar":
+        print("--align: the Haar cascade gives no eye landmarks, so faces are cropped unrotated (--detector "
+              "yunet:PATH gives them)", file=sys.stderr)
     faces = predict(args.checkpoint, inputs, detect=args.detect, margin=args.margin, device=args.device,
-                    with_attention=args.attention, skipped=skipped)
+                    with_attention=args.attention, skipped=skipped, detector=args.detector, align=args.align)
     if args.format == "jsonl":
         for face in faces:
             print(json.dumps(face.to_json(), allow_nan=False))
