@@ -230,3 +230,24 @@ def test_gpu_report_runs_part_trains_and_tabulates_on_a_cpu(tmp_path):
         assert step in steps, steps
     table = (tmp_path / "report" / "runs" / "hst225" / "comparison.md").read_text()
     assert "| hsbs | 1 |" in table and "layer3 energy / pointing / ring" in table
+
+
+def test_every_command_loads_with_the_base_install_alone():
+    # Every package of an extra is made unimportable, as in an environment with the base install only;
+    # building the full parser imports every subcommand's module.
+    code = (
+        "import sys\n"
+        "from hsbs_lib.extras import OPTIONAL\n"
+        "blocked = {*OPTIONAL, 'jupyterlab', 'pytest', 'playwright'}\n"
+        "for name in list(sys.modules):\n"
+        "    if name.split('.')[0] in blocked:\n"
+        "        del sys.modules[name]\n"
+        "for name in blocked:\n"
+        "    sys.modules[name] = None   # import name now fails as if it were not installed\n"
+        "from hsbs_lib.cli import COMMANDS, build_parser\n"
+        "parser = build_parser()\n"
+        "missing = [c for c, sub in parser._subparsers._group_actions[0].choices.items() if sub.get_default('_missing')]\n"
+        "print('loaded', len(COMMANDS) - len(missing), 'of', len(COMMANDS), missing)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded 10 of 10 []" in result.stdout
