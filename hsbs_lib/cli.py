@@ -68,7 +68,7 @@ def bounded(message: str) -> str:
                      for line in message.splitlines() or [""])
 
 
-#: The subcommands whose ``--device`` option exists; every one defaults to ``auto`` (CUDA, else MPS, else CPU).
+#: The help of every subcommand's ``--device``: each defaults to ``auto`` (CUDA, else MPS, else the CPU).
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default auto: CUDA when visible, else Apple's MPS, else the CPU)"
 
 #: What a CUDA (or MPS) out-of-memory error is turned into: the settings that lower the memory a run needs.
@@ -137,6 +137,8 @@ def resolved_train_config(args: argparse.Namespace):
         resume_config = importlib.import_module(COMMANDS["train"][0]).resume_config
         config = resume_config(args.resume, args.overrides, edited_config=args.edited_config)
     else:
+        if args.edited_config:
+            raise ValueError("--edited-config goes with --resume RUN: it takes RUN/config.yaml as edited by hand")
         config = load_config(args.config, args.overrides, data=args.data, method=args.method, recipe=args.recipe)
     if args.out:
         config.out = args.out
