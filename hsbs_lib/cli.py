@@ -92,10 +92,12 @@ def _add_command_arguments(name: str, sub: argparse.ArgumentParser, module) -> N
     getattr(module, f"add_{name}_arguments")(sub)
     # -v after the subcommand too; SUPPRESS keeps a -v given before it (argparse would reset it to False).
     _add_verbose(sub, default=argparse.SUPPRESS)
-    for action in sub._actions:
+    for action in sub._actions:   # one wording of --device everywhere, after what the device is for
         if action.dest == "device" and action.option_strings:
-            action.help = DEVICE_HELP if action.default is not None else DEVICE_HELP.replace(
+            said = DEVICE_HELP if action.default is not None else DEVICE_HELP.replace(
                 "default auto", "default: the config's train.device, auto")
+            purpose = action.help if action.help and not action.help.startswith(("auto", "cpu")) else ""
+            action.help = f"{purpose}: {said}" if purpose else said
     if name == "train":
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config (defaults, recipe, overrides) as YAML and exit without "
