@@ -12,6 +12,8 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -33,8 +35,9 @@ from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
 from hsbs_lib.engine.build import build_splits, resolve_device
 from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
 from hsbs_lib.engine.train import fit
+from hsbs_lib.extras import require
 from hsbs_lib.models.backbones import stage_sizes
-from hsbs_lib.models.registry import create_model, list_models
+from hsbs_lib.models.registry import create_model, list_models, model_option_defaults
 
 
 @dataclass
@@ -244,9 +247,9 @@ def benchmark_notebooks(paths: list[Path], *, smoke: bool = True, timeout: int =
     each row as soon as its notebook ends (a full-budget pass takes long). A notebook that fails or runs
     past ``timeout`` seconds gets its row with what happened instead of a time.
     """
-    # Deferred: nbclient and nbformat are development dependencies (pip install -e '.[dev]').
-    import nbformat
-    from nbclient import NotebookClient
+    # Deferred: nbclient and nbformat come with the lab extra (pip install "hsbs_lib[lab]").
+    nbformat = require("nbformat", "hsbs bench --sections notebooks")
+    NotebookClient = require("nbclient", "hsbs bench --sections notebooks").NotebookClient
 
     setting = "SMOKE=1" if smoke else "full budget"
     lines = [f"| notebook | seconds ({setting}) |", "|---|---:|"]
@@ -673,26 +676,59 @@ def fuzz_table(result: FuzzResult, seed: int) -> str:
 BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
 
 
+#: How often each command is started by :func:`cli_startup_table` (the fastest run counts).
+CLI_REPEATS = 5
+
+
+def cli_startup_seconds(argv: list[str], repeats: int = CLI_REPEATS) -> float:
+    """The fastest of ``repeats`` wall times of ``python -m hsbs_lib.cli ARGV`` in a fresh interpreter."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hsbs_lib.cli", *argv], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def cli_startup_table(repeats: int = CLI_REPEATS) -> str:
+    """Seconds from starting ``hsbs`` to its exit for ``--help``, ``--version`` and ``check --help``, beside
+    the time of importing torch alone, as a Markdown table."""
+    rows = [("hsbs --help", ["--help"]), ("hsbs --version", ["--version"]), ("hsbs check --help", ["check", "--help"]),
+            ("hsbs train --help (imports torch)", ["train", "--help"])]
+    lines = ["| command | seconds |", "|---|---:|"]
+    lines += [f"| `{label}` | {cli_startup_seconds(argv, repeats):.2f} |" for label, argv in rows]
+    started = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=False)
+        started.append(time.perf_counter() - begin)
+    lines.append(f"| `python -c \"import torch\"` | {min(started):.2f} |")
+    return "\n".join(lines)
+
+
 def add_bench_arguments(parser) -> None:
     parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe",
-                                                            "fuzz"),
+                                                            "fuzz", "cli"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
-                             "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
+                             "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1, 'cli' the "
+                             "start-up time of hsbs --help)")
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
                              "the SynthFER demo scale of configs/synthfer_baseline.yaml)")
-    parser.add_argument("--input-size", type=int, default=None, help="replaces the recipe's input size")
+    parser.add_argument("--input-size", type=int, default=None, help="the same as data.input_size=N")
     parser.add_argument("--pipeline-size", type=int, default=112, help="image size for the input-pipeline bench")
     parser.add_argument("--pipeline-epochs", type=int, default=2,
                         help="epochs over the 1024 files per input pipeline (more for a steadier GPU number)")
-    parser.add_argument("--backbone", default=None, help="replaces the recipe's backbone")
+    parser.add_argument("--backbone", default=None, help="the same as model.backbone=NAME")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="interleaved rounds per model (the fastest counts)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--options", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
-                        help="model options, e.g. mfer.depthwise=true")
+                        help="an option of one timed model, e.g. mfer.depthwise=true (model.options.KEY=VALUE gives "
+                             "it to every timed model that has it)")
     parser.add_argument("--notebooks", nargs="+", metavar="NN", default=None,
                         help="with --sections notebooks: only these (e.g. 00 03; default: all)")
     parser.add_argument("--full", action="store_true",
@@ -714,8 +750,9 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--fuzz-count", type=int, default=1000, help="with --sections fuzz: random bad inputs")
     parser.add_argument("--fuzz-seed", type=int, default=0, help="with --sections fuzz: the generator's seed")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="with --sections plateau or recipe: recipe overrides, e.g. train.warmup_epochs=1 "
-                             "data.root=/data/fer2013 (before --sections on the command line)")
+                        help="recipe overrides, e.g. data.input_size=112 model.backbone=resnet34 "
+                             "model.options.depthwise=true (the models section: the timed models' scale and options), "
+                             "train.warmup_epochs=1 data.root=/data/fer2013 (the plateau and recipe sections)")
 
 
 def _parse_model_options(items: list[str]) -> dict[str, dict]:
@@ -727,10 +764,31 @@ def _parse_model_options(items: list[str]) -> dict[str, dict]:
     return options
 
 
+def bench_model_options(args, names: list[str]) -> dict[str, dict]:
+    """model -> options for the models section: each ``model.options.KEY=VALUE`` override goes to every timed
+    model that has option KEY (one that none has is refused), then ``--options MODEL.KEY=VALUE`` to MODEL."""
+    options: dict[str, dict] = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if not key.startswith("model.options."):
+            continue
+        option = key.removeprefix("model.options.")
+        takers = [name for name in names if option in model_option_defaults(name)]
+        if not takers:
+            raise KeyError(f"none of the timed models ({', '.join(names)}) has the option '{option}'")
+        for name in takers:
+            options.setdefault(name, {})[option] = load_yaml(value)
+    for name, given in _parse_model_options(args.options).items():
+        options.setdefault(name, {}).update(given)
+    return options
+
+
 def _model_scale(args) -> dict:
     """Input size, backbone, stem and width of the models to time: the recipe's (``--config``, default the
-    SynthFER demo recipe), with ``--input-size`` / ``--backbone`` replacing the recipe's when given."""
-    config = load_config(args.config or config_path("synthfer_baseline"))
+    SynthFER demo recipe) after the ``key=value`` overrides, with ``--input-size`` / ``--backbone`` (older
+    spellings of ``data.input_size`` and ``model.backbone``) replacing them when given."""
+    scale_overrides = [item for item in args.overrides if not item.startswith("model.options.")]
+    config = load_config(args.config or config_path("synthfer_baseline"), scale_overrides)
     return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
             "model": {"stem": config.model.stem, "backbone_width": config.model.backbone_width}}
 
@@ -751,7 +809,7 @@ def run_bench(args) -> int:
         names = args.models or list_models()
         if "baseline" not in names:
             names = ["baseline", *names]
-        options = _parse_model_options(args.options)
+        options = bench_model_options(args, names)
         scale = _model_scale(args)
         models = {name: {**scale["model"], **options.get(name, {})} for name in names}
         costs = compare_model_costs(models, input_size=scale["input_size"], backbone=scale["backbone"], device=device,
@@ -797,6 +855,9 @@ def run_bench(args) -> int:
             result = run_fuzz(args.fuzz_count, args.fuzz_seed, Path(folder) / "cases", checkpoint=trained / "best.pt")
         print(fuzz_table(result, args.fuzz_seed))
         print(f"({time.perf_counter() - started:.0f} s)")
+    if "cli" in args.sections:
+        print(f"\n## Start-up of the command line (best of {CLI_REPEATS} runs each, this machine)")
+        print(cli_startup_table())
     if "notebooks" in args.sections:
         notebooks = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
         if args.notebooks:

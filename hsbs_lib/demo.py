@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 from hsbs_lib.config import load_config, repo_root
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
+from hsbs_lib.engine.build import resolve_device
 from hsbs_lib.engine.run_folder import holds_run_of
 from hsbs_lib.engine.train import fit
 from hsbs_lib.outputs import OutputFolder
@@ -124,7 +125,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="folder of the demo runs (default runs/)")
     parser.add_argument("--out", default=None, help="figures folder (default RUNS/demo_figures)")
     parser.add_argument("--no-figures", dest="draw", action="store_false", help="only train and tabulate")
-    parser.add_argument("--device", default="cpu", help="device for drawing the figures (training: the recipe's)")
+    parser.add_argument("--device", default="auto", help="device for drawing the figures (training: the recipe's)")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats (default png,pdf)")
     parser.add_argument("--force", action="store_true",
                         help="replace files in the figures folder that hsbs demo / figures did not write")
@@ -137,7 +138,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     # Malformed overrides are refused by load_config before anything is trained or written.
-    result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw, device=args.device,
+    result = run_demo_job(args.runs, args.out, overrides=args.overrides, draw=args.draw,
+                          device=resolve_device(args.device),
                           formats=parse_formats(args.formats), force=args.force)
     print("\nSynthFER test split, scored once for the checkpoint each run's validation split selected (percent):\n")
     print(result["table"])
@@ -163,7 +165,7 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run (default best.pt)")
     parser.add_argument("--samples", type=int, default=512, help="test images used for the figures (default 512)")
     parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and of the sample choice")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated file formats (default png,pdf)")
     parser.add_argument("--force", action="store_true",
@@ -185,7 +187,8 @@ def run_figures(args) -> int:
     formats = parse_formats(args.formats)
     # A file there that hsbs figures did not write (its manifest says which) is replaced only with --force.
     outputs = OutputFolder(out, "figures", force=args.force)
-    paths = draw_figures(run_dir, compare_dir, outputs, checkpoint=args.checkpoint, device=args.device,
+    paths = draw_figures(run_dir, compare_dir, outputs, checkpoint=args.checkpoint,
+                         device=resolve_device(args.device),
                          samples=args.samples, cam_method=args.cam_method, seed=args.seed, formats=formats,
                          data_overrides=[f"data.root={args.root}"] if args.root else ())
     if args.demo:  # the README's picture of the data belongs to the demo set too

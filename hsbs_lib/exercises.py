@@ -16,19 +16,21 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import nbformat
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hsbs_lib.constants import STAGE_NAMES
 from hsbs_lib.data.labels import CANONICAL_7, canonical_index
+from hsbs_lib.extras import require
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.clcl import cluster_alignment_loss
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
 from hsbs_lib.losses.uncertainty import UncertaintyWeighting
 from hsbs_lib.models import create_model
 from hsbs_lib.models.base import ModelOutput
+
+nbformat = require("nbformat", "hsbs_lib.exercises (notebooks and their exercise versions)")
 
 STUB_BODY = "raise NotImplementedError(\"your code here\")"
 

@@ -25,6 +25,7 @@ from hsbs_lib.data.faces import Face, FaceDetector, HaarDetector, align_face, as
 from hsbs_lib.data.images import decode_image
 from hsbs_lib.data.pipeline.transforms import model_inputs
 from hsbs_lib.engine.build import resolve_device
+from hsbs_lib.extras import require
 from hsbs_lib.engine.checkpoint import (DEFAULT_SHIPPED, SHIPPED_MODELS, is_shipped_name, load_model_from_checkpoint,
                                         non_finite_entries, resolve_checkpoint, shipped_checkpoint)
 from hsbs_lib.losses.hst import activation_attention
@@ -321,6 +322,7 @@ def export_model(checkpoint: str | Path, out: str | Path, *, format: str = "torc
             traced = torch.jit.trace(module, example, check_trace=False)
         outputs.write(out.name, lambda temporary: traced.save(str(temporary)))
     else:
+        require("onnx", "ONNX export"), require("onnxscript", "ONNX export")
         outputs.write(out.name, lambda temporary: torch.onnx.export(
             module, (example,), str(temporary), input_names=["image"], output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False))
@@ -354,7 +356,7 @@ def add_predict_arguments(parser) -> None:
     parser.add_argument("--attention", action="store_true", help="blend the attention map into overlays")
     parser.add_argument("--force", action="store_true",
                         help="replace files in --save-overlay that hsbs predict did not write (never an input)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto")
 
 
 def overlay_output(folder: str | Path, inputs: Iterable[str | Path], *, force: bool = False,

@@ -2,7 +2,7 @@
 
 Floors, bottom to top (a module may import its own floor and the floors below, never one above):
 
-0. ``constants``, ``config``, ``losses``, ``data``, ``outputs``: values, recipes, loss functions, datasets and
+0. ``constants``, ``config``, ``losses``, ``data``, ``outputs``, ``extras``: values, recipes, loss functions, datasets and
    pipelines, the output rule;
 1. ``models``: the registry, backbones and one module per method;
 2. ``engine``: building, training, evaluating, reading runs, comparing;
@@ -28,6 +28,7 @@ FLOORS = {
     "hsbs_lib.losses": 0,
     "hsbs_lib.data": 0,
     "hsbs_lib.outputs": 0,        # the output rule every writing command follows
+    "hsbs_lib.extras": 0,         # optional dependencies and the extra that brings each
     "hsbs_lib.models": 1,
     "hsbs_lib.engine": 2,
     "hsbs_lib.viz": 3,

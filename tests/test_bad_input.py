@@ -267,11 +267,11 @@ CASES = [
                                              "--out", f"{NEW_RUN}/eval.json"),
          says="--batch-size expects at least 1 image, got -5"),
     Case("train on a device that does not exist", train("--device", "tpu"),
-         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got 'tpu'"),
+         says="--device (train.device) expects auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     Case("train on a GPU this machine lacks", train("train.device=cuda:99"), says="device 'cuda:99' requested but"),
     Case("eval on an empty device name", ("eval", "--checkpoint", "{run}/best.pt", "--device", "",
                                           "--out", f"{NEW_RUN}/eval.json"),
-         says="--device (train.device) expects auto, cpu, cuda or cuda:N, got ''"),
+         says="--device (train.device) expects auto, cpu, cuda, cuda:N or mps, got ''"),
     Case("eval of a 7-class checkpoint on 8 classes", ("eval", "--checkpoint", "{run}/best.pt", "data.num_classes=8",
                                                        "--out", f"{NEW_RUN}/eval.json"),
          says="was trained on 7 classes (surprise, fear, disgust, happiness, sadness, anger, neutral) but the data "

@@ -70,7 +70,7 @@ def _require_browser() -> str:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium not installed: apt-get install chromium (browser test of JupyterLab skipped)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[dev]'")
+    pytest.importorskip("playwright.sync_api", reason='playwright not installed: pip install -e ".[dev]"')
     return chromium
 
 

@@ -5,8 +5,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from hsbs_lib.data.labels import class_names
 
@@ -68,8 +66,9 @@ class BadDatasetError(ValueError):
         super().__init__(report.summary() + "\nFix these entries or pass skip_bad=True (data.skip_bad=true; hsbs check lists them).")
 
 
-class FERDataset(Dataset):
-    """Base class of every adapter.
+class FERDataset:
+    """Base class of every adapter: a map-style dataset (``len`` and ``ds[i]``), which torch's DataLoader
+    takes as it is. It imports no torch, so that ``hsbs check`` starts without it.
 
     Attributes (torchvision conventions):
         classes: canonical label names in label order.
@@ -129,6 +128,8 @@ class FERDataset(Dataset):
         if self.poses is not None:
             target["pose"] = self.poses[index]
         if self.soft_labels is not None:
+            import torch   # here, not at the top: indexing and checking a copy need no torch
+
             target["soft_label"] = torch.from_numpy(self.soft_labels[index])
         return target
 

@@ -162,15 +162,42 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="the dataset folder")
     parser.add_argument("--split", action="append", dest="splits", metavar="S",
                         help="split to check (repeatable; default: every split found)")
-    parser.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
     parser.add_argument("--no-decode", action="store_true",
                         help="index only: skip decoding every image (fast, misses corrupt files)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="data settings, as in a recipe: data.num_classes=8, data.options.KEY=VALUE (adapter "
+                             "options, e.g. data.options.aligned=false, data.options.label_mode=soft, "
+                             "data.options.fold=0); the leading 'data.' may be left out")
+    parser.add_argument("--num-classes", type=int, choices=(7, 8), default=None, help="the same as data.num_classes=N")
     parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                        help="adapter option, e.g. aligned=false, label_mode=soft, fold=0 (repeatable)")
+                        help="the same as data.options.KEY=VALUE (repeatable)")
+
+
+def check_settings(args: argparse.Namespace) -> tuple[int, dict]:
+    """(number of classes, adapter options) from the ``key=value`` overrides and their older spellings
+    ``--num-classes N`` and ``--option KEY=VALUE``; later wins."""
+    num_classes = args.num_classes or 7
+    options = dict(args.option)
+    for item in args.overrides:
+        try:
+            key, value = _option(item)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(str(error)) from None
+        key = key.removeprefix("data.")
+        if key == "num_classes":
+            if value not in (7, 8) or isinstance(value, bool):
+                raise ValueError(f"data.num_classes expects 7 or 8, got {shown(value)}")
+            num_classes = value
+        elif key.startswith("options.") and len(key) > len("options."):
+            options[key.removeprefix("options.")] = value
+        else:
+            raise ValueError(f"hsbs check takes data.num_classes=7|8 and data.options.KEY=VALUE, got {shown(key)}")
+    return num_classes, options
 
 
 def run_check(args: argparse.Namespace) -> int:
+    num_classes, options = check_settings(args)
     result = check_dataset(args.name, args.root, splits=args.splits, decode=not args.no_decode,
-                           num_classes=args.num_classes, **dict(args.option))
+                           num_classes=num_classes, **options)
     print(result.format())
     return 0 if result.ok else 1

@@ -24,13 +24,22 @@ from hsbs_lib.models.backbones import zero_init_residual_
 from hsbs_lib.models.registry import create_model, get_model_factory, model_option_defaults
 
 
+def mps_available() -> bool:
+    """True when torch has Apple's Metal (MPS) backend and this machine can use it."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``, ``mps``, ``cuda`` and ``cuda:N`` as
-    given. Any other name, or a GPU this machine does not have, is a one-line ValueError."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``mps`` when Apple's Metal backend is, else ``cpu``;
+    ``cpu``, ``mps``, ``cuda`` and ``cuda:N`` as given. Any other name, or a device this machine does not have,
+    is a one-line ValueError."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if not isinstance(name, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise ValueError(f"--device (train.device) expects auto, cpu, cuda or cuda:N, got {shown(name)}")
+        raise ValueError(f"--device (train.device) expects auto, cpu, cuda, cuda:N or mps, got {shown(name)}")
+    if name == "mps" and not mps_available():
+        raise ValueError("device 'mps' requested but Apple's MPS backend is not available; use --device cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device '{name}' requested but CUDA is not available; use --device cpu")

@@ -222,8 +222,9 @@ def one_class_only(loader, classes: Sequence[str], split_name: str) -> str:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt (a run directory means its best.pt)")
-    parser.add_argument("--data", help="dataset name, if not the one the model was trained on")
-    parser.add_argument("--root", help="dataset root (default: the checkpoint's, else $HSBS_DATA)")
+    parser.add_argument("--data", help="the same as data.name=NAME: a dataset other than the one the model was "
+                                       "trained on")
+    parser.add_argument("--root", help="the same as data.root=DIR (default: the checkpoint's, else $HSBS_DATA)")
     parser.add_argument("--split", help="split to evaluate (default: the config's test split)")
     parser.add_argument("--out", help="JSON report path (default: eval_SPLIT.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -234,7 +235,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation: flip (the image and its mirror) or tencrop (corner and centre "
                              "crops of 7/8 of the side, and their mirrors), predictions averaged")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="data-section overrides, e.g. data.options.fold=2 or skip_bad=true")
+                        help="data settings, e.g. data.root=/data/RAF-DB/basic data.options.fold=2 data.skip_bad=true "
+                             "(the leading 'data.' may be left out)")
 
 
 def run_eval(args: argparse.Namespace) -> int:

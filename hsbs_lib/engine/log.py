@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from hsbs_lib.constants import progress_disabled
 from hsbs_lib.outputs import atomic_write
+from hsbs_lib.extras import require
 
 log = logging.getLogger("hsbs_lib.engine")
 
@@ -52,6 +53,7 @@ class MetricsLog:
                              if int(float(row["epoch"])) <= keep_until]
         self.writer = None
         if enabled and tensorboard:
+            require("tensorboard", "train.tensorboard=true (TensorBoard logging)")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))

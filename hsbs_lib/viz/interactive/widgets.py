@@ -14,6 +14,7 @@ from torch import Tensor
 
 from hsbs_lib.constants import smoke_run
 from hsbs_lib.data.pipeline.transforms import model_inputs
+from hsbs_lib.extras import MissingExtraError, install_hint
 from hsbs_lib.viz.attention import IMAGENET_MEAN, IMAGENET_STD, to_display_images
 
 
@@ -47,8 +48,8 @@ def _widgets():
     try:
         import ipywidgets
     except ImportError as error:
-        raise ImportError("interactive explorers need ipywidgets (pip install ipywidgets); "
-                          "pass static=True for a plain figure") from error
+        raise MissingExtraError(f"interactive explorers need ipywidgets, which is not installed: "
+                                f"{install_hint('ipywidgets')} (or pass static=True for a plain figure)") from error
     return ipywidgets
 
 
