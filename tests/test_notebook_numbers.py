@@ -98,7 +98,7 @@ def test_sources_resolve_ratios_sums_and_rows():
     assert format_quote("demo_baseline:accuracy", 1, percent=True) == f"{100 * resolve_quote('demo_baseline:accuracy'):.1f}"
 
 
-HEADER_TIME = re.compile(r"(about|under)\s+(\d+(?:\.\d+)?)\s+min\s+on\s+two\s+CPU\s+cores")
+HEADER_TIME = re.compile(r"(about|under)\s+(\d+(?:\.\d+)?)\s+min(?:utes?)?\s+on\s+two\s+CPU\s+cores")
 BENCH_ROW = re.compile(r"^\| (\d\d_\w+) \| [^|]+ \| ([^|]+) \| ([^|]+) \|$", re.M)
 
 
