@@ -116,3 +116,19 @@ def test_header_states_the_benchmarked_time(path):
     stated = f"{match.group(2)} min" if match.group(1) == "about" else f"under {match.group(2)} min"
     assert stated == benchmark_times()[path.stem], (
         f"{path.name}: the header says {match.group(0)}, docs/BENCHMARKS.md {benchmark_times()[path.stem]}")
+
+
+HEADER_GPU = re.compile(r"about\s+(\d+(?:\.\d+)?)\s+minutes?\s+on\s+one\s+H200\s+GPU")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_header_gpu_time_is_the_benchmarked_estimate(path):
+    header = nbformat.read(path, as_version=4).cells[0].source
+    text = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    section = text[text.index("### Notebooks at their full budget"):]
+    recorded = {name: gpu.strip() for name, _, gpu in BENCH_ROW.findall(section)}[path.stem]
+    match = HEADER_GPU.search(header)
+    if recorded.startswith("the same"):       # nothing trained: no GPU time to state
+        assert match is None
+        return
+    assert match and recorded.startswith(f"about {match.group(1)} min"), (path.name, recorded)
