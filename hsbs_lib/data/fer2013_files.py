@@ -1,4 +1,5 @@
-"""Write grey faces in FER2013's two distributed layouts: ``fer2013.csv`` and the class-folder export.
+"""Write grey faces in FER2013's two distributed layouts: ``fer2013.csv`` and the class-folder export; find
+and sample a student's own copy (``$FER2013_ROOT``).
 
 Used to turn in-memory faces (a ``.npz`` of FER2013's training split, a subset of it) into files that the
 ``fer2013`` adapter reads exactly as it reads a user's download, so real-face tests and benchmarks go
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from hsbs_lib.config import repo_root
+from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.datasets.fer2013 import FER2013_CODES
 from hsbs_lib.data.labels import canonical_name
 
@@ -122,3 +124,36 @@ def load_fer2013_npz(path: str | Path) -> tuple[np.ndarray, list[str]]:
     with np.load(path) as data:
         images, labels, classes = data["images"], data["labels"], [str(name) for name in data["classes"]]
     return images, _canonical([classes[label] for label in labels])
+
+
+def student_fer2013_root(root: str | Path | None = None) -> Path | None:
+    """A student's own copy of FER2013: ``root`` when given, else ``$FER2013_ROOT``; None when neither is set.
+
+    The copy is Kaggle's ``fer2013.csv`` (the file, or a folder holding it) or the image export with
+    ``train/<class>/`` and ``test/<class>/`` folders; a path that does not exist raises FileNotFoundError
+    (a typo must not fall back silently).
+    """
+    candidate = root if root not in (None, "") else os.environ.get("FER2013_ROOT")
+    if not candidate:
+        return None
+    path = Path(candidate).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (FER2013_ROOT should name fer2013.csv or the "
+                                "folder with fer2013.csv or train/ and test/)")
+    return path
+
+
+def sample_fer2013_faces(root: str | Path, *, per_class: int = 4, split: str = "train",
+                         seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """``per_class`` faces of every class of a FER2013 copy, read by the ``fer2013`` adapter.
+
+    Returns uint8 images (N, H, W, 3) and their canonical class names (N,); a class the copy lacks is
+    skipped. Only the drawn faces are decoded.
+    """
+    dataset = load_dataset("fer2013", root, split)
+    targets = np.asarray(dataset.targets)
+    rng = np.random.default_rng(seed)
+    chosen = [index for label in np.unique(targets)
+              for index in rng.permutation(np.flatnonzero(targets == label))[:per_class]]
+    images = np.stack([dataset.load_image(int(index)) for index in chosen])
+    return images, [dataset.classes[int(targets[index])] for index in chosen]
