@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib import exercises
+from hsbs_lib._grading import expected
+from hsbs_lib._grading.grade import EXERCISES
 from hsbs_lib.data.labels import CANONICAL_8, canonical_name
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
@@ -110,17 +112,18 @@ def test_the_hst_check_rejects_a_wrong_term(wrong):
 
 
 # ------------------------------------------------------------------ every other check: right and wrong answers
-def _uniform_bsa(zero=("query", "key"), biases=True, batch=6, fresh_matrix=False):
+def _uniform_bsa(zero=("query", "key"), biases=True, batch=6, fresh_matrix=False, before=False):
     """The BSA exercise's three answers (module, z, S), with one thing done differently."""
     torch.manual_seed(0)
     z = torch.randn(batch, 512)
     bsa = BatchSimilarityAttention(512, 128)
+    earlier = bsa.similarity(z).detach()
     with torch.no_grad():
         for name in zero:
             getattr(bsa, name).weight.zero_()
             if biases:
                 getattr(bsa, name).bias.zero_()
-    similarity = torch.full((6, 6), 1 / 6) if fresh_matrix else bsa.similarity(z)
+    similarity = torch.full((6, 6), 1 / 6) if fresh_matrix else earlier if before else bsa.similarity(z)
     return bsa, z, similarity
 
 
@@ -312,26 +315,138 @@ def _alignment_with(*, assign="cosine", empty="one", scale=0.5, pooling="cluster
     return alignment
 
 
+def _step_cpu_autocast(model, batch, optimizer, device_type):
+    """Right in every way but one: the autocast device is written in, not taken from the argument."""
+    model.train()
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(model.loss(model(batch["image"]), batch).values())
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _loop_with(*, validation="eval", accuracy="overall", copy_state=True, tie="earliest", restore=True,
+               first_epoch=1):
+    """A training loop on top of the reference step, right by default, with one mistake switched on."""
+    import copy as copying
+
+    def loop(model, train_batches, val_batches, optimizer, epochs, device_type):
+        history, best, best_epoch, best_state = [], -1.0, 0, None
+        for epoch in range(first_epoch, epochs + first_epoch):
+            losses = [expected.train_step(model, batch, optimizer, device_type) for batch in train_batches]
+            if validation == "eval":
+                model.eval()
+            scores, correct, total = [], 0, 0
+            with torch.no_grad():
+                for batch in val_batches:
+                    hits = int((model(batch["image"]).logits.argmax(1) == batch["label"]).sum())
+                    scores.append(hits / len(batch["label"]))
+                    correct, total = correct + hits, total + len(batch["label"])
+            value = correct / total if accuracy == "overall" else sum(scores) / len(scores)
+            history.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "val_accuracy": value})
+            if value > best or (tie == "latest" and value == best):
+                best, best_epoch = value, epoch
+                best_state = copying.deepcopy(model.state_dict()) if copy_state else model.state_dict()
+        if restore:
+            model.load_state_dict(best_state)
+        return {"history": history, "best_epoch": best_epoch}
+    return loop
+
+
+def _majority_with(*, majority_from="train", over="present", f1="zero"):
+    """A majority_baseline answer, right by default, with one mistake switched on."""
+    def score(train_labels, test_labels):
+        source = train_labels if majority_from == "train" else test_labels
+        majority = int(np.bincount(source).argmax())
+        classes = np.unique(test_labels) if over == "present" else np.arange(max(train_labels.max(), test_labels.max()) + 1)
+        accuracy = float(np.mean(test_labels == majority))
+        recalls = [1.0 if k == majority else 0.0 for k in classes]
+        f1s = [2 * accuracy / (accuracy + 1) if k == majority else (0.0 if f1 == "zero" else float("nan"))
+               for k in classes]
+        return {"accuracy": accuracy, "mean_class_accuracy": float(np.mean(recalls)), "macro_f1": float(np.nanmean(f1s))}
+    return score
+
+
+def _figure_with(*, scale=100, caption="data", formats=("pdf",), colours=True, width=6.5, ylabel="recall (%)",
+                 tick_size=None):
+    """A paper_recall_figure answer, right by default, with one mistake switched on."""
+    import json as js
+
+    import matplotlib.pyplot as plt
+
+    from hsbs_lib.viz.style import METHOD_COLORS, save_figure
+
+    def draw(runs, out):
+        reports = {name: js.loads((folder / "eval.json").read_text()) for name, folder in runs.items()}
+        first = next(iter(reports.values()))
+        fig, ax = plt.subplots(figsize=(width, 2.6))
+        for index, (name, report) in enumerate(reports.items()):
+            counts = np.asarray(report["confusion_matrix"], dtype=float)
+            recall = scale * counts.diagonal() / np.maximum(counts.sum(1), 1)
+            ax.bar(np.arange(len(counts)) + 0.3 * index, recall, 0.3, label=name,
+                   color=METHOD_COLORS.get(name) if colours else None)
+        ax.set_xticks(np.arange(len(first["classes"])), first["classes"])
+        if tick_size:
+            ax.tick_params(labelsize=tick_size)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, scale)
+        ax.legend()
+        text = (f"Per-class recall on the {first['split']} split of {first['dataset']} ({first['n']} images)."
+                if caption == "data" else "Per-class recall on the test split of synthfer (100 images).")
+        paths = save_figure(fig, "per_class_recall", out=out, formats=formats)
+        return fig, text, paths[0]
+    return draw
+
+
+def _library_bsa_forward(bsa, z):
+    return bsa(z)
+
+
 RIGHT = {
+    "check_majority_baseline": lambda: (_majority_with(),),
     "check_uncertainty_weighting": lambda: (_weighting_with(),),
     "check_train_step": lambda: (_step_with(),),
+    "check_training_loop": lambda: (_loop_with(),),
     "check_bsa_forward": lambda: (_bsa_forward_with(),),
-    "check_activation_attention": lambda: (activation_attention,),
-    "check_mean_class_accuracy": lambda: (exercises.reference_mean_class_accuracy,),
+    "check_activation_attention": lambda: (lambda f: f.pow(2).mean(dim=1),),
+    "check_mean_class_accuracy": lambda: (expected.mean_class_accuracy,),
     "check_uniform_similarity": lambda: _uniform_bsa(),
     "check_row_normalised_confusion": lambda: (_confusion(),),
     "check_label_mapping": lambda: (_right_lookup,),
     "check_gradcam": lambda: (_gradcam_with(),),
     "check_layer_intensity": lambda: (_intensity_with(),),
     "check_cluster_alignment": lambda: (_alignment_with(),),
+    "check_paper_figure": lambda: (_figure_with(),),
+}
+
+#: Other right answers: every change that truly makes BSA's similarity uniform passes.
+ALSO_RIGHT = {
+    "check_uniform_similarity": {
+        "only the query projection zeroed (a zero query scores 0 against every key)":
+            lambda: _uniform_bsa(zero=("query",)),
+        "query and key weights zeroed, biases kept (every query and key is the same vector)":
+            lambda: _uniform_bsa(biases=False),
+    },
 }
 
 WRONG = {
+    "check_majority_baseline": {
+        "majority taken from the test labels": lambda: (_majority_with(majority_from="test"),),
+        "averaged over every class, present or not": lambda: (_majority_with(over="all"),),
+        "F1 NaN for a class never predicted, then skipped": lambda: (_majority_with(f1="nan"),),
+    },
     "check_uncertainty_weighting": {
         "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
         "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
         "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
         "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+        "s detached inside the weight (gradient to s from the regulariser only)":
+            lambda: (lambda losses, s: {n: 0.5 * torch.exp(-s[n].detach()) * l + F.softplus(s[n])
+                                        for n, l in losses.items()},),
+        "the loss detached (no gradient to L)":
+            lambda: (lambda losses, s: {n: 0.5 * torch.exp(-s[n]) * l.detach() + F.softplus(s[n])
+                                        for n, l in losses.items()},),
     },
     "check_train_step": {
         "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
@@ -339,6 +454,15 @@ WRONG = {
         "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
         "float32, no autocast": lambda: (_step_with(autocast=False),),
         "no optimizer step": lambda: (_step_with(step=False),),
+        "autocast hard-coded to the CPU, device_type ignored": lambda: (_step_cpu_autocast,),
+    },
+    "check_training_loop": {
+        "validation in training mode": lambda: (_loop_with(validation="train"),),
+        "mean of the batch accuracies": lambda: (_loop_with(accuracy="batch mean"),),
+        "best state kept without a copy (follows the live weights)": lambda: (_loop_with(copy_state=False),),
+        "the later epoch wins a tie": lambda: (_loop_with(tie="latest"),),
+        "the best state never loaded back": lambda: (_loop_with(restore=False),),
+        "epochs counted from 0": lambda: (_loop_with(first_epoch=0),),
     },
     "check_bsa_forward": {
         "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
@@ -346,6 +470,7 @@ WRONG = {
         "no temperature": lambda: (_bsa_forward_with(temperature=False),),
         "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
         "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+        "the layer's own forward (bsa(z))": lambda: (_library_bsa_forward,),
     },
     "check_activation_attention": {
         "absolute values": lambda: (lambda f: f.abs().mean(dim=1),),
@@ -353,6 +478,7 @@ WRONG = {
         "mean without squaring": lambda: (lambda f: f.mean(dim=1),),
         "normalised per sample": lambda: (lambda f: F.normalize(f.pow(2).mean(1).flatten(1), dim=1).view_as(f[:, 0]),),
         "max over channels": lambda: (lambda f: f.pow(2).amax(dim=1),),
+        "detached (no gradient to the features)": lambda: (lambda f: f.detach().pow(2).mean(dim=1),),
     },
     "check_mean_class_accuracy": {
         "plain accuracy": lambda: (lambda cm: np.trace(cm) / np.sum(cm),),
@@ -363,9 +489,9 @@ WRONG = {
     "check_uniform_similarity": {
         "torch.full((6, 6), 1/6) without touching BSA": lambda: _uniform_bsa(zero=(), fresh_matrix=True),
         "value and output zeroed instead": lambda: _uniform_bsa(zero=("value", "out")),
-        "weights zeroed, biases kept": lambda: _uniform_bsa(biases=False),
-        "only the query zeroed": lambda: _uniform_bsa(zero=("query",)),
+        "only the query weight zeroed, its bias kept": lambda: _uniform_bsa(zero=("query",), biases=False),
         "S of another batch size": lambda: (lambda bsa, z, s: (bsa, z[:4], s))(*_uniform_bsa()),
+        "S computed before zeroing": lambda: _uniform_bsa(before=True),
     },
     "check_row_normalised_confusion": {
         "column-normalised": lambda: (_confusion(normalise="column"),),
@@ -373,6 +499,8 @@ WRONG = {
         "transposed (rows = predictions)": lambda: (_confusion(transpose=True),),
         "NaN rows for a class without images": lambda: (_confusion(nan_rows=True),),
         "counts, not normalised": lambda: (_confusion(normalise="none"),),
+        "class count inferred from the data": lambda: (
+            lambda labels, preds, k: _confusion()(labels, preds, int(max(labels.max(), preds.max())) + 1),),
     },
     "check_label_mapping": {
         "identity (trusting the folder order)": lambda: (_lookup("identity"),),
@@ -380,6 +508,8 @@ WRONG = {
         "exact names, no synonyms": lambda: (_lookup("exact names"),),
         "RAF-DB's one-based digits": lambda: (_lookup("one-based"),),
         "a typo becomes an eighth class": lambda: (_lookup("typo becomes a class"),),
+        "names in the dict's order, its indices never read": lambda: (
+            lambda class_to_idx: [CANONICAL_8.index(canonical_name(n)) for n in class_to_idx],),
     },
     "check_gradcam": {
         "no ReLU": lambda: (_gradcam_with(relu=False),),
@@ -401,12 +531,91 @@ WRONG = {
         "each student against its centroid, no cluster means": lambda: (_alignment_with(pooling="per_student"),),
         "the centroids not detached": lambda: (_alignment_with(detach=False),),
     },
+    "check_paper_figure": {
+        "fractions, not percent": lambda: (_figure_with(scale=1, ylabel="recall (%)"),),
+        "a caption typed in, not read from eval.json": lambda: (_figure_with(caption="typed"),),
+        "PNG only, no PDF": lambda: (_figure_with(formats=("png",)),),
+        "matplotlib's default colours": lambda: (_figure_with(colours=False),),
+        "wider than a page": lambda: (_figure_with(width=10),),
+        "no unit on the y axis": lambda: (_figure_with(ylabel="recall"),),
+        "tick labels at 5 pt": lambda: (_figure_with(tick_size=5),),
+    },
 }
+
+
+def _library(target):
+    """An answer that hands the work to the library's implementation of the exercise."""
+    from hsbs_lib.engine.metrics import classification_metrics
+    from hsbs_lib.engine.train import train_one_epoch
+    from hsbs_lib.losses.clcl import cluster_alignment_loss
+    from hsbs_lib.losses.hst import activation_attention, hst_loss
+    from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+    from hsbs_lib.viz.confusion import confusion, normalize_rows
+    from hsbs_lib.viz.gradcam import gradcam
+    from hsbs_lib.data.labels import canonical_index
+
+    def uncertainty(losses, s):
+        module = UncertaintyWeighting(list(losses))
+        with torch.no_grad():
+            module.log_variance.copy_(torch.stack([s[name] for name in losses]))
+        return module(losses)
+
+    def mean_class_accuracy(counts):
+        labels = np.repeat(np.arange(len(counts)), np.asarray(counts).sum(1))
+        predictions = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in np.asarray(counts)])
+        return classification_metrics(labels, predictions, [str(k) for k in range(len(counts))])["mean_class_accuracy"]
+
+    answers = {
+        "check_activation_attention": activation_attention,
+        "check_activation_attention (wrapped)": lambda features: activation_attention(features),
+        "check_hst_loss": lambda student, teacher: hst_loss([student[:, None], teacher[:, None]]),
+        "check_bsa_forward": _library_bsa_forward,
+        "check_uncertainty_weighting": uncertainty,
+        "check_cluster_alignment": lambda student, centroids: cluster_alignment_loss(student[None], centroids[None]),
+        "check_row_normalised_confusion": lambda labels, preds, k: normalize_rows(confusion(labels, preds, k)),
+        "check_mean_class_accuracy": mean_class_accuracy,
+        "check_label_mapping": lambda class_to_idx: [canonical_index(n, 8) for n in sorted(class_to_idx, key=class_to_idx.get)],
+        "check_gradcam": lambda model, layer, images, k: torch.as_tensor(gradcam(model, images, target_layer=layer, targets=k)),
+        "check_training_loop": lambda model, train, val, optimizer, epochs, device_type: train_one_epoch(
+            model, train, optimizer, device=torch.device("cpu")),
+    }
+    return answers[target]
+
+
+LIBRARY_ANSWERS = ["check_activation_attention", "check_activation_attention (wrapped)", "check_hst_loss",
+                   "check_bsa_forward", "check_uncertainty_weighting", "check_cluster_alignment",
+                   "check_row_normalised_confusion", "check_mean_class_accuracy", "check_label_mapping",
+                   "check_gradcam", "check_training_loop"]
+
+
+@pytest.mark.parametrize("target", LIBRARY_ANSWERS)
+def test_a_check_rejects_an_answer_that_calls_the_library(target):
+    """The library implements every exercise; an answer that hands the work to it is told so, whatever
+    the values it returns (the library's implementation is blocked while the answer runs)."""
+    check = getattr(exercises, target.split(" ")[0])
+    with pytest.raises(AssertionError, match="not yet: .*library's own"):
+        check(_library(target))
+
+
+def test_the_library_is_usable_again_after_a_check():
+    from hsbs_lib.losses import hst
+
+    with pytest.raises(AssertionError):
+        exercises.check_activation_attention(_library("check_activation_attention (wrapped)"))
+    assert hst.activation_attention(torch.ones(1, 2, 3, 3)).shape == (1, 3, 3)
+    assert BatchSimilarityAttention(4, 2)(torch.randn(3, 4))[1].shape == (3, 3)
+
+
+@pytest.mark.parametrize("check, right", [(c, r) for c in ALSO_RIGHT for r in ALSO_RIGHT[c]],
+                         ids=[f"{c}-{r}" for c in ALSO_RIGHT for r in ALSO_RIGHT[c]])
+def test_a_check_accepts_another_right_answer(check, right):
+    getattr(exercises, check)(*ALSO_RIGHT[check][right]())
 
 
 def test_every_check_has_a_right_answer_and_at_least_three_wrong_ones():
     checks = {name for name in dir(exercises) if name.startswith("check_")}
     assert checks == set(RIGHT) | {"check_hst_loss"}, "a check without answers in this test"
+    assert checks == {check for items in EXERCISES.values() for check, _ in items}, "hsbs grade misses a check"
     assert all(len(WRONG[name]) >= 3 for name in RIGHT) and len(HST_WRONG) >= 5
 
 
