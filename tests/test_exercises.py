@@ -680,3 +680,143 @@ def test_the_answer_key_repeats_every_question_and_answers_it(path):
         assert " ".join(heading.split()) == question, f"{key.name} question {number} differs from {path.name}'s"
     answers = re.split(r"^### \d+\. .+$", text, flags=re.M)[1:]
     assert all(len(answer.split()) >= 10 for answer in answers), f"{key.name}: an answer is missing or a stub"
+
+
+# ------------------------------------------------------------------ expected values agree with the library
+def test_the_independent_expected_values_agree_with_the_library():
+    """hsbs_lib._grading.expected is written from the formulas without the library; both must agree."""
+    from hsbs_lib.data.labels import canonical_index
+    from hsbs_lib.losses.clcl import cluster_alignment_loss
+    from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 6, 4, generator=generator)
+    assert torch.allclose(expected.activation_attention(features).float(), activation_attention(features), atol=1e-6)
+    for cells, teacher_cells in ((32, 4), (33, 5), (8, 4), (17, 5), (5, 5)):
+        student, teacher = torch.rand(2, cells, cells, generator=generator), torch.rand(2, teacher_cells, teacher_cells)
+        assert torch.allclose(expected.teacher_grid_pool(student, (teacher_cells,) * 2).float(),
+                              pool_to_teacher_grid(student, (teacher_cells,) * 2), atol=1e-6)
+        assert abs(expected.hst_term(student, teacher) - float(_hst_right(student, teacher))) < 1e-6
+    for bsa, z in exercises._bsa_cases().values():
+        mixed, similarity = expected.bsa_forward(bsa, z)
+        with torch.no_grad():
+            library_mixed, library_similarity = bsa(z)
+        assert torch.allclose(mixed.float(), library_mixed, atol=1e-5)
+        assert torch.allclose(similarity.float(), library_similarity, atol=1e-5)
+    for _, class_to_idx, lookup in expected.LABEL_LOOKUPS + __import__("hsbs_lib._grading.hidden").\
+            _grading.hidden.LABEL_LOOKUPS:
+        assert [canonical_index(name, 8) for name in sorted(class_to_idx, key=class_to_idx.get)] == lookup
+    for student, centroids in exercises._alignment_cases().values():
+        value, _ = expected.cluster_alignment(student, centroids)
+        assert abs(value - float(cluster_alignment_loss(student[None], centroids[None]))) < 1e-5
+    module = UncertaintyWeighting(["a"])
+    with torch.no_grad():
+        module.log_variance.fill_(0.7)
+    assert abs(expected.uncertainty_term(1.3, 0.7)[0] - float(module({"a": torch.tensor(1.3)})["a"].detach())) < 1e-5
+
+
+def test_the_training_loop_cases_have_a_best_epoch_before_the_last_and_a_tie():
+    for model_seed, data_seed, train_sizes, val_sizes, lr, epochs in exercises.TRAINING_LOOP_CASES.values():
+        train, val = exercises._loop_data(data_seed, train_sizes, val_sizes)
+        model = exercises._seeded_model(model_seed)
+        result = expected.train_loop(model, train, val, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                                     epochs, "cpu")
+        accuracies = [row["val_accuracy"] for row in result["history"]]
+        best = result["best_epoch"]
+        assert best < epochs and accuracies[best - 1] in accuracies[best:], accuracies
+        assert len(set(val_sizes)) > 1
+
+
+def test_hsbs_grade_knows_every_check_cell_of_the_notebooks():
+    """The grader's list of exercises (which it trusts instead of the submitted check cells) is the
+    notebooks' own."""
+    import ast
+
+    found = {}
+    for path in NUMBERED:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if "check" in cell.metadata.get("tags", []):
+                call = ast.parse(cell.source).body[0].value
+                found.setdefault(path.stem, []).append((call.func.id, tuple(arg.id for arg in call.args)))
+    assert found == EXERCISES
+
+
+# ------------------------------------------------------------------------------------------ hsbs grade
+def _submission(source: Path, answers: dict[int, str] | None, student: str) -> nbformat.NotebookNode:
+    """An exercise notebook as a student hands it in: the setup cells and the exercise cells of the real
+    notebook, each exercise holding the solution (None), the stub, or the code given for it."""
+    notebook = nbformat.read(source, as_version=4)
+    exercise = exercises.make_exercise(notebook)
+    parameters = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    cells, index = [], 0
+    for i, (solved, stub) in enumerate(zip(notebook.cells, exercise.cells)):
+        tags = solved.metadata.get("tags", [])
+        if i <= parameters and solved.cell_type == "code":
+            cells.append(stub)
+        elif "solution" in tags:
+            choice = (answers or {}).get(index, "solution") if answers is not None else "stub"
+            cell = copy_cell(stub)
+            cell.source = solved.source if choice == "solution" else stub.source if choice == "stub" else choice
+            cells.append(cell)
+            index += 1
+        elif "check" in tags:
+            cells.append(stub)
+    exercise.cells = cells
+    exercise.metadata["hsbs"] = {"exercises_of": source.stem}
+    exercise.metadata["student"] = student
+    return exercise
+
+
+def copy_cell(cell):
+    return nbformat.from_dict(json.loads(json.dumps(cell)))
+
+
+WRONG_ROW_NORMALISED = '''def row_normalised_confusion(labels, predictions, num_classes):
+    k = int(max(labels.max(), predictions.max())) + 1
+    counts = np.zeros((k, k))
+    np.add.at(counts, (labels, predictions), 1)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+'''
+LIBRARY_MEAN_CLASS_ACCURACY = '''from hsbs_lib.engine.metrics import classification_metrics
+def mean_class_accuracy(confusion_matrix):
+    counts = np.asarray(confusion_matrix)
+    labels = np.repeat(np.arange(len(counts)), counts.sum(1))
+    predictions = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
+    names = [str(k) for k in range(len(counts))]
+    return classification_metrics(labels, predictions, names)["mean_class_accuracy"]
+'''
+LIBRARY_ROW_NORMALISED = '''from hsbs_lib.viz.confusion import confusion as library_confusion, normalize_rows
+def row_normalised_confusion(labels, predictions, num_classes):
+    return normalize_rows(library_confusion(labels, predictions, num_classes))
+'''
+
+
+@pytest.mark.slow
+def test_hsbs_grade_scores_solved_empty_partly_wrong_and_library_notebooks(tmp_path, monkeypatch):
+    """Four submissions of notebook 05 built from its real exercise cells, executed in kernels by
+    `hsbs grade --exercises-only`: full marks, zero, in between, and zero for stubs that call the
+    library's implementations."""
+    from hsbs_lib.cli import main
+
+    source = ROOT / "notebooks" / "05_confusion_matrices_and_metrics.ipynb"
+    submissions = {"solved": {}, "empty": None, "partly_wrong": {1: WRONG_ROW_NORMALISED},
+                   "library": {0: LIBRARY_MEAN_CLASS_ACCURACY, 1: LIBRARY_ROW_NORMALISED}}
+    paths = []
+    for student, answers in submissions.items():
+        path = tmp_path / "in" / f"{student}.ipynb"
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(_submission(source, answers, student), path)
+        paths.append(str(path))
+    monkeypatch.setenv("SMOKE", "1")
+    assert main(["grade", *paths, "--out", str(tmp_path / "grades"), "--exercises-only", "--timeout", "300"]) == 0
+    rows = json.loads((tmp_path / "grades" / "scores.json").read_text())
+    totals = {student: sum(r["points"] for r in rows if r["student"] == student) for student in submissions}
+    assert totals == {"solved": 4, "empty": 0, "partly_wrong": 2, "library": 0}, rows
+    assert all(r["max_points"] == 2 for r in rows) and len(rows) == 8
+    wrong = next(r for r in rows if r["student"] == "partly_wrong" and r["exercise"] == "row_normalised_confusion")
+    assert wrong["points"] == 0 and "num_classes" in wrong["reason"], wrong
+    assert all("library's own" in r["reason"] for r in rows if r["student"] == "library")
+    table = (tmp_path / "grades" / "scores.csv").read_text().splitlines()
+    assert table[0] == "student,notebook,exercise,points,max_points,reason" and len(table) == 9
+    assert sorted(p.name for p in (tmp_path / "grades" / "executed").iterdir()) == sorted(
+        f"{s}__05_confusion_matrices_and_metrics.ipynb" for s in submissions)
