@@ -8,7 +8,7 @@ RUNS ?= runs
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lab figures reference bench exercises shipped clean
+.PHONY: venv demo test test-fast lab figures reference bench exercises student shipped clean
 
 # The virtual environment is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -56,6 +56,12 @@ shipped: venv
 
 exercises: venv
 	$(PY) -m hsbs_lib.exercises notebooks notebooks/exercises
+
+## The student release (docs/GRADING.md): $(STUDENT)/ and $(STUDENT).zip with the exercise notebooks and the
+## library, without solution cells, the answer key or the hidden grading cases.
+STUDENT ?= dist/student
+student: exercises
+	$(PY) -m hsbs_lib._grading.bundle $(STUDENT)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -820,3 +820,18 @@ def test_hsbs_grade_scores_solved_empty_partly_wrong_and_library_notebooks(tmp_p
     assert table[0] == "student,notebook,exercise,points,max_points,reason" and len(table) == 9
     assert sorted(p.name for p in (tmp_path / "grades" / "executed").iterdir()) == sorted(
         f"{s}__05_confusion_matrices_and_metrics.ipynb" for s in submissions)
+
+
+def test_the_student_bundle_holds_exercises_and_library_without_solutions_key_or_hidden_cases(tmp_path):
+    from hsbs_lib._grading.bundle import build_bundle
+
+    archive = build_bundle(tmp_path / "student")
+    out = tmp_path / "student"
+    assert archive.is_file() and archive.suffix == ".zip"
+    assert (out / "hsbs_lib" / "exercises.py").is_file() and (out / "hsbs_lib" / "_grading" / "expected.py").is_file()
+    assert not (out / "hsbs_lib" / "_grading" / "hidden.py").exists()
+    assert not (out / "notebooks" / "answers").exists() and not (out / "docs" / "TEACHING.md").exists()
+    for source in SOURCES:
+        shipped = nbformat.read(out / "notebooks" / source.name, as_version=4)
+        assert not any("solution" in c.metadata.get("tags", []) for c in shipped.cells)
+        assert any("exercise" in c.metadata.get("tags", []) for c in shipped.cells)

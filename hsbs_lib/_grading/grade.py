@@ -33,6 +33,11 @@ import nbformat
 from hsbs_lib import exercises
 from hsbs_lib.outputs import OutputFolder
 
+try:
+    from hsbs_lib._grading.hidden import HIDDEN
+except ImportError:      # the student bundle ships without the hidden cases
+    HIDDEN = None
+
 #: exercise notebook -> [(check, the notebook names it is called with)]; tests keep it equal to the
 #: notebooks' check cells.
 EXERCISES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
@@ -75,8 +80,9 @@ def _attempt(function, *args) -> tuple[bool, str]:
 def grade_namespace(namespace: dict, notebook: str) -> list[dict]:
     """Score the answers found in a notebook's namespace: per exercise a point for its notebook check and
     one for the hidden cases."""
-    from hsbs_lib._grading.hidden import HIDDEN
-
+    if HIDDEN is None:
+        raise RuntimeError("the hidden cases are not part of this installation (a student bundle): grade "
+                           "with the teacher's copy of the course")
     rows = []
     for check, names in EXERCISES[notebook]:
         row = {"notebook": notebook, "exercise": check.removeprefix("check_"), "points": 0, "max_points": 2}
