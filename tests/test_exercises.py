@@ -835,3 +835,13 @@ def test_the_student_bundle_holds_exercises_and_library_without_solutions_key_or
         shipped = nbformat.read(out / "notebooks" / source.name, as_version=4)
         assert not any("solution" in c.metadata.get("tags", []) for c in shipped.cells)
         assert any("exercise" in c.metadata.get("tags", []) for c in shipped.cells)
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_notebook_closes_with_an_open_ended_project_brief(path):
+    cells = nbformat.read(path, as_version=4).cells
+    project = cells[-3]
+    assert project.cell_type == "markdown" and project.source.startswith("## Project"), \
+        f"{path.name}: the cell before '## Questions' is a '## Project: ...' brief"
+    for part in ("**Goal.**", "**Measure.**", "**Deliverable.**"):
+        assert part in project.source, f"{path.name}: the project brief lacks {part}"
