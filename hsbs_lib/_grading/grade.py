@@ -114,10 +114,11 @@ def _tags(cell) -> list[str]:
 
 
 def prepare(notebook: nbformat.NotebookNode, key: str, *, exercises_only: bool) -> nbformat.NotebookNode:
-    """The notebook to execute: its code (or, with ``exercises_only``, the cells up to the parameters cell
-    and the exercise cells), its own check cells dropped (the grader runs them), one grading cell added."""
+    """The notebook to execute: its code cells (later cells may use what a check cell computed), or, with
+    ``exercises_only``, the cells up to the parameters cell and the exercise cells; then one grading cell.
+    The score never depends on the submitted check cells: the grading cell runs the checks itself."""
     notebook = nbformat.from_dict(json.loads(json.dumps(notebook)))
-    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and "check" not in _tags(cell)]
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     if exercises_only:
         parameters = next((i for i, cell in enumerate(cells) if "parameters" in _tags(cell)), -1)
         cells = [cell for i, cell in enumerate(cells)
