@@ -845,3 +845,21 @@ def test_notebook_closes_with_an_open_ended_project_brief(path):
         f"{path.name}: the cell before '## Questions' is a '## Project: ...' brief"
     for part in ("**Goal.**", "**Measure.**", "**Deliverable.**"):
         assert part in project.source, f"{path.name}: the project brief lacks {part}"
+
+
+def test_the_exercises_module_offers_no_reference_implementation():
+    assert not [name for name in dir(exercises) if name.startswith("reference_")]
+
+
+@pytest.mark.parametrize("source", [
+    "from hsbs_lib.losses.hst import activation_attention as aa\ndef answer(f):\n    return aa(f)\n",
+    "import hsbs_lib.losses.hst as hst\ndef answer(f):\n    return hst.activation_attention(f)\n",
+    "def answer(f):\n    from hsbs_lib.losses.hst import activation_attention\n    return activation_attention(f)\n",
+    "def answer(f):\n    try:\n        from hsbs_lib.losses import hst\n        return hst.activation_attention(f)\n"
+    "    except Exception:\n        return f.pow(2).mean(1)\n",
+], ids=["an alias in the notebook", "through the module", "imported in the body", "called, error swallowed"])
+def test_the_guard_sees_the_library_however_it_is_reached(source):
+    namespace = {}
+    exec(source, namespace)
+    with pytest.raises(AssertionError, match="library's own"):
+        exercises.check_activation_attention(namespace["answer"])
