@@ -293,7 +293,7 @@ def _spying_autocast(student_fn: Callable):
         _AutocastSpy.requested = []
         originals = (torch.autocast, torch.amp.autocast)
         namespace = getattr(student_fn, "__globals__", {})
-        aliases = [key for key, value in namespace.items() if value in originals]
+        aliases = [key for key, value in namespace.items() if any(value is original for original in originals)]
         torch.autocast = torch.amp.autocast = _AutocastSpy
         for key in aliases:
             namespace[key] = _AutocastSpy

@@ -420,8 +420,22 @@ RIGHT = {
     "check_paper_figure": lambda: (_figure_with(),),
 }
 
-#: Other right answers: every change that truly makes BSA's similarity uniform passes.
+def _step_with_imported_autocast():
+    """The right step written with ``from torch import autocast`` in the notebook's namespace."""
+    namespace = {}
+    exec("import torch\nfrom torch import autocast\n"
+         "def train_step(model, batch, optimizer, device_type):\n"
+         "    model.train()\n    optimizer.zero_grad()\n"
+         "    with autocast(device_type, dtype=torch.bfloat16):\n"
+         "        loss = sum(model.loss(model(batch['image']), batch).values())\n"
+         "    loss.backward()\n    optimizer.step()\n    return float(loss.detach())\n", namespace)
+    return namespace["train_step"]
+
+
+#: Other right answers: every change that truly makes BSA's similarity uniform passes; autocast may be
+#: imported under its own name.
 ALSO_RIGHT = {
+    "check_train_step": {"torch.autocast imported by name": lambda: (_step_with_imported_autocast(),)},
     "check_uniform_similarity": {
         "only the query projection zeroed (a zero query scores 0 against every key)":
             lambda: _uniform_bsa(zero=("query",)),
