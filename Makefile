@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: venv demo test test-fast lab figures reference bench exercises shipped clean
+.PHONY: venv demo test test-fast lab figures reference bench exercises student shipped clean
 
 # The virtual environment: the base install (what hsbs needs), rebuilt when pyproject.toml changes; each
 # extra (lab, export, tb, dev) is added on top by the target that needs it.
@@ -66,6 +66,12 @@ shipped: $(STAMP)
 
 exercises: $(VENV)/.installed-lab
 	$(PY) -m hsbs_lib.exercises notebooks notebooks/exercises
+
+## The student release (docs/GRADING.md): $(STUDENT)/ and $(STUDENT).zip with the exercise notebooks and the
+## library, without solution cells, the answer key or the hidden grading cases.
+STUDENT ?= dist/student
+student: exercises
+	$(PY) -m hsbs_lib._grading.bundle $(STUDENT)
 
 clean:
 	rm -rf runs .pytest_cache

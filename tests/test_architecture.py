@@ -7,7 +7,7 @@ Floors, bottom to top (a module may import its own floor and the floors below, n
 1. ``models``: the registry, backbones and one module per method;
 2. ``engine``: building, training, evaluating, reading runs, comparing;
 3. ``viz``: plotting;
-4. the commands: ``cli``, ``bench``, ``demo``, ``tutorial``, ``inference``, ``exercises``.
+4. the commands: ``cli``, ``bench``, ``demo``, ``tutorial``, ``inference``, ``exercises``, ``_grading``.
 
 The package's own modules are imported at the top of a module, never inside a function, so this graph is
 the whole truth about who depends on whom.
@@ -38,6 +38,7 @@ FLOORS = {
     "hsbs_lib.tutorial": 4,
     "hsbs_lib.inference": 4,
     "hsbs_lib.exercises": 4,
+    "hsbs_lib._grading": 4,
 }
 
 

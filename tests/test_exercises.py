@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from hsbs_lib import exercises
+from hsbs_lib._grading import expected
+from hsbs_lib._grading.grade import EXERCISES
 from hsbs_lib.data.labels import CANONICAL_8, canonical_name
 from hsbs_lib.losses.bsa import BatchSimilarityAttention
 from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
@@ -110,17 +112,18 @@ def test_the_hst_check_rejects_a_wrong_term(wrong):
 
 
 # ------------------------------------------------------------------ every other check: right and wrong answers
-def _uniform_bsa(zero=("query", "key"), biases=True, batch=6, fresh_matrix=False):
+def _uniform_bsa(zero=("query", "key"), biases=True, batch=6, fresh_matrix=False, before=False):
     """The BSA exercise's three answers (module, z, S), with one thing done differently."""
     torch.manual_seed(0)
     z = torch.randn(batch, 512)
     bsa = BatchSimilarityAttention(512, 128)
+    earlier = bsa.similarity(z).detach()
     with torch.no_grad():
         for name in zero:
             getattr(bsa, name).weight.zero_()
             if biases:
                 getattr(bsa, name).bias.zero_()
-    similarity = torch.full((6, 6), 1 / 6) if fresh_matrix else bsa.similarity(z)
+    similarity = torch.full((6, 6), 1 / 6) if fresh_matrix else earlier if before else bsa.similarity(z)
     return bsa, z, similarity
 
 
@@ -312,26 +315,152 @@ def _alignment_with(*, assign="cosine", empty="one", scale=0.5, pooling="cluster
     return alignment
 
 
+def _step_cpu_autocast(model, batch, optimizer, device_type):
+    """Right in every way but one: the autocast device is written in, not taken from the argument."""
+    model.train()
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(model.loss(model(batch["image"]), batch).values())
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _loop_with(*, validation="eval", accuracy="overall", copy_state=True, tie="earliest", restore=True,
+               first_epoch=1):
+    """A training loop on top of the reference step, right by default, with one mistake switched on."""
+    import copy as copying
+
+    def loop(model, train_batches, val_batches, optimizer, epochs, device_type):
+        history, best, best_epoch, best_state = [], -1.0, 0, None
+        for epoch in range(first_epoch, epochs + first_epoch):
+            losses = [expected.train_step(model, batch, optimizer, device_type) for batch in train_batches]
+            if validation == "eval":
+                model.eval()
+            scores, correct, total = [], 0, 0
+            with torch.no_grad():
+                for batch in val_batches:
+                    hits = int((model(batch["image"]).logits.argmax(1) == batch["label"]).sum())
+                    scores.append(hits / len(batch["label"]))
+                    correct, total = correct + hits, total + len(batch["label"])
+            value = correct / total if accuracy == "overall" else sum(scores) / len(scores)
+            history.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "val_accuracy": value})
+            if value > best or (tie == "latest" and value == best):
+                best, best_epoch = value, epoch
+                best_state = copying.deepcopy(model.state_dict()) if copy_state else model.state_dict()
+        if restore:
+            model.load_state_dict(best_state)
+        return {"history": history, "best_epoch": best_epoch}
+    return loop
+
+
+def _majority_with(*, majority_from="train", over="present", f1="zero"):
+    """A majority_baseline answer, right by default, with one mistake switched on."""
+    def score(train_labels, test_labels):
+        source = train_labels if majority_from == "train" else test_labels
+        majority = int(np.bincount(source).argmax())
+        classes = np.unique(test_labels) if over == "present" else np.arange(max(train_labels.max(), test_labels.max()) + 1)
+        accuracy = float(np.mean(test_labels == majority))
+        recalls = [1.0 if k == majority else 0.0 for k in classes]
+        f1s = [2 * accuracy / (accuracy + 1) if k == majority else (0.0 if f1 == "zero" else float("nan"))
+               for k in classes]
+        return {"accuracy": accuracy, "mean_class_accuracy": float(np.mean(recalls)), "macro_f1": float(np.nanmean(f1s))}
+    return score
+
+
+def _figure_with(*, scale=100, caption="data", formats=("pdf",), colours=True, width=6.5, ylabel="recall (%)",
+                 tick_size=None):
+    """A paper_recall_figure answer, right by default, with one mistake switched on."""
+    import json as js
+
+    import matplotlib.pyplot as plt
+
+    from hsbs_lib.viz.style import METHOD_COLORS, save_figure
+
+    def draw(runs, out):
+        reports = {name: js.loads((folder / "eval.json").read_text()) for name, folder in runs.items()}
+        first = next(iter(reports.values()))
+        fig, ax = plt.subplots(figsize=(width, 2.6))
+        for index, (name, report) in enumerate(reports.items()):
+            counts = np.asarray(report["confusion_matrix"], dtype=float)
+            recall = scale * counts.diagonal() / np.maximum(counts.sum(1), 1)
+            ax.bar(np.arange(len(counts)) + 0.3 * index, recall, 0.3, label=name,
+                   color=METHOD_COLORS.get(name) if colours else None)
+        ax.set_xticks(np.arange(len(first["classes"])), first["classes"])
+        if tick_size:
+            ax.tick_params(labelsize=tick_size)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, scale)
+        ax.legend()
+        text = (f"Per-class recall on the {first['split']} split of {first['dataset']} ({first['n']} images)."
+                if caption == "data" else "Per-class recall on the test split of synthfer (100 images).")
+        paths = save_figure(fig, "per_class_recall", out=out, formats=formats)
+        return fig, text, paths[0]
+    return draw
+
+
+def _library_bsa_forward(bsa, z):
+    return bsa(z)
+
+
 RIGHT = {
+    "check_majority_baseline": lambda: (_majority_with(),),
     "check_uncertainty_weighting": lambda: (_weighting_with(),),
     "check_train_step": lambda: (_step_with(),),
+    "check_training_loop": lambda: (_loop_with(),),
     "check_bsa_forward": lambda: (_bsa_forward_with(),),
-    "check_activation_attention": lambda: (activation_attention,),
-    "check_mean_class_accuracy": lambda: (exercises.reference_mean_class_accuracy,),
+    "check_activation_attention": lambda: (lambda f: f.pow(2).mean(dim=1),),
+    "check_mean_class_accuracy": lambda: (expected.mean_class_accuracy,),
     "check_uniform_similarity": lambda: _uniform_bsa(),
     "check_row_normalised_confusion": lambda: (_confusion(),),
     "check_label_mapping": lambda: (_right_lookup,),
     "check_gradcam": lambda: (_gradcam_with(),),
     "check_layer_intensity": lambda: (_intensity_with(),),
     "check_cluster_alignment": lambda: (_alignment_with(),),
+    "check_paper_figure": lambda: (_figure_with(),),
+}
+
+def _step_with_imported_autocast():
+    """The right step written with ``from torch import autocast`` in the notebook's namespace."""
+    namespace = {}
+    exec("import torch\nfrom torch import autocast\n"
+         "def train_step(model, batch, optimizer, device_type):\n"
+         "    model.train()\n    optimizer.zero_grad()\n"
+         "    with autocast(device_type, dtype=torch.bfloat16):\n"
+         "        loss = sum(model.loss(model(batch['image']), batch).values())\n"
+         "    loss.backward()\n    optimizer.step()\n    return float(loss.detach())\n", namespace)
+    return namespace["train_step"]
+
+
+#: Other right answers: every change that truly makes BSA's similarity uniform passes; autocast may be
+#: imported under its own name.
+ALSO_RIGHT = {
+    "check_train_step": {"torch.autocast imported by name": lambda: (_step_with_imported_autocast(),)},
+    "check_uniform_similarity": {
+        "only the query projection zeroed (a zero query scores 0 against every key)":
+            lambda: _uniform_bsa(zero=("query",)),
+        "query and key weights zeroed, biases kept (every query and key is the same vector)":
+            lambda: _uniform_bsa(biases=False),
+    },
 }
 
 WRONG = {
+    "check_majority_baseline": {
+        "majority taken from the test labels": lambda: (_majority_with(majority_from="test"),),
+        "averaged over every class, present or not": lambda: (_majority_with(over="all"),),
+        "F1 NaN for a class never predicted, then skipped": lambda: (_majority_with(f1="nan"),),
+    },
     "check_uncertainty_weighting": {
         "log sigma^2 regulariser instead of log(1 + sigma^2)": lambda: (_weighting_with(regulariser="log"),),
         "no factor 1/2": lambda: (_weighting_with(scale=1.0),),
         "sigma instead of sigma^2": lambda: (_weighting_with(variance="sigma"),),
         "log(1 + exp(s)) that overflows": lambda: (_weighting_with(regulariser="naive"),),
+        "s detached inside the weight (gradient to s from the regulariser only)":
+            lambda: (lambda losses, s: {n: 0.5 * torch.exp(-s[n].detach()) * l + F.softplus(s[n])
+                                        for n, l in losses.items()},),
+        "the loss detached (no gradient to L)":
+            lambda: (lambda losses, s: {n: 0.5 * torch.exp(-s[n]) * l.detach() + F.softplus(s[n])
+                                        for n, l in losses.items()},),
     },
     "check_train_step": {
         "eval mode kept (batch norm uses running statistics)": lambda: (_step_with(train_mode=False),),
@@ -339,6 +468,15 @@ WRONG = {
         "only the cross-entropy term": lambda: (_step_with(terms="ce"),),
         "float32, no autocast": lambda: (_step_with(autocast=False),),
         "no optimizer step": lambda: (_step_with(step=False),),
+        "autocast hard-coded to the CPU, device_type ignored": lambda: (_step_cpu_autocast,),
+    },
+    "check_training_loop": {
+        "validation in training mode": lambda: (_loop_with(validation="train"),),
+        "mean of the batch accuracies": lambda: (_loop_with(accuracy="batch mean"),),
+        "best state kept without a copy (follows the live weights)": lambda: (_loop_with(copy_state=False),),
+        "the later epoch wins a tie": lambda: (_loop_with(tie="latest"),),
+        "the best state never loaded back": lambda: (_loop_with(restore=False),),
+        "epochs counted from 0": lambda: (_loop_with(first_epoch=0),),
     },
     "check_bsa_forward": {
         "scaled dot product instead of cosine": lambda: (_bsa_forward_with(score="dot"),),
@@ -346,6 +484,7 @@ WRONG = {
         "no temperature": lambda: (_bsa_forward_with(temperature=False),),
         "gate gamma forgotten": lambda: (_bsa_forward_with(gamma=False),),
         "no residual (z~ = mixed only)": lambda: (_bsa_forward_with(residual=False),),
+        "the layer's own forward (bsa(z))": lambda: (_library_bsa_forward,),
     },
     "check_activation_attention": {
         "absolute values": lambda: (lambda f: f.abs().mean(dim=1),),
@@ -353,6 +492,7 @@ WRONG = {
         "mean without squaring": lambda: (lambda f: f.mean(dim=1),),
         "normalised per sample": lambda: (lambda f: F.normalize(f.pow(2).mean(1).flatten(1), dim=1).view_as(f[:, 0]),),
         "max over channels": lambda: (lambda f: f.pow(2).amax(dim=1),),
+        "detached (no gradient to the features)": lambda: (lambda f: f.detach().pow(2).mean(dim=1),),
     },
     "check_mean_class_accuracy": {
         "plain accuracy": lambda: (lambda cm: np.trace(cm) / np.sum(cm),),
@@ -363,9 +503,9 @@ WRONG = {
     "check_uniform_similarity": {
         "torch.full((6, 6), 1/6) without touching BSA": lambda: _uniform_bsa(zero=(), fresh_matrix=True),
         "value and output zeroed instead": lambda: _uniform_bsa(zero=("value", "out")),
-        "weights zeroed, biases kept": lambda: _uniform_bsa(biases=False),
-        "only the query zeroed": lambda: _uniform_bsa(zero=("query",)),
+        "only the query weight zeroed, its bias kept": lambda: _uniform_bsa(zero=("query",), biases=False),
         "S of another batch size": lambda: (lambda bsa, z, s: (bsa, z[:4], s))(*_uniform_bsa()),
+        "S computed before zeroing": lambda: _uniform_bsa(before=True),
     },
     "check_row_normalised_confusion": {
         "column-normalised": lambda: (_confusion(normalise="column"),),
@@ -373,6 +513,8 @@ WRONG = {
         "transposed (rows = predictions)": lambda: (_confusion(transpose=True),),
         "NaN rows for a class without images": lambda: (_confusion(nan_rows=True),),
         "counts, not normalised": lambda: (_confusion(normalise="none"),),
+        "class count inferred from the data": lambda: (
+            lambda labels, preds, k: _confusion()(labels, preds, int(max(labels.max(), preds.max())) + 1),),
     },
     "check_label_mapping": {
         "identity (trusting the folder order)": lambda: (_lookup("identity"),),
@@ -380,6 +522,8 @@ WRONG = {
         "exact names, no synonyms": lambda: (_lookup("exact names"),),
         "RAF-DB's one-based digits": lambda: (_lookup("one-based"),),
         "a typo becomes an eighth class": lambda: (_lookup("typo becomes a class"),),
+        "names in the dict's order, its indices never read": lambda: (
+            lambda class_to_idx: [CANONICAL_8.index(canonical_name(n)) for n in class_to_idx],),
     },
     "check_gradcam": {
         "no ReLU": lambda: (_gradcam_with(relu=False),),
@@ -401,12 +545,91 @@ WRONG = {
         "each student against its centroid, no cluster means": lambda: (_alignment_with(pooling="per_student"),),
         "the centroids not detached": lambda: (_alignment_with(detach=False),),
     },
+    "check_paper_figure": {
+        "fractions, not percent": lambda: (_figure_with(scale=1, ylabel="recall (%)"),),
+        "a caption typed in, not read from eval.json": lambda: (_figure_with(caption="typed"),),
+        "PNG only, no PDF": lambda: (_figure_with(formats=("png",)),),
+        "matplotlib's default colours": lambda: (_figure_with(colours=False),),
+        "wider than a page": lambda: (_figure_with(width=10),),
+        "no unit on the y axis": lambda: (_figure_with(ylabel="recall"),),
+        "tick labels at 5 pt": lambda: (_figure_with(tick_size=5),),
+    },
 }
+
+
+def _library(target):
+    """An answer that hands the work to the library's implementation of the exercise."""
+    from hsbs_lib.engine.metrics import classification_metrics
+    from hsbs_lib.engine.train import train_one_epoch
+    from hsbs_lib.losses.clcl import cluster_alignment_loss
+    from hsbs_lib.losses.hst import activation_attention, hst_loss
+    from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+    from hsbs_lib.viz.confusion import confusion, normalize_rows
+    from hsbs_lib.viz.gradcam import gradcam
+    from hsbs_lib.data.labels import canonical_index
+
+    def uncertainty(losses, s):
+        module = UncertaintyWeighting(list(losses))
+        with torch.no_grad():
+            module.log_variance.copy_(torch.stack([s[name] for name in losses]))
+        return module(losses)
+
+    def mean_class_accuracy(counts):
+        labels = np.repeat(np.arange(len(counts)), np.asarray(counts).sum(1))
+        predictions = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in np.asarray(counts)])
+        return classification_metrics(labels, predictions, [str(k) for k in range(len(counts))])["mean_class_accuracy"]
+
+    answers = {
+        "check_activation_attention": activation_attention,
+        "check_activation_attention (wrapped)": lambda features: activation_attention(features),
+        "check_hst_loss": lambda student, teacher: hst_loss([student[:, None], teacher[:, None]]),
+        "check_bsa_forward": _library_bsa_forward,
+        "check_uncertainty_weighting": uncertainty,
+        "check_cluster_alignment": lambda student, centroids: cluster_alignment_loss(student[None], centroids[None]),
+        "check_row_normalised_confusion": lambda labels, preds, k: normalize_rows(confusion(labels, preds, k)),
+        "check_mean_class_accuracy": mean_class_accuracy,
+        "check_label_mapping": lambda class_to_idx: [canonical_index(n, 8) for n in sorted(class_to_idx, key=class_to_idx.get)],
+        "check_gradcam": lambda model, layer, images, k: torch.as_tensor(gradcam(model, images, target_layer=layer, targets=k)),
+        "check_training_loop": lambda model, train, val, optimizer, epochs, device_type: train_one_epoch(
+            model, train, optimizer, device=torch.device("cpu")),
+    }
+    return answers[target]
+
+
+LIBRARY_ANSWERS = ["check_activation_attention", "check_activation_attention (wrapped)", "check_hst_loss",
+                   "check_bsa_forward", "check_uncertainty_weighting", "check_cluster_alignment",
+                   "check_row_normalised_confusion", "check_mean_class_accuracy", "check_label_mapping",
+                   "check_gradcam", "check_training_loop"]
+
+
+@pytest.mark.parametrize("target", LIBRARY_ANSWERS)
+def test_a_check_rejects_an_answer_that_calls_the_library(target):
+    """The library implements every exercise; an answer that hands the work to it is told so, whatever
+    the values it returns (the library's implementation is blocked while the answer runs)."""
+    check = getattr(exercises, target.split(" ")[0])
+    with pytest.raises(AssertionError, match="not yet: .*library's own"):
+        check(_library(target))
+
+
+def test_the_library_is_usable_again_after_a_check():
+    from hsbs_lib.losses import hst
+
+    with pytest.raises(AssertionError):
+        exercises.check_activation_attention(_library("check_activation_attention (wrapped)"))
+    assert hst.activation_attention(torch.ones(1, 2, 3, 3)).shape == (1, 3, 3)
+    assert BatchSimilarityAttention(4, 2)(torch.randn(3, 4))[1].shape == (3, 3)
+
+
+@pytest.mark.parametrize("check, right", [(c, r) for c in ALSO_RIGHT for r in ALSO_RIGHT[c]],
+                         ids=[f"{c}-{r}" for c in ALSO_RIGHT for r in ALSO_RIGHT[c]])
+def test_a_check_accepts_another_right_answer(check, right):
+    getattr(exercises, check)(*ALSO_RIGHT[check][right]())
 
 
 def test_every_check_has_a_right_answer_and_at_least_three_wrong_ones():
     checks = {name for name in dir(exercises) if name.startswith("check_")}
     assert checks == set(RIGHT) | {"check_hst_loss"}, "a check without answers in this test"
+    assert checks == {check for items in EXERCISES.values() for check, _ in items}, "hsbs grade misses a check"
     assert all(len(WRONG[name]) >= 3 for name in RIGHT) and len(HST_WRONG) >= 5
 
 
@@ -471,3 +694,186 @@ def test_the_answer_key_repeats_every_question_and_answers_it(path):
         assert " ".join(heading.split()) == question, f"{key.name} question {number} differs from {path.name}'s"
     answers = re.split(r"^### \d+\. .+$", text, flags=re.M)[1:]
     assert all(len(answer.split()) >= 10 for answer in answers), f"{key.name}: an answer is missing or a stub"
+
+
+# ------------------------------------------------------------------ expected values agree with the library
+def test_the_independent_expected_values_agree_with_the_library():
+    """hsbs_lib._grading.expected is written from the formulas without the library; both must agree."""
+    from hsbs_lib.data.labels import canonical_index
+    from hsbs_lib.losses.clcl import cluster_alignment_loss
+    from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 6, 4, generator=generator)
+    assert torch.allclose(expected.activation_attention(features).float(), activation_attention(features), atol=1e-6)
+    for cells, teacher_cells in ((32, 4), (33, 5), (8, 4), (17, 5), (5, 5)):
+        student, teacher = torch.rand(2, cells, cells, generator=generator), torch.rand(2, teacher_cells, teacher_cells)
+        assert torch.allclose(expected.teacher_grid_pool(student, (teacher_cells,) * 2).float(),
+                              pool_to_teacher_grid(student, (teacher_cells,) * 2), atol=1e-6)
+        assert abs(expected.hst_term(student, teacher) - float(_hst_right(student, teacher))) < 1e-6
+    for bsa, z in exercises._bsa_cases().values():
+        mixed, similarity = expected.bsa_forward(bsa, z)
+        with torch.no_grad():
+            library_mixed, library_similarity = bsa(z)
+        assert torch.allclose(mixed.float(), library_mixed, atol=1e-5)
+        assert torch.allclose(similarity.float(), library_similarity, atol=1e-5)
+    for _, class_to_idx, lookup in expected.LABEL_LOOKUPS + __import__("hsbs_lib._grading.hidden").\
+            _grading.hidden.LABEL_LOOKUPS:
+        assert [canonical_index(name, 8) for name in sorted(class_to_idx, key=class_to_idx.get)] == lookup
+    for student, centroids in exercises._alignment_cases().values():
+        value, _ = expected.cluster_alignment(student, centroids)
+        assert abs(value - float(cluster_alignment_loss(student[None], centroids[None]))) < 1e-5
+    module = UncertaintyWeighting(["a"])
+    with torch.no_grad():
+        module.log_variance.fill_(0.7)
+    assert abs(expected.uncertainty_term(1.3, 0.7)[0] - float(module({"a": torch.tensor(1.3)})["a"].detach())) < 1e-5
+
+
+def test_the_training_loop_cases_have_a_best_epoch_before_the_last_and_a_tie():
+    for model_seed, data_seed, train_sizes, val_sizes, lr, epochs in exercises.TRAINING_LOOP_CASES.values():
+        train, val = exercises._loop_data(data_seed, train_sizes, val_sizes)
+        model = exercises._seeded_model(model_seed)
+        result = expected.train_loop(model, train, val, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                                     epochs, "cpu")
+        accuracies = [row["val_accuracy"] for row in result["history"]]
+        best = result["best_epoch"]
+        assert best < epochs and accuracies[best - 1] in accuracies[best:], accuracies
+        assert len(set(val_sizes)) > 1
+
+
+def test_hsbs_grade_knows_every_check_cell_of_the_notebooks():
+    """The grader's list of exercises (which it trusts instead of the submitted check cells) is the
+    notebooks' own."""
+    import ast
+
+    found = {}
+    for path in NUMBERED:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if "check" in cell.metadata.get("tags", []):
+                call = ast.parse(cell.source).body[0].value
+                found.setdefault(path.stem, []).append((call.func.id, tuple(arg.id for arg in call.args)))
+    assert found == EXERCISES
+
+
+# ------------------------------------------------------------------------------------------ hsbs grade
+def _submission(source: Path, answers: dict[int, str] | None, student: str) -> nbformat.NotebookNode:
+    """An exercise notebook as a student hands it in: the setup cells and the exercise cells of the real
+    notebook, each exercise holding the solution (None), the stub, or the code given for it."""
+    notebook = nbformat.read(source, as_version=4)
+    exercise = exercises.make_exercise(notebook)
+    parameters = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    cells, index = [], 0
+    for i, (solved, stub) in enumerate(zip(notebook.cells, exercise.cells)):
+        tags = solved.metadata.get("tags", [])
+        if i <= parameters and solved.cell_type == "code":
+            cells.append(stub)
+        elif "solution" in tags:
+            choice = (answers or {}).get(index, "solution") if answers is not None else "stub"
+            cell = copy_cell(stub)
+            cell.source = solved.source if choice == "solution" else stub.source if choice == "stub" else choice
+            cells.append(cell)
+            index += 1
+        elif "check" in tags:
+            cells.append(stub)
+    exercise.cells = cells
+    exercise.metadata["hsbs"] = {"exercises_of": source.stem}
+    exercise.metadata["student"] = student
+    return exercise
+
+
+def copy_cell(cell):
+    return nbformat.from_dict(json.loads(json.dumps(cell)))
+
+
+WRONG_ROW_NORMALISED = '''def row_normalised_confusion(labels, predictions, num_classes):
+    k = int(max(labels.max(), predictions.max())) + 1
+    counts = np.zeros((k, k))
+    np.add.at(counts, (labels, predictions), 1)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+'''
+LIBRARY_MEAN_CLASS_ACCURACY = '''from hsbs_lib.engine.metrics import classification_metrics
+def mean_class_accuracy(confusion_matrix):
+    counts = np.asarray(confusion_matrix)
+    labels = np.repeat(np.arange(len(counts)), counts.sum(1))
+    predictions = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
+    names = [str(k) for k in range(len(counts))]
+    return classification_metrics(labels, predictions, names)["mean_class_accuracy"]
+'''
+LIBRARY_ROW_NORMALISED = '''from hsbs_lib.viz.confusion import confusion as library_confusion, normalize_rows
+def row_normalised_confusion(labels, predictions, num_classes):
+    return normalize_rows(library_confusion(labels, predictions, num_classes))
+'''
+
+
+@pytest.mark.slow
+def test_hsbs_grade_scores_solved_empty_partly_wrong_and_library_notebooks(tmp_path, monkeypatch):
+    """Four submissions of notebook 05 built from its real exercise cells, executed in kernels by
+    `hsbs grade --exercises-only`: full marks, zero, in between, and zero for stubs that call the
+    library's implementations."""
+    from hsbs_lib.cli import main
+
+    source = ROOT / "notebooks" / "05_confusion_matrices_and_metrics.ipynb"
+    submissions = {"solved": {}, "empty": None, "partly_wrong": {1: WRONG_ROW_NORMALISED},
+                   "library": {0: LIBRARY_MEAN_CLASS_ACCURACY, 1: LIBRARY_ROW_NORMALISED}}
+    paths = []
+    for student, answers in submissions.items():
+        path = tmp_path / "in" / f"{student}.ipynb"
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(_submission(source, answers, student), path)
+        paths.append(str(path))
+    monkeypatch.setenv("SMOKE", "1")
+    assert main(["grade", *paths, "--out", str(tmp_path / "grades"), "--exercises-only", "--timeout", "300"]) == 0
+    rows = json.loads((tmp_path / "grades" / "scores.json").read_text())
+    totals = {student: sum(r["points"] for r in rows if r["student"] == student) for student in submissions}
+    assert totals == {"solved": 4, "empty": 0, "partly_wrong": 2, "library": 0}, rows
+    assert all(r["max_points"] == 2 for r in rows) and len(rows) == 8
+    wrong = next(r for r in rows if r["student"] == "partly_wrong" and r["exercise"] == "row_normalised_confusion")
+    assert wrong["points"] == 0 and "num_classes" in wrong["reason"], wrong
+    assert all("library's own" in r["reason"] for r in rows if r["student"] == "library")
+    table = (tmp_path / "grades" / "scores.csv").read_text().splitlines()
+    assert table[0] == "student,notebook,exercise,points,max_points,reason" and len(table) == 9
+    assert sorted(p.name for p in (tmp_path / "grades" / "executed").iterdir()) == sorted(
+        f"{s}__05_confusion_matrices_and_metrics.ipynb" for s in submissions)
+
+
+def test_the_student_bundle_holds_exercises_and_library_without_solutions_key_or_hidden_cases(tmp_path):
+    from hsbs_lib._grading.bundle import build_bundle
+
+    archive = build_bundle(tmp_path / "student")
+    out = tmp_path / "student"
+    assert archive.is_file() and archive.suffix == ".zip"
+    assert (out / "hsbs_lib" / "exercises.py").is_file() and (out / "hsbs_lib" / "_grading" / "expected.py").is_file()
+    assert not (out / "hsbs_lib" / "_grading" / "hidden.py").exists()
+    assert not (out / "notebooks" / "answers").exists() and not (out / "docs" / "TEACHING.md").exists()
+    for source in SOURCES:
+        shipped = nbformat.read(out / "notebooks" / source.name, as_version=4)
+        assert not any("solution" in c.metadata.get("tags", []) for c in shipped.cells)
+        assert any("exercise" in c.metadata.get("tags", []) for c in shipped.cells)
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.name)
+def test_notebook_closes_with_an_open_ended_project_brief(path):
+    cells = nbformat.read(path, as_version=4).cells
+    project = cells[-3]
+    assert project.cell_type == "markdown" and project.source.startswith("## Project"), \
+        f"{path.name}: the cell before '## Questions' is a '## Project: ...' brief"
+    for part in ("**Goal.**", "**Measure.**", "**Deliverable.**"):
+        assert part in project.source, f"{path.name}: the project brief lacks {part}"
+
+
+def test_the_exercises_module_offers_no_reference_implementation():
+    assert not [name for name in dir(exercises) if name.startswith("reference_")]
+
+
+@pytest.mark.parametrize("source", [
+    "from hsbs_lib.losses.hst import activation_attention as aa\ndef answer(f):\n    return aa(f)\n",
+    "import hsbs_lib.losses.hst as hst\ndef answer(f):\n    return hst.activation_attention(f)\n",
+    "def answer(f):\n    from hsbs_lib.losses.hst import activation_attention\n    return activation_attention(f)\n",
+    "def answer(f):\n    try:\n        from hsbs_lib.losses import hst\n        return hst.activation_attention(f)\n"
+    "    except Exception:\n        return f.pow(2).mean(1)\n",
+], ids=["an alias in the notebook", "through the module", "imported in the body", "called, error swallowed"])
+def test_the_guard_sees_the_library_however_it_is_reached(source):
+    namespace = {}
+    exec(source, namespace)
+    with pytest.raises(AssertionError, match="library's own"):
+        exercises.check_activation_attention(namespace["answer"])
