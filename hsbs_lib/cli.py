@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("hsbs_lib.demo", "regenerate every figure for trained runs"),
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
-    "grade": ("hsbs_lib._grading.grade", "execute submitted exercise notebooks and write one score table"),
+    "grade": ("hsbs_lib._grading.command", "execute submitted exercise notebooks and write one score table"),
 }
 
 
