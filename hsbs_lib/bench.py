@@ -30,9 +30,12 @@ from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
 from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
-from hsbs_lib.engine.build import build_splits, resolve_device
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.build import build_model, build_splits, resolve_device
+from hsbs_lib.engine.compare import load_plan, load_plan_config
 from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
-from hsbs_lib.engine.train import fit
+from hsbs_lib.engine.op_count import StepOps, step_op_counts
+from hsbs_lib.engine.train import ModelWithLoss, build_optimizer, fit
 from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.registry import create_model, list_models
 
@@ -159,6 +162,70 @@ def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> s
         lines.append(f"| {c.name} | {c.parameters / 1e6:.2f} | {c.macs / 1e9:.3f} | {c.train_images_per_s:.1f} | "
                      f"{base.train_images_per_s / c.train_images_per_s:.2f}x | {c.infer_images_per_s:.1f} | "
                      f"{base.infer_images_per_s / c.infer_images_per_s:.2f}x |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- operator calls
+
+#: the methods whose training step ``--sections ops`` counts, each from its demo recipe configs/synthfer_NAME.yaml
+OPS_METHODS = ("baseline", "hsbs", "clcl", "phanet", "mfer")
+
+
+def training_step_ops(config, *, batch_size: int = 16) -> StepOps:
+    """Outermost aten operator calls of one CPU training step of ``config``'s model, loss terms and optimiser
+    (:func:`hsbs_lib.engine.op_count.step_op_counts`) on a fixed random batch at the recipe's input size."""
+    torch.manual_seed(0)
+    classes = class_names(config.data.num_classes)
+    model = build_model(config, classes, load_pretrained=False)
+    model.configure_criterion(label_smoothing=config.train.label_smoothing)
+    optimizer = build_optimizer(model, config.train)
+    size = config.data.input_size
+    images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return step_op_counts(ModelWithLoss(model), optimizer, images, _fake_targets(batch_size, len(classes), "cpu"))
+
+
+def ops_table(counts: dict[str, StepOps], reference: str = "baseline") -> str:
+    """Markdown table of operator calls per phase and the total's ratio to ``reference``'s."""
+    base = counts[reference].total
+    lines = ["| model | forward and loss terms | backward | optimiser | total | vs baseline |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {label} | {ops.phase('forward')} | {ops.phase('backward')} | {ops.phase('optimizer')} | {ops.total} | "
+              f"{ops.total / base:.2f}x |" for label, ops in counts.items()]
+    return "\n".join(lines)
+
+
+def added_operators(ops: StepOps, reference: StepOps, top: int = 8) -> str:
+    """The operators a step calls more often than ``reference``'s, commonest first: "mul +34, div +29, ..."."""
+    extra = ops.operators()
+    extra.subtract(reference.operators())
+    shown_ = [f"{name.removeprefix('aten::')} {count:+d}" for name, count in extra.most_common(top) if count > 0]
+    return ", ".join(shown_) or "none"
+
+
+def benchmark_ops(methods: tuple[str, ...] = OPS_METHODS, *, batch_size: int = 16, parts: bool = True) -> str:
+    """The ``ops`` section: operator calls of one training step of every method's demo recipe, as ratios to the
+    baseline's, then (``parts``) each method's rows of configs/ablation_METHOD.yaml, so the calls every part adds
+    can be read off, and the operators each method adds to the baseline's step."""
+    counts = {name: training_step_ops(load_config(config_path(f"synthfer_{name}")), batch_size=batch_size)
+              for name in methods}
+    optimizer = build_optimizer(nn.Linear(1, 1), load_config(config_path("synthfer_baseline")).train)
+    setting = ", ".join(f"{key}={optimizer.defaults[key]}" for key in ("foreach", "fused") if key in optimizer.defaults)
+    lines = [f"one training step of configs/synthfer_METHOD.yaml at batch {batch_size}, CPU; optimiser "
+             f"{type(optimizer).__name__} ({setting}) for every method", "", ops_table(counts)]
+    if not parts:
+        return "\n".join(lines)
+    lines += ["", "Operators added to the baseline's step (calls, commonest first):", ""]
+    lines += [f"- {name}: {added_operators(ops, counts['baseline'])}" for name, ops in counts.items() if name != "baseline"]
+    for name in methods:
+        path = config_path(f"ablation_{name}")
+        if not Path(path).is_file():
+            continue
+        plan = load_plan(path)
+        rows = {"baseline": counts["baseline"]}
+        for row, overrides in plan.rows.items():
+            config = load_plan_config(plan, [*plan.overrides, *overrides])
+            if config.model.name == name:
+                rows[row] = training_step_ops(config, batch_size=batch_size)
+        lines += ["", f"{name}: the rows of {Path(path).relative_to(repo_root())}", "", ops_table(rows)]
     return "\n".join(lines)
 
 
@@ -670,15 +737,16 @@ def fuzz_table(result: FuzzResult, seed: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
+BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales", "ops", ... run only when asked for
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe",
-                                                            "fuzz"),
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "ops", "notebooks", "plateau",
+                                                            "recipe", "fuzz"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
-                             "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1)")
+                             "scales of the SynthFER demo, 'ops' counts the operator calls of every method's training step "
+                             "(CPU, deterministic), 'notebooks' runs every notebook with SMOKE=1)")
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
@@ -763,6 +831,9 @@ def run_bench(args) -> int:
     if "scales" in args.sections:
         print(f"\n## Candidate scales for CPU runs: the baseline's training step, batch {args.batch_size}")
         print(scale_table(device=device, batch_size=args.batch_size, steps=max(2, args.steps // 2)))
+    if "ops" in args.sections:
+        print("\n## Operator calls per training step (outermost aten operators, torch.profiler)")
+        print(benchmark_ops(batch_size=args.batch_size), flush=True)
     if "plateau" in args.sections:
         print(f"\n## Leaving the majority-class plateau: {args.plateau_recipe}, {args.plateau_epochs} epochs, "
               f"seeds {' '.join(map(str, args.seeds))}{', ' + ' '.join(args.overrides) if args.overrides else ''}")
