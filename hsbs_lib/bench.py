@@ -35,7 +35,7 @@ from hsbs_lib.engine.build import build_model, build_splits, resolve_device
 from hsbs_lib.engine.compare import load_plan, load_plan_config
 from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
 from hsbs_lib.engine.op_count import StepOps, step_op_counts
-from hsbs_lib.engine.train import ModelWithLoss, build_optimizer, fit
+from hsbs_lib.engine.train import ModelWithLoss, build_optimizer, compile_step, fit, unwrap_to_step_module
 from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.registry import create_model, list_models
 
@@ -58,7 +58,7 @@ def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", d
 
 def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbone: str = "resnet18",
                         device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2,
-                        amp: bool = True) -> list[ModelCost]:
+                        amp: bool = True, compile: bool | str = False) -> list[ModelCost]:
     """Training and inference speed of several registered models (name -> options such as ``stem``,
     ``backbone_width`` and method switches), measured by :func:`time_interleaved`."""
     built = {}
@@ -66,17 +66,20 @@ def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbo
         torch.manual_seed(0)
         built[name] = (create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options),
                        input_size)
-    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp)
+    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp,
+                            compile=compile)
 
 
 def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = "cpu", batch_size: int = 32,
-                     steps: int = 8, warmup: int = 2, amp: bool = True) -> list[ModelCost]:
+                     steps: int = 8, warmup: int = 2, amp: bool = True, compile: bool | str = False) -> list[ModelCost]:
     """Speeds of ``models`` (label -> (model, input size)), their steps interleaved, the fastest step kept.
 
     Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
     (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
     every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed.
     ``amp``: bf16 autocast on CUDA, as training uses by default (``train.amp``); ignored on CPU.
+    ``compile``: the training step compiled as ``train.compile`` does (true or reduce-overhead); the first three
+    rounds, which compile and record it, are then not timed.
     """
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
@@ -85,38 +88,43 @@ def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = 
         model = model.to(device).to(memory_format=torch.channels_last)
         x_train = torch.randn(batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
         x_eval = torch.randn(2 * batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
-        states[label] = (model, torch.optim.SGD(model.parameters(), lr=1e-4), x_train, x_eval, size)
+        step_module = compile_step(ModelWithLoss(model), compile, device, warn=False)
+        states[label] = (step_module, torch.optim.SGD(model.parameters(), lr=1e-4), x_train, x_eval, size)
     targets = _fake_targets(batch_size, 7, device)
+    if compile:
+        warmup = max(warmup, 3)
     best = {label: [math.inf, math.inf] for label in states}
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
 
-    def train_step(model, optimizer, x_train, _):
-        model.train()
+    def train_step(step_module, optimizer, x_train, _):
+        step_module.train()
         with autocast():
-            loss = sum(model.loss(model(x_train), targets).values())
+            loss = sum(step_module(x_train, targets)[1].values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     @torch.no_grad()
-    def eval_step(model, _, __, x_eval):
+    def eval_step(step_module, _, __, x_eval):
+        model = unwrap_to_step_module(step_module).model
         model.eval()
         with autocast():
             model(x_eval)
 
     for round_index in range(warmup + steps):
-        for label, (model, optimizer, x_train, x_eval, _) in states.items():
+        for label, (step_module, optimizer, x_train, x_eval, _) in states.items():
             for slot, step in enumerate((train_step, eval_step)):
                 _sync(device)
                 start = time.perf_counter()
-                step(model, optimizer, x_train, x_eval)
+                step(step_module, optimizer, x_train, x_eval)
                 _sync(device)
                 if round_index >= warmup:
                     best[label][slot] = min(best[label][slot], time.perf_counter() - start)
-    return [ModelCost(label, count_parameters(model), count_macs(model, size), batch_size / best[label][0],
-                      2 * batch_size / best[label][1]) for label, (model, _, _, _, size) in states.items()]
+    models = {label: unwrap_to_step_module(state[0]).model for label, state in states.items()}
+    return [ModelCost(label, count_parameters(models[label]), count_macs(models[label], size), batch_size / best[label][0],
+                      2 * batch_size / best[label][1]) for label, (_, _, _, _, size) in states.items()]
 
 
 #: (label, input px, stem, width) of the candidate scales for CPU teaching runs
@@ -759,6 +767,8 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="interleaved rounds per model (the fastest counts)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="false", choices=("false", "true", "reduce-overhead"),
+                        help="with --sections models: time the training step compiled as train.compile does")
     parser.add_argument("--options", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
                         help="model options, e.g. mfer.depthwise=true")
     parser.add_argument("--notebooks", nargs="+", metavar="NN", default=None,
@@ -822,10 +832,12 @@ def run_bench(args) -> int:
         options = _parse_model_options(args.options)
         scale = _model_scale(args)
         models = {name: {**scale["model"], **options.get(name, {})} for name in names}
+        compiled = {"false": False, "true": True}.get(args.compile, args.compile)
         costs = compare_model_costs(models, input_size=scale["input_size"], backbone=scale["backbone"], device=device,
-                                    batch_size=args.batch_size, steps=args.steps)
+                                    batch_size=args.batch_size, steps=args.steps, compile=compiled)
         described = ", ".join(f"{key} {value}" for key, value in scale["model"].items())
-        print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}), batch {args.batch_size}, "
+        how = f", train.compile={args.compile}" if compiled else ""
+        print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}){how}, batch {args.batch_size}, "
               f"{args.steps} interleaved rounds (cost = baseline images/s / model images/s, fastest step of each)")
         print(method_ratio_table(costs))
     if "scales" in args.sections:

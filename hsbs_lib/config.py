@@ -120,7 +120,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     amp: bool = True                  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | str = False       # true: torch.compile of the step (model and loss terms) | reduce-overhead: CUDA graphs
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: int | None = None
@@ -468,6 +468,7 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.cutmix", _not_negative, "a Beta distribution's alpha > 0, or 0 (off)"),
     ("train.ema", lambda v: 0 <= v < 1, "a decay from 0 (off) up to (not including) 1, e.g. 0.999"),
     ("train.tta", lambda v: v in ("none", "flip", "tencrop"), "none, flip or tencrop"),
+    ("train.compile", lambda v: v in (True, False, "reduce-overhead"), "true, false or reduce-overhead"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
     ("train.grad_clip", _positive, "a positive number, or null"),
     ("train.max_steps_per_epoch", _positive, "at least 1, or null"),

@@ -135,3 +135,33 @@ def test_the_hsbs_model_terms_and_gradients_match_the_reference_formulation():
     old_grads = torch.autograd.grad(sum(reference.values()), parameters)
     for parameter_name, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad], new_grads, old_grads):
         assert _close(a, b, rtol=1e-3, atol=1e-6), parameter_name
+
+
+def test_uncertainty_weighting_of_all_terms_at_once_equals_the_loop_per_term_with_gradients():
+    from hsbs_lib.losses.uncertainty import UncertaintyWeighting
+
+    weighting = UncertaintyWeighting(("ce", "ce/layer2", "pose"))
+    with torch.no_grad():
+        weighting.log_variance.copy_(torch.tensor([0.3, -0.7, 1.2]))
+    for names in (("ce", "ce/layer2", "pose"), ("ce", "pose"), ("pose", "ce")):   # every term, a subset, reordered
+        losses = {name: torch.tensor(1.0 + index, requires_grad=True) for index, name in enumerate(names)}
+        new = weighting(losses)
+        old = {name: 0.5 * torch.exp(-weighting.log_variance[weighting.names.index(name)]) * loss
+               + F.softplus(weighting.log_variance[weighting.names.index(name)]) for name, loss in losses.items()}
+        assert list(new) == list(old) and all(_close(new[name], old[name], rtol=1e-6) for name in old)
+        inputs = [weighting.log_variance, *losses.values()]
+        for a, b in zip(torch.autograd.grad(sum(new.values()), inputs), torch.autograd.grad(sum(old.values()), inputs)):
+            assert _close(a, b, rtol=1e-6)
+
+
+def test_dsf_separation_by_pdist_equals_the_ordered_pairs_with_gradients():
+    from hsbs_lib.losses.dsf import DeepSmoothFeatureLoss
+
+    torch.manual_seed(0)
+    loss = DeepSmoothFeatureLoss(7, 16, margin=3.0, init_std=0.5)
+    centers = loss.centers
+    off_diagonal = ~torch.eye(7, dtype=torch.bool)
+    old = F.relu(3.0 - (centers[:, None, :] - centers[None, :, :])[off_diagonal].norm(dim=1)).pow(2).mean()
+    new = loss.separation()
+    assert 0 < float(new.detach()) and _close(new, old, rtol=1e-5)
+    assert _close(torch.autograd.grad(new, centers)[0], torch.autograd.grad(old, centers)[0], atol=1e-7)

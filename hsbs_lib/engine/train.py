@@ -359,7 +359,28 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 
 def unwrap_to_step_module(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)      # torch.compile's wrapper
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def compile_step(step_module: nn.Module, setting: bool | str, device: torch.device, *, warn: bool = True) -> nn.Module:
+    """The training step's module (a ModelWithLoss, possibly in DDP) as ``train.compile`` asks: as it is (false),
+    compiled with torch.compile's default mode (true: the forward and every loss term in one graph, their
+    backward in another), or with ``reduce-overhead`` (CUDA graphs: each step replays the recorded kernels, with
+    no launch per operator; the training loader drops its last partial batch, so every step has one shape).
+
+    CUDA graphs need a GPU: on another device reduce-overhead says so once (``warn``) and compiles with the
+    default mode. The optimiser step is not compiled: the fused step (:func:`build_optimizer`) is one operator.
+    """
+    if not setting:
+        return step_module
+    mode = "reduce-overhead" if setting == "reduce-overhead" else None
+    if mode is not None and device.type != "cuda":
+        if warn:
+            log.warning("train.compile=reduce-overhead records CUDA graphs, which need a GPU: on %s the training step "
+                        "is compiled with the default mode", device.type)
+        mode = None
+    return torch.compile(step_module, mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -475,7 +496,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     if context.is_main:
         write_run_config(config, out, replace_other_recipe=resume is None)
         report_skipped(loaders.skipped, out)
-    step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
+    step_module = compile_step(wrap_model(ModelWithLoss(model), context, device), t.compile, device,
+                               warn=context.is_main)
     # A compiled forward returns the stage outputs as graph outputs, and their hooks see only the gradient
     # that reaches them from outside the graph (None for the baseline): no honest intensity to record.
     record_intensity = t.record_intensity and not t.compile
