@@ -380,7 +380,7 @@ def compile_step(step_module: nn.Module, setting: bool | str, device: torch.devi
             log.warning("train.compile=reduce-overhead records CUDA graphs, which need a GPU: on %s the training step "
                         "is compiled with the default mode", device.type)
         mode = None
-    return torch.compile(step_module, mode=mode)
+    return torch.compile(step_module) if mode is None else torch.compile(step_module, mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------- fit
