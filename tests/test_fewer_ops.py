@@ -165,3 +165,18 @@ def test_dsf_separation_by_pdist_equals_the_ordered_pairs_with_gradients():
     new = loss.separation()
     assert 0 < float(new.detach()) and _close(new, old, rtol=1e-5)
     assert _close(torch.autograd.grad(new, centers)[0], torch.autograd.grad(old, centers)[0], atol=1e-7)
+
+
+def test_kmeans_with_one_product_per_distance_matrix_equals_the_former_distances(monkeypatch):
+    from hsbs_lib.losses import clcl
+
+    def former_distances(points, centroids, point_norms=None):   # |x|^2 recomputed, the product scaled apart
+        cross = points @ centroids.transpose(1, 2)
+        return (points.pow(2).sum(-1, keepdim=True) - 2 * cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
+
+    points = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(0))
+    new_centroids, new_labels = clcl.kmeans(points, 7, iters=10, seed=0)
+    assert _close(clcl._squared_distances(points, new_centroids), former_distances(points, new_centroids), atol=1e-5)
+    monkeypatch.setattr(clcl, "_squared_distances", former_distances)
+    old_centroids, old_labels = clcl.kmeans(points, 7, iters=10, seed=0)
+    assert torch.equal(new_labels, old_labels) and _close(new_centroids, old_centroids, atol=1e-6)
