@@ -24,6 +24,7 @@ def _batches(steps: int = 2, batch: int = 8, size: int = 48):
 def _losses(method: str, compiled: bool | str) -> list[dict[str, float]]:
     """The epoch means of each of two one-batch epochs of a tiny recipe of ``method``."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     config = load_config(config_path(f"synthfer_{method}"), ["data.input_size=48", "model.backbone_width=8"])
     torch.manual_seed(0)
     model = build_model(config, class_names(7), load_pretrained=False)
@@ -40,6 +41,7 @@ def _losses(method: str, compiled: bool | str) -> list[dict[str, float]]:
 @pytest.mark.parametrize("method", METHODS)
 def test_a_compiled_training_step_gives_the_eager_losses(method):
     eager, compiled = _losses(method, False), _losses(method, True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1     # the step did run compiled
     for eager_step, compiled_step in zip(eager, compiled):
         assert eager_step.keys() == compiled_step.keys()
         for name, value in eager_step.items():
