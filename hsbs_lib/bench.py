@@ -32,9 +32,12 @@ from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
 from hsbs_lib.data.synthfer import render_synthfer, write_rafdb_layout
-from hsbs_lib.engine.build import build_splits, resolve_device
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.engine.build import build_model, build_splits, resolve_device
+from hsbs_lib.engine.compare import load_plan, load_plan_config
 from hsbs_lib.engine.cost import _fake_targets, _sync, count_macs, count_parameters
-from hsbs_lib.engine.train import fit
+from hsbs_lib.engine.op_count import StepOps, step_op_counts
+from hsbs_lib.engine.train import ModelWithLoss, build_optimizer, compile_step, fit, unwrap_to_step_module
 from hsbs_lib.extras import require
 from hsbs_lib.models.backbones import stage_sizes
 from hsbs_lib.models.registry import create_model, list_models, model_option_defaults
@@ -58,7 +61,7 @@ def model_cost(name: str, *, input_size: int = 64, backbone: str = "resnet18", d
 
 def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbone: str = "resnet18",
                         device: str = "cpu", batch_size: int = 32, steps: int = 8, warmup: int = 2,
-                        amp: bool = True) -> list[ModelCost]:
+                        amp: bool = True, compile: bool | str = False) -> list[ModelCost]:
     """Training and inference speed of several registered models (name -> options such as ``stem``,
     ``backbone_width`` and method switches), measured by :func:`time_interleaved`."""
     built = {}
@@ -66,17 +69,20 @@ def compare_model_costs(models: dict[str, dict], *, input_size: int = 64, backbo
         torch.manual_seed(0)
         built[name] = (create_model(name, num_classes=7, backbone=backbone, input_size=input_size, **options),
                        input_size)
-    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp)
+    return time_interleaved(built, device=device, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp,
+                            compile=compile)
 
 
 def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = "cpu", batch_size: int = 32,
-                     steps: int = 8, warmup: int = 2, amp: bool = True) -> list[ModelCost]:
+                     steps: int = 8, warmup: int = 2, amp: bool = True, compile: bool | str = False) -> list[ModelCost]:
     """Speeds of ``models`` (label -> (model, input size)), their steps interleaved, the fastest step kept.
 
     Round r times one training step (forward, every loss term, backward, SGD step) and one eval forward
     (batch ``2 * batch_size``) of every model in turn, so a machine that slows down for a while slows
     every model alike; each model's speed is its fastest step over ``steps`` rounds, the least disturbed.
     ``amp``: bf16 autocast on CUDA, as training uses by default (``train.amp``); ignored on CPU.
+    ``compile``: the training step compiled as ``train.compile`` does (true or reduce-overhead); the first three
+    rounds, which compile and record it, are then not timed.
     """
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
@@ -85,38 +91,43 @@ def time_interleaved(models: dict[str, tuple[nn.Module, int]], *, device: str = 
         model = model.to(device).to(memory_format=torch.channels_last)
         x_train = torch.randn(batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
         x_eval = torch.randn(2 * batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
-        states[label] = (model, torch.optim.SGD(model.parameters(), lr=1e-4), x_train, x_eval, size)
+        step_module = compile_step(ModelWithLoss(model), compile, device, warn=False)
+        states[label] = (step_module, torch.optim.SGD(model.parameters(), lr=1e-4), x_train, x_eval, size)
     targets = _fake_targets(batch_size, 7, device)
+    if compile:
+        warmup = max(warmup, 3)
     best = {label: [math.inf, math.inf] for label in states}
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
 
-    def train_step(model, optimizer, x_train, _):
-        model.train()
+    def train_step(step_module, optimizer, x_train, _):
+        step_module.train()
         with autocast():
-            loss = sum(model.loss(model(x_train), targets).values())
+            loss = sum(step_module(x_train, targets)[1].values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     @torch.no_grad()
-    def eval_step(model, _, __, x_eval):
+    def eval_step(step_module, _, __, x_eval):
+        model = unwrap_to_step_module(step_module).model
         model.eval()
         with autocast():
             model(x_eval)
 
     for round_index in range(warmup + steps):
-        for label, (model, optimizer, x_train, x_eval, _) in states.items():
+        for label, (step_module, optimizer, x_train, x_eval, _) in states.items():
             for slot, step in enumerate((train_step, eval_step)):
                 _sync(device)
                 start = time.perf_counter()
-                step(model, optimizer, x_train, x_eval)
+                step(step_module, optimizer, x_train, x_eval)
                 _sync(device)
                 if round_index >= warmup:
                     best[label][slot] = min(best[label][slot], time.perf_counter() - start)
-    return [ModelCost(label, count_parameters(model), count_macs(model, size), batch_size / best[label][0],
-                      2 * batch_size / best[label][1]) for label, (model, _, _, _, size) in states.items()]
+    models = {label: unwrap_to_step_module(state[0]).model for label, state in states.items()}
+    return [ModelCost(label, count_parameters(models[label]), count_macs(models[label], size), batch_size / best[label][0],
+                      2 * batch_size / best[label][1]) for label, (_, _, _, _, size) in states.items()]
 
 
 #: (label, input px, stem, width) of the candidate scales for CPU teaching runs
@@ -162,6 +173,70 @@ def method_ratio_table(costs: list[ModelCost], reference: str = "baseline") -> s
         lines.append(f"| {c.name} | {c.parameters / 1e6:.2f} | {c.macs / 1e9:.3f} | {c.train_images_per_s:.1f} | "
                      f"{base.train_images_per_s / c.train_images_per_s:.2f}x | {c.infer_images_per_s:.1f} | "
                      f"{base.infer_images_per_s / c.infer_images_per_s:.2f}x |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- operator calls
+
+#: the methods whose training step ``--sections ops`` counts, each from its demo recipe configs/synthfer_NAME.yaml
+OPS_METHODS = ("baseline", "hsbs", "clcl", "phanet", "mfer")
+
+
+def training_step_ops(config, *, batch_size: int = 16) -> StepOps:
+    """Outermost aten operator calls of one CPU training step of ``config``'s model, loss terms and optimiser
+    (:func:`hsbs_lib.engine.op_count.step_op_counts`) on a fixed random batch at the recipe's input size."""
+    torch.manual_seed(0)
+    classes = class_names(config.data.num_classes)
+    model = build_model(config, classes, load_pretrained=False)
+    model.configure_criterion(label_smoothing=config.train.label_smoothing)
+    optimizer = build_optimizer(model, config.train)
+    size = config.data.input_size
+    images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return step_op_counts(ModelWithLoss(model), optimizer, images, _fake_targets(batch_size, len(classes), "cpu"))
+
+
+def ops_table(counts: dict[str, StepOps], reference: str = "baseline") -> str:
+    """Markdown table of operator calls per phase and the total's ratio to ``reference``'s."""
+    base = counts[reference].total
+    lines = ["| model | forward and loss terms | backward | optimiser | total | vs baseline |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {label} | {ops.phase('forward')} | {ops.phase('backward')} | {ops.phase('optimizer')} | {ops.total} | "
+              f"{ops.total / base:.2f}x |" for label, ops in counts.items()]
+    return "\n".join(lines)
+
+
+def added_operators(ops: StepOps, reference: StepOps, top: int = 8) -> str:
+    """The operators a step calls more often than ``reference``'s, commonest first: "mul +34, div +29, ..."."""
+    extra = ops.operators()
+    extra.subtract(reference.operators())
+    shown_ = [f"{name.removeprefix('aten::')} {count:+d}" for name, count in extra.most_common(top) if count > 0]
+    return ", ".join(shown_) or "none"
+
+
+def benchmark_ops(methods: tuple[str, ...] = OPS_METHODS, *, batch_size: int = 16, parts: bool = True) -> str:
+    """The ``ops`` section: operator calls of one training step of every method's demo recipe, as ratios to the
+    baseline's, then (``parts``) each method's rows of configs/ablation_METHOD.yaml, so the calls every part adds
+    can be read off, and the operators each method adds to the baseline's step."""
+    counts = {name: training_step_ops(load_config(config_path(f"synthfer_{name}")), batch_size=batch_size)
+              for name in methods}
+    optimizer = build_optimizer(nn.Linear(1, 1), load_config(config_path("synthfer_baseline")).train)
+    setting = ", ".join(f"{key}={optimizer.defaults[key]}" for key in ("foreach", "fused") if key in optimizer.defaults)
+    lines = [f"one training step of configs/synthfer_METHOD.yaml at batch {batch_size}, CPU; optimiser "
+             f"{type(optimizer).__name__} ({setting}) for every method", "", ops_table(counts)]
+    if not parts:
+        return "\n".join(lines)
+    lines += ["", "Operators added to the baseline's step (calls, commonest first):", ""]
+    lines += [f"- {name}: {added_operators(ops, counts['baseline'])}" for name, ops in counts.items() if name != "baseline"]
+    for name in methods:
+        path = config_path(f"ablation_{name}")
+        if not Path(path).is_file():
+            continue
+        plan = load_plan(path)
+        rows = {"baseline": counts["baseline"]}
+        for row, overrides in plan.rows.items():
+            config = load_plan_config(plan, [*plan.overrides, *overrides])
+            if config.model.name == name:
+                rows[row] = training_step_ops(config, batch_size=batch_size)
+        lines += ["", f"{name}: the rows of {Path(path).relative_to(repo_root())}", "", ops_table(rows)]
     return "\n".join(lines)
 
 
@@ -673,7 +748,7 @@ def fuzz_table(result: FuzzResult, seed: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales" and "notebooks" run only when asked for
+BENCH_SECTIONS = ("render", "pipeline", "models")   # the default; "scales", "ops", ... run only when asked for
 
 
 #: How often each command is started by :func:`cli_startup_table` (the fastest run counts).
@@ -708,12 +783,13 @@ def cli_startup_table(repeats: int = CLI_REPEATS) -> str:
 
 
 def add_bench_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "notebooks", "plateau", "recipe",
-                                                            "fuzz", "cli"),
+    parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "ops", "notebooks", "plateau",
+                                                            "recipe", "fuzz", "cli"),
                         default=list(BENCH_SECTIONS),
                         help="what to time (default: render pipeline models; 'scales' times the candidate input "
-                             "scales of the SynthFER demo, 'notebooks' runs every notebook with SMOKE=1, 'cli' the "
-                             "start-up time of hsbs --help)")
+                             "scales of the SynthFER demo, 'ops' counts the operator calls of every method's training step "
+                             "(CPU, deterministic), 'notebooks' runs every notebook with SMOKE=1, 'cli' the start-up "
+                             "time of hsbs --help)")
     parser.add_argument("--models", nargs="+", default=None, help="registered models (default: all)")
     parser.add_argument("--config", default=None,
                         help="time the models at this recipe's input size, backbone, stem and width (default: "
@@ -726,6 +802,8 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="interleaved rounds per model (the fastest counts)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="false", choices=("false", "true", "reduce-overhead"),
+                        help="with --sections models: time the training step compiled as train.compile does")
     parser.add_argument("--options", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
                         help="an option of one timed model, e.g. mfer.depthwise=true (model.options.KEY=VALUE gives "
                              "it to every timed model that has it)")
@@ -812,15 +890,20 @@ def run_bench(args) -> int:
         options = bench_model_options(args, names)
         scale = _model_scale(args)
         models = {name: {**scale["model"], **options.get(name, {})} for name in names}
+        compiled = {"false": False, "true": True}.get(args.compile, args.compile)
         costs = compare_model_costs(models, input_size=scale["input_size"], backbone=scale["backbone"], device=device,
-                                    batch_size=args.batch_size, steps=args.steps)
+                                    batch_size=args.batch_size, steps=args.steps, compile=compiled)
         described = ", ".join(f"{key} {value}" for key, value in scale["model"].items())
-        print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}), batch {args.batch_size}, "
+        how = f", train.compile={args.compile}" if compiled else ""
+        print(f"\n## Models at {scale['input_size']} px, {scale['backbone']} ({described}){how}, batch {args.batch_size}, "
               f"{args.steps} interleaved rounds (cost = baseline images/s / model images/s, fastest step of each)")
         print(method_ratio_table(costs))
     if "scales" in args.sections:
         print(f"\n## Candidate scales for CPU runs: the baseline's training step, batch {args.batch_size}")
         print(scale_table(device=device, batch_size=args.batch_size, steps=max(2, args.steps // 2)))
+    if "ops" in args.sections:
+        print("\n## Operator calls per training step (outermost aten operators, torch.profiler)")
+        print(benchmark_ops(batch_size=args.batch_size), flush=True)
     if "plateau" in args.sections:
         print(f"\n## Leaving the majority-class plateau: {args.plateau_recipe}, {args.plateau_epochs} epochs, "
               f"seeds {' '.join(map(str, args.seeds))}{', ' + ' '.join(args.overrides) if args.overrides else ''}")

@@ -124,7 +124,7 @@ class TrainConfig:
     amp: bool = True                  # with precision=auto: bf16 autocast on CUDA, fp32 on CPU; false: fp32
     accumulate: int = 1               # micro-batches per optimiser step (gradient accumulation)
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | str = False       # true: torch.compile of the step (model and loss terms) | reduce-overhead: CUDA graphs
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: int | None = None
@@ -475,6 +475,7 @@ VALUE_RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.cutmix", _not_negative, "a Beta distribution's alpha > 0, or 0 (off)"),
     ("train.ema", lambda v: 0 <= v < 1, "a decay from 0 (off) up to (not including) 1, e.g. 0.999"),
     ("train.tta", lambda v: v in ("none", "flip", "tencrop"), "none, flip or tencrop"),
+    ("train.compile", lambda v: v in (True, False, "reduce-overhead"), "true, false or reduce-overhead"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
     ("train.grad_clip", _positive, "a positive number, or null"),
     ("train.precision", lambda v: v in PRECISIONS, "auto, fp32, bf16 or fp16"),

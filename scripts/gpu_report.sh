@@ -4,6 +4,8 @@
 #   scripts/gpu_report.sh OUT [FER2013_ROOT]           both parts (more than the 9 minutes one H200 gave it)
 #   PART=bench scripts/gpu_report.sh OUT               speed only: hsbs bench, the demo's two runs, torch.compile
 #   PART=runs  scripts/gpu_report.sh OUT FER2013_ROOT  the training runs, several at a time on the one GPU
+#   PART=compile scripts/gpu_report.sh OUT             operator calls per step, and every method's step eager,
+#                                                      compiled and as CUDA graphs (COMPILE_SIZES x COMPILE_BATCHES)
 #
 # Everything is written under OUT (logs/, runs/, *.md); nothing goes into the repository. FER2013_ROOT is a
 # folder with fer2013.csv (docs/DATASETS.md); without it the FER2013 runs are skipped. The runs part stops
@@ -23,9 +25,13 @@ BENCH_STEPS=${BENCH_STEPS:-12}
 MAX_LANES=${MAX_LANES:-6}          # trainings at once in the runs part
 LANE_THREADS=${LANE_THREADS:-2}    # CPU threads of each
 METHODS=${METHODS-baseline hsbs clcl phanet mfer}   # the compiled 224 px epochs (empty: none)
+COMPILE_SIZES=${COMPILE_SIZES:-48 65 224}                    # input sizes of the compile part
+COMPILE_BATCHES=${COMPILE_BATCHES:-64 256}                    # batch sizes of the compile part
+COMPILE_MODES=${COMPILE_MODES:-false true reduce-overhead}    # train.compile settings timed
+COMPILE_METHODS=${COMPILE_METHODS:-baseline hsbs clcl phanet mfer}   # the methods timed in the compile part
 HST_SEEDS=${HST_SEEDS:-0 1 2 3 4}
 FER_SEEDS=${FER_SEEDS:-0 1 2}
-case "$PART" in bench|runs|all) ;; *) echo "gpu_report.sh: PART must be bench, runs or all, not '$PART'" >&2; exit 2 ;; esac
+case "$PART" in bench|runs|compile|all) ;; *) echo "gpu_report.sh: PART must be bench, runs, compile or all, not '$PART'" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 if [ -z "${HSBS:-}" ]; then
     if command -v hsbs >/dev/null; then HSBS=hsbs; else HSBS="python3 -m hsbs_lib.cli"; export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; fi
@@ -71,6 +77,25 @@ bench_part() {
     step compile_smoke $HSBS train --config configs/synthfer_baseline.yaml --device $DEVICE --out "$OUT/runs/compile_smoke" \
         train.compile=true train.epochs=1 data.n_train=1024 data.n_val=128 data.n_test=128 $EXTRA
     for f in "$OUT"/logs/bench_*.log; do cat "$f"; echo; done >"$OUT/bench.md"
+}
+
+# Operator calls per training step (counted on the CPU, deterministic), then every method's training step
+# eager, compiled and as CUDA graphs at each size and batch: the ratios to the baseline once launches are gone.
+# 48 and 224 px at the paper scale (standard stem, full width), 65 px at the demo's (configs/synthfer_baseline.yaml).
+compile_part() {
+    step bench_ops $HSBS bench --device cpu --sections ops
+    local size batch mode scale
+    for size in $COMPILE_SIZES; do
+        if [ "$size" = 65 ]; then scale=""; else scale="--config configs/papers/baseline_rafdb.yaml"; fi
+        for batch in $COMPILE_BATCHES; do
+            for mode in $COMPILE_MODES; do
+                step "compile_${size}px_b${batch}_$mode" $HSBS bench --device $DEVICE --sections models \
+                    --models $COMPILE_METHODS --compile $mode $scale --input-size $size --batch-size $batch --steps $BENCH_STEPS
+            done
+        done
+    done
+    for f in "$OUT"/logs/bench_ops.log "$OUT"/logs/compile_*.log; do [ -f "$f" ] && { cat "$f"; echo; }; done \
+        >"$OUT/compile.md"
 }
 
 # A step in the background, stopped at the deadline.
@@ -141,6 +166,7 @@ echo "| step | exit | seconds |" >"$OUT/steps.md"; echo "|---|---:|---:|" >>"$OU
 case "$PART" in
     bench) bench_part ;;
     runs) runs_part ;;
-    all) bench_part; runs_part ;;
+    compile) compile_part ;;
+    all) bench_part; compile_part; runs_part ;;
 esac
 say "done"

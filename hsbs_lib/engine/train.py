@@ -158,17 +158,29 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def fused_where_supported(parameters: list[Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a float tensor on a CPU or CUDA device, else ``{}``.
+
+    torch's default steps each parameter with several operators on a CPU (about ten per tensor for AdamW);
+    the fused kernel steps them all in one operator, with the same values (tests/test_compile.py).
+    """
+    devices = {parameter.device.type for parameter in parameters}
+    supported = devices and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in parameters)
+    return {"fused": True} if supported else {}
+
+
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
+    fused = fused_where_supported(parameters)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, **fused)
     if train.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay, **fused)
     if train.optimizer == "sgd":
         if train.nesterov and train.momentum <= 0:
             raise ValueError("train.nesterov=true needs train.momentum > 0")
         return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
-                               nesterov=train.nesterov)
+                               nesterov=train.nesterov, **fused)
     raise ValueError(f"train.optimizer must be adamw, adam or sgd, got '{train.optimizer}'")
 
 
@@ -411,7 +423,28 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 
 def unwrap_to_step_module(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)      # torch.compile's wrapper
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def compile_step(step_module: nn.Module, setting: bool | str, device: torch.device, *, warn: bool = True) -> nn.Module:
+    """The training step's module (a ModelWithLoss, possibly in DDP) as ``train.compile`` asks: as it is (false),
+    compiled with torch.compile's default mode (true: the forward and every loss term in one graph, their
+    backward in another), or with ``reduce-overhead`` (CUDA graphs: each step replays the recorded kernels, with
+    no launch per operator; the training loader drops its last partial batch, so every step has one shape).
+
+    CUDA graphs need a GPU: on another device reduce-overhead says so once (``warn``) and compiles with the
+    default mode. The optimiser step is not compiled: the fused step (:func:`build_optimizer`) is one operator.
+    """
+    if not setting:
+        return step_module
+    mode = "reduce-overhead" if setting == "reduce-overhead" else None
+    if mode is not None and device.type != "cuda":
+        if warn:
+            log.warning("train.compile=reduce-overhead records CUDA graphs, which need a GPU: on %s the training step "
+                        "is compiled with the default mode", device.type)
+        mode = None
+    return torch.compile(step_module) if mode is None else torch.compile(step_module, mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -533,7 +566,8 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
     if context.is_main:
         write_run_config(config, out, replace_other_recipe=resume is None)
         report_skipped(loaders.skipped, out)
-    step_module = wrap_model(ModelWithLoss(torch.compile(model) if t.compile else model), context, device)
+    step_module = compile_step(wrap_model(ModelWithLoss(model), context, device), t.compile, device,
+                               warn=context.is_main)
     # A compiled forward returns the stage outputs as graph outputs, and their hooks see only the gradient
     # that reaches them from outside the graph (None for the baseline): no honest intensity to record.
     record_intensity = t.record_intensity and not t.compile

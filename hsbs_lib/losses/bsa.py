@@ -63,27 +63,68 @@ class BatchSimilarityAttention(nn.Module):
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
-    def similarity(self, z: Tensor) -> Tensor:
-        """Row-stochastic batch similarity S: (B, C) -> (B, B)."""
-        queries, keys = self.query(z), self.key(z)
+    def scores(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C) -> (the similarity's logits (B, B), float32, values W_v z (B, d)): S = softmax of the logits.
+
+        The three projections are applied as one product with their weights side by side, and the queries and
+        keys are normalised together (cosine): one operator each where three and two would do the same sum.
+        """
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        projected = F.linear(z, weight, bias)                                   # (B, 3d): q | k | v
+        values = projected[:, 2 * self.attn_dim:]
         if self.kind == "cosine":
-            scores = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
+            pair = F.normalize(_as_float(projected[:, :2 * self.attn_dim]).unflatten(1, (2, self.attn_dim)), dim=-1)
+            logits = pair[:, 0] @ pair[:, 1].T / self.temperature
         else:
-            scores = queries @ keys.transpose(0, 1) / math.sqrt(self.attn_dim)
+            queries, keys = projected[:, :self.attn_dim], projected[:, self.attn_dim:2 * self.attn_dim]
+            logits = _as_float(queries @ keys.T / math.sqrt(self.attn_dim))
         # A batch of one has nobody else to attend to; masking its only entry would give NaN.
         if self.mask_diagonal and z.shape[0] > 1:
             eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-            scores = scores.masked_fill(eye, float("-inf"))
-        return scores.float().softmax(dim=1).to(z.dtype)
+            logits = logits.masked_fill(eye, float("-inf"))
+        return logits, values
+
+    def similarity(self, z: Tensor) -> Tensor:
+        """Row-stochastic batch similarity S: (B, C) -> (B, B)."""
+        return _cast(self.scores(z)[0].softmax(dim=1), z.dtype)
 
     def extra_repr(self) -> str:
         temperature = f", temperature={self.temperature}" if self.kind == "cosine" else ""
         return f"similarity={self.kind}{temperature}, mask_diagonal={self.mask_diagonal}"
 
+    def attend(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C) -> (z~ (B, C), S (B, B), the logits of S (B, B), float32, for :func:`supervision_from_logits`)."""
+        logits, values = self.scores(z)
+        similarity = _cast(logits.softmax(dim=1), z.dtype)
+        # z + gamma * W_o (S v) as one operator (addcmul), not a product and a sum
+        return self.norm(torch.addcmul(z, self.gamma, self.out(similarity @ values))), similarity, logits
+
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        similarity = self.similarity(z)
-        mixed = self.out(similarity @ self.value(z))
-        return self.norm(z + self.gamma * mixed), similarity
+        mixed, similarity, _ = self.attend(z)
+        return mixed, similarity
+
+
+def _as_float(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32; a float32 tensor as it is (``.float()`` would still cost an operator call)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def supervision_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """:func:`similarity_supervision_loss` of S = softmax(logits) without a masked diagonal, in a few operators.
+
+    Every row has a partner (itself), and P_i is uniform over the n_i samples sharing y_i, so
+    KL(P_i || S_i) = -log n_i + CE(logits_i, P_i): one cross-entropy with probability targets, its
+    log-softmax exact where the general form clamps S at 1e-12 (the two agree wherever S >= 1e-12).
+    logits (B, B), labels (B,) -> scalar.
+    """
+    same = labels[:, None] == labels[None, :]
+    counts = same.sum(dim=1, keepdim=True)                                      # (B, 1): n_i
+    return F.cross_entropy(_as_float(logits), same / counts) - counts.float().log().mean()
 
 
 def same_label_targets(labels: Tensor, *, mask_diagonal: bool = False) -> Tensor:

@@ -29,10 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _squared_distances(points: Tensor, centroids: Tensor) -> Tensor:
-    """Squared Euclidean distances: (G, N, D), (G, K, D) -> (G, N, K)."""
-    cross = points @ centroids.transpose(1, 2)
-    return (points.pow(2).sum(-1, keepdim=True) - 2 * cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
+def _squared_distances(points: Tensor, centroids: Tensor, point_norms: Tensor | None = None) -> Tensor:
+    """Squared Euclidean distances: (G, N, D), (G, K, D) -> (G, N, K).
+
+    ``point_norms`` (G, N, 1): |x|^2 when the caller has it (k-means reuses it in every iteration).
+    |x|^2 - 2 x.c is one batched product (the factor -2 scales exactly), then + |c|^2.
+    """
+    if point_norms is None:
+        point_norms = points.pow(2).sum(-1, keepdim=True)
+    cross = torch.baddbmm(point_norms, points, centroids.transpose(1, 2), alpha=-2)
+    return (cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
 
 @torch.no_grad()
@@ -74,15 +80,15 @@ def kmeans(points: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0)
         centroids.append(centre)
         nearest = torch.minimum(nearest, (points - centre.unsqueeze(1)).pow(2).sum(-1))
     centroids = torch.stack(centroids, dim=1)                                    # (G, K', D)
-
+    point_norms = points.pow(2).sum(-1, keepdim=True)                            # (G, N, 1), for every iteration
     for _ in range(iters):
-        labels = _squared_distances(points, centroids).argmin(dim=-1)            # (G, N)
+        labels = _squared_distances(points, centroids, point_norms).argmin(dim=-1)   # (G, N)
         one_hot = F.one_hot(labels, k).float()                                   # (G, N, K')
         counts = one_hot.sum(dim=1).unsqueeze(-1)                                # (G, K', 1)
         sums = one_hot.transpose(1, 2) @ points                                  # (G, K', D)
         # An emptied cluster keeps its previous centre instead of collapsing to the origin.
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    labels = _squared_distances(points, centroids).argmin(dim=-1)
+    labels = _squared_distances(points, centroids, point_norms).argmin(dim=-1)
     if squeeze:
         return centroids[0], labels[0]
     return centroids, labels

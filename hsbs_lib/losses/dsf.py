@@ -66,12 +66,10 @@ class DeepSmoothFeatureLoss(nn.Module):
 
     def separation(self) -> Tensor:
         """mean over the K(K-1) ordered pairs k != k' of max(0, m - ||c_k - c_k'||)^2."""
-        centers = self.centers.float()
-        off_diagonal = ~torch.eye(self.num_classes, dtype=torch.bool, device=centers.device)
-        # The diagonal (distance 0) would add a constant m^2 per class and a zero-norm gradient; drop it.
-        differences = (centers[:, None, :] - centers[None, :, :])[off_diagonal]
-        distances = differences.norm(dim=1)
-        return F.relu(self.margin - distances).pow(2).mean()
+        centers = self.centers if self.centers.dtype == torch.float32 else self.centers.float()
+        # pdist: the K(K-1)/2 distances k < k', each once (the ordered pairs count each twice, which leaves the
+        # mean as it is); the diagonal (distance 0) would add a constant m^2 per class and a zero-norm gradient.
+        return F.relu(self.margin - F.pdist(centers)).pow(2).mean()
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """features (B, D), labels (B,) or (B, K) -> scalar."""

@@ -22,14 +22,21 @@ HST_TEACHERS = ("activation", "cam")
 HST_POOLINGS = ("registered", "adaptive")
 
 
+def _as_float(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32; a float32 tensor as it is (``.float()`` would still cost an operator call)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
     """Activation attention A = mean_c |F_c|^p: (B, C, H, W) -> (B, H, W), computed in float32."""
-    return feature.float().abs().pow(p).mean(dim=1)
+    feature = _as_float(feature)
+    # p = 2 (the default): F^2 is |F|^2, one operator instead of two
+    return (feature.square() if p == 2 else feature.abs().pow(p)).mean(dim=1)
 
 
 def quantile_mask(attention: Tensor, quantile: float) -> Tensor:
-    """1 where a map is at or above its own per-sample ``quantile``, else 0: (B, N) -> (B, N) float."""
-    threshold = torch.quantile(attention, quantile, dim=1, keepdim=True)
+    """1 where a map is at or above its own per-sample ``quantile``, else 0: (..., N) -> (..., N) float."""
+    threshold = torch.quantile(attention, quantile, dim=-1, keepdim=True)
     return (attention >= threshold).to(attention.dtype)
 
 
@@ -70,6 +77,19 @@ def pool_to_teacher_grid(attention: Tensor, size: tuple[int, int]) -> Tensor:
     return rows @ attention.float() @ columns.T
 
 
+@functools.lru_cache(maxsize=64)
+def _pooling_matrix(rows: int, columns: int, height: int, width: int, device: torch.device) -> Tensor:
+    """(rows * columns, height * width): :func:`pool_to_teacher_grid` as one matrix on flattened maps.
+
+    Entry ((i, j), (k, l)) = R[k, i] * C[l, j] for the row and column window weights R, C, so a flattened map
+    times this matrix is the pooled map flattened: one product instead of two. Cached; callers must not modify it.
+    """
+    ratio = 2 ** max(0, round(math.log2(rows / height)))
+    weights = torch.kron(_window_weights(rows, height, ratio, torch.device("cpu")),
+                         _window_weights(columns, width, ratio, torch.device("cpu")))
+    return weights.T.contiguous().to(device)
+
+
 def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling: str = "registered") -> Tensor:
     """Attention pooled to the teacher grid and flattened: (B, C, H, W) -> (B, h*w)."""
     # Average pooling to the coarse layer4 grid suppresses the high-frequency background responses
@@ -77,7 +97,15 @@ def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling:
     attention = activation_attention(feature, p)
     if pooling == "adaptive":   # cells as blocks: kept as an ablation, it misplaces every student cell
         return F.adaptive_avg_pool2d(attention.unsqueeze(1), size).flatten(1)
-    return pool_to_teacher_grid(attention, size).flatten(1)
+    if tuple(attention.shape[-2:]) == tuple(size):   # the teacher's own grid: pooling is the identity
+        return attention.flatten(1)
+    return attention.flatten(1) @ _pooling_matrix(*attention.shape[-2:], *size, attention.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_weights(weights: tuple[float, ...], device: torch.device) -> Tensor:
+    """(n,) float32 weights, cached per value and device: one host-to-device copy per run, not per step."""
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Tensor) -> Tensor:
@@ -123,24 +151,31 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
             raise ValueError("an explicit HST teacher map teaches every student: use mode 'deep_to_all'")
         if tuple(teacher.shape[-2:]) != grid:
             raise ValueError(f"teacher map {tuple(teacher.shape)} is not on the layer4 grid {grid}")
-        maps = [_pooled_attention(feature, grid, p, pooling) for feature in features[:-1]] + [teacher.float().flatten(1)]
+    # Every student and its teacher in one stack (n, B, h*w), so the masks, the normalisation and the
+    # distance are one operator each for all layers, not one per layer (a step on a GPU pays per launch).
+    students = [index for index, weight in enumerate(weights) if weight != 0]
+    if not students:
+        return features[0].new_zeros((), dtype=torch.float32)
+    teachers = [3 if mode == "deep_to_all" else index + 1 for index in students]
+    pooled = {index: _pooled_attention(features[index], grid, p, pooling) for index in sorted({*students, *teachers})
+              if index < 3 or (teacher is None and index == 3)}
+    if teacher is not None:
+        pooled[3] = _as_float(teacher).flatten(1)
+    student_maps = torch.stack([pooled[index] for index in students])                     # (n, B, h*w)
+    if mode == "deep_to_all":   # one teacher for every student: broadcast, not copied
+        teacher_maps = pooled[3].detach().unsqueeze(0)                                    # (1, B, h*w)
     else:
-        maps = [_pooled_attention(feature, grid, p, pooling) for feature in features]
-    teacher_of = {0: 3, 1: 3, 2: 3} if mode == "deep_to_all" else {0: 1, 1: 2, 2: 3}
-    total = maps[0].new_zeros(())
-    for student, weight in enumerate(weights):
-        if weight == 0:
-            continue
-        teacher_map = maps[teacher_of[student]].detach()
-        student_map = maps[student]
-        if teacher_quantile is not None:
-            teacher_map = teacher_map * quantile_mask(teacher_map, teacher_quantile)
-        if mask_quantile is not None:
-            mask = quantile_mask(teacher_map, mask_quantile)
-            teacher_map, student_map = teacher_map * mask, student_map * mask
-        distance = (F.normalize(student_map, dim=1) - F.normalize(teacher_map, dim=1)).pow(2).mean()
-        total = total + weight * distance
-    return total
+        teacher_maps = torch.stack([pooled[index] for index in teachers]).detach()        # (n, B, h*w)
+    if teacher_quantile is not None:
+        teacher_maps = teacher_maps * quantile_mask(teacher_maps, teacher_quantile)
+    if mask_quantile is not None:
+        mask = quantile_mask(teacher_maps, mask_quantile)
+        teacher_maps, student_maps = teacher_maps * mask, student_maps * mask
+    distance = (F.normalize(student_maps, dim=-1) - F.normalize(teacher_maps, dim=-1)).square()
+    # sum_l w_l * mean_{b, n} d_l as one weighted sum over the stack (w_l / (B h w) in one cached tensor)
+    cells = distance[0].numel()
+    return distance.sum(dim=(1, 2)) @ _layer_weights(tuple(weights[index] / cells for index in students),
+                                                      distance.device)
 
 
 #: lambda_hst per cell of the teacher grid when lambda_hst is None (see :class:`HSTLoss`): 20 on the

@@ -49,16 +49,29 @@ class UncertaintyWeighting(nn.Module):
         self._index = {name: i for i, name in enumerate(self.names)}
         # s_i = log sigma_i^2, shape (n_terms,)
         self.log_variance = nn.Parameter(torch.full((len(self.names),), float(init_log_variance)))
+        self._position_cache: dict[tuple, Tensor] = {}
 
     def forward(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         unknown = [name for name in losses if name not in self._index]
         if unknown:
             raise KeyError(f"no learned weight for loss term(s) {unknown}; known terms: {list(self.names)}")
-        weighted = {}
-        for name, loss in losses.items():
-            log_variance = self.log_variance[self._index[name]]
-            weighted[name] = 0.5 * torch.exp(-log_variance) * loss.float() + F.softplus(log_variance)
-        return weighted
+        if not losses:
+            return {}
+        # All terms at once: the weighting is elementwise, so one stack and a few vector operators give every
+        # term, where a loop spent seven operators (and their backward) per term.
+        log_variance = self.log_variance
+        if tuple(losses) != self.names:   # a subset (no pose labels in this batch): their s_i, in their order
+            log_variance = log_variance[self._positions(tuple(losses), log_variance.device)]
+        stacked = torch.stack([loss if loss.dtype == torch.float32 else loss.float() for loss in losses.values()])
+        weighted = 0.5 * torch.exp(-log_variance) * stacked + F.softplus(log_variance)
+        return dict(zip(losses, weighted.unbind()))
+
+    def _positions(self, names: tuple[str, ...], device: torch.device) -> Tensor:
+        """The (n,) indices of ``names`` in :attr:`names`, cached per subset and device."""
+        key = (names, str(device))
+        if key not in self._position_cache:
+            self._position_cache[key] = torch.tensor([self._index[name] for name in names], device=device)
+        return self._position_cache[key]
 
     def sigmas(self) -> dict[str, float]:
         """The current sigma_i = exp(s_i / 2) per term, as plain floats for logging."""

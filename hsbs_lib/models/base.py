@@ -87,7 +87,9 @@ class FERModel(nn.Module):
             log_probs = F.log_softmax(logits.float(), dim=1)
             per_sample = -(soft.float() * log_probs * (weight if weight is not None else 1.0)).sum(dim=1)
             return per_sample.mean()
-        return F.cross_entropy(logits.float(), targets["label"], weight=weight, label_smoothing=smoothing)
+        # float32 logits as they are: .float() would still be an operator call in every step
+        logits = logits if logits.dtype == torch.float32 else logits.float()
+        return F.cross_entropy(logits, targets["label"], weight=weight, label_smoothing=smoothing)
 
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms; the base model has only the classification term."""

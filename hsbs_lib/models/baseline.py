@@ -25,6 +25,7 @@ class Baseline(FERModel):
     def forward(self, x: Tensor) -> ModelOutput:
         stages = self.backbone(x)
         features = self.pool(stages[-1]).flatten(1)
-        logits = self.classifier(self.dropout(features))
+        # Dropout at p = 0 is the identity; skipping it saves an operator call.
+        logits = self.classifier(self.dropout(features) if self.dropout.p > 0 else features)
         maps = {f"features/{name}": stage for name, stage in zip(self.feature_layers, stages)}
         return ModelOutput(logits=logits, features=features, maps=maps)

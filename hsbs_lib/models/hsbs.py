@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss
+from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss, supervision_from_logits
 from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, class_activation_map
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
@@ -83,7 +83,7 @@ class HSBS(FERModel):
         # With bsa_norm the mixed feature is LayerNorm(z + gamma S v), and the plain path goes through the
         # same LayerNorm, so the shared classifier never serves two feature scales at once.
         z_plain = self.bsa.norm(z) if self.bsa is not None else z
-        logits = self.classifier(self.dropout(z_plain))
+        logits = self.classifier(self._dropout(z_plain))
         # Like the baseline, only the raw stage outputs: figures compute activation attention from them
         # (hsbs_lib.viz.attention.attention_maps), so neither training nor inference pays for maps.
         maps: dict[str, Tensor] = {f"features/{name}": stage for name, stage in zip(self.feature_layers, stages)}
@@ -91,14 +91,19 @@ class HSBS(FERModel):
 
         mix_logits = self.training or self.bsa_at_eval
         if self.bsa is not None and (mix_logits or with_similarity):
-            z_mixed, similarity = self.bsa(z)
+            z_mixed, similarity, similarity_logits = self.bsa.attend(z)
             maps["bsa_similarity"] = similarity
             if self.training:
-                extras["logits_bsa"] = self.classifier(self.dropout(z_mixed))
+                extras["logits_bsa"] = self.classifier(self._dropout(z_mixed))
                 extras["similarity"] = similarity
+                extras["similarity_logits"] = similarity_logits
             elif self.bsa_at_eval:
                 logits = self.classifier(z_mixed)
         return ModelOutput(logits=logits, features=z, maps=maps, extras=extras)
+
+    def _dropout(self, z: Tensor) -> Tensor:
+        # Dropout at p = 0 is the identity; skipping it saves an operator call per use.
+        return self.dropout(z) if self.dropout.p > 0 else z
 
     def similarity(self, x: Tensor) -> Tensor:
         """BSA similarity (B, B) of a batch of images, in any mode, without touching the logits path."""
@@ -122,8 +127,11 @@ class HSBS(FERModel):
             labels = targets.get("label")
             if labels is None:
                 labels = targets["soft_label"].argmax(dim=1)
-            terms["bsa_sim"] = self.bsa_supervision * similarity_supervision_loss(
-                output.extras["similarity"], labels, mask_diagonal=self.bsa.mask_diagonal)
+            if self.bsa.mask_diagonal or "similarity_logits" not in output.extras:
+                kl = similarity_supervision_loss(output.extras["similarity"], labels, mask_diagonal=self.bsa.mask_diagonal)
+            else:   # the same KL from the logits in fewer operators
+                kl = supervision_from_logits(output.extras["similarity_logits"], labels)
+            terms["bsa_sim"] = self.bsa_supervision * kl
         return terms
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
