@@ -213,7 +213,7 @@ def test_gpu_report_refuses_an_unknown_part_and_writes_nothing(tmp_path):
     out = tmp_path / "report"
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_report.sh"), str(out)],
                             env={**os.environ, "PART": "speed"}, capture_output=True, text=True)
-    assert result.returncode == 2 and "PART must be bench, runs or all, not 'speed'" in result.stderr
+    assert result.returncode == 2 and "PART must be bench, runs, compile or all, not 'speed'" in result.stderr
     assert not out.exists()
 
 

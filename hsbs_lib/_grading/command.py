@@ -3,6 +3,7 @@ nbformat and nbclient) only when the command runs, so the base install still lis
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 
@@ -23,20 +24,22 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
 def run_grade(args: argparse.Namespace) -> int:
     nbformat = require("nbformat", "hsbs grade (reading and executing notebooks)")
     require("nbclient", "hsbs grade (reading and executing notebooks)")
-    from hsbs_lib._grading.grade import _csv_text, grade_notebook
+    # Loaded by name, as the hsbs command loads each subcommand's module: importing it at the top would make
+    # the base install (without the lab extra) fail to list this command.
+    grader = importlib.import_module("hsbs_lib._grading.grade")
     if args.smoke:
         os.environ["SMOKE"] = "1"
     outputs = OutputFolder(args.out, "grade", force=args.force, reads=args.notebooks)
     rows = []
     for path in args.notebooks:
-        graded, executed = grade_notebook(path, timeout=args.timeout, exercises_only=args.exercises_only)
+        graded, executed = grader.grade_notebook(path, timeout=args.timeout, exercises_only=args.exercises_only)
         rows += graded
         if executed is not None:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{graded[0]['student']}__{graded[0]['notebook']}.ipynb")
             outputs.write_text(f"executed/{name}", nbformat.writes(executed))
         total = sum(row["points"] for row in graded)
         print(f"{graded[0]['student']:<24} {graded[0]['notebook']:<36} {total}/{sum(r['max_points'] for r in graded)}")
-    outputs.write_text("scores.csv", _csv_text(rows))
+    outputs.write_text("scores.csv", grader.csv_text(rows))
     outputs.write_json("scores.json", rows)
     print(f"scores: {outputs.folder / 'scores.csv'}")
     return 0

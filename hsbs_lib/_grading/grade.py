@@ -182,7 +182,7 @@ def grade_notebook(path: str | os.PathLike, *, timeout: int = 600, exercises_onl
     return [{"student": student, **row} for row in rows], runnable
 
 
-def _csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
