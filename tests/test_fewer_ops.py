@@ -180,3 +180,33 @@ def test_kmeans_with_one_product_per_distance_matrix_equals_the_former_distances
     monkeypatch.setattr(clcl, "_squared_distances", former_distances)
     old_centroids, old_labels = clcl.kmeans(points, 7, iters=10, seed=0)
     assert torch.equal(new_labels, old_labels) and _close(new_centroids, old_centroids, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked,per_student_teacher", [(False, False), (True, False), (False, True)])
+def test_the_closed_form_hst_gradient_passes_a_gradient_check_in_double(masked, per_student_teacher):
+    from hsbs_lib.losses.hst import _AttentionTransfer, _pooling_matrix
+
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, c, s, s, generator=generator, dtype=torch.float64, requires_grad=True)
+                for c, s in ((3, 9), (4, 5), (5, 3))]
+    pools = [_pooling_matrix(9, 9, 3, 3, torch.device("cpu")).double(),
+             _pooling_matrix(5, 5, 3, 3, torch.device("cpu")).double(), None]   # the last on the teacher's grid
+    teacher = torch.rand((3, 2, 9) if per_student_teacher else (2, 9), generator=generator, dtype=torch.float64)
+    mask = (teacher > 0.3).double() if masked else None
+    weights = torch.tensor([0.5, 1.0, 0.25], dtype=torch.float64)
+    backward_weights = (4 * weights / torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64)).view(-1, 1, 1)
+    transposes = [None if pool is None else pool.T.contiguous() for pool in pools]
+
+    def loss(*inputs):
+        return _AttentionTransfer.apply(weights, backward_weights, teacher * mask if masked else teacher, mask,
+                                        *pools, *transposes, *inputs)
+
+    assert torch.autograd.gradcheck(loss, tuple(features))
+
+
+def test_the_default_hst_loss_is_one_autograd_node_over_the_stage_outputs():
+    stages = _stages()
+    loss = hst_loss(stages)
+    assert type(loss.grad_fn).__name__ == "_AttentionTransferBackward"
+    # the layer4 teacher is a stop-gradient target: the loss does not reach it
+    assert torch.autograd.grad(loss, stages[3], allow_unused=True)[0] is None
