@@ -167,19 +167,57 @@ def test_dsf_separation_by_pdist_equals_the_ordered_pairs_with_gradients():
     assert _close(torch.autograd.grad(new, centers)[0], torch.autograd.grad(old, centers)[0], atol=1e-7)
 
 
-def test_kmeans_with_one_product_per_distance_matrix_equals_the_former_distances(monkeypatch):
-    from hsbs_lib.losses import clcl
+@torch.no_grad()
+def reference_kmeans(points, num_clusters, *, iters=10, seed=0):
+    """k-means as it was written before: centres (G, K, D), 18 calls per Lloyd iteration, labels at the end."""
+    squeeze = points.dim() == 2
+    if squeeze:
+        points = points.unsqueeze(0)
+    points = points.detach().float()
+    groups, count, _ = points.shape
+    k = min(num_clusters, count)
+    uniforms = torch.rand(groups, k, generator=torch.Generator().manual_seed(int(seed)))
+    rows = torch.arange(groups)
+    first = (uniforms[:, 0] * count).long().clamp_max(count - 1)
+    centroids = [points[rows, first]]
+    nearest = (points - centroids[0].unsqueeze(1)).pow(2).sum(-1)
+    for index in range(1, k):
+        cumulative = nearest.double().cumsum(dim=1)
+        target = uniforms[:, index:index + 1].double() * cumulative[:, -1:]
+        chosen = torch.searchsorted(cumulative.contiguous(), target.contiguous(), right=True).clamp_max(count - 1)
+        centre = points[rows, chosen.squeeze(1)]
+        centroids.append(centre)
+        nearest = torch.minimum(nearest, (points - centre.unsqueeze(1)).pow(2).sum(-1))
+    centroids = torch.stack(centroids, dim=1)
 
-    def former_distances(points, centroids, point_norms=None):   # |x|^2 recomputed, the product scaled apart
+    def distances(centroids):
         cross = points @ centroids.transpose(1, 2)
         return (points.pow(2).sum(-1, keepdim=True) - 2 * cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
-    points = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(0))
-    new_centroids, new_labels = clcl.kmeans(points, 7, iters=10, seed=0)
-    assert _close(clcl._squared_distances(points, new_centroids), former_distances(points, new_centroids), atol=1e-5)
-    monkeypatch.setattr(clcl, "_squared_distances", former_distances)
-    old_centroids, old_labels = clcl.kmeans(points, 7, iters=10, seed=0)
-    assert torch.equal(new_labels, old_labels) and _close(new_centroids, old_centroids, atol=1e-6)
+    for _ in range(iters):
+        one_hot = F.one_hot(distances(centroids).argmin(dim=-1), k).float()
+        counts = one_hot.sum(dim=1).unsqueeze(-1)
+        sums = one_hot.transpose(1, 2) @ points
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    labels = distances(centroids).argmin(dim=-1)
+    return (centroids[0], labels[0]) if squeeze else (centroids, labels)
+
+
+@pytest.mark.parametrize("shape,clusters,seed", [((40, 24), 7, 0), ((3, 40, 24), 7, 1), ((5, 30, 4), 4, 2),
+                                                  ((2, 6, 3), 9, 3), ((1, 8, 1), 6, 1)])
+def test_kmeans_in_fewer_calls_gives_the_former_assignments_and_centres(shape, clusters, seed):
+    from hsbs_lib.losses.clcl import kmeans
+
+    points = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    if shape[-1] == 1:   # repeated points: some of the starting centres are left without a point
+        points = points.round()
+        start, labels = kmeans(points, clusters, iters=0, seed=seed)
+        assert (F.one_hot(labels, start.shape[1]).sum(dim=1) == 0).any()
+    new_centroids, new_labels = kmeans(points, clusters, iters=10, seed=seed)
+    old_centroids, old_labels = reference_kmeans(points, clusters, iters=10, seed=seed)
+    assert torch.equal(new_labels, old_labels)
+    assert new_centroids.shape == old_centroids.shape and _close(new_centroids, old_centroids, atol=1e-6)
+    assert _close(kmeans(points, clusters, iters=10, seed=seed, with_labels=False), new_centroids, atol=0)
 
 
 @pytest.mark.parametrize("masked,per_student_teacher", [(False, False), (True, False), (False, True)])
