@@ -248,3 +248,16 @@ def test_the_default_hst_loss_is_one_autograd_node_over_the_stage_outputs():
     assert type(loss.grad_fn).__name__ == "_AttentionTransferBackward"
     # the layer4 teacher is a stop-gradient target: the loss does not reach it
     assert torch.autograd.grad(loss, stages[3], allow_unused=True)[0] is None
+
+
+def test_the_terms_sum_in_float32_without_casting_float32_terms():
+    from hsbs_lib.engine.train import total_loss
+
+    terms = {"ce": torch.tensor(1.25, requires_grad=True), "hst": torch.tensor(0.5, dtype=torch.bfloat16)}
+    total = total_loss(terms)
+    assert total.dtype == torch.float32 and float(total) == 1.75
+    assert float(torch.stack([value.float() for value in terms.values()]).sum()) == float(total)
+    float32_terms = {"ce": terms["ce"], "other": 2 * terms["ce"]}
+    with torch.profiler.profile() as profiler:
+        total_loss(float32_terms)
+    assert "aten::to" not in {event.name for event in profiler.events()}
