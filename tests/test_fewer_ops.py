@@ -255,9 +255,31 @@ def test_the_terms_sum_in_float32_without_casting_float32_terms():
 
     terms = {"ce": torch.tensor(1.25, requires_grad=True), "hst": torch.tensor(0.5, dtype=torch.bfloat16)}
     total = total_loss(terms)
-    assert total.dtype == torch.float32 and float(total) == 1.75
-    assert float(torch.stack([value.float() for value in terms.values()]).sum()) == float(total)
+    assert total.dtype == torch.float32 and float(total.detach()) == 1.75
+    assert torch.equal(torch.stack([value.float() for value in terms.values()]).sum(), total)
     float32_terms = {"ce": terms["ce"], "other": 2 * terms["ce"]}
     with torch.profiler.profile() as profiler:
         total_loss(float32_terms)
     assert "aten::to" not in {event.name for event in profiler.events()}
+
+
+@pytest.mark.parametrize("used", ["all", "mixed", "logits"])
+def test_the_written_out_bsa_backward_passes_a_gradient_check_in_double(used):
+    from hsbs_lib.losses.bsa import _CosineBatchAttention
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+              for shape in ((5, 6), (3, 6), (3, 6), (3, 6), (3,), (3,), (3,), (6, 3), (6,), ())]
+
+    def outputs(*tensors):
+        mixed, similarity, logits = _CosineBatchAttention.apply(*tensors, 0.5)
+        # every output, or only some: the unused ones come to the backward as None
+        return {"all": (mixed, similarity, logits), "mixed": (mixed,), "logits": (logits,)}[used]
+
+    assert torch.autograd.gradcheck(outputs, tuple(inputs))
+
+
+def test_the_default_bsa_is_one_autograd_node():
+    bsa = BatchSimilarityAttention(32, 16, similarity="cosine")
+    mixed, similarity = bsa(torch.randn(6, 32))
+    assert type(mixed.grad_fn).__name__ == "_CosineBatchAttentionBackward"
