@@ -283,3 +283,14 @@ def test_the_default_bsa_is_one_autograd_node():
     bsa = BatchSimilarityAttention(32, 16, similarity="cosine")
     mixed, similarity = bsa(torch.randn(6, 32))
     assert type(mixed.grad_fn).__name__ == "_CosineBatchAttentionBackward"
+
+
+def test_a_cast_to_the_tensors_own_dtype_is_no_operator_call():
+    from hsbs_lib.losses.casting import as_dtype, as_float
+
+    single, half = torch.randn(3), torch.randn(3, dtype=torch.bfloat16)
+    with torch.profiler.profile() as profiler:
+        same, labels = as_float(single), as_dtype(torch.arange(3), torch.long)
+    assert same is single and labels.dtype == torch.long
+    assert not [event.name for event in profiler.events() if event.name == "aten::to"]
+    assert as_float(half).dtype == torch.float32 and torch.equal(as_float(half), half.float())

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_dtype as _cast, as_float as _as_float
+
 
 SIMILARITIES = ("dot", "cosine")
 
@@ -181,15 +183,6 @@ class _CosineBatchAttention(torch.autograd.Function):
 
 #: F.normalize's default eps, so the written-out backward normalises exactly as autograd's does
 _EPS = 1e-12
-
-
-def _as_float(tensor: Tensor) -> Tensor:
-    """``tensor`` in float32; a float32 tensor as it is (``.float()`` would still cost an operator call)."""
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
-
-
-def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def supervision_from_logits(logits: Tensor, labels: Tensor) -> Tensor:

@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_float as _as_float
+
 HST_MODES = ("deep_to_all", "chain")
 HST_TEACHERS = ("activation", "cam")
 HST_POOLINGS = ("registered", "adaptive")
-
-
-def _as_float(tensor: Tensor) -> Tensor:
-    """``tensor`` in float32; a float32 tensor as it is (``.float()`` would still cost an operator call)."""
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
