@@ -119,7 +119,7 @@ def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Ten
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
              mask_quantile: float | None = None, teacher_quantile: float | None = None, p: float = 2,
              teacher: Tensor | None = None, pooling: str = "registered", scale: float = 1.0) -> Tensor:
-    """HST loss times ``scale`` (1: unscaled) from the four stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
+    """HST loss times ``scale`` (1: unscaled) from the stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
 
     L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
     layer4 grid; ``weights`` are w_1, w_2, w_3 (the student layers). The mean runs over samples and grid
@@ -262,12 +262,13 @@ class _AttentionTransfer(torch.autograd.Function):
         transposes, features = rest[:ctx.count], rest[ctx.count:]
         # Q . (Q - T), kept only where the norm was not clamped (there Q is a / eps, a plain scaling)
         projection = (normalised * difference).sum(dim=-1, keepdim=True) * (norms >= _EPS)
-        gradient = torch.addcmul(difference, normalised, projection, value=-1) * (backward_weights * grad_output / clamped)
+        scaling = backward_weights * grad_output / clamped                              # (n, B, 1)
+        gradient = torch.addcmul(difference, normalised, projection, value=-1) * scaling
         if mask is not None:
             gradient = gradient * mask
         grads = []
-        for needs, layer_gradient, feature, transpose in zip(ctx.needs_input_grad[4 + 2 * ctx.count:], gradient.unbind(0),
-                                                             features, transposes):
+        needs_grad = ctx.needs_input_grad[4 + 2 * ctx.count:]
+        for needs, layer_gradient, feature, transpose in zip(needs_grad, gradient.unbind(0), features, transposes):
             if not needs:
                 grads.append(None)
                 continue

@@ -153,7 +153,8 @@ class PhaNet(FERModel):
 
         if self.gate is not None:
             gate_input = torch.cat([torch.softmax(pose_logits, dim=1), stacked.flatten(1)], dim=1)
-            gates = as_dtype(torch.softmax(as_float(self.gate(gate_input)) / self.gate_temperature, dim=1), stacked.dtype)
+            gates = torch.softmax(as_float(self.gate(gate_input)) / self.gate_temperature, dim=1)
+            gates = as_dtype(gates, stacked.dtype)
         else:
             gates = stacked.new_full(stacked.shape[:2], 1.0 / len(self.scales))
         maps["scale_gates"] = gates
