@@ -167,16 +167,130 @@ def test_dsf_separation_by_pdist_equals_the_ordered_pairs_with_gradients():
     assert _close(torch.autograd.grad(new, centers)[0], torch.autograd.grad(old, centers)[0], atol=1e-7)
 
 
-def test_kmeans_with_one_product_per_distance_matrix_equals_the_former_distances(monkeypatch):
-    from hsbs_lib.losses import clcl
+@torch.no_grad()
+def reference_kmeans(points, num_clusters, *, iters=10, seed=0):
+    """k-means as it was written before: centres (G, K, D), 18 calls per Lloyd iteration, labels at the end."""
+    squeeze = points.dim() == 2
+    if squeeze:
+        points = points.unsqueeze(0)
+    points = points.detach().float()
+    groups, count, _ = points.shape
+    k = min(num_clusters, count)
+    uniforms = torch.rand(groups, k, generator=torch.Generator().manual_seed(int(seed)))
+    rows = torch.arange(groups)
+    first = (uniforms[:, 0] * count).long().clamp_max(count - 1)
+    centroids = [points[rows, first]]
+    nearest = (points - centroids[0].unsqueeze(1)).pow(2).sum(-1)
+    for index in range(1, k):
+        cumulative = nearest.double().cumsum(dim=1)
+        target = uniforms[:, index:index + 1].double() * cumulative[:, -1:]
+        chosen = torch.searchsorted(cumulative.contiguous(), target.contiguous(), right=True).clamp_max(count - 1)
+        centre = points[rows, chosen.squeeze(1)]
+        centroids.append(centre)
+        nearest = torch.minimum(nearest, (points - centre.unsqueeze(1)).pow(2).sum(-1))
+    centroids = torch.stack(centroids, dim=1)
 
-    def former_distances(points, centroids, point_norms=None):   # |x|^2 recomputed, the product scaled apart
+    def distances(centroids):
         cross = points @ centroids.transpose(1, 2)
         return (points.pow(2).sum(-1, keepdim=True) - 2 * cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
-    points = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(0))
-    new_centroids, new_labels = clcl.kmeans(points, 7, iters=10, seed=0)
-    assert _close(clcl._squared_distances(points, new_centroids), former_distances(points, new_centroids), atol=1e-5)
-    monkeypatch.setattr(clcl, "_squared_distances", former_distances)
-    old_centroids, old_labels = clcl.kmeans(points, 7, iters=10, seed=0)
-    assert torch.equal(new_labels, old_labels) and _close(new_centroids, old_centroids, atol=1e-6)
+    for _ in range(iters):
+        one_hot = F.one_hot(distances(centroids).argmin(dim=-1), k).float()
+        counts = one_hot.sum(dim=1).unsqueeze(-1)
+        sums = one_hot.transpose(1, 2) @ points
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    labels = distances(centroids).argmin(dim=-1)
+    return (centroids[0], labels[0]) if squeeze else (centroids, labels)
+
+
+@pytest.mark.parametrize("shape,clusters,seed", [((40, 24), 7, 0), ((3, 40, 24), 7, 1), ((5, 30, 4), 4, 2),
+                                                  ((2, 6, 3), 9, 3), ((1, 8, 1), 6, 1)])
+def test_kmeans_in_fewer_calls_gives_the_former_assignments_and_centres(shape, clusters, seed):
+    from hsbs_lib.losses.clcl import kmeans
+
+    points = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    if shape[-1] == 1:   # repeated points: some of the starting centres are left without a point
+        points = points.round()
+        start, labels = kmeans(points, clusters, iters=0, seed=seed)
+        assert (F.one_hot(labels, start.shape[1]).sum(dim=1) == 0).any()
+    new_centroids, new_labels = kmeans(points, clusters, iters=10, seed=seed)
+    old_centroids, old_labels = reference_kmeans(points, clusters, iters=10, seed=seed)
+    assert torch.equal(new_labels, old_labels)
+    assert new_centroids.shape == old_centroids.shape and _close(new_centroids, old_centroids, atol=1e-6)
+    assert _close(kmeans(points, clusters, iters=10, seed=seed, with_labels=False), new_centroids, atol=0)
+
+
+@pytest.mark.parametrize("masked,per_student_teacher", [(False, False), (True, False), (False, True)])
+def test_the_closed_form_hst_gradient_passes_a_gradient_check_in_double(masked, per_student_teacher):
+    from hsbs_lib.losses.hst import _AttentionTransfer, _pooling_matrix
+
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, c, s, s, generator=generator, dtype=torch.float64, requires_grad=True)
+                for c, s in ((3, 9), (4, 5), (5, 3))]
+    pools = [_pooling_matrix(9, 9, 3, 3, torch.device("cpu")).double(),
+             _pooling_matrix(5, 5, 3, 3, torch.device("cpu")).double(), None]   # the last on the teacher's grid
+    teacher = torch.rand((3, 2, 9) if per_student_teacher else (2, 9), generator=generator, dtype=torch.float64)
+    mask = (teacher > 0.3).double() if masked else None
+    weights = torch.tensor([0.5, 1.0, 0.25], dtype=torch.float64)
+    backward_weights = (4 * weights / torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64)).view(-1, 1, 1)
+    transposes = [None if pool is None else pool.T.contiguous() for pool in pools]
+
+    def loss(*inputs):
+        return _AttentionTransfer.apply(weights, backward_weights, teacher * mask if masked else teacher, mask,
+                                        *pools, *transposes, *inputs)
+
+    assert torch.autograd.gradcheck(loss, tuple(features))
+
+
+def test_the_default_hst_loss_is_one_autograd_node_over_the_stage_outputs():
+    stages = _stages()
+    loss = hst_loss(stages)
+    assert type(loss.grad_fn).__name__ == "_AttentionTransferBackward"
+    # the layer4 teacher is a stop-gradient target: the loss does not reach it
+    assert torch.autograd.grad(loss, stages[3], allow_unused=True)[0] is None
+
+
+def test_the_terms_sum_in_float32_without_casting_float32_terms():
+    from hsbs_lib.engine.train import total_loss
+
+    terms = {"ce": torch.tensor(1.25, requires_grad=True), "hst": torch.tensor(0.5, dtype=torch.bfloat16)}
+    total = total_loss(terms)
+    assert total.dtype == torch.float32 and float(total.detach()) == 1.75
+    assert torch.equal(torch.stack([value.float() for value in terms.values()]).sum(), total)
+    float32_terms = {"ce": terms["ce"], "other": 2 * terms["ce"]}
+    with torch.profiler.profile() as profiler:
+        total_loss(float32_terms)
+    assert "aten::to" not in {event.name for event in profiler.events()}
+
+
+@pytest.mark.parametrize("used", ["all", "mixed", "logits"])
+def test_the_written_out_bsa_backward_passes_a_gradient_check_in_double(used):
+    from hsbs_lib.losses.bsa import _CosineBatchAttention
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+              for shape in ((5, 6), (3, 6), (3, 6), (3, 6), (3,), (3,), (3,), (6, 3), (6,), ())]
+
+    def outputs(*tensors):
+        mixed, similarity, logits = _CosineBatchAttention.apply(*tensors, 0.5)
+        # every output, or only some: the unused ones come to the backward as None
+        return {"all": (mixed, similarity, logits), "mixed": (mixed,), "logits": (logits,)}[used]
+
+    assert torch.autograd.gradcheck(outputs, tuple(inputs))
+
+
+def test_the_default_bsa_is_one_autograd_node():
+    bsa = BatchSimilarityAttention(32, 16, similarity="cosine")
+    mixed, similarity = bsa(torch.randn(6, 32))
+    assert type(mixed.grad_fn).__name__ == "_CosineBatchAttentionBackward"
+
+
+def test_a_cast_to_the_tensors_own_dtype_is_no_operator_call():
+    from hsbs_lib.losses.casting import as_dtype, as_float
+
+    single, half = torch.randn(3), torch.randn(3, dtype=torch.bfloat16)
+    with torch.profiler.profile() as profiler:
+        same, labels = as_float(single), as_dtype(torch.arange(3), torch.long)
+    assert same is single and labels.dtype == torch.long
+    assert not [event.name for event in profiler.events() if event.name == "aten::to"]
+    assert as_float(half).dtype == torch.float32 and torch.equal(as_float(half), half.float())

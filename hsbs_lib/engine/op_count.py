@@ -1,7 +1,8 @@
 """Operator calls of one training step: what bounds a small model's step on a GPU (one launch each).
 
 :func:`step_op_counts` runs one training step exactly as :func:`hsbs_lib.engine.train.train_one_epoch` does
-(forward and every loss term in one :class:`~hsbs_lib.engine.train.ModelWithLoss` call, the terms summed,
+(forward and every loss term in one :class:`~hsbs_lib.engine.train.ModelWithLoss` call, the terms summed by
+:func:`~hsbs_lib.engine.train.total_loss`,
 ``zero_grad``, backward, optimiser step) under ``torch.profiler`` and counts its **outermost aten
 operators**: every ``aten::*`` event that no other ``aten::*`` event encloses. That is one count per operator
 called from Python, from the autograd engine (each backward node's operators) or from the optimiser, and none
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
+
+from hsbs_lib.engine.train import total_loss
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -63,7 +66,7 @@ def step_op_counts(step_module: nn.Module, optimizer: torch.optim.Optimizer, ima
     def step() -> None:
         with record_function("forward"):
             _, terms = step_module(images, targets)
-            total = torch.stack([value.float() for value in terms.values()]).sum()
+            total = total_loss(terms)
         with record_function("optimizer"):
             optimizer.zero_grad(set_to_none=True)
         with record_function("backward"):

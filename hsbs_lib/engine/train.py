@@ -234,6 +234,12 @@ class ModelWithLoss(nn.Module):
         return output, self.model.loss(output, targets)
 
 
+def total_loss(terms: dict[str, Tensor]) -> Tensor:
+    """The sum of the named loss terms (scalars) in float32; a float32 term is not cast, since a cast that
+    changes nothing still costs an operator call (one launch on a GPU) per term and step."""
+    return torch.stack([value if value.dtype == torch.float32 else value.float() for value in terms.values()]).sum()
+
+
 class LearningIntensity:
     """Mean |gradient| at the stage outputs ``features/layer1..4``, averaged over an epoch's steps.
 
@@ -365,7 +371,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             output, terms = model(images, targets)
         if intensity is not None:
             intensity.watch(output)
-        total = torch.stack([value.float() for value in terms.values()]).sum()
+        total = total_loss(terms)
         correct = (output.logits.argmax(dim=1) == targets["label"]).sum()
         # One host sync per step: the loss terms, the finiteness check and the accuracy travel together.
         values = torch.stack([total.detach(), *(v.detach().float() for v in terms.values()), correct.float()]).tolist()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_float
+
 
 class CenterLoss(nn.Module):
     """L = 0.5 * mean_i ||x_i - c_{y_i}||^2 with learnable centres c (K, D).
@@ -32,7 +34,7 @@ class CenterLoss(nn.Module):
         if features.ndim != 2 or features.shape[1] != self.feat_dim:
             raise ValueError(f"expected features of shape (B, {self.feat_dim}), got {tuple(features.shape)}")
         target_centers = self.centers[labels]
-        return 0.5 * (features.float() - target_centers.float()).pow(2).sum(dim=1).mean()
+        return 0.5 * (as_float(features) - as_float(target_centers)).pow(2).sum(dim=1).mean()
 
     @torch.no_grad()
     def mean_center_distance(self) -> float:

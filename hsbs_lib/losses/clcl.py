@@ -29,24 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _squared_distances(points: Tensor, centroids: Tensor, point_norms: Tensor | None = None) -> Tensor:
-    """Squared Euclidean distances: (G, N, D), (G, K, D) -> (G, N, K).
-
-    ``point_norms`` (G, N, 1): |x|^2 when the caller has it (k-means reuses it in every iteration).
-    |x|^2 - 2 x.c is one batched product (the factor -2 scales exactly), then + |c|^2.
-    """
-    if point_norms is None:
-        point_norms = points.pow(2).sum(-1, keepdim=True)
-    cross = torch.baddbmm(point_norms, points, centroids.transpose(1, 2), alpha=-2)
-    return (cross + centroids.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
-
-
 @torch.no_grad()
-def kmeans(points: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0) -> tuple[Tensor, Tensor]:
+def kmeans(points: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0,
+           with_labels: bool = True) -> tuple[Tensor, Tensor] | Tensor:
     """Batched Lloyd k-means with a seeded k-means++ start; no gradient, float32, on ``points.device``.
 
     points: (N, D) or (G, N, D) (G independent problems solved together).
-    Returns centroids (G, K', D) and labels (G, N) (without the G axis for 2-D input), K' = min(K, N).
+    Returns centroids (G, K', D) and labels (G, N) (without the G axis for 2-D input), K' = min(K, N);
+    the centroids alone with ``with_labels=False`` (the final assignment is then not computed).
 
     Deterministic: the only randomness is G x K' uniform numbers drawn from a CPU ``torch.Generator``
     seeded with ``seed``; the k-means++ draws use them by inverse-CDF lookup on the device, and the
@@ -59,39 +49,56 @@ def kmeans(points: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0)
         points = points.unsqueeze(0)
     if points.dim() != 3 or points.shape[1] == 0:
         raise ValueError(f"kmeans expects points of shape (N, D) or (G, N, D) with N >= 1, got {tuple(points.shape)}")
-    points = points.detach().float()
+    # no detach needed under no_grad; a float32 tensor is not cast (a cast would still be an operator call)
+    points = points if points.dtype == torch.float32 else points.float()
     groups, count, dim = points.shape
     k = min(num_clusters, count)
     generator = torch.Generator().manual_seed(int(seed))
     uniforms = torch.rand(groups, k, generator=generator).to(points.device)
-    rows = torch.arange(groups, device=points.device)
+    rows = torch.arange(groups, device=points.device).unsqueeze(1)                 # (G, 1)
 
     # k-means++: the first centre uniformly, each next one with probability proportional to D(x)^2.
-    first = (uniforms[:, 0] * count).long().clamp_max(count - 1)
-    centroids = [points[rows, first]]                                            # (G, D) each
-    nearest = (points - centroids[0].unsqueeze(1)).pow(2).sum(-1)                # (G, N)
+    first = (uniforms[:, :1] * count).long().clamp_max(count - 1)                 # (G, 1)
+    centroids = [points[rows, first]]                                            # (G, 1, D) each
+    # float64: a CUDA scan may round differently from run to run; this keeps draws far from ties. The
+    # minimum of a float64 and a float32 distance is exact, so the weights stay float64 throughout.
+    nearest = (points - centroids[0]).pow(2).sum(-1).double()                    # (G, N)
+    draws = uniforms.double().unsqueeze(-1).unbind(1)                            # K' of (G, 1)
     for index in range(1, k):
-        # float64: a CUDA scan may round differently from run to run; this keeps draws far from ties.
-        cumulative = nearest.double().cumsum(dim=1)
-        target = uniforms[:, index:index + 1].double() * cumulative[:, -1:]
+        cumulative = nearest.cumsum(dim=1)
+        target = draws[index] * cumulative[:, -1:]
         # right=True skips points of zero weight (already chosen); all-zero weights fall back to the last point.
-        chosen = torch.searchsorted(cumulative.contiguous(), target.contiguous(), right=True).clamp_max(count - 1)
-        centre = points[rows, chosen.squeeze(1)]
+        chosen = torch.searchsorted(cumulative, target, right=True).clamp_max(count - 1)   # (G, 1)
+        centre = points[rows, chosen]
         centroids.append(centre)
-        nearest = torch.minimum(nearest, (points - centre.unsqueeze(1)).pow(2).sum(-1))
-    centroids = torch.stack(centroids, dim=1)                                    # (G, K', D)
+        if index < k - 1:   # the last centre's distances would go unused
+            nearest = torch.minimum(nearest, (points - centre).pow(2).sum(-1))
+    # The Lloyd iterations keep the centres transposed, (G, D, K'): the distance product and the centroid
+    # sums then need no transposition, and the counts come out in the shape that divides the sums.
+    centres = torch.cat(centroids, dim=1).transpose(1, 2)                        # (G, D, K')
     point_norms = points.pow(2).sum(-1, keepdim=True)                            # (G, N, 1), for every iteration
+    points_t = points.transpose(1, 2)                                            # (G, D, N)
     for _ in range(iters):
-        labels = _squared_distances(points, centroids, point_norms).argmin(dim=-1)   # (G, N)
+        labels = _squared_distances(points, centres, point_norms).argmin(dim=-1)  # (G, N)
         one_hot = F.one_hot(labels, k).float()                                   # (G, N, K')
-        counts = one_hot.sum(dim=1).unsqueeze(-1)                                # (G, K', 1)
-        sums = one_hot.transpose(1, 2) @ points                                  # (G, K', D)
-        # An emptied cluster keeps its previous centre instead of collapsing to the origin.
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    labels = _squared_distances(points, centroids, point_norms).argmin(dim=-1)
+        counts = one_hot.sum(dim=1, keepdim=True)                                # (G, 1, K')
+        # An emptied cluster keeps its previous centre instead of collapsing to the origin (its 0 / 0 is
+        # computed and discarded by the selection).
+        centres = torch.where(counts > 0, (points_t @ one_hot) / counts, centres)
+    centroids = centres.transpose(1, 2)                                          # (G, K', D)
+    if not with_labels:
+        return centroids[0] if squeeze else centroids
+    labels = _squared_distances(points, centres, point_norms).argmin(dim=-1)
     if squeeze:
         return centroids[0], labels[0]
     return centroids, labels
+
+
+def _squared_distances(points: Tensor, centres: Tensor, point_norms: Tensor) -> Tensor:
+    """Squared Euclidean distances |x|^2 - 2 x.c + |c|^2: points (G, N, D), centres transposed (G, D, K) and
+    |x|^2 (G, N, 1) -> (G, N, K). |x|^2 - 2 x.c is one batched product (the factor -2 scales exactly)."""
+    cross = torch.baddbmm(point_norms, points, centres, alpha=-2)
+    return (cross + centres.square().sum(1, keepdim=True)).clamp_min(0)
 
 
 def cluster_alignment_loss(student: Tensor, centroids: Tensor, *, scale: float = 0.5) -> Tensor:
@@ -137,8 +144,9 @@ class CLBSLoss(nn.Module):
         if student.shape != teacher.shape or student.dim() != 2:
             raise ValueError(f"CLBS expects student and teacher of one shape (B, D), got {tuple(student.shape)} "
                              f"and {tuple(teacher.shape)}")
-        centroids, _ = kmeans(teacher, self.num_clusters, iters=self.iters, seed=self.seed)
-        return cluster_alignment_loss(student.unsqueeze(0), centroids.unsqueeze(0), scale=self.scale)
+        # one problem of B points, kept 3-D: no squeezing out and back of the group axis
+        centroids = kmeans(teacher.unsqueeze(0), self.num_clusters, iters=self.iters, seed=self.seed, with_labels=False)
+        return cluster_alignment_loss(student.unsqueeze(0), centroids, scale=self.scale)
 
 
 class CLFMLoss(nn.Module):
@@ -164,5 +172,5 @@ class CLFMLoss(nn.Module):
         grid = tuple(teacher.shape[-2:])
         teacher_codes = channel_codes(teacher.detach(), grid, temperature=self.temperature)   # (B, C_t, h*w)
         student_codes = channel_codes(student, grid, temperature=self.temperature)            # (B, C_s, h*w)
-        centroids, _ = kmeans(teacher_codes, self.num_clusters, iters=self.iters, seed=self.seed)
+        centroids = kmeans(teacher_codes, self.num_clusters, iters=self.iters, seed=self.seed, with_labels=False)
         return cluster_alignment_loss(student_codes, centroids, scale=self.scale)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_dtype, as_float
+
 
 class DeepSmoothFeatureLoss(nn.Module):
     """L = 0.5 * mean_i ||x_i - c^_i||^2 + mu * mean_{k != k'} max(0, m - ||c_k - c_k'||)^2.
@@ -49,9 +51,9 @@ class DeepSmoothFeatureLoss(nn.Module):
     def soft_targets(self, labels: Tensor) -> Tensor:
         """labels (B,) int, or (B, K) label distributions (e.g. FERPlus votes) -> q (B, K)."""
         if labels.ndim == 1:
-            distribution = F.one_hot(labels.long(), self.num_classes).float()
+            distribution = F.one_hot(as_dtype(labels, torch.long), self.num_classes).float()
         elif labels.ndim == 2 and labels.shape[1] == self.num_classes:
-            distribution = labels.float()
+            distribution = as_float(labels)
         else:
             raise ValueError(f"labels must be (B,) class indices or (B, {self.num_classes}) distributions, "
                              f"got {tuple(labels.shape)}")
@@ -61,12 +63,12 @@ class DeepSmoothFeatureLoss(nn.Module):
         """0.5 * mean_i ||x_i - c^_i||^2 for features (B, D)."""
         if features.ndim != 2 or features.shape[1] != self.feat_dim:
             raise ValueError(f"expected features of shape (B, {self.feat_dim}), got {tuple(features.shape)}")
-        target_centers = self.soft_targets(labels) @ self.centers.float()
-        return 0.5 * (features.float() - target_centers).pow(2).sum(dim=1).mean()
+        target_centers = self.soft_targets(labels) @ as_float(self.centers)
+        return 0.5 * (as_float(features) - target_centers).pow(2).sum(dim=1).mean()
 
     def separation(self) -> Tensor:
         """mean over the K(K-1) ordered pairs k != k' of max(0, m - ||c_k - c_k'||)^2."""
-        centers = self.centers if self.centers.dtype == torch.float32 else self.centers.float()
+        centers = as_float(self.centers)
         # pdist: the K(K-1)/2 distances k < k', each once (the ordered pairs count each twice, which leaves the
         # mean as it is); the diagonal (distance 0) would add a constant m^2 per class and a zero-norm gradient.
         return F.relu(self.margin - F.pdist(centers)).pow(2).mean()

@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_float as _as_float
+
 HST_MODES = ("deep_to_all", "chain")
 HST_TEACHERS = ("activation", "cam")
 HST_POOLINGS = ("registered", "adaptive")
-
-
-def _as_float(tensor: Tensor) -> Tensor:
-    """``tensor`` in float32; a float32 tensor as it is (``.float()`` would still cost an operator call)."""
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
@@ -103,9 +100,10 @@ def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling:
 
 
 @functools.lru_cache(maxsize=64)
-def _layer_weights(weights: tuple[float, ...], device: torch.device) -> Tensor:
-    """(n,) float32 weights, cached per value and device: one host-to-device copy per run, not per step."""
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+def _layer_weights(weights: tuple[float, ...], device: torch.device, column: bool = False) -> Tensor:
+    """(n,) float32 weights, or (n, 1, 1) with ``column``, cached per value and device: one host-to-device copy
+    per run, not per step, and no reshaping call either."""
+    return torch.tensor(weights, dtype=torch.float32, device=device).view((-1, 1, 1) if column else (-1,))
 
 
 def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Tensor) -> Tensor:
@@ -120,8 +118,8 @@ def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Ten
 
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
              mask_quantile: float | None = None, teacher_quantile: float | None = None, p: float = 2,
-             teacher: Tensor | None = None, pooling: str = "registered") -> Tensor:
-    """Unscaled HST loss from the four stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
+             teacher: Tensor | None = None, pooling: str = "registered", scale: float = 1.0) -> Tensor:
+    """HST loss times ``scale`` (1: unscaled) from the stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
 
     L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
     layer4 grid; ``weights`` are w_1, w_2, w_3 (the student layers). The mean runs over samples and grid
@@ -136,6 +134,9 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     on the layer4 grid, replaces layer4's activation attention as the teacher of every student (mode
     "deep_to_all" only). ``pooling``: "registered" (:func:`pool_to_teacher_grid`) or "adaptive" (adaptive
     average pooling, the cells-as-blocks reading; an ablation). Returns a float32 scalar.
+
+    With p = 2 and registered pooling (the defaults) the loss is one autograd node whose backward is the
+    gradient in closed form (:class:`_AttentionTransfer`): the same values in far fewer operator calls.
     """
     if len(features) != 4:
         raise ValueError(f"hst_loss expects the 4 stage outputs [x1, x2, x3, x4], got {len(features)}")
@@ -157,6 +158,10 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     if not students:
         return features[0].new_zeros((), dtype=torch.float32)
     teachers = [3 if mode == "deep_to_all" else index + 1 for index in students]
+    cells = features[0].shape[0] * grid[0] * grid[1]
+    if p == 2 and pooling == "registered":
+        return _transfer_with_closed_form_gradient(features, students, teachers, weights, scale / cells,
+                                                   teacher, teacher_quantile, mask_quantile)
     pooled = {index: _pooled_attention(features[index], grid, p, pooling) for index in sorted({*students, *teachers})
               if index < 3 or (teacher is None and index == 3)}
     if teacher is not None:
@@ -173,9 +178,112 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
         teacher_maps, student_maps = teacher_maps * mask, student_maps * mask
     distance = (F.normalize(student_maps, dim=-1) - F.normalize(teacher_maps, dim=-1)).square()
     # sum_l w_l * mean_{b, n} d_l as one weighted sum over the stack (w_l / (B h w) in one cached tensor)
-    cells = distance[0].numel()
-    return distance.sum(dim=(1, 2)) @ _layer_weights(tuple(weights[index] / cells for index in students),
+    return distance.sum(dim=(1, 2)) @ _layer_weights(tuple(scale * weights[index] / cells for index in students),
                                                       distance.device)
+
+
+def _transfer_with_closed_form_gradient(features: Sequence[Tensor], students: list[int], teachers: list[int],
+                                        weights: Sequence[float], factor: float, teacher: Tensor | None,
+                                        teacher_quantile: float | None, mask_quantile: float | None) -> Tensor:
+    """:func:`hst_loss` for p = 2 and registered pooling, its gradient in closed form (:class:`_AttentionTransfer`).
+
+    The teacher maps are built without a graph (they are stop-gradient targets); ``factor`` = scale / (B h w).
+    """
+    grid = tuple(features[-1].shape[-2:])
+    with torch.no_grad():
+        if teacher is not None:
+            teacher_maps = _as_float(teacher).flatten(1)                                  # (B, h*w), broadcast
+        elif teachers == [3] * len(teachers):   # deep_to_all: one teacher for every student
+            teacher_maps = activation_attention(features[3]).flatten(1)                  # (B, h*w)
+        else:
+            teacher_maps = torch.stack([_pooled_attention(features[index], grid, 2) for index in teachers])
+        if teacher_quantile is not None:
+            teacher_maps = teacher_maps * quantile_mask(teacher_maps, teacher_quantile)
+        mask = None
+        if mask_quantile is not None:
+            mask = quantile_mask(teacher_maps, mask_quantile)
+            teacher_maps = teacher_maps * mask
+    device = features[0].device
+    pools = [_pooling_pair(*features[index].shape[-2:], *grid, device) for index in students]
+    forward_weights = _layer_weights(tuple(factor * weights[index] for index in students), device)
+    # dL/dF_l = 2 (dL/dA_l) F_l / C_l, and the loss's own factor 2: folded into one weight per layer
+    backward_weights = _layer_weights(tuple(4 * factor * weights[index] / features[index].shape[1]
+                                            for index in students), device, column=True)
+    return _AttentionTransfer.apply(forward_weights, backward_weights, teacher_maps, mask,
+                                    *[pool[0] for pool in pools], *[pool[1] for pool in pools],
+                                    *[features[index] for index in students])
+
+
+@functools.lru_cache(maxsize=64)
+def _pooling_pair(rows: int, columns: int, height: int, width: int,
+                  device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """(:func:`_pooling_matrix`, its transpose made contiguous), or (None, None) on the teacher's own grid."""
+    if (rows, columns) == (height, width):
+        return None, None
+    matrix = _pooling_matrix(rows, columns, height, width, device)
+    return matrix, matrix.T.contiguous()
+
+
+class _AttentionTransfer(torch.autograd.Function):
+    """sum_l w_l sum_{b, n} (Q_l - T)^2 with Q_l = normalize(pool(mean_c F_l^2)), its backward written out.
+
+    forward(w (n,), w' (n, 1, 1), T (n or 1 or -, B, N) raw teacher maps, mask (like T) or None,
+    n pooling matrices (H_l W_l, N) or None, their n transposes, n features (B, C_l, H_l, W_l)) -> scalar.
+    Autograd's chain (square, mean, view, product, stack, norm, clamp, division, difference, square, sum,
+    product) costs dozens of backward operators; the gradient in closed form costs a few per layer:
+    with r = |a| and Q = a / max(r, eps),  dL/da = 2 w ((Q - T) - Q (Q . (Q - T)) [r >= eps]) / max(r, eps),
+    then dL/dF = (2 / C) F (dL/dA) with dL/dA = dL/da pooled back (the transposed matrix).
+    """
+
+    @staticmethod
+    def forward(ctx, forward_weights, backward_weights, teacher_maps, mask, *pools_and_features):
+        count = len(pools_and_features) // 3
+        pools, transposes = pools_and_features[:count], pools_and_features[count:2 * count]
+        features = pools_and_features[2 * count:]
+        maps = []
+        for feature, pool in zip(features, pools):
+            attention = _exact(feature).square().mean(dim=1).flatten(1)                   # (B, H*W)
+            maps.append(attention if pool is None else attention @ pool)                  # (B, N)
+        students = torch.stack(maps)                                                      # (n, B, N)
+        if mask is not None:
+            students = students * mask
+        norms = torch.linalg.vector_norm(students, dim=-1, keepdim=True)                 # (n, B, 1)
+        clamped = norms.clamp_min(_EPS)
+        normalised = students / clamped
+        difference = normalised - teacher_maps / torch.linalg.vector_norm(
+            teacher_maps, dim=-1, keepdim=True).clamp_min(_EPS)
+        ctx.save_for_backward(backward_weights, mask, normalised, difference, norms, clamped, *transposes, *features)
+        ctx.count = count
+        return difference.square().sum(dim=(1, 2)) @ forward_weights
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        backward_weights, mask, normalised, difference, norms, clamped, *rest = ctx.saved_tensors
+        transposes, features = rest[:ctx.count], rest[ctx.count:]
+        # Q . (Q - T), kept only where the norm was not clamped (there Q is a / eps, a plain scaling)
+        projection = (normalised * difference).sum(dim=-1, keepdim=True) * (norms >= _EPS)
+        scaling = backward_weights * grad_output / clamped                              # (n, B, 1)
+        gradient = torch.addcmul(difference, normalised, projection, value=-1) * scaling
+        if mask is not None:
+            gradient = gradient * mask
+        grads = []
+        needs_grad = ctx.needs_input_grad[4 + 2 * ctx.count:]
+        for needs, layer_gradient, feature, transpose in zip(needs_grad, gradient.unbind(0), features, transposes):
+            if not needs:
+                grads.append(None)
+                continue
+            pooled_back = layer_gradient if transpose is None else layer_gradient @ transpose   # (B, H*W)
+            grads.append(_exact(feature) * pooled_back.view(feature.shape[0], 1, *feature.shape[2:]))
+        return (None, None, None, None) + (None,) * (2 * ctx.count) + tuple(grads)
+
+
+def _exact(tensor: Tensor) -> Tensor:
+    """float32 for half and bfloat16 (as :func:`_as_float`), float64 kept (for a gradient check in double)."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+#: F.normalize's default eps, so the closed form normalises exactly as the autograd formulation does
+_EPS = 1e-12
 
 
 #: lambda_hst per cell of the teacher grid when lambda_hst is None (see :class:`HSTLoss`): 20 on the
@@ -265,10 +373,10 @@ class HSTLoss(nn.Module):
 
     def forward(self, features: Sequence[Tensor], teacher: Tensor | None = None) -> Tensor:
         grid_positions = features[-1].shape[-2] * features[-1].shape[-1]
-        return self.ramp() * self.scale(grid_positions) * hst_loss(
-            features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile,
-            teacher_quantile=self.teacher_quantile, p=self.p, pooling=self.pooling,
-            teacher=teacher)
+        # the weight is folded into the per-layer weights: no product (and no backward node) of its own
+        return hst_loss(features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile,
+                        teacher_quantile=self.teacher_quantile, p=self.p, pooling=self.pooling,
+                        teacher=teacher, scale=self.ramp() * self.scale(grid_positions))
 
     def extra_repr(self) -> str:
         lam = (f"auto ({LAMBDA_PER_CELL} * min(N, {LAMBDA_MAX_CELLS}))" if self.lambda_hst is None

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from hsbs_lib.constants import STAGE_NAMES
+from hsbs_lib.losses.casting import as_dtype, as_float
 from hsbs_lib.losses.center import CenterLoss
 from hsbs_lib.losses.dsf import DeepSmoothFeatureLoss
 from hsbs_lib.losses.lgm import LGMLoss
@@ -89,12 +90,12 @@ class DSAttention(nn.Module):
         key = self.key(x) * x
         query = self.query_act(self.query_conv(x))
         query = self.query_norm(query.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        scores = (query + key).flatten(2).float()
+        scores = as_float((query + key).flatten(2))
         return torch.softmax(scores, dim=-1).view(b, c, h, w)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         weights = self.attention_weights(x)
-        out = weights.to(x.dtype) * self.value(x) + x
+        out = as_dtype(weights, x.dtype) * self.value(x) + x
         return out, weights.mean(dim=1)
 
 
@@ -131,7 +132,7 @@ class MultiScaleClassifier(nn.Module):
 
 def activation_attention(feature: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, H, W): mean over channels of F^2."""
-    return feature.float().pow(2).mean(dim=1)
+    return as_float(feature).pow(2).mean(dim=1)
 
 
 @register_model("mfer")

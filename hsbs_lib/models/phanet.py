@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.losses.casting import as_dtype, as_float
 from hsbs_lib.losses.uncertainty import UncertaintyWeighting
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.registry import register_model
@@ -54,7 +55,7 @@ class SpatialAttentionPool(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         batch, _, height, width = x.shape
         scores = self.score(x).flatten(1)                           # (B, H*W)
-        attention = torch.softmax(scores.float(), dim=1).to(x.dtype)
+        attention = as_dtype(torch.softmax(as_float(scores), dim=1), x.dtype)
         pooled = torch.bmm(x.flatten(2), attention.unsqueeze(2)).squeeze(2)   # (B, C)
         return pooled, attention.view(batch, height, width)
 
@@ -152,7 +153,8 @@ class PhaNet(FERModel):
 
         if self.gate is not None:
             gate_input = torch.cat([torch.softmax(pose_logits, dim=1), stacked.flatten(1)], dim=1)
-            gates = torch.softmax(self.gate(gate_input).float() / self.gate_temperature, dim=1).to(stacked.dtype)
+            gates = torch.softmax(as_float(self.gate(gate_input)) / self.gate_temperature, dim=1)
+            gates = as_dtype(gates, stacked.dtype)
         else:
             gates = stacked.new_full(stacked.shape[:2], 1.0 / len(self.scales))
         maps["scale_gates"] = gates
@@ -172,7 +174,7 @@ class PhaNet(FERModel):
             losses[f"ce/{scale}"] = self.classification_loss(scale_logits, targets)
         pose = targets.get("pose")
         if self.use_pose_loss and pose is not None:
-            pose = torch.as_tensor(pose, device=output.logits.device).long()
+            pose = as_dtype(torch.as_tensor(pose, device=output.logits.device), torch.long)
             known = pose >= 0
             # One host sync for both checks: skip the term when no pose is known, refuse bins out of range.
             n_known, largest = torch.stack([known.sum(), pose.max()]).tolist()
@@ -180,7 +182,7 @@ class PhaNet(FERModel):
                 if largest >= self.num_poses:
                     raise ValueError(f"pose label {largest} out of range: PhaNet was built with num_poses="
                                      f"{self.num_poses} (bins 0..{self.num_poses - 1}, -1 for unknown)")
-                losses["pose"] = F.cross_entropy(output.extras["pose_logits"][known].float(), pose[known])
+                losses["pose"] = F.cross_entropy(as_float(output.extras["pose_logits"][known]), pose[known])
         return losses
 
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
