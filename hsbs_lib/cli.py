@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from hsbs_lib import __version__
-from hsbs_lib.config import load_config, validate_config
+from hsbs_lib.config import validate_config
 from hsbs_lib.extras import MissingExtraError
 
 # subcommand -> (module, one-line help)
@@ -134,20 +134,8 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
 
 def resolved_train_config(args: argparse.Namespace):
     """The config ``hsbs train`` would run with these arguments (as ``run_train`` builds it), without training."""
-    if args.resume:
-        if args.config or args.data or args.method or args.recipe:
-            raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
-        resume_config = importlib.import_module(COMMANDS["train"][0]).resume_config
-        config = resume_config(args.resume, args.overrides, edited_config=args.edited_config)
-    else:
-        if args.edited_config:
-            raise ValueError("--edited-config goes with --resume RUN: it takes RUN/config.yaml as edited by hand")
-        config = load_config(args.config, args.overrides, data=args.data, method=args.method, recipe=args.recipe)
-    if args.out:
-        config.out = args.out
-    if args.device:
-        config.train.device = args.device
-    return validate_config(config)
+    train = importlib.import_module(COMMANDS["train"][0])
+    return validate_config(train.train_config_from_args(args))
 
 
 def print_train_config(args: argparse.Namespace) -> int:

@@ -852,7 +852,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      "Under torchrun: torchrun --nproc_per_node=2 -m hsbs_lib.cli train --data ... --method ...")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_config_from_args(args: argparse.Namespace) -> Config:
+    """The config ``hsbs train`` runs with these arguments: with ``--resume`` the run's stored config plus the
+    overrides, else the recipe's layers; then ``--out`` and ``--device``. Shared with ``--print-config``."""
     if args.resume:
         if args.config or args.data or args.method or args.recipe:
             raise ValueError("--resume continues with the run's stored config; pass changes as key=value")
@@ -865,6 +867,11 @@ def run_train(args: argparse.Namespace) -> int:
         config.out = args.out
     if args.device:
         config.train.device = args.device
+    return config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = train_config_from_args(args)
     if not args.resume:
         refuse_another_run(config.out, config, overwrite=args.overwrite)
     try:
