@@ -189,7 +189,7 @@ def training_step_ops(config, *, batch_size: int = 16) -> StepOps:
     classes = class_names(config.data.num_classes)
     model = build_model(config, classes, load_pretrained=False)
     model.configure_criterion(label_smoothing=config.train.label_smoothing)
-    optimizer = build_optimizer(model, config.train)
+    optimizer = build_optimizer(model, config.train, fused=True)   # the step a GPU takes (FUSED_BY_DEFAULT_ON)
     size = config.data.input_size
     images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     return step_op_counts(ModelWithLoss(model), optimizer, images, _fake_targets(batch_size, len(classes), "cpu"))
@@ -218,7 +218,7 @@ def benchmark_ops(methods: tuple[str, ...] = OPS_METHODS, *, batch_size: int = 1
     can be read off, and the operators each method adds to the baseline's step."""
     counts = {name: training_step_ops(load_config(config_path(f"synthfer_{name}")), batch_size=batch_size)
               for name in methods}
-    optimizer = build_optimizer(nn.Linear(1, 1), load_config(config_path("synthfer_baseline")).train)
+    optimizer = build_optimizer(nn.Linear(1, 1), load_config(config_path("synthfer_baseline")).train, fused=True)
     setting = ", ".join(f"{key}={optimizer.defaults[key]}" for key in ("foreach", "fused") if key in optimizer.defaults)
     lines = [f"one training step of configs/synthfer_METHOD.yaml at batch {batch_size}, CPU; optimiser "
              f"{type(optimizer).__name__} ({setting}) for every method", "", ops_table(counts)]

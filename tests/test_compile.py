@@ -83,3 +83,12 @@ def test_the_fused_optimiser_step_gives_the_default_steps_values():
         fused.step()
         default.step()
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(parameters, copies))
+
+
+def test_training_on_a_cpu_keeps_the_default_optimiser_step_and_the_fused_one_is_asked_for():
+    # The recorded CPU runs were made with the default step; a GPU (and the operator count) takes the fused one.
+    model = torch.nn.Linear(3, 2)
+    train = load_config(config_path("synthfer_baseline")).train
+    assert not build_optimizer(model, train).defaults.get("fused")
+    assert not build_optimizer(model, train, fused=False).defaults.get("fused")
+    assert build_optimizer(model, train, fused=True).defaults["fused"] is True
