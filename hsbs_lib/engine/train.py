@@ -445,7 +445,8 @@ def unwrap_to_step_module(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def compile_step(step_module: nn.Module, setting: bool | str, device: torch.device, *, warn: bool = True) -> nn.Module:
+def compile_step(step_module: nn.Module, setting: bool | str, device: torch.device, *, warn: bool = True,
+                 backend: str = "inductor") -> nn.Module:
     """The training step's module (a ModelWithLoss, possibly in DDP) as ``train.compile`` asks: as it is (false),
     compiled with torch.compile's default mode (true: the forward and every loss term in one graph, their
     backward in another), or with ``reduce-overhead`` (CUDA graphs: each step replays the recorded kernels, with
@@ -453,6 +454,9 @@ def compile_step(step_module: nn.Module, setting: bool | str, device: torch.devi
 
     CUDA graphs need a GPU: on another device reduce-overhead says so once (``warn``) and compiles with the
     default mode. The optimiser step is not compiled: the fused step (:func:`build_optimizer`) is one operator.
+    ``backend``: torch.compile's backend for the default mode ("aot_eager" captures the same graphs, forward
+    and backward, without generating kernels: the tests use it where inductor's code generation is not the
+    question).
     """
     if not setting:
         return step_module
@@ -462,7 +466,7 @@ def compile_step(step_module: nn.Module, setting: bool | str, device: torch.devi
             log.warning("train.compile=reduce-overhead records CUDA graphs, which need a GPU: on %s the training step "
                         "is compiled with the default mode", device.type)
         mode = None
-    return torch.compile(step_module) if mode is None else torch.compile(step_module, mode=mode)
+    return torch.compile(step_module, backend=backend) if mode is None else torch.compile(step_module, mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------- fit
