@@ -108,7 +108,7 @@ def test_compiled_training_trains_and_turns_the_intensity_hooks_off(tmp_path, sp
     # suite needs no C++ compiler. A compiled forward hands hooks on its stage outputs no gradient (None for
     # the baseline), which once crashed train.compile=true with the default record_intensity of SynthFER.
     compile_eagerly = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: compile_eagerly(model, backend="aot_eager"))
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compile_eagerly(model, backend="aot_eager"))
     torch._dynamo.reset()
     config = _config(tmp_path, f"model.name={method}", "train.epochs=1", "train.max_steps_per_epoch=3",
                      "train.compile=true", "train.record_intensity=true")
