@@ -182,8 +182,8 @@ def build_optimizer(model: nn.Module, train: TrainConfig, *, fused: bool | None 
     """The optimiser ``train`` names over ``model``'s trainable parameters. ``fused``: True takes torch's fused
     step where the parameters' device has one, False never; None (the default) only on :data:`FUSED_BY_DEFAULT_ON`."""
     parameters = [p for p in model.parameters() if p.requires_grad]
-    fused = (fused_where_supported(parameters) if fused
-             else {} if fused is False else fused_where_supported(parameters, FUSED_BY_DEFAULT_ON))
+    devices = FUSED_BY_DEFAULT_ON if fused is None else ("cpu", "cuda") if fused else ()
+    fused = fused_where_supported(parameters, devices)
     if train.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, **fused)
     if train.optimizer == "adam":
