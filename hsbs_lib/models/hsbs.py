@@ -30,8 +30,8 @@ class HSBS(FERModel):
     for parameter. ``bsa_at_eval=True`` keeps BSA at evaluation (batch-dependent variant: logits = W z~).
 
     Defaults, each chosen by measurement on SynthFER's validation split (docs/METHODS.md, BENCHMARKS.md):
-    HST with layer4's activation attention as teacher (``hst_teacher="cam"``: the class activation map of
-    the true class), shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
+    HST with layer4's activation attention as teacher (``hst_teacher="activation"``, detached; ``"cam"``,
+    the class activation map of the true class, is the measured alternative), shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
     is the misregistered ablation), ``lambda_hst=None`` = 0.8 per teacher cell up to 20 (5 x 5), ramped in
     over ``hst_warmup_epochs=2`` (the layer4 teacher is random at first). BSA with cosine similarity at
     temperature 0.1 (``bsa_similarity="dot"``, scaled dot products, collapsed onto one sample) and a KL term
