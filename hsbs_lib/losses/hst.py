@@ -20,8 +20,11 @@ from torch import Tensor, nn
 from hsbs_lib.losses.casting import as_float as _as_float
 
 HST_MODES = ("deep_to_all", "chain")
-HST_TEACHERS = ("activation", "cam")
+HST_TEACHERS = ("activation", "cam", "ema", "frozen")
 HST_POOLINGS = ("registered", "adaptive")
+#: "pool": students pooled down to the teacher's grid, L2-normalised (attention transfer); "upsample": the
+#: teacher upsampled to each student's grid, both through a spatial softmax (self-attention distillation)
+HST_DIRECTIONS = ("pool", "upsample")
 
 
 def activation_attention(feature: Tensor, p: float = 2) -> Tensor:
@@ -100,6 +103,62 @@ def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling:
 
 
 @functools.lru_cache(maxsize=64)
+def _interpolation_weights(cells: int, teacher_cells: int, ratio: int, device: torch.device) -> Tensor:
+    """(cells, teacher_cells) linear-interpolation weights: row j reads the teacher grid at position j / ratio.
+
+    Cached per shape and device, like :func:`_window_weights`; callers must not modify it.
+    """
+    weights = torch.zeros(cells, teacher_cells)
+    for index in range(cells):
+        # past the last teacher cell the border value holds: nothing is extrapolated
+        position = min(index / ratio, teacher_cells - 1)
+        low = int(position)
+        high, fraction = min(low + 1, teacher_cells - 1), position - low
+        weights[index, low] += 1.0 - fraction
+        weights[index, high] += fraction
+    return weights.to(device)
+
+
+def upsample_to_student_grid(teacher: Tensor, size: tuple[int, int], pooling: str = "registered") -> Tensor:
+    """Bilinear upsampling of a deeper stage's map (B, h, w) onto a shallower stage's grid ``size`` = (H, W).
+
+    ``pooling="registered"`` (the default) keeps the ResNet placement of :func:`pool_to_teacher_grid`: teacher
+    cell i sits on student cell r*i, so student cell j reads the teacher at j / r, and cells past the last
+    teacher cell take its value (at 65 px, sizes (n - 1) r + 1, this is ``align_corners=True``).
+    ``"adaptive"``: ``F.interpolate(align_corners=False)``, the cells-as-blocks reading.
+    """
+    teacher = _as_float(teacher)
+    if tuple(teacher.shape[-2:]) == tuple(size):
+        return teacher
+    if pooling == "adaptive":
+        return F.interpolate(teacher.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    ratio = 2 ** max(0, round(math.log2(size[0] / teacher.shape[-2])))
+    rows = _interpolation_weights(size[0], teacher.shape[-2], ratio, teacher.device)
+    columns = _interpolation_weights(size[1], teacher.shape[-1], ratio, teacher.device)
+    return rows @ teacher @ columns.T
+
+
+def _softmax_transfer(features: Sequence[Tensor], students: list[int], teachers: list[int],
+                      weights: Sequence[float], factor: float, teacher: Tensor | None, p: float,
+                      pooling: str) -> Tensor:
+    """:func:`hst_loss` in the SAD direction: sum_l w_l * factor * sum_{b, n} (softmax(A_l) - softmax(up(T_l)))^2.
+
+    A_l (B, H_l, W_l) is the student's attention, T_l its teacher's (detached), upsampled to the student's grid;
+    each softmax runs over the H_l W_l positions of one sample. ``factor`` = scale / (B h w), as in the pool
+    direction, so lambda_hst weighs the squared distance between two maps of one sample alike in both.
+    """
+    total = features[0].new_zeros((), dtype=torch.float32)
+    for index, teacher_index in zip(students, teachers):
+        student_map = activation_attention(features[index], p)                          # (B, H, W)
+        with torch.no_grad():   # a stop-gradient target, as in the pool direction
+            target = _as_float(teacher) if teacher is not None else activation_attention(features[teacher_index], p)
+            target = upsample_to_student_grid(target, tuple(student_map.shape[-2:]), pooling)
+        distance = (student_map.flatten(1).softmax(dim=1) - target.flatten(1).softmax(dim=1)).square().sum()
+        total = total + (factor * weights[index]) * distance
+    return total
+
+
+@functools.lru_cache(maxsize=64)
 def _layer_weights(weights: tuple[float, ...], device: torch.device, column: bool = False) -> Tensor:
     """(n,) float32 weights, or (n, 1, 1) with ``column``, cached per value and device: one host-to-device copy
     per run, not per step, and no reshaping call either."""
@@ -118,7 +177,8 @@ def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Ten
 
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
              mask_quantile: float | None = None, teacher_quantile: float | None = None, p: float = 2,
-             teacher: Tensor | None = None, pooling: str = "registered", scale: float = 1.0) -> Tensor:
+             teacher: Tensor | None = None, pooling: str = "registered", scale: float = 1.0,
+             direction: str = "pool") -> Tensor:
     """HST loss times ``scale`` (1: unscaled) from the stage outputs ``[x1, x2, x3, x4]`` (each (B, C_l, H_l, W_l)).
 
     L_hst = sum_l w_l * mean_{b, n} (Q_l - sg(Q_T))^2, Q = L2-normalised flattened attention pooled to the
@@ -135,6 +195,14 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
     "deep_to_all" only). ``pooling``: "registered" (:func:`pool_to_teacher_grid`) or "adaptive" (adaptive
     average pooling, the cells-as-blocks reading; an ablation). Returns a float32 scalar.
 
+    ``direction="upsample"`` is self-attention distillation's direction (Hou et al., "Learning lightweight lane
+    detection CNNs by self attention distillation", ICCV 2019): each teacher map is upsampled to its student's
+    grid (:func:`upsample_to_student_grid`, registered or adaptive as ``pooling`` says) and both maps pass a
+    spatial softmax; L = sum_l w_l * (1 / (B h w)) sum_{b, n} (softmax(A_l) - softmax(up(sg(A_T))))^2 over the
+    student's H_l W_l positions (h w: the layer4 grid, the pool direction's divisor, so lambda_hst keeps its
+    meaning). The attention is the channel mean of |F|^p, as elsewhere here (SAD sums over channels, which
+    sharpens the softmax with the width). The quantile options belong to the pool direction and are refused.
+
     With p = 2 and registered pooling (the defaults) the loss is one autograd node whose backward is the
     gradient in closed form (:class:`_AttentionTransfer`): the same values in far fewer operator calls.
     """
@@ -146,6 +214,11 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
         raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
     if pooling not in HST_POOLINGS:
         raise ValueError(f"unknown HST pooling '{pooling}'; choose one of {', '.join(HST_POOLINGS)}")
+    if direction not in HST_DIRECTIONS:
+        raise ValueError(f"unknown HST direction '{direction}'; choose one of {', '.join(HST_DIRECTIONS)}")
+    if direction == "upsample" and (mask_quantile is not None or teacher_quantile is not None):
+        raise ValueError("hst_mask_quantile and hst_teacher_quantile act on the teacher's grid: they belong to "
+                         "hst_direction 'pool', not 'upsample'")
     grid = tuple(features[-1].shape[-2:])
     if teacher is not None:
         if mode != "deep_to_all":
@@ -159,6 +232,8 @@ def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0
         return features[0].new_zeros((), dtype=torch.float32)
     teachers = [3 if mode == "deep_to_all" else index + 1 for index in students]
     cells = features[0].shape[0] * grid[0] * grid[1]
+    if direction == "upsample":
+        return _softmax_transfer(features, students, teachers, weights, scale / cells, teacher, p, pooling)
     if p == 2 and pooling == "registered":
         return _transfer_with_closed_form_gradient(features, students, teachers, weights, scale / cells,
                                                    teacher, teacher_quantile, mask_quantile)
@@ -312,12 +387,17 @@ class HSTLoss(nn.Module):
     initialisation the layer4 teacher is random and its HST gradient on layer1 is several times the
     cross-entropy's; teaching starts once the teacher has learnt something. The number of finished epochs
     is a buffer, so a resumed run continues the ramp exactly; the model advances it with :meth:`set_epoch`.
+    ``start_epoch``: the weight is exactly 0 for the epochs before it (0-based), then ramps in over
+    ``warmup_epochs``: 1/w, 2/w, ..., 1 from the start epoch on. A late start is self-attention distillation's
+    schedule (Hou et al. add it to a network already partly trained); at a start of 0 the first epoch's weight
+    is 0 instead, since the teacher is random then. It needs no state of its own: the ramp is a function of
+    the epochs done. ``direction``: "pool" (attention transfer) or "upsample" (SAD), see :func:`hst_loss`.
     """
 
     def __init__(self, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",
                  mask_quantile: float | None = None, teacher_quantile: float | None = None,
                  lambda_hst: float | None = None, p: float = 2, pooling: str = "registered",
-                 warmup_epochs: float = 0.0):
+                 warmup_epochs: float = 0.0, start_epoch: int = 0, direction: str = "pool"):
         super().__init__()
         if mode not in HST_MODES:
             raise ValueError(f"unknown HST mode '{mode}'; choose one of {', '.join(HST_MODES)}")
@@ -328,6 +408,14 @@ class HSTLoss(nn.Module):
             raise ValueError(f"warmup_epochs (model.options.hst_warmup_epochs) must be >= 0, got {warmup_epochs}")
         if not p > 0:
             raise ValueError(f"the attention exponent (model.options.hst_p) must be > 0, got {p}")
+        if int(start_epoch) != start_epoch or start_epoch < 0:
+            raise ValueError(f"the HST start epoch must be a whole number >= 0, got {start_epoch}")
+        if direction not in HST_DIRECTIONS:
+            raise ValueError(f"unknown HST direction (model.options.hst_direction) '{direction}'; "
+                             f"choose one of {', '.join(HST_DIRECTIONS)}")
+        if direction == "upsample" and (mask_quantile is not None or teacher_quantile is not None):
+            raise ValueError("hst_mask_quantile and hst_teacher_quantile act on the teacher's grid: they belong to "
+                             "hst_direction 'pool', not 'upsample'")
         weights = tuple(weights)
         if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
             # Checked here, not in the first training step, so a bad value stops the command before it starts.
@@ -344,6 +432,8 @@ class HSTLoss(nn.Module):
         self.lambda_hst = None if lambda_hst is None else float(lambda_hst)
         self.p = p
         self.warmup_epochs = float(warmup_epochs)
+        self.start_epoch = int(start_epoch)
+        self.direction = direction
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
         # The ramp is read in every training step, and reading the buffer on a GPU would wait for the GPU
         # each time: the count is mirrored on the host. The buffer keeps it in checkpoints; loading one
@@ -362,10 +452,14 @@ class HSTLoss(nn.Module):
         return LAMBDA_PER_CELL * min(grid_positions, LAMBDA_MAX_CELLS)
 
     def ramp(self) -> float:
-        """The warm-up factor in [0, 1] for the current epoch."""
+        """The warm-up factor in [0, 1] for the current epoch: 0 before ``start_epoch``, then the ramp."""
+        if self._epochs_done < self.start_epoch:
+            return 0.0
         if self.warmup_epochs <= 0:
             return 1.0
-        return min(1.0, self._epochs_done / self.warmup_epochs)
+        # a late start's teacher is trained: its first epoch is taught (1/w), where a start at 0 waits one epoch
+        taught = self._epochs_done - self.start_epoch + (1 if self.start_epoch > 0 else 0)
+        return min(1.0, taught / self.warmup_epochs)
 
     def set_epoch(self, epochs_done: int) -> None:
         self.epochs_done.fill_(int(epochs_done))
@@ -376,11 +470,12 @@ class HSTLoss(nn.Module):
         # the weight is folded into the per-layer weights: no product (and no backward node) of its own
         return hst_loss(features, weights=self.weights, mode=self.mode, mask_quantile=self.mask_quantile,
                         teacher_quantile=self.teacher_quantile, p=self.p, pooling=self.pooling,
-                        teacher=teacher, scale=self.ramp() * self.scale(grid_positions))
+                        teacher=teacher, scale=self.ramp() * self.scale(grid_positions), direction=self.direction)
 
     def extra_repr(self) -> str:
         lam = (f"auto ({LAMBDA_PER_CELL} * min(N, {LAMBDA_MAX_CELLS}))" if self.lambda_hst is None
                else self.lambda_hst)
         return (f"weights={self.weights}, mode={self.mode}, mask_quantile={self.mask_quantile}, "
                 f"teacher_quantile={self.teacher_quantile}, p={self.p}, "
-                f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}")
+                f"lambda_hst={lam}, warmup_epochs={self.warmup_epochs}, start_epoch={self.start_epoch}, "
+                f"direction={self.direction}")
