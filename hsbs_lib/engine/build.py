@@ -90,7 +90,7 @@ def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.
     model = create_model(m.name, num_classes=len(classes), backbone=m.backbone,
                          pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
                          backbone_width=m.backbone_width,
-                         input_size=config.data.input_size, **model_options(m))
+                         input_size=config.data.input_size, train_epochs=config.train.epochs, **model_options(m))
     if m.zero_init_residual and not m.pretrained:
         zero_init_residual_(model.backbone)
     return model

@@ -17,7 +17,8 @@ directory ``config.out``:
 * ``tensorboard/`` when ``train.tensorboard`` is on.
 
 The engine knows no method by name: it calls ``out = model(x)``, sums the named terms of
-``model.loss(out, targets)``, and logs ``model.epoch_end(epoch)``.
+``model.loss(out, targets)``, calls ``model.step_end(step)`` after every optimiser step and logs
+``model.epoch_end(epoch)``.
 
 Reproducibility: shuffling, augmentation and the global generator (dropout) are re-seeded from
 (seed, epoch) at every epoch, so a run resumed from ``last.pt`` continues exactly as if it had not
@@ -366,6 +367,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     if not isinstance(unwrap_to_step_module(model), ModelWithLoss):
         model = ModelWithLoss(model)
     model.train()
+    step_end = getattr(unwrap_to_step_module(model).model, "step_end", None)   # the method's per-step hook
     intensity = LearningIntensity() if record_intensity else None
     sums: dict[str, float] = {}
     bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}", total=len(loader))
@@ -413,6 +415,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                     scheduler.step()
             step += 1
+            if step_end is not None:
+                step_end(step)
             if ema is not None:
                 ema.update_parameters(ema_source)
 

@@ -98,3 +98,7 @@ class FERModel(nn.Module):
     def epoch_end(self, epoch: int) -> dict[str, float]:
         """Hook for per-epoch quantities a method wants logged (e.g. learned loss weights)."""
         return {}
+
+    def step_end(self, step: int) -> None:
+        """Hook called after every optimiser step (``step`` steps taken), e.g. to update a moving-average
+        teacher; the base model does nothing."""

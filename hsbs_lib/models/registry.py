@@ -45,7 +45,8 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
 
 
 # Constructor arguments that are not method options (set from config.model's own fields or by the engine).
-_NOT_OPTIONS = {"self", "num_classes", "backbone", "pretrained", "stem", "backbone_width", "input_size"}
+_NOT_OPTIONS = {"self", "num_classes", "backbone", "pretrained", "stem", "backbone_width", "input_size",
+                "train_epochs"}
 
 
 def model_option_defaults(name: str) -> dict:
@@ -56,7 +57,7 @@ def model_option_defaults(name: str) -> dict:
 
 
 def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None,
-                 *, input_size: int | None = None, **options) -> nn.Module:
+                 *, input_size: int | None = None, train_epochs: int | None = None, **options) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -67,9 +68,13 @@ def create_model(name: str, num_classes: int = 7, backbone: str = "resnet18", pr
             local checkpoint (face-pretrained ResNet-18 files with ``module.`` prefixes are accepted).
         input_size: the image size, passed on to models whose head geometry depends on it (CLCL's MSR);
             ignored by the others.
+        train_epochs: the run's number of epochs (train.epochs), passed on to models whose schedule is a share
+            of training (HSBS's ``hst_start_fraction``); ignored by the others.
         **options: method switches, e.g. ``hst=False`` or ``stem="no_maxpool"``.
     """
     factory = get_model_factory(name)
     if input_size is not None and "input_size" in inspect.signature(factory).parameters:
         options.setdefault("input_size", input_size)
+    if train_epochs is not None and "train_epochs" in inspect.signature(factory).parameters:
+        options.setdefault("train_epochs", train_epochs)
     return factory(num_classes=num_classes, backbone=backbone, pretrained=pretrained, **options)
