@@ -42,10 +42,21 @@ class BatchSimilarityAttention(nn.Module):
     ``norm=True`` is the variant of the method description (z~ = LayerNorm(z + gamma S v), gamma = 0).
     ``norm``: LayerNorm on z~ (and then the model puts its plain path through the same norm).
     ``mask_diagonal`` forbids a sample from attending to itself.
+
+    ``memory_classes`` K > 0 adds a class-prototype memory: K extra keys and values, the per-class moving
+    average of z (:meth:`update_prototypes`, momentum ``prototype_momentum`` per step in which the class
+    occurs), so S is (B, B + K) and a face always has a same-class key, however rare its class. A prototype
+    not yet seen is masked out. The memory is two buffers (saved and resumed with the model), detached: the
+    projections learn from it, the prototypes only follow the features.
+    [design] Prototypes rather than a cross-batch queue of past features: a queue holds a class in proportion
+    to its frequency (fear, about 2 % of SynthFER's faces, would have about 5 entries in a queue of 256, and
+    some batches none), while the memory holds every class once, at K extra keys instead of hundreds, and
+    averages over many steps instead of keeping single features computed by older weights.
     """
 
     def __init__(self, dim: int, attn_dim: int = 128, *, mask_diagonal: bool = False, gamma_init: float = 1.0,
-                 norm: bool = False, similarity: str = "dot", temperature: float = 0.1):
+                 norm: bool = False, similarity: str = "dot", temperature: float = 0.1, memory_classes: int = 0,
+                 prototype_momentum: float = 0.9):
         super().__init__()
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown BSA similarity '{similarity}'; choose one of {', '.join(SIMILARITIES)}")
@@ -64,10 +75,21 @@ class BatchSimilarityAttention(nn.Module):
         self.out = nn.Linear(attn_dim, dim)
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        if int(memory_classes) != memory_classes or memory_classes < 0:
+            raise ValueError(f"the BSA prototype memory needs a whole number of classes >= 0, got {memory_classes}")
+        if not 0.0 <= prototype_momentum < 1.0:
+            raise ValueError(f"bsa_prototype_momentum must be in [0, 1), got {prototype_momentum}")
+        self.memory_classes = int(memory_classes)
+        self.prototype_momentum = float(prototype_momentum)
+        if self.memory_classes:   # buffers only when asked: checkpoints without the memory still load
+            self.register_buffer("class_prototypes", torch.zeros(self.memory_classes, dim))
+            self.register_buffer("prototype_seen", torch.zeros(self.memory_classes, dtype=torch.bool))
 
     def scores(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C) -> (the similarity's logits (B, B), float32, values W_v z (B, d)): S = softmax of the logits.
 
+        With the prototype memory the logits are (B, B + K) and the values (B + K, d): the prototypes' keys and
+        values follow the batch's.
         The three projections are applied as one product with their weights side by side, and the queries and
         keys are normalised together (cosine): one operator each where three and two would do the same sum.
         """
@@ -75,6 +97,8 @@ class BatchSimilarityAttention(nn.Module):
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         projected = F.linear(z, weight, bias)                                   # (B, 3d): q | k | v
         values = projected[:, 2 * self.attn_dim:]
+        if self.memory_classes:
+            return self._scores_with_memory(z, projected, weight[self.attn_dim:], bias[self.attn_dim:])
         if self.kind == "cosine":
             pair = F.normalize(_as_float(projected[:, :2 * self.attn_dim]).unflatten(1, (2, self.attn_dim)), dim=-1)
             logits = pair[:, 0] @ pair[:, 1].T / self.temperature
@@ -87,13 +111,58 @@ class BatchSimilarityAttention(nn.Module):
             logits = logits.masked_fill(eye, float("-inf"))
         return logits, values
 
+    def _scores_with_memory(self, z: Tensor, projected: Tensor, key_value_weight: Tensor,
+                            key_value_bias: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`scores` with the K prototypes appended as keys and values: logits (B, B + K), values (B + K, d)."""
+        size = self.attn_dim
+        # a copy: the loss updates the memory in place after this forward, and the product keeps its input for backward
+        prototypes = self.class_prototypes.to(projected.dtype, copy=True)
+        memory = F.linear(prototypes, key_value_weight, key_value_bias)                    # (K, 2d): k | v
+        queries = projected[:, :size]
+        keys = torch.cat([projected[:, size:2 * size], memory[:, :size]])                 # (B + K, d)
+        values = torch.cat([projected[:, 2 * size:], memory[:, size:]])                   # (B + K, d)
+        if self.kind == "cosine":
+            logits = F.normalize(_as_float(queries), dim=-1) @ F.normalize(_as_float(keys), dim=-1).T / self.temperature
+        else:
+            logits = _as_float(queries @ keys.T / math.sqrt(size))
+        batch = z.shape[0]
+        # a prototype never filled is no partner; the diagonal is masked in the batch block only
+        hidden = torch.cat([torch.zeros(batch, dtype=torch.bool, device=z.device), ~self.prototype_seen])
+        logits = logits.masked_fill(hidden, float("-inf"))
+        if self.mask_diagonal and batch > 1:
+            eye = torch.eye(batch, logits.shape[1], dtype=torch.bool, device=z.device)
+            logits = logits.masked_fill(eye, float("-inf"))
+        return logits, values
+
+    @torch.no_grad()
+    def update_prototypes(self, z: Tensor, labels: Tensor) -> None:
+        """Move each class's prototype toward the mean of that class's z (B, C) in the batch, labels (B,).
+
+        p_k <- m p_k + (1 - m) mean_{y_i = k} z_i for the classes present; a class's first batch sets p_k to its
+        mean. Tensor operations only (no host sync): called in every training step.
+        """
+        if not self.memory_classes:
+            return
+        z = z.detach().float()
+        sums = torch.zeros_like(self.class_prototypes).index_add_(0, labels, z)
+        # counted by index_add, not bincount: on a GPU bincount reads the largest label on the host
+        counts = z.new_zeros(self.memory_classes, 1).index_add_(0, labels, z.new_ones(labels.shape[0], 1))   # (K, 1)
+        means = sums / counts.clamp_min(1.0)
+        momentum = self.prototype_momentum
+        blended = torch.where(self.prototype_seen.unsqueeze(1),
+                              momentum * self.class_prototypes + (1 - momentum) * means, means)
+        present = counts > 0
+        self.class_prototypes.copy_(torch.where(present, blended, self.class_prototypes))
+        self.prototype_seen |= present.squeeze(1)
+
     def similarity(self, z: Tensor) -> Tensor:
-        """Row-stochastic batch similarity S: (B, C) -> (B, B)."""
+        """Row-stochastic batch similarity S: (B, C) -> (B, B) ((B, B + K) with the prototype memory)."""
         return _cast(self.scores(z)[0].softmax(dim=1), z.dtype)
 
     def extra_repr(self) -> str:
         temperature = f", temperature={self.temperature}" if self.kind == "cosine" else ""
-        return f"similarity={self.kind}{temperature}, mask_diagonal={self.mask_diagonal}"
+        memory = f", memory_classes={self.memory_classes}" if self.memory_classes else ""
+        return f"similarity={self.kind}{temperature}, mask_diagonal={self.mask_diagonal}{memory}"
 
     def attend(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, C) -> (z~ (B, C), S (B, B), the logits of S (B, B), float32, for :func:`supervision_from_logits`).
@@ -101,7 +170,7 @@ class BatchSimilarityAttention(nn.Module):
         Cosine similarity without a masked diagonal (the default) runs as one autograd node whose backward is
         written out (:class:`_CosineBatchAttention`): the same values and gradients in fewer operator calls.
         """
-        if self.kind == "cosine" and not self.mask_diagonal:
+        if self.kind == "cosine" and not self.mask_diagonal and not self.memory_classes:
             mixed, similarity, logits = _CosineBatchAttention.apply(
                 z, self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
                 self.value.bias, self.out.weight, self.out.bias, self.gamma, self.temperature)
@@ -199,22 +268,34 @@ def supervision_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(_as_float(logits), same / counts) - counts.log().mean()
 
 
-def same_label_targets(labels: Tensor, *, mask_diagonal: bool = False) -> Tensor:
-    """Same-label matrix normalised per row: (B,) -> (B, B); a row with no partner is all zero."""
+def same_label_targets(labels: Tensor, *, mask_diagonal: bool = False,
+                       prototypes_seen: Tensor | None = None) -> Tensor:
+    """Same-label matrix normalised per row: (B,) -> (B, B); a row with no partner is all zero.
+
+    ``prototypes_seen`` (K,) bool, with the prototype memory: K more columns, 1 at the sample's own class when
+    that prototype has been filled, so the target is (B, B + K) and the prototype is one partner among its
+    same-label samples.
+    """
     same = (labels[:, None] == labels[None, :]).float()
     if mask_diagonal:
         same.fill_diagonal_(0.0)
+    if prototypes_seen is not None:
+        classes = torch.arange(prototypes_seen.shape[0], device=labels.device)
+        own_prototype = (labels[:, None] == classes[None, :]) & prototypes_seen[None, :]
+        same = torch.cat([same, own_prototype.float()], dim=1)
     return same / same.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
-def similarity_supervision_loss(similarity: Tensor, labels: Tensor, *, mask_diagonal: bool = False) -> Tensor:
+def similarity_supervision_loss(similarity: Tensor, labels: Tensor, *, mask_diagonal: bool = False,
+                                prototypes_seen: Tensor | None = None) -> Tensor:
     """KL divergence pulling S (B, B) toward the row-normalised same-label matrix P. [design]
 
     L = mean_i KL(P_i || S_i) = mean_i sum_j P_ij (log P_ij - log S_ij). The divergence is taken with P as the
     reference because P has zeros (different labels) where S is positive, which would make KL(S || P)
-    infinite. Rows with no same-label partner (possible with ``mask_diagonal``) are skipped.
+    infinite. Rows with no same-label partner (possible with ``mask_diagonal``) are skipped. With the
+    prototype memory S is (B, B + K) and ``prototypes_seen`` (K,) adds the own-class prototype to P.
     """
-    targets = same_label_targets(labels, mask_diagonal=mask_diagonal)
+    targets = same_label_targets(labels, mask_diagonal=mask_diagonal, prototypes_seen=prototypes_seen)
     # Rows are weighted 0 / 1 rather than selected: selecting (or testing whether any row is left) would
     # make a GPU wait for its queue to drain in every training step. A row without partner has P = 0, so
     # its divergence is 0 and it adds nothing; with no such row at all the loss is 0.
