@@ -14,12 +14,19 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss, supervision_from_logits
 from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, class_activation_map
 from hsbs_lib.models.base import FERModel, ModelOutput
+from hsbs_lib.models.hst_teachers import FrozenTeacher, MovingAverageTeacher
 from hsbs_lib.models.registry import register_model
+
+#: what the BSA branch's logits come from: the shared classifier (the default), a head of its own (the main
+#: classifier then sees only z, as at evaluation), or the shared classifier behind a stop-gradient
+BSA_HEADS = ("shared", "own", "stop_gradient")
 
 
 @register_model("hsbs")
@@ -38,13 +45,24 @@ class HSBS(FERModel):
     pulling S toward the same-label matrix (``bsa_supervision=0.1``; 0 turns it off). ``bsa_gamma_init``
     and ``bsa_norm`` are documented on BatchSimilarityAttention.
 
+    Variants from the literature (issue 29; none is a default, docs/METHODS.md): ``hst_start_fraction`` (HST's
+    weight is 0 until that share of ``train_epochs``, which the engine passes from train.epochs, then ramps
+    in); ``hst_teacher="ema"`` (a moving average of the backbone, decay ``hst_ema_decay``, updated in
+    :meth:`step_end`) and ``"frozen"`` (the backbone of a trained run, ``hst_teacher_checkpoint``);
+    ``hst_direction="upsample"`` (SAD: the teacher upsampled, spatial softmax); ``bsa_prototypes`` (a
+    class-prototype memory appended to BSA's keys, momentum ``bsa_prototype_momentum``); ``bsa_head`` ("own":
+    a classifier of its own for z~; "stop_gradient": the shared one, not trained by CE(W z~)).
+
     forward(x: (B, 3, H, W), *, with_similarity=False) -> ModelOutput with
       logits (B, K) = W z (W LN(z) with bsa_norm; W z~ only in eval with bsa_at_eval); features (B, C) = z;
       maps: ``features/layer1..4`` (B, C_l, H_l, W_l) raw stage outputs (their activation attention is
             what HST aligns; ``attention_maps`` computes it for figures);
             ``bsa_similarity`` (B, B) whenever BSA runs (training, bsa_at_eval, or with_similarity=True,
             which computes it in eval without changing the logits);
-      extras: ``stages`` for HST, ``logits_bsa`` and ``similarity`` for the BSA terms (training only).
+      extras: ``stages`` for HST, ``logits_bsa`` and ``similarity`` for the BSA terms (training only);
+            ``hst_teacher_map`` (B, h, w) from the ema or frozen teacher while HST's weight is not 0.
+    With ``bsa_prototypes`` ``bsa_similarity`` is the batch block (B, B) of S (its rows sum to 1 less the
+    mass on the prototypes) and ``bsa_prototype_similarity`` (B, K) the rest.
     """
 
     def __init__(self, num_classes: int = 7, backbone: str = "resnet18", pretrained: str | None = None, *,
@@ -55,7 +73,10 @@ class HSBS(FERModel):
                  bsa_at_eval: bool = False, bsa_mask_diagonal: bool = False, bsa_supervision: float = 0.1,
                  bsa_gamma_init: float = 1.0, bsa_norm: bool = False, bsa_similarity: str = "cosine",
                  bsa_temperature: float = 0.1, stem: str = "standard",
-                 backbone_width: int = 64, dropout: float = 0.0):
+                 backbone_width: int = 64, dropout: float = 0.0, hst_start_fraction: float = 0.0,
+                 hst_direction: str = "pool", hst_ema_decay: float = 0.99, hst_teacher_checkpoint: str | None = None,
+                 bsa_prototypes: bool = False, bsa_prototype_momentum: float = 0.9, bsa_head: str = "shared",
+                 train_epochs: int | None = None):
         super().__init__(num_classes, backbone, pretrained, stem=stem, backbone_width=backbone_width)
         # Same module names and creation order as the baseline, so hst=bsa=False is the baseline exactly.
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -66,11 +87,31 @@ class HSBS(FERModel):
         self.hst_teacher = hst_teacher
         self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
                            teacher_quantile=hst_teacher_quantile, p=hst_p, pooling=hst_pooling,
-                           lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs) if hst else None
+                           lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs,
+                           start_epoch=_start_epoch(hst_start_fraction, train_epochs),
+                           direction=hst_direction) if hst else None
         self.bsa = BatchSimilarityAttention(self.backbone.out_channels, bsa_dim, mask_diagonal=bsa_mask_diagonal,
                                             gamma_init=bsa_gamma_init, norm=bsa_norm, similarity=bsa_similarity,
-                                            temperature=bsa_temperature) if bsa else None
+                                            temperature=bsa_temperature,
+                                            memory_classes=num_classes if bsa_prototypes else 0,
+                                            prototype_momentum=bsa_prototype_momentum) if bsa else None
         self.bsa_at_eval = bsa_at_eval
+        if bsa_head not in BSA_HEADS:
+            raise ValueError(f"unknown bsa_head '{bsa_head}'; choose one of {', '.join(BSA_HEADS)}")
+        self.bsa_head = bsa_head
+        # Created last, and only when asked: the default model keeps its modules, parameters and initialisation.
+        self.bsa_classifier = nn.Linear(self.backbone.out_channels, num_classes) if bsa and bsa_head == "own" else None
+        if (hst_teacher_checkpoint is not None) != (hst_teacher == "frozen"):
+            raise ValueError("hst_teacher=frozen reads its teacher from hst_teacher_checkpoint (a finished baseline "
+                             "run folder or its best.pt), and only it does: give both or neither")
+        if hst and hst_teacher in ("ema", "frozen") and hst_mode != "deep_to_all":
+            raise ValueError(f"hst_teacher={hst_teacher} teaches every student from one map: use hst_mode=deep_to_all")
+        self.teacher_network = None
+        if hst and hst_teacher == "ema":
+            self.teacher_network = MovingAverageTeacher(self.backbone, hst_ema_decay)
+        elif hst and hst_teacher == "frozen":
+            self.teacher_network = FrozenTeacher(self.backbone, hst_teacher_checkpoint, {
+                "backbone": backbone, "stem": stem, "backbone_width": backbone_width})
         if not (math.isfinite(bsa_supervision) and bsa_supervision >= 0):
             # A negative weight would silently turn the same-label term off (it is applied when > 0).
             raise ValueError(f"bsa_supervision must be a finite number >= 0 (0 turns the same-label term off), "
@@ -88,18 +129,30 @@ class HSBS(FERModel):
         # (hsbs_lib.viz.attention.attention_maps), so neither training nor inference pays for maps.
         maps: dict[str, Tensor] = {f"features/{name}": stage for name, stage in zip(self.feature_layers, stages)}
         extras: dict = {"stages": stages} if self.training else {}
+        if self.training and self.teacher_network is not None and self.hst.ramp() > 0:
+            extras["hst_teacher_map"] = self.teacher_network.attention(x, self.hst.p)
 
         mix_logits = self.training or self.bsa_at_eval
         if self.bsa is not None and (mix_logits or with_similarity):
             z_mixed, similarity, similarity_logits = self.bsa.attend(z)
-            maps["bsa_similarity"] = similarity
+            maps["bsa_similarity"] = similarity[:, :z.shape[0]] if self.bsa.memory_classes else similarity
+            if self.bsa.memory_classes:
+                maps["bsa_prototype_similarity"] = similarity[:, z.shape[0]:]
             if self.training:
-                extras["logits_bsa"] = self.classifier(self._dropout(z_mixed))
+                extras["logits_bsa"] = self._bsa_logits(self._dropout(z_mixed))
                 extras["similarity"] = similarity
                 extras["similarity_logits"] = similarity_logits
             elif self.bsa_at_eval:
-                logits = self.classifier(z_mixed)
+                logits = self._bsa_logits(z_mixed)
         return ModelOutput(logits=logits, features=z, maps=maps, extras=extras)
+
+    def _bsa_logits(self, z_mixed: Tensor) -> Tensor:
+        """Logits of the mixed feature (B, C) -> (B, K), from the head ``bsa_head`` names."""
+        if self.bsa_classifier is not None:
+            return self.bsa_classifier(z_mixed)
+        if self.bsa_head == "stop_gradient":   # z~ still trains BSA and the backbone; W learns from CE(W z) only
+            return F.linear(z_mixed, self.classifier.weight.detach(), self.classifier.bias.detach())
+        return self.classifier(z_mixed)
 
     def _dropout(self, z: Tensor) -> Tensor:
         # Dropout at p = 0 is the identity; skipping it saves an operator call per use.
@@ -122,17 +175,34 @@ class HSBS(FERModel):
             if self.hst_teacher == "cam":
                 labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
                 teacher = class_activation_map(stages[-1], self.classifier.weight, labels)
-            terms["hst"] = self.hst(stages, teacher=teacher)
+            elif self.teacher_network is not None:
+                teacher = output.extras.get("hst_teacher_map")
+            if self.teacher_network is not None and teacher is None:
+                # before HST's start its weight is 0 and the teacher network was not run: an exact zero term
+                terms["hst"] = stages[0].new_zeros((), dtype=torch.float32)
+            else:
+                terms["hst"] = self.hst(stages, teacher=teacher)
         if self.bsa_supervision > 0 and "similarity" in output.extras:
             labels = targets.get("label")
             if labels is None:
                 labels = targets["soft_label"].argmax(dim=1)
-            if self.bsa.mask_diagonal or "similarity_logits" not in output.extras:
-                kl = similarity_supervision_loss(output.extras["similarity"], labels, mask_diagonal=self.bsa.mask_diagonal)
+            seen = self.bsa.prototype_seen if self.bsa.memory_classes else None
+            if self.bsa.mask_diagonal or seen is not None or "similarity_logits" not in output.extras:
+                kl = similarity_supervision_loss(output.extras["similarity"], labels,
+                                                 mask_diagonal=self.bsa.mask_diagonal, prototypes_seen=seen)
             else:   # the same KL from the logits in fewer operators
                 kl = supervision_from_logits(output.extras["similarity_logits"], labels)
             terms["bsa_sim"] = self.bsa_supervision * kl
+        if self.bsa is not None and self.bsa.memory_classes and "similarity" in output.extras:
+            # after the KL term, whose targets must see the memory the forward pass attended to
+            labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
+            self.bsa.update_prototypes(output.features, labels)
         return terms
+
+    def step_end(self, step: int) -> None:
+        """After every optimiser step: move the moving-average HST teacher toward the backbone."""
+        if isinstance(self.teacher_network, MovingAverageTeacher):
+            self.teacher_network.update(self.backbone)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         """Advance the HST warm-up; log the HST weight and the BSA gate."""
@@ -143,3 +213,16 @@ class HSBS(FERModel):
         if self.bsa is not None:
             logged["bsa/gamma"] = float(self.bsa.gamma.detach())
         return logged
+
+
+def _start_epoch(fraction: float, epochs: int | None) -> int:
+    """The first epoch (0-based) with HST for ``hst_start_fraction`` of ``epochs``: ceil(fraction * epochs)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"hst_start_fraction is a share of training in [0, 1), got {fraction}")
+    if fraction == 0:
+        return 0
+    if epochs is None:
+        raise ValueError("hst_start_fraction needs the run's number of epochs: create_model(..., train_epochs=N) "
+                         "(the engine passes train.epochs)")
+    # rounded first, so that 0.75 * 8 is epoch 6, not 7 through a float's last digit
+    return math.ceil(round(fraction * epochs, 9))
