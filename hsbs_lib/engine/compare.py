@@ -10,6 +10,9 @@ A comparison config names a base recipe, overrides applied to every row, and the
       baseline: {model.name: baseline}
       hsbs:     {model.name: hsbs}
 
+A row's values may name ``{out}`` (the comparison's folder) and ``{seed}`` (the run's seed), e.g. a teacher
+taken from the same comparison: ``model.options.hst_teacher_checkpoint: "{out}/baseline/seed{seed}"``.
+
 Each (row, seed) trains into OUT/ROW/seedS; a finished run (eval.json present, same recipe in its
 config.yaml) is reused, so the command can be interrupted and re-run. The tables report, per metric of the
 test split (scored once per run, for the checkpoint its validation split selected):
@@ -152,6 +155,13 @@ def run_dir(plan: ComparePlan, row: str, seed: int) -> Path:
     return Path(plan.out) / row / f"seed{seed}"
 
 
+def run_overrides(plan: ComparePlan, row: str, seed: int, extra_overrides: Sequence[str] = ()) -> list[str]:
+    """Every override of run (row, seed): the plan's, the row's with ``{out}`` and ``{seed}`` filled in, the
+    command line's, then the seed and the run folder."""
+    row_overrides = [item.replace("{out}", str(plan.out)).replace("{seed}", str(seed)) for item in plan.rows[row]]
+    return [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={run_dir(plan, row, seed)}"]
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -208,12 +218,11 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     """
     results: dict[str, dict[int, dict]] = {}
     configs = {}
-    for row, row_overrides in plan.rows.items():
+    for row in plan.rows:
         results[row] = {}
         for seed in seeds:
             out = run_dir(plan, row, seed)
-            overrides = [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={out}"]
-            config = load_plan_config(plan, overrides)
+            config = load_plan_config(plan, run_overrides(plan, row, seed, extra_overrides))
             eval_file = out / "eval.json"
             if eval_file.is_file() and holds_run_of(out, config):
                 print(f"[compare] reusing {eval_file}")
@@ -252,6 +261,10 @@ def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[di
         for key, values in series.items():
             if len(values) == len(seeds):           # present in every seed (a class may be absent)
                 summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
+        for name in MINORITY_CLASSES:               # every run's own value, in the order of seed_list
+            values = series.get(f"recall_{name}", [])
+            if len(values) == len(seeds):
+                summary[f"recall_{name}_per_seed"] = " ".join(f"{value:.4f}" for value in values)
         if row != reference:
             shared = sorted(set(seeds) & set(results[reference]))
             reference_series = _series({s: results[reference][s] for s in shared})
@@ -372,6 +385,23 @@ def format_differences(summaries: list[dict], reference: str) -> str:
     return "\n".join(lines)
 
 
+def format_minority_runs(summaries: list[dict]) -> str:
+    """The minority classes' recall of every run (row x seed), in percent: the spread a mean hides."""
+    names = [name for name in MINORITY_CLASSES if any(f"recall_{name}_per_seed" in s for s in summaries)]
+    if not names:
+        return ""
+    lines = ["Minority-class recall of every run (test split, percent), one value per seed in the order listed:", "",
+             "| row | seeds | " + " | ".join(f"{name} recall per run" for name in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for s in summaries:
+        cells = [s["row"], s["seed_list"]]
+        for name in names:
+            values = s.get(f"recall_{name}_per_seed")
+            cells.append(" / ".join(f"{100 * float(v):.1f}" for v in values.split()) if values else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_validation(summaries: list[dict], reference: str) -> str:
     """The validation split's scores (where every choice is made), mean ± std and the paired difference."""
     keys = [key for key in VAL_METRICS if all(f"{key}_mean" in s for s in summaries)]
@@ -451,7 +481,8 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
     scored = sorted({s["scored"] for s in summaries if s.get("scored")})
     heading = f"Scored on: {'; '.join(scored)}." if scored and scored != ["test split"] else ""
     parts = [heading, format_markdown(summaries), quoted, format_differences(summaries, reference),
-             format_validation(summaries, reference), format_diagnostics_table(summaries, reference)]
+             format_minority_runs(summaries), format_validation(summaries, reference),
+             format_diagnostics_table(summaries, reference)]
     return "\n\n".join(part for part in parts if part)
 
 
