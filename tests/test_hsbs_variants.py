@@ -398,6 +398,28 @@ def test_new_buffers_resume_exactly():
         assert torch.equal(resumed.state_dict()[key], tensor), key
 
 
+def test_a_run_with_the_new_buffers_resumes_exactly_through_fit(tmp_path):
+    """Stopped after epoch 1 and resumed from last.pt, the run ends where the uninterrupted run ends: weights,
+    moving-average teacher, prototype memory and the late start's epoch count, tensor for tensor."""
+    from hsbs_lib.data.pipeline.cache import cache_split
+    from hsbs_lib.engine.train import fit, resume_config
+    from test_engine import ColourFER, _config
+
+    train, val = cache_split(ColourFER(48, seed=0), 32), cache_split(ColourFER(24, seed=2, split="val"), 32)
+    overrides = ["model.name=hsbs", "model.backbone_width=8", "model.stem=no_maxpool", "train.epochs=2",
+                 "train.max_steps_per_epoch=2", "train.deterministic=true", "train.record_intensity=false",
+                 "model.options.hst_teacher=ema", "model.options.bsa_prototypes=true",
+                 "model.options.hst_start_fraction=0.5"]
+    straight = fit(_config(tmp_path / "straight", *overrides), train_data=train, val_data=val)
+    fit(_config(tmp_path / "split", *overrides, "train.stop_after_epoch=1"), train_data=train, val_data=val)
+    resumed = fit(resume_config(tmp_path / "split"), resume=tmp_path / "split", train_data=train, val_data=val)
+    state = straight.model.state_dict()
+    assert int(state["teacher_network.updates"]) == 4 and bool(state["bsa.prototype_seen"].any())
+    assert int(state["hst.epochs_done"]) == 2
+    for name, value in state.items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
 def test_frozen_copy_keeps_an_absent_bias_absent():
     copy = frozen_copy(nn.Conv2d(1, 2, 3, bias=False), persistent=False)
     assert copy.bias is None and not copy.state_dict() and copy(torch.ones(1, 1, 3, 3)).shape == (1, 2, 1, 1)
