@@ -14,7 +14,8 @@
   mass, same-class / different-class ratio), averaged over the batches.
 
 The result is written to ``diagnostics-<split>-<n>.json`` in the run folder and reused while ``best.pt``
-is unchanged and the file was written by this version of the scores (:data:`DIAGNOSTICS_VERSION`). ``hsbs compare`` tabulates it over seeds; ``hsbs figures`` prints it.
+is unchanged and the file was written by this version of the scores (:data:`DIAGNOSTICS_VERSION`). ``hsbs
+compare`` tabulates it over seeds; ``hsbs figures`` prints it.
 """
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def format_diagnostics(report: dict) -> str:
                      + (f", centre {scores['centre_pointing']:.3f}" if "centre_pointing" in scores else "") + "),"
                      f" outer ring {scores['outer_ring_share']:.3f} (uniform {scores['chance_outer_ring']:.3f})")
         if "pointing_hit_rate_1cell" in scores:   # reports written before the equal-resolution scores lack them
-            lines.append(f"    one-cell pointing on its own grid {scores['pointing_hit_rate_1cell']:.3f} "
-                         f"(chance {scores['chance_pointing_1cell']:.3f}, centre {scores['centre_pointing_1cell']:.3f})")
+            lines.append(f"    one-cell pointing on its own grid {scores['pointing_hit_rate_1cell']:.3f} (chance "
+                         f"{scores['chance_pointing_1cell']:.3f}, centre {scores['centre_pointing_1cell']:.3f})")
         if "teacher_grid_energy_share" in scores:
             lines.append(f"    pooled to {LAYERS[-1]}'s grid: energy share {scores['teacher_grid_energy_share']:.3f},"
                          f" pointing game {scores['teacher_grid_pointing_hit_rate']:.3f},"

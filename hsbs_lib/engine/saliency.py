@@ -164,7 +164,7 @@ def grow_cells(cells, tolerance_cells: int) -> Tensor:
 
 
 def pointing_game_on_grid(saliency, mask, tolerance_cells: int = 1) -> Tensor:
-    """Whether each map's largest cell lies within ``tolerance_cells`` cells of its mask, on the map's grid: -> (B,) bool.
+    """Whether each map's largest cell is within ``tolerance_cells`` cells of its mask, on the map's grid: (B,) bool.
 
     saliency (B, h, w) stays on its own grid; the mask (B, H, W) is moved onto it (:func:`mask_on_grid`) and
     grown by the tolerance (a (2t + 1) x (2t + 1) square of cells). A tolerance of one cell asks the same of a
@@ -277,7 +277,8 @@ def teacher_on_student_grid(teacher, grid: tuple[int, int]) -> Tensor:
     return cells_to_pixels(maps, tuple(grid)).double()
 
 
-def score_equal_resolution(attention: dict[str, Tensor], masks, *, teacher: str = "layer4") -> dict[str, dict[str, float]]:
+def score_equal_resolution(attention: dict[str, Tensor], masks, *,
+                           teacher: str = "layer4") -> dict[str, dict[str, float]]:
     """Every layer and the teacher scored at one resolution, both ways.
 
     attention: {layer: (B, h_l, w_l) maps}, the teacher's among them; masks: (B, H, W) or (B, R, H, W) bool.
