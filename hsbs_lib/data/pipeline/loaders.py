@@ -18,8 +18,8 @@ images float32 (B, 3, S, S) and targets ``{"label": (B,), "pose": (B,), "soft_la
 "pose" is present when the split has pose labels (-1 marks an unknown pose), "soft_label" when the split
 has label distributions. A training loader built for a model that asks for ``extra_targets`` adds them:
 "region_bits" (B, S, S) uint8, the expression regions moved with each image by every flip and warp
-(:mod:`hsbs_lib.data.regions`). Shuffling (and class-balanced sampling) is identical on every rank and each rank
-takes its stride of the epoch's indices, the rule DistributedSampler follows.
+(:mod:`hsbs_lib.data.regions`). Shuffling (and class-balanced sampling) is identical on every rank and
+each rank takes its stride of the epoch's indices, the rule DistributedSampler follows.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
 from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
 from hsbs_lib.data.pipeline.cache import cache_split, find_bad_images
-from hsbs_lib.data.regions import REGION_BITS, has_region_masks, region_bits_of
 from hsbs_lib.data.pipeline.transforms import (POSE_BINS, AugmentSpec, BatchAugment, add_pixel_noise_, as_image,
                                                augment_spec, flip_pose, sample_transform)
+from hsbs_lib.data.regions import REGION_BITS, has_region_masks, region_bits_of
 from hsbs_lib.data.splits import SplitView
 
 log = logging.getLogger("hsbs_lib.engine")
@@ -467,7 +467,7 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
 
 
 def _rows_of(region_bits: np.ndarray, split: Any) -> np.ndarray:
-    """``region_bits`` when they have one row per image of ``split``; a cache that left images out cannot be matched."""
+    """``region_bits`` when they have one row per image of ``split`` (a cache that left images out cannot match)."""
     if len(region_bits) != len(labels_of(split)):
         raise ValueError(f"the region masks have {len(region_bits)} rows but the cached split has "
                          f"{len(labels_of(split))} images")
@@ -492,8 +492,8 @@ def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: 
     build = dict(config=config, device=device, pipeline=pipeline, context=context, normalization=normalization)
     # Every split is built (and each image decoded once) before training starts: a bad test image is
     # found now, not after the last epoch.
-    loaders = {role: make_loader(data, train=role == "train", **build,
-                                 extra_targets=extra_targets if role == "train" else None) if data is not None else None
+    loaders = {role: make_loader(data, train=role == "train", extra_targets=extra_targets if role == "train" else None,
+                                 **build) if data is not None else None
                for role, data in (("train", train_data), ("val", val_data), ("test", test_data))}
     train_loader = loaders["train"]
     return Loaders(
