@@ -101,7 +101,7 @@ def recipe_digest(config) -> str:
 def test_the_shipped_files_cover_every_dataset_and_method():
     assert sorted(path.stem for path in (CONFIGS / "datasets").glob("*.yaml")) == sorted(DATASETS)
     assert sorted(path.stem for path in (CONFIGS / "methods").glob("*.yaml")) == sorted(METHODS)
-    plans = ("compare_", "ablation_", "variants_")
+    plans = ("compare_", "ablation_", "variants_", "control_")     # comparison plans, not recipes
     assert sorted(path.stem for path in CONFIGS.glob("*_*.yaml")
                   if not path.name.startswith(plans)) == [f"synthfer_{m}" for m in sorted(METHODS)]
     assert sorted(path.stem for path in (CONFIGS / "recipes").glob("*.yaml")) == ["fer2013_course", "fer2013_full"]

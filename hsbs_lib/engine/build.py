@@ -83,6 +83,13 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
             for key, value in model.options.items()}
 
 
+def model_extra_targets(config: Config) -> dict[str, str]:
+    """The training targets beyond the labels that ``config.model``'s loss reads, each with the option asking for
+    it (the model's ``extra_targets``, e.g. {"region_bits": "model.options.hst_teacher=mask"}); {} for most."""
+    ask = getattr(get_model_factory(config.model.name), "extra_targets", None)
+    return ask(model_options(config.model)) if ask is not None else {}
+
+
 def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.Module:
     """The registered model ``config.model.name`` for ``classes`` (pretrained files only when asked)."""
     m = config.model

@@ -24,7 +24,9 @@ test split (scored once per run, for the checkpoint its validation split selecte
   reported as "no difference";
 * with ``--diagnostics`` (the default for SynthFER), the attention scores of every backbone stage against
   the expression masks and the statistics of BSA's batch similarity, mean ± std over seeds
-  (:mod:`hsbs_lib.engine.diagnostics`).
+  (:mod:`hsbs_lib.engine.diagnostics`), and the same stages at one resolution: the pointing game with a
+  one-cell tolerance on each stage's own grid, each stage pooled onto layer4's grid, and layer4 upsampled
+  onto each stage's grid, with their paired differences.
 
 A plan may also name the papers' own numbers to print beside the measured rows, marked as quoted, not
 measured (:mod:`hsbs_lib.engine.published`)::
@@ -59,6 +61,16 @@ METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean class acc."
 # The validation split's scores of the selected checkpoint (eval.json "validation"): where choices are made.
 VAL_METRICS = tuple(f"val_{metric}" for metric in METRICS)
 ATTENTION_SCORES = ("energy_share", "pointing_hit_rate", "outer_ring_share")
+# The equal-resolution scores (hsbs_lib.engine.saliency.score_equal_resolution), one table each.
+EQUAL_RESOLUTION_TABLES = {
+    "One-cell pointing on the stage's own grid": ("pointing_hit_rate_1cell",),
+    "The stage pooled to layer4's grid (as HST pools it): energy / pointing / one-cell pointing":
+        ("teacher_grid_energy_share", "teacher_grid_pointing_hit_rate", "teacher_grid_pointing_hit_rate_1cell"),
+    "Layer4 upsampled to the stage's grid: energy / pointing / one-cell pointing":
+        ("teacher_upsampled_energy_share", "teacher_upsampled_pointing_hit_rate",
+         "teacher_upsampled_pointing_hit_rate_1cell"),
+}
+EQUAL_RESOLUTION_SCORES = tuple(score for scores in EQUAL_RESOLUTION_TABLES.values() for score in scores)
 BSA_STATISTICS = ("row_entropy", "max_column_mass", "same_to_different")
 
 
@@ -310,8 +322,10 @@ def _series(by_seed: dict[int, dict]) -> dict[str, list[float]]:
         diagnostics = report.get("diagnostics") or {}
         attention = diagnostics.get("attention", {})
         for layer, scores in attention.items():
-            for score in ATTENTION_SCORES:
+            for score in (*ATTENTION_SCORES, *EQUAL_RESOLUTION_SCORES):
                 add(f"{layer}_{score}", scores.get(score))
+            # the centre baseline on the layer's grid: a property of the masks, named so it is never differenced
+            add(f"centre_pointing_1cell_{layer}", scores.get("centre_pointing_1cell"))
         # a property of the masks, the same for every layer and run: one value per run, never differenced
         add("centre_pointing", next((scores.get("centre_pointing") for scores in attention.values()), None))
         for statistic in BSA_STATISTICS:
@@ -434,34 +448,41 @@ def _interval(summary: dict, key: str) -> str:
     return f"{summary[f'{key}_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def _mean_std_cell(summary: dict, key: str) -> str:
+    """``0.412 ± 0.031`` over seeds (one seed: only its value; "-" when absent)."""
+    if f"{key}_mean" not in summary:
+        return "-"
+    return f"{summary[f'{key}_mean']:.3f}" + ("" if summary.get("seeds") == 1 else f" ± {summary[f'{key}_std']:.3f}")
+
+
+def _attention_table(intro: str, rows: list[dict], layers: list[str], cell, scores: Sequence[str] = ATTENTION_SCORES,
+                     label: str = "energy / pointing / ring") -> list[str]:
+    """One line per row, one cell per layer: ``cell(summary, "<layer>_<score>")`` of its scores joined by slashes."""
+    header = "| row | " + " | ".join(f"{layer} {label}" for layer in layers) + " |"
+    return [intro, "", header, "|---|" + "---|" * len(layers),
+            *("| " + " | ".join([s["row"], *(" / ".join(cell(s, f"{layer}_{score}") for score in scores)
+                                              for layer in layers)]) + " |" for s in rows)]
+
+
 def format_diagnostics_table(summaries: list[dict], reference: str = "reference") -> str:
-    """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them)."""
+    """Attention scores per layer and BSA statistics, mean ± std over seeds (rows that have them); then the
+    equal-resolution scores (:data:`EQUAL_RESOLUTION_TABLES`) when the runs' diagnostics have them."""
     layers = sorted({key.split("_", 1)[0] for s in summaries for key in s
                      if key.startswith("layer") and key.endswith("_energy_share_mean")})
-    def attention_table(intro: str, rows: list[dict], cell) -> list[str]:
-        """One line per row, one cell per layer: its three scores joined by slashes."""
-        header = "| row | " + " | ".join(f"{layer} energy / pointing / ring" for layer in layers) + " |"
-        return [intro, "", header, "|---|" + "---|" * len(layers),
-                *("| " + " | ".join([s["row"], *(" / ".join(cell(s, f"{layer}_{score}") for score in ATTENTION_SCORES)
-                                                  for layer in layers)]) + " |" for s in rows)]
-
-    def mean_std(s: dict, key: str) -> str:
-        if f"{key}_mean" not in s:
-            return "-"
-        return f"{s[f'{key}_mean']:.3f}" + ("" if s.get("seeds") == 1 else f" ± {s[f'{key}_std']:.3f}")
-
     lines = []
     if layers:
         centre = next((s["centre_pointing_mean"] for s in summaries if "centre_pointing_mean" in s), None)
         centre_note = (f"; a map that always peaks at the image centre wins the pointing game on {centre:.3f}"
                        if centre is not None else "")
-        lines += attention_table("Attention of each stage on the expression regions (test images; chance: energy "
-                                 "share and pointing = the regions' area, outer ring = a uniform map's ring share"
-                                 f"{centre_note}):", summaries, mean_std)
+        lines += _attention_table("Attention of each stage on the expression regions (test images; chance: energy "
+                                  "share and pointing = the regions' area, outer ring = a uniform map's ring share"
+                                  f"{centre_note}):", summaries, layers, _mean_std_cell)
         compared = [s for s in summaries if any(f"{layer}_energy_share_diff" in s for layer in layers)]
         if compared:
-            lines += [""] + attention_table(f"Attention scores minus the {reference} row's, paired by seed: mean [95% CI]; "
-                                            "an interval containing 0 is no difference:", compared, _interval)
+            lines += [""] + _attention_table(f"Attention scores minus the {reference} row's, paired by seed: mean "
+                                             "[95% CI]; an interval containing 0 is no difference:", compared, layers,
+                                             _interval)
+        lines += _equal_resolution_tables(summaries, reference, layers)
     bsa_rows = [s for s in summaries if "bsa_row_entropy_mean" in s]
     if bsa_rows:
         lines += ["", "BSA similarity of test batches (row entropy in nats; column mass: the largest share of "
@@ -472,6 +493,28 @@ def format_diagnostics_table(summaries: list[dict], reference: str = "reference"
             lines.append("| " + " | ".join([s["row"]] + [f"{s[f'bsa_{k}_mean']:.3f} ± {s[f'bsa_{k}_std']:.3f}"
                                                         for k in BSA_STATISTICS]) + " |")
     return "\n".join(lines)
+
+
+def _equal_resolution_tables(summaries: list[dict], reference: str, layers: list[str]) -> list[str]:
+    """The tables of :data:`EQUAL_RESOLUTION_TABLES` (rows whose diagnostics have them), each followed by its
+    paired differences to ``reference``: the stages compared at one resolution, not each at its own."""
+    rows = [s for s in summaries if any(f"{layer}_pointing_hit_rate_1cell_mean" in s for layer in layers)]
+    if not rows:
+        return []
+    centres = {layer: next((s[f"centre_pointing_1cell_{layer}_mean"] for s in rows
+                            if f"centre_pointing_1cell_{layer}_mean" in s), None) for layer in layers}
+    centre_note = ", ".join(f"{layer} {value:.3f}" for layer, value in centres.items() if value is not None)
+    lines = ["", "Attention at one resolution (test images). One-cell pointing: a hit when the peak cell is within one "
+             "cell of the regions, on the map's own grid" + (f"; a map peaked at its middle cell scores {centre_note}"
+                                                             if centre_note else "") + "."]
+    for title, scores in EQUAL_RESOLUTION_TABLES.items():
+        label = "1-cell" if len(scores) == 1 else "energy / pointing / 1-cell"
+        lines += [""] + _attention_table(f"{title}:", rows, layers, _mean_std_cell, scores, label)
+        compared = [s for s in rows if any(f"{layer}_{score}_diff" in s for layer in layers for score in scores)]
+        if compared:
+            lines += [""] + _attention_table(f"The same minus the {reference} row's, paired by seed: mean [95% CI]:",
+                                             compared, layers, _interval, scores, label)
+    return lines
 
 
 def format_report(summaries: list[dict], reference: str, published: dict | None = None) -> str:

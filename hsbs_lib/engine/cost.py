@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hsbs_lib.data.regions import REGION_BITS
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -26,9 +28,17 @@ def count_macs(model: nn.Module, input_size: int, *, batch_size: int = 1) -> int
     return counter.get_total_flops() // (2 * batch_size)
 
 
-def _fake_targets(batch_size: int, num_classes: int, device) -> dict:
+def _fake_targets(batch_size: int, num_classes: int, device, input_size: int | None = None) -> dict:
+    """Labels and pose bins cycling through their values; with ``input_size``, also region masks (every region on
+    the middle half of the image), for models whose loss reads them."""
     labels = torch.arange(batch_size, device=device) % num_classes
-    return {"label": labels, "pose": torch.arange(batch_size, device=device) % 5}
+    targets = {"label": labels, "pose": torch.arange(batch_size, device=device) % 5}
+    if input_size is not None:
+        regions = torch.zeros(batch_size, input_size, input_size, dtype=torch.uint8, device=device)
+        quarter = input_size // 4
+        regions[:, quarter:input_size - quarter, quarter:input_size - quarter] = 0xFF
+        targets[REGION_BITS] = regions
+    return targets
 
 
 def _sync(device: torch.device) -> None:
@@ -45,7 +55,7 @@ def measure_training(model: nn.Module, *, input_size: int, batch_size: int = 32,
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     x = torch.randn(batch_size, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    targets = _fake_targets(batch_size, getattr(model, "num_classes", 7), device)
+    targets = _fake_targets(batch_size, getattr(model, "num_classes", 7), device, input_size)
     use_amp = amp and device.type == "cuda"
 
     def step():

@@ -4,13 +4,18 @@
 
 * ``attention``: for each backbone stage, the scores of its activation attention (mean over channels of
   F^2) against the SynthFER expression masks (:func:`hsbs_lib.engine.saliency.score_saliency`: energy share,
-  pointing game, outer-ring share, each with its chance level); only for data with masks;
+  pointing game, outer-ring share, each with its chance level, and the pointing game with a one-cell
+  tolerance on the map's own grid, ``pointing_hit_rate_1cell``), and the same stage at the teacher's
+  resolution (:func:`hsbs_lib.engine.saliency.score_equal_resolution`: ``teacher_grid_*``, the stage pooled
+  onto layer4's grid as HST pools it, and ``teacher_upsampled_*``, layer4's map upsampled onto the stage's
+  grid); only for data with masks;
 * ``bsa``: for models with a batch similarity (HSBS), the statistics of S over consecutive batches of the
   training batch size (:func:`hsbs_lib.losses.bsa.similarity_statistics`: row entropy, largest column
   mass, same-class / different-class ratio), averaged over the batches.
 
 The result is written to ``diagnostics-<split>-<n>.json`` in the run folder and reused while ``best.pt``
-is unchanged. ``hsbs compare`` tabulates it over seeds; ``hsbs figures`` prints it.
+is unchanged and the file was written by this version of the scores (:data:`DIAGNOSTICS_VERSION`). ``hsbs
+compare`` tabulates it over seeds; ``hsbs figures`` prints it.
 """
 from __future__ import annotations
 
@@ -26,11 +31,14 @@ from hsbs_lib.config import config_from_dict
 from hsbs_lib.engine.build import build_dataset
 from hsbs_lib.engine.checkpoint import load_model_from_checkpoint
 from hsbs_lib.engine.evaluate import as_eval_loader
-from hsbs_lib.engine.saliency import score_saliency
+from hsbs_lib.engine.saliency import score_equal_resolution, score_saliency
 from hsbs_lib.losses.bsa import similarity_statistics
 from hsbs_lib.losses.hst import activation_attention
 
 LAYERS = STAGE_NAMES
+#: Bumped when the report gains or changes scores, so a cached report without them is computed again.
+#: 2: the one-cell pointing game and the equal-resolution scores.
+DIAGNOSTICS_VERSION = 2
 
 
 def diagnostics_file(run_dir: str | Path, split: str, n: int) -> Path:
@@ -49,7 +57,7 @@ def run_diagnostics(run_dir: str | Path, *, split: str = "test", n: int = 512, d
     cached = diagnostics_file(run_dir, split, n)
     if reuse and cached.is_file():
         stored = json.loads(cached.read_text())
-        if stored.get("checkpoint_mtime_ns") == stamp:
+        if stored.get("checkpoint_mtime_ns") == stamp and stored.get("version") == DIAGNOSTICS_VERSION:
             return stored
 
     model, checkpoint = load_model_from_checkpoint(checkpoint_path, device=device)
@@ -82,11 +90,16 @@ def run_diagnostics(run_dir: str | Path, *, split: str = "test", n: int = 512, d
             bsa.append(similarity_statistics(model.similarity(images), labels))
         seen += len(labels)
 
-    report: dict = {"run": str(run_dir), "split": split, "n": seen, "checkpoint_mtime_ns": stamp}
+    report: dict = {"run": str(run_dir), "split": split, "n": seen, "checkpoint_mtime_ns": stamp,
+                    "version": DIAGNOSTICS_VERSION}
     if masks is not None and any(maps.values()):
         region_masks = np.asarray(masks)[:seen]
-        report["attention"] = {layer: score_saliency(torch.cat(values), region_masks)
-                               for layer, values in maps.items() if values}
+        attention = {layer: torch.cat(values) for layer, values in maps.items() if values}
+        report["attention"] = {layer: score_saliency(values, region_masks) for layer, values in attention.items()}
+        teacher = LAYERS[-1]
+        if teacher in attention:
+            for layer, scores in score_equal_resolution(attention, region_masks, teacher=teacher).items():
+                report["attention"][layer].update(scores)
     if bsa:
         report["bsa"] = {key: _nanmean([batch[key] for batch in bsa]) for key in bsa[0]}
         report["bsa"]["batch_size"] = batch_size
@@ -107,6 +120,15 @@ def format_diagnostics(report: dict) -> str:
                      f" pointing game {scores['pointing_hit_rate']:.3f} (chance {scores['chance_pointing']:.3f}"
                      + (f", centre {scores['centre_pointing']:.3f}" if "centre_pointing" in scores else "") + "),"
                      f" outer ring {scores['outer_ring_share']:.3f} (uniform {scores['chance_outer_ring']:.3f})")
+        if "pointing_hit_rate_1cell" in scores:   # reports written before the equal-resolution scores lack them
+            lines.append(f"    one-cell pointing on its own grid {scores['pointing_hit_rate_1cell']:.3f} (chance "
+                         f"{scores['chance_pointing_1cell']:.3f}, centre {scores['centre_pointing_1cell']:.3f})")
+        if "teacher_grid_energy_share" in scores:
+            lines.append(f"    pooled to {LAYERS[-1]}'s grid: energy share {scores['teacher_grid_energy_share']:.3f},"
+                         f" pointing game {scores['teacher_grid_pointing_hit_rate']:.3f},"
+                         f" one-cell {scores['teacher_grid_pointing_hit_rate_1cell']:.3f};"
+                         f" {LAYERS[-1]} upsampled to this grid: one-cell pointing"
+                         f" {scores['teacher_upsampled_pointing_hit_rate_1cell']:.3f}")
     if "bsa" in report:
         b = report["bsa"]
         lines.append(f"  BSA similarity (batches of {b['batch_size']}): row entropy {b['row_entropy']:.2f} of "

@@ -18,6 +18,12 @@ A third score needs no mask and catches a classic artefact: zero padding makes t
 feature map respond differently from the inside, so a map can light up an edge or a corner of the image
 whatever the face shows. The outer-ring share is the share of a map's energy on its outermost ring of
 cells, at the map's own resolution; a uniform map scores the ring's share of the cells.
+
+Maps of different layers have different grids (33, 17, 9 and 5 cells at the SynthFER demo scale), so a
+pixel tolerance of zero asks far more of a coarse map than of a fine one. Three scores compare them at one
+resolution: the pointing game with a tolerance of one cell on the map's own grid
+(:func:`pointing_game_on_grid`), every map pooled onto the teacher's (layer4's) grid with the pooling HST
+uses, and the teacher's map upsampled onto each layer's grid (:func:`score_equal_resolution`).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hsbs_lib.losses.hst import pool_to_teacher_grid
 from hsbs_lib.models.backbones import cells_to_pixels
 
 
@@ -136,6 +143,57 @@ def centre_pointing(mask, tolerance_px: int = 0) -> Tensor:
     return masks[:, height // 2, width // 2]
 
 
+def mask_on_grid(mask, grid: tuple[int, int]) -> Tensor:
+    """The cells of an (h, w) ResNet grid that a mask touches: (B, H, W) or (B, R, H, W) bool -> (B, h, w) bool.
+
+    Cell i of a stride-s map sits on pixel s*i (:func:`~hsbs_lib.models.backbones.cells_to_pixels`) and
+    stands for the pixels s*i - s/2 .. s*i + s/2, the windows HST pools with
+    (:func:`~hsbs_lib.losses.hst.pool_to_teacher_grid`); a cell is in the mask when any of its pixels is.
+    """
+    masks = _as_masks(mask)
+    return pool_to_teacher_grid(masks.float(), tuple(grid)) > 0
+
+
+def grow_cells(cells, tolerance_cells: int) -> Tensor:
+    """Grow a (B, h, w) bool grid mask by ``tolerance_cells`` cells in every direction, diagonals included."""
+    grid = torch.as_tensor(cells).bool()
+    if tolerance_cells <= 0:
+        return grid
+    size = 2 * int(tolerance_cells) + 1
+    return F.max_pool2d(grid[:, None].float(), size, stride=1, padding=int(tolerance_cells))[:, 0] > 0
+
+
+def pointing_game_on_grid(saliency, mask, tolerance_cells: int = 1) -> Tensor:
+    """Whether each map's largest cell is within ``tolerance_cells`` cells of its mask, on the map's grid: (B,) bool.
+
+    saliency (B, h, w) stays on its own grid; the mask (B, H, W) is moved onto it (:func:`mask_on_grid`) and
+    grown by the tolerance (a (2t + 1) x (2t + 1) square of cells). A tolerance of one cell asks the same of a
+    5x5 and a 33x33 map: that the peak is next to the expression at the map's own resolution. Negative
+    values are clamped to 0 first, and among tied maxima the first cell in row-major order counts, as in
+    :func:`pointing_game`.
+    """
+    maps = _as_float_batch(saliency).clamp_min(0.0)
+    masks = _as_mask_batch(mask, maps.shape[0])
+    target = grow_cells(mask_on_grid(masks, tuple(maps.shape[-2:])), tolerance_cells)
+    peak = maps.flatten(1).argmax(dim=1)
+    return target.flatten(1).gather(1, peak[:, None])[:, 0]
+
+
+def centre_pointing_on_grid(mask, grid: tuple[int, int], tolerance_cells: int = 1) -> Tensor:
+    """The centre baseline of :func:`pointing_game_on_grid`: whether each grown grid mask holds the middle cell.
+
+    mask (B, H, W) or (B, R, H, W) bool -> (B,) bool; the middle cell is (h // 2, w // 2).
+    """
+    grown = grow_cells(mask_on_grid(mask, grid), tolerance_cells)
+    height, width = grown.shape[-2:]
+    return grown[:, height // 2, width // 2]
+
+
+def chance_pointing_on_grid(mask, grid: tuple[int, int], tolerance_cells: int = 1) -> Tensor:
+    """The share of an (h, w) grid's cells within ``tolerance_cells`` of each mask: a random peak's hit rate, (B,)."""
+    return grow_cells(mask_on_grid(mask, grid), tolerance_cells).double().mean(dim=(1, 2))
+
+
 def outer_ring_share(saliency) -> Tensor:
     """Share of each map's (clamped) energy on its outermost ring of cells: (B, h, w) -> (B,) in [0, 1].
 
@@ -169,11 +227,14 @@ def score_saliency(saliency, masks, *, tolerance_px: int = 0,
     Returns ``energy_share`` (mean), ``pointing_hit_rate``, ``chance_energy_share`` (the mean mask area
     share), ``chance_pointing`` (mean dilated area share), ``centre_pointing`` (the hit rate of a map that
     always peaks at the image centre: :func:`centre_pointing`), ``outer_ring_share`` with its chance level
-    ``chance_outer_ring`` (at the map's own grid) and ``n``.
+    ``chance_outer_ring`` (at the map's own grid), the pointing game with a tolerance of one cell on the
+    map's own grid ``pointing_hit_rate_1cell`` (:func:`pointing_game_on_grid`) with its chance level
+    ``chance_pointing_1cell`` and centre baseline ``centre_pointing_1cell``, and ``n``.
     """
     maps = _as_float_batch(saliency)
     union = _as_mask_batch(masks, maps.shape[0])
     grown = dilate(union, tolerance_px)   # the pointing game's target, for both of its reference levels
+    grid = tuple(maps.shape[-2:])
     scores = {
         "energy_share": float(energy_inside(maps, union).mean()),
         "pointing_hit_rate": float(pointing_game(maps, union, tolerance_px).double().mean()),
@@ -181,7 +242,10 @@ def score_saliency(saliency, masks, *, tolerance_px: int = 0,
         "chance_pointing": float(grown.double().mean()),
         "centre_pointing": float(centre_pointing(grown).double().mean()),
         "outer_ring_share": float(outer_ring_share(maps).mean()),
-        "chance_outer_ring": outer_ring_chance(tuple(maps.shape[-2:])),
+        "chance_outer_ring": outer_ring_chance(grid),
+        "pointing_hit_rate_1cell": float(pointing_game_on_grid(maps, union, 1).double().mean()),
+        "chance_pointing_1cell": float(chance_pointing_on_grid(union, grid, 1).mean()),
+        "centre_pointing_1cell": float(centre_pointing_on_grid(union, grid, 1).double().mean()),
         "n": int(maps.shape[0]),
     }
     per_region = torch.as_tensor(np.asarray(masks) if not isinstance(masks, Tensor) else masks).cpu()
@@ -193,3 +257,58 @@ def score_saliency(saliency, masks, *, tolerance_px: int = 0,
             scores[f"energy_share/{region}"] = float(energy_inside(maps, region_mask).mean())
             scores[f"chance_energy_share/{region}"] = float(region_mask.double().mean())
     return scores
+
+
+#: The scores :func:`score_equal_resolution` gives every layer, each under both prefixes
+#: (``teacher_grid_`` and ``teacher_upsampled_``).
+EQUAL_RESOLUTION_SCORES = ("energy_share", "pointing_hit_rate", "pointing_hit_rate_1cell")
+
+
+def teacher_on_student_grid(teacher, grid: tuple[int, int]) -> Tensor:
+    """The teacher's maps (B, h, w) upsampled onto a finer ResNet grid ``grid`` = (H_l, W_l): (B, H_l, W_l).
+
+    Bilinear, each teacher cell placed on the student cell it sits on (cell i of the teacher on student cell
+    r*i, r the stride ratio: :func:`~hsbs_lib.models.backbones.cells_to_pixels` with the student's grid as
+    the pixels), the registration :func:`~hsbs_lib.losses.hst.pool_to_teacher_grid` pools with.
+    """
+    maps = _as_float_batch(teacher)
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    return cells_to_pixels(maps, tuple(grid)).double()
+
+
+def score_equal_resolution(attention: dict[str, Tensor], masks, *,
+                           teacher: str = "layer4") -> dict[str, dict[str, float]]:
+    """Every layer and the teacher scored at one resolution, both ways.
+
+    attention: {layer: (B, h_l, w_l) maps}, the teacher's among them; masks: (B, H, W) or (B, R, H, W) bool.
+    Returns {layer: scores} with, for each score s of :data:`EQUAL_RESOLUTION_SCORES`:
+
+    * ``teacher_grid_<s>``: the layer's map pooled onto the teacher's grid with HST's registered pooling
+      (:func:`~hsbs_lib.losses.hst.pool_to_teacher_grid`), scored there (what HST compares with the teacher);
+    * ``teacher_upsampled_<s>``: the teacher's map upsampled onto the layer's grid
+      (:func:`teacher_on_student_grid`), scored there. Where the grids nest (odd input sizes) its energy share
+      and pixel pointing game equal the teacher's own, since bilinear upsampling keeps a piecewise-linear
+      surface; the one-cell pointing game is what changes, the tolerance now one cell of the layer's grid.
+
+    The teacher's own entries are its own scores (pooling and upsampling onto its own grid change nothing).
+    """
+    if teacher not in attention:
+        raise KeyError(f"no '{teacher}' map to score the other layers against; got {sorted(attention)}")
+    teacher_maps = _as_float_batch(attention[teacher])
+    teacher_grid = tuple(teacher_maps.shape[-2:])
+    union = _as_mask_batch(masks, teacher_maps.shape[0])
+
+    def scored(maps: Tensor) -> dict[str, float]:
+        return {"energy_share": float(energy_inside(maps, union).mean()),
+                "pointing_hit_rate": float(pointing_game(maps, union).double().mean()),
+                "pointing_hit_rate_1cell": float(pointing_game_on_grid(maps, union, 1).double().mean())}
+
+    results = {}
+    for layer, maps in attention.items():
+        maps = _as_float_batch(maps)
+        pooled = pool_to_teacher_grid(maps, teacher_grid).double()
+        upsampled = teacher_on_student_grid(teacher_maps, tuple(maps.shape[-2:]))
+        results[layer] = {**{f"teacher_grid_{key}": value for key, value in scored(pooled).items()},
+                          **{f"teacher_upsampled_{key}": value for key, value in scored(upsampled).items()}}
+    return results

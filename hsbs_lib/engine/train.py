@@ -53,7 +53,8 @@ from hsbs_lib.config import (Config, ConfigValueError, TrainConfig, apply_overri
                              load_config, plain_values, read_yaml_file, shown, validate_config)
 from hsbs_lib.data.base import BadEntry
 from hsbs_lib.data.labels import class_names
-from hsbs_lib.engine.build import build_model, build_splits, model_options, resolve_device, select_device
+from hsbs_lib.engine.build import (build_model, build_splits, model_extra_targets, model_options, resolve_device,
+                                   select_device)
 from hsbs_lib.engine.checkpoint import (build_checkpoint, load_checkpoint, non_finite_entries, resolve_checkpoint,
                                         restore_rng_state, save_checkpoint)
 from hsbs_lib.engine.distributed import (DistributedContext, all_reduce_sums, barrier, cleanup_distributed,
@@ -536,7 +537,10 @@ def _fit(config: Config, context: DistributedContext, resume, train_data, val_da
                         "validation numbers", test_absent, selection)
     else:
         selection = "the validation data given to fit" if val_data is not None else "none (best.pt is the last epoch)"
-    loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context)
+    # Targets the model's loss reads beyond the labels (the region masks of a ground-truth HST teacher): asked
+    # of the data now, so data without them is refused before the run folder is touched.
+    loaders = build_loaders(config, train_data, test_data, val_data=val_data, device=device, context=context,
+                            extra_targets=model_extra_targets(config))
     classes = tuple(loaders.classes) or class_names(config.data.num_classes)
     if checkpoint is not None and tuple(checkpoint["classes"]) != classes:
         raise ValueError(f"{resume}: checkpoint classes {checkpoint['classes']} differ from the data's {classes}")

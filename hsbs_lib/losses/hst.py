@@ -20,7 +20,10 @@ from torch import Tensor, nn
 from hsbs_lib.losses.casting import as_float as _as_float
 
 HST_MODES = ("deep_to_all", "chain")
-HST_TEACHERS = ("activation", "cam", "ema", "frozen")
+HST_TEACHERS = ("activation", "cam", "ema", "frozen", "mask", "blend", "au_mask")
+#: The teachers built from the ground-truth regions of the face (the perfect-teacher control): the
+#: training batches must carry the region masks (SynthFER's).
+REGION_TEACHERS = ("mask", "blend", "au_mask")
 HST_POOLINGS = ("registered", "adaptive")
 #: "pool": students pooled down to the teacher's grid, L2-normalised (attention transfer); "upsample": the
 #: teacher upsampled to each student's grid, both through a spatial softmax (self-attention distillation)
@@ -173,6 +176,26 @@ def class_activation_map(feature: Tensor, classifier_weight: Tensor, labels: Ten
     """
     weight = classifier_weight.detach().float()[labels]            # (B, C)
     return torch.einsum("bchw,bc->bhw", feature.detach().float(), weight).clamp_min(0.0)
+
+
+def mask_teacher(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """A ground-truth teacher: where the expression is, (B, S, S) on the input's pixels (1 inside, 0 outside),
+    pooled onto the layer4 grid ``size`` = (h, w) exactly as the students are: (B, h, w) float32.
+
+    The input is the finest "student": teacher cell i sits on pixel s*i (s the layer's stride) and averages
+    the pixels around it (:func:`pool_to_teacher_grid`), so each cell holds the share of its pixels inside.
+    """
+    return pool_to_teacher_grid(mask, size)
+
+
+def blended_teacher(first: Tensor, second: Tensor, weight: float = 0.5) -> Tensor:
+    """(1 - weight) Q(first) + weight Q(second), Q the L2 normalisation of a flattened map: (B, h, w) -> (B, h, w).
+
+    Each map is normalised first, as HST normalises its teacher, so neither wins by its scale.
+    """
+    first, second = _as_float(first), _as_float(second)
+    mix = ((1 - weight) * F.normalize(first.flatten(1), dim=1) + weight * F.normalize(second.flatten(1), dim=1))
+    return mix.view_as(first)
 
 
 def hst_loss(features: Sequence[Tensor], *, weights: Sequence[float] = (0.5, 1.0, 1.0), mode: str = "deep_to_all",

@@ -91,6 +91,13 @@ class FERModel(nn.Module):
         logits = logits if logits.dtype == torch.float32 else logits.float()
         return F.cross_entropy(logits, targets["label"], weight=weight, label_smoothing=smoothing)
 
+    @classmethod
+    def extra_targets(cls, options: dict) -> dict[str, str]:
+        """Training targets beyond the labels that ``loss`` reads when built with ``options`` (``model.options``),
+        each with the option that asks for it, so data without it is refused before training, naming the option;
+        {} (the labels only) for most models."""
+        return {}
+
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms; the base model has only the classification term."""
         return {"ce": self.classification_loss(output.logits, targets)}

@@ -18,8 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsbs_lib.data.labels import class_names
+from hsbs_lib.data.regions import REGION_BITS, region_bit_mask, regions_union
+from hsbs_lib.data.synthfer.params import REGION_NAMES, expression_regions
 from hsbs_lib.losses.bsa import BatchSimilarityAttention, similarity_supervision_loss, supervision_from_logits
-from hsbs_lib.losses.hst import HST_TEACHERS, HSTLoss, class_activation_map
+from hsbs_lib.losses.hst import (HST_TEACHERS, REGION_TEACHERS, HSTLoss, activation_attention, blended_teacher,
+                                 class_activation_map, mask_teacher)
 from hsbs_lib.models.base import FERModel, ModelOutput
 from hsbs_lib.models.hst_teachers import FrozenTeacher, MovingAverageTeacher
 from hsbs_lib.models.registry import register_model
@@ -38,7 +42,9 @@ class HSBS(FERModel):
 
     Defaults, each chosen by measurement on SynthFER's validation split (docs/METHODS.md, BENCHMARKS.md):
     HST with layer4's activation attention as teacher (``hst_teacher="activation"``, detached; ``"cam"``,
-    the class activation map of the true class, is the measured alternative), shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
+    the class activation map of the true class, is the measured alternative; ``"mask"``, ``"blend"`` and
+    ``"au_mask"`` are the ground-truth teachers of the perfect-teacher control, see :meth:`hst_teacher_map`),
+    shallow maps pooled onto the cells the teacher sits on (``hst_pooling="adaptive"``
     is the misregistered ablation), ``lambda_hst=None`` = 0.8 per teacher cell up to 20 (5 x 5), ramped in
     over ``hst_warmup_epochs=2`` (the layer4 teacher is random at first). BSA with cosine similarity at
     temperature 0.1 (``bsa_similarity="dot"``, scaled dot products, collapsed onto one sample) and a KL term
@@ -84,7 +90,18 @@ class HSBS(FERModel):
         self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
         if hst_teacher not in HST_TEACHERS:
             raise ValueError(f"unknown hst_teacher '{hst_teacher}'; choose one of {', '.join(HST_TEACHERS)}")
+        if hst_teacher != "activation" and hst_mode != "deep_to_all":
+            raise ValueError(f"model.options.hst_teacher={hst_teacher} teaches every student layer itself: use "
+                             f"model.options.hst_mode=deep_to_all, not {hst_mode}")
         self.hst_teacher = hst_teacher
+        if hst_teacher == "au_mask":
+            # Per class, the bits of the regions its action units move (SynthFER's classes in canonical order);
+            # not persistent, so checkpoints and the baseline's state dict stay as they were.
+            if num_classes not in (7, 8):
+                raise ValueError(f"model.options.hst_teacher=au_mask knows SynthFER's 7 or 8 expressions, not "
+                                 f"{num_classes} classes")
+            bits = [region_bit_mask(expression_regions(name), REGION_NAMES) for name in class_names(num_classes)]
+            self.register_buffer("class_region_bits", torch.tensor(bits, dtype=torch.uint8), persistent=False)
         self.hst = HSTLoss(weights=hst_weights, mode=hst_mode, mask_quantile=hst_mask_quantile,
                            teacher_quantile=hst_teacher_quantile, p=hst_p, pooling=hst_pooling,
                            lambda_hst=lambda_hst, warmup_epochs=hst_warmup_epochs,
@@ -164,6 +181,43 @@ class HSBS(FERModel):
             raise RuntimeError("this HSBS model was built with bsa=False, so it has no similarity matrix")
         return self(x, with_similarity=True).maps["bsa_similarity"]
 
+    @classmethod
+    def extra_targets(cls, options: dict) -> dict[str, str]:
+        """The ground-truth teachers train on the region masks: {"region_bits": "model.options.hst_teacher=..."}."""
+        teacher = options.get("hst_teacher", "activation")
+        if options.get("hst", True) and teacher in REGION_TEACHERS:
+            return {REGION_BITS: f"model.options.hst_teacher={teacher}"}
+        return {}
+
+    def hst_teacher_map(self, stages: list[Tensor], targets: dict[str, Tensor]) -> Tensor | None:
+        """The HST teacher on layer4's grid (B, h, w), or None for layer4's own activation attention.
+
+        ``"cam"``: the class activation map of the true class (``"ema"`` and ``"frozen"`` come from their teacher
+        network, in the forward pass, not from here). The perfect-teacher control, which asks whether
+        HST transfers a good teacher at all: ``"mask"`` is SynthFER's ground truth, the union of the expression
+        regions (brows, eyes, nose, mouth) pooled onto the teacher grid as the students are
+        (:func:`~hsbs_lib.losses.hst.mask_teacher`); ``"blend"`` is half layer4's activation map, half the mask,
+        each L2-normalised; ``"au_mask"`` is the class-specific ground truth, the union of only the regions the
+        true class's action units move (:func:`~hsbs_lib.data.synthfer.expression_regions`). The region masks
+        come with the batch as ``targets["region_bits"]`` (B, S, S) uint8, flipped and warped with the images.
+        """
+        if self.hst_teacher in ("activation", "ema", "frozen"):
+            return None
+        labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
+        if self.hst_teacher == "cam":
+            return class_activation_map(stages[-1], self.classifier.weight, labels)
+        bits = targets.get(REGION_BITS)
+        if bits is None:
+            raise ValueError(f"model.options.hst_teacher={self.hst_teacher} needs the expression's region masks in "
+                             f"every training batch (targets['{REGION_BITS}']): this dataset has no region masks "
+                             f"(only SynthFER renders them)")
+        grid = tuple(stages[-1].shape[-2:])
+        selected = self.class_region_bits[labels] if self.hst_teacher == "au_mask" else (1 << len(REGION_NAMES)) - 1
+        truth = mask_teacher(regions_union(bits, selected), grid)
+        if self.hst_teacher == "blend":
+            return blended_teacher(activation_attention(stages[-1].detach()), truth)
+        return truth
+
     def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """{"ce": CE(W z), "ce_bsa": CE(W z~), "hst": lambda_hst * L_hst, "bsa_sim": KL term}, each when active."""
         terms = {"ce": self.classification_loss(output.logits, targets)}
@@ -171,17 +225,15 @@ class HSBS(FERModel):
             terms["ce_bsa"] = self.classification_loss(output.extras["logits_bsa"], targets)
         if self.hst is not None and "stages" in output.extras:
             stages = output.extras["stages"]
-            teacher = None
-            if self.hst_teacher == "cam":
-                labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
-                teacher = class_activation_map(stages[-1], self.classifier.weight, labels)
-            elif self.teacher_network is not None:
+            if self.teacher_network is not None:
                 teacher = output.extras.get("hst_teacher_map")
-            if self.teacher_network is not None and teacher is None:
-                # before HST's start its weight is 0 and the teacher network was not run: an exact zero term
-                terms["hst"] = stages[0].new_zeros((), dtype=torch.float32)
+                if teacher is None:
+                    # before HST's start its weight is 0 and the teacher network was not run: an exact zero term
+                    terms["hst"] = stages[0].new_zeros((), dtype=torch.float32)
+                else:
+                    terms["hst"] = self.hst(stages, teacher=teacher)
             else:
-                terms["hst"] = self.hst(stages, teacher=teacher)
+                terms["hst"] = self.hst(stages, teacher=self.hst_teacher_map(stages, targets))
         if self.bsa_supervision > 0 and "similarity" in output.extras:
             labels = targets.get("label")
             if labels is None:

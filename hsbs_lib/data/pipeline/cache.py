@@ -47,7 +47,8 @@ class CacheSpaceError(ValueError):
 class CachedSplit:
     """One split as arrays: ``images`` uint8 (N, 3, S, S) (memory-mapped when cached on disk),
     ``labels`` int64 (N,), ``poses`` int64 (N,) with -1 for unknown or None, ``soft_labels`` float32
-    (N, K) or None, plus the label names and the source path of each row."""
+    (N, K) or None, plus the label names and the source path of each row. ``region_bits`` uint8 (N, S, S)
+    (:mod:`hsbs_lib.data.regions`) is set by the loader when a model trains on the expression regions."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -58,6 +59,7 @@ class CachedSplit:
     skipped: int = 0
     bad: list[BadEntry] = field(default_factory=list)
     location: Path | None = None    # the cache folder, None when built in memory
+    region_bits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -16,13 +16,17 @@ before it starts, naming every one, or with ``data.skip_bad`` is left out and li
 ``skipped``. Every batch is ``(images, targets)`` with
 images float32 (B, 3, S, S) and targets ``{"label": (B,), "pose": (B,), "soft_label": (B, K), "index": (B,)}``;
 "pose" is present when the split has pose labels (-1 marks an unknown pose), "soft_label" when the split
-has label distributions. Shuffling (and class-balanced sampling) is identical on every rank and each rank
-takes its stride of the epoch's indices, the rule DistributedSampler follows.
+has label distributions. A training loader built for a model that asks for ``extra_targets`` adds them:
+"region_bits" (B, S, S) uint8, the expression regions moved with each image by every flip and warp
+(:mod:`hsbs_lib.data.regions`). Shuffling (and class-balanced sampling) is identical on every rank and
+each rank takes its stride of the epoch's indices, the rule DistributedSampler follows.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import tv_tensors
 
 from hsbs_lib.config import Config
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
@@ -37,6 +42,7 @@ from hsbs_lib.data.base import BadDatasetError, BadEntry, DatasetReport
 from hsbs_lib.data.pipeline.cache import cache_split, find_bad_images
 from hsbs_lib.data.pipeline.transforms import (POSE_BINS, AugmentSpec, BatchAugment, add_pixel_noise_, as_image,
                                                augment_spec, flip_pose, sample_transform)
+from hsbs_lib.data.regions import REGION_BITS, has_region_masks, region_bits_of
 from hsbs_lib.data.splits import SplitView
 
 log = logging.getLogger("hsbs_lib.engine")
@@ -174,9 +180,9 @@ def _num_batches(count: int, batch_size: int, drop_last: bool, max_steps: int | 
 class DeviceBatchLoader:
     """Batches sliced from a uint8 split tensor on the device, augmented as whole batches.
 
-    ``split``: an object with ``images`` (N, 3, S, S) uint8, ``labels`` (N,), optional ``poses`` and
-    ``soft_labels`` (a CachedSplit). The images go to ``device`` once when they take at most ``max_gb``;
-    otherwise they stay in host memory and each batch is copied over.
+    ``split``: an object with ``images`` (N, 3, S, S) uint8, ``labels`` (N,), optional ``poses``,
+    ``soft_labels`` and ``region_bits`` (a CachedSplit). The images go to ``device`` once when they take at
+    most ``max_gb``; otherwise they stay in host memory and each batch is copied over.
     """
 
     def __init__(self, split: Any, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
@@ -201,6 +207,9 @@ class DeviceBatchLoader:
             self.targets["pose"] = torch.from_numpy(poses).to(target_device)
         if soft is not None:
             self.targets["soft_label"] = torch.from_numpy(soft).to(target_device)
+        region_bits = getattr(split, REGION_BITS, None)
+        if region_bits is not None:
+            self.targets[REGION_BITS] = torch.from_numpy(np.ascontiguousarray(region_bits)).to(target_device)
         weights = class_sample_weights(labels, num_classes or int(labels.max()) + 1) if balanced else None
         self.sampler = EpochSampler(len(labels), seed=seed, shuffle=shuffle, weights=weights, rank=rank,
                                     world_size=world_size)
@@ -226,9 +235,12 @@ class DeviceBatchLoader:
             images = self.images[index].to(self.device, non_blocking=True)
             targets = {key: value[index].to(self.device, non_blocking=True) for key, value in self.targets.items()}
             targets["index"] = index.to(self.device)
-            images, pose = self.augment(images, targets.get("pose"), generator)
+            images, pose, regions = self.augment.augment_with_regions(images, targets.get("pose"),
+                                                                      targets.get(REGION_BITS), generator)
             if pose is not None:
                 targets["pose"] = pose
+            if regions is not None:
+                targets[REGION_BITS] = regions
             yield images, targets
 
 
@@ -241,15 +253,21 @@ class TransformedDataset(Dataset):
     generator, which is seeded per sample inside ``fork_rng``. The flip is done here so the pose label
     can be mirrored with the image, and so is the ``clcl`` policy's choice of a flip or Gaussian noise
     (the noise goes on the decoded image, before resizing, as in CCLLS).
+
+    ``region_bits`` (N, H, W) uint8 at the images' own size: each sample's go through the same flip and the
+    same v2 transforms as its image (a ``tv_tensors.Mask``: resized, cropped and rotated by nearest neighbour,
+    left alone by colour, normalisation and erasing) and come out as ``target["region_bits"]`` (S, S).
     """
 
     def __init__(self, data: Any, *, size: int, augment: str | AugmentSpec = "none",
-                 normalization: dict | None = None, seed: int = 0, pose_bins: int = POSE_BINS):
+                 normalization: dict | None = None, seed: int = 0, pose_bins: int = POSE_BINS,
+                 region_bits: np.ndarray | None = None):
         self.data = data
         self.spec = augment_spec(augment)
         self.transform = sample_transform(self.spec, size, normalization=normalization)
         self.labels = labels_of(data)
         self.poses, self.soft_labels = poses_of(data), soft_labels_of(data)
+        self.region_bits = region_bits
         self.seed, self.pose_bins, self.epoch = seed, pose_bins, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -265,6 +283,7 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image = self._image(index)
+        regions = None if self.region_bits is None else tv_tensors.Mask(torch.from_numpy(self.region_bits[index]))
         target = {"label": torch.tensor(self.labels[index]), "index": torch.tensor(index)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, self.epoch, STREAM_SAMPLE, index))
@@ -276,9 +295,18 @@ class TransformedDataset(Dataset):
                     flipped = True
             if flipped:
                 image = image.flip(-1)
+                regions = None if regions is None else regions.flip(-1)
             if noisy:
                 image = add_pixel_noise_(image.float(), self.spec.noise_std).to(torch.uint8)
-            image = self.transform(as_image(image))
+            if regions is None:
+                image = self.transform(as_image(image))
+            else:
+                # One call, so the mask gets the image's crop and angle (v2 draws them once per call).
+                with warnings.catch_warnings():
+                    # RandomErasing passes masks through, as wanted: the teacher still says where the face is
+                    warnings.filterwarnings("ignore", message="RandomErasing.*passing through")
+                    image, regions = self.transform(as_image(image), regions)
+                target[REGION_BITS] = regions.as_subclass(Tensor)
         if self.poses is not None:
             target["pose"] = flip_pose(torch.tensor(self.poses[index]), torch.tensor(flipped), self.pose_bins)
         if self.soft_labels is not None:
@@ -294,9 +322,9 @@ class SampleBatchLoader:
                  normalization: dict | None = None, seed: int = 0, drop_last: bool = False,
                  balanced: bool = False, num_classes: int | None = None, rank: int = 0, world_size: int = 1,
                  max_steps: int | None = None, workers: int = 0, pin_memory: bool = False,
-                 pose_bins: int = POSE_BINS):
+                 pose_bins: int = POSE_BINS, region_bits: np.ndarray | None = None):
         self.dataset = TransformedDataset(data, size=size, augment=augment, normalization=normalization,
-                                          seed=seed, pose_bins=pose_bins)
+                                          seed=seed, pose_bins=pose_bins, region_bits=region_bits)
         labels = self.dataset.labels
         weights = class_sample_weights(labels, num_classes or int(labels.max()) + 1) if balanced else None
         self.sampler = EpochSampler(len(labels), seed=seed, shuffle=shuffle, weights=weights, rank=rank,
@@ -385,13 +413,31 @@ def pose_bins_for(data: Any, config: Config) -> int:
     return int(bins)
 
 
+def check_extra_targets(data: Any, extra_targets: dict[str, str] | None) -> None:
+    """Refuse, in one line, data that lacks a target the model trains on.
+
+    ``extra_targets``: {target key: what asks for it, e.g. "model.options.hst_teacher=mask"}.
+    """
+    for key, asked_by in (extra_targets or {}).items():
+        if key != REGION_BITS:
+            raise ValueError(f"{asked_by} asks for the training target '{key}', which no input pipeline provides")
+        if not has_region_masks(data):
+            name = getattr(data, "name", type(data).__name__)
+            raise ValueError(f"{asked_by} needs the expression's region masks, but dataset '{name}' has no "
+                             f"region masks (only SynthFER renders them)")
+
+
 def make_loader(data: Any, config: Config, *, train: bool, device: torch.device, pipeline: str,
-                context: Any = None, normalization: dict | None = None) -> DeviceBatchLoader | SampleBatchLoader:
+                context: Any = None, normalization: dict | None = None,
+                extra_targets: dict[str, str] | None = None) -> DeviceBatchLoader | SampleBatchLoader:
     """One loader for a training (shuffled, augmented, sharded) or evaluation split.
 
     ``context``: who this process is under DistributedDataParallel (``rank``, ``world_size``, ``enabled``:
-    the engine's DistributedContext); None for a single process.
+    the engine's DistributedContext); None for a single process. ``extra_targets``: targets beyond the labels
+    that the model's loss reads ({key: the option asking for it}; :func:`check_extra_targets`).
     """
+    check_extra_targets(data, extra_targets)
+    wants_regions = REGION_BITS in (extra_targets or {})
     d, t = config.data, config.train
     sharded = train and context is not None and context.enabled
     augment = augment_spec(d.augment, erase_scale=d.erase_scale, options=d.augment_options) if train else "none"
@@ -406,21 +452,36 @@ def make_loader(data: Any, config: Config, *, train: bool, device: torch.device,
     skipped = skipped_at_indexing(data)
     if pipeline == "device":
         split = as_cached_split(data, d.input_size, cache_dir=d.cache_dir, skip_bad=d.skip_bad)
+        if wants_regions:
+            split = dataclasses.replace(split, region_bits=_rows_of(region_bits_of(data, d.input_size), split))
         loader = DeviceBatchLoader(split, device=device, max_gb=d.device_cache_max_gb, **options)
         skipped += list(getattr(split, "bad", None) or [])
     else:
         # Decode every image once now, as the cache build does, so no broken file stops training midway.
         data, undecodable = decodable_part(data, skip_bad=d.skip_bad, cache_dir=d.cache_dir, workers=d.workers)
         loader = SampleBatchLoader(data, size=d.input_size, workers=d.workers, pin_memory=device.type == "cuda",
-                                   **options)
+                                   region_bits=region_bits_of(data) if wants_regions else None, **options)
         skipped += undecodable
     loader.skipped = skipped
     return loader
 
 
+def _rows_of(region_bits: np.ndarray, split: Any) -> np.ndarray:
+    """``region_bits`` when they have one row per image of ``split`` (a cache that left images out cannot match)."""
+    if len(region_bits) != len(labels_of(split)):
+        raise ValueError(f"the region masks have {len(region_bits)} rows but the cached split has "
+                         f"{len(labels_of(split))} images")
+    return region_bits
+
+
 def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: Any = None,
-                  device: str | torch.device = "cpu", context: Any = None) -> Loaders:
-    """Train, validation and test loaders for ``config`` (any split may be None)."""
+                  device: str | torch.device = "cpu", context: Any = None,
+                  extra_targets: dict[str, str] | None = None) -> Loaders:
+    """Train, validation and test loaders for ``config`` (any split may be None).
+
+    ``extra_targets``: targets the model's loss reads beyond the labels ({key: the option asking for it}, from
+    :func:`hsbs_lib.engine.build.model_extra_targets`); only the training loader carries them.
+    """
     device = torch.device(device)
     size, max_gb = config.data.input_size, config.data.device_cache_max_gb
     present = [data for data in (train_data, val_data, test_data) if data is not None]
@@ -431,7 +492,8 @@ def build_loaders(config: Config, train_data: Any, test_data: Any, *, val_data: 
     build = dict(config=config, device=device, pipeline=pipeline, context=context, normalization=normalization)
     # Every split is built (and each image decoded once) before training starts: a bad test image is
     # found now, not after the last epoch.
-    loaders = {role: make_loader(data, train=role == "train", **build) if data is not None else None
+    loaders = {role: make_loader(data, train=role == "train", extra_targets=extra_targets if role == "train" else None,
+                                 **build) if data is not None else None
                for role, data in (("train", train_data), ("val", val_data), ("test", test_data))}
     train_loader = loaders["train"]
     return Loaders(

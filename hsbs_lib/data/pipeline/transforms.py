@@ -43,6 +43,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from hsbs_lib.constants import IMAGENET_NORMALIZATION
+from hsbs_lib.data.regions import REGION_BITS
 
 POSE_BINS = 5
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -212,6 +213,15 @@ class BatchAugment:
 
     def __call__(self, images: Tensor, pose: Tensor | None, generator: torch.Generator
                  ) -> tuple[Tensor, Tensor | None]:
+        x, pose, _ = self.augment_with_regions(images, pose, None, generator)
+        return x, pose
+
+    def augment_with_regions(self, images: Tensor, pose: Tensor | None, regions: Tensor | None,
+                             generator: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """As calling the augmentation, and ``regions`` (B, S, S) uint8 region bits (:mod:`hsbs_lib.data.regions`)
+        moved with each image: flipped with it and warped with it (nearest neighbour, 0 outside the image, so bits
+        stay bits). Colour, noise and erasing leave them as they are. No extra random draws: the images come out
+        exactly as without ``regions``."""
         spec, batch, device = self.spec, images.shape[0], images.device
         # One float copy of the batch, then every step works in place: on a CPU the page faults of a
         # fresh 10 MB tensor per step cost more than the arithmetic.
@@ -230,17 +240,24 @@ class BatchAugment:
         x.div_(255.0)
         if spec.geometric:
             # The flip rides along in the warp (mirrored sampling grid), saving a pass over the batch.
-            x = self._warp(x, generator, flipped)
+            grid = self._sampling_grid(x, generator, flipped)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            if regions is not None:
+                regions = F.grid_sample(regions[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                        align_corners=False)[:, 0].to(torch.uint8)
         elif flipped is not None and flipped.any():
             # Exact pixel mirror (no interpolation), so a flip preset alone never blurs.
             chosen = flipped.nonzero().squeeze(1).to(device)
             x[chosen] = x[chosen].flip(-1)
+            if regions is not None:
+                regions = regions.clone()       # the loader's own copy of the split stays unflipped
+                regions[chosen] = regions[chosen].flip(-1)
         if spec.brightness > 0 or spec.contrast > 0:
             self._colour(x, generator)
         _normalize_(x, self.normalization)
         if spec.erase > 0:
             self._erase(x, generator)
-        return x, pose
+        return x, pose, regions
 
     def _noise(self, x: Tensor, noisy: Tensor, generator: torch.Generator) -> None:
         """Gaussian noise in place on the samples ``noisy`` (B,) of a 0..255 float batch.
@@ -255,8 +272,9 @@ class BatchAugment:
         chosen = noisy.nonzero().squeeze(1).to(x.device)
         x[chosen] = add_pixel_noise_(x[chosen], self.spec.noise_std, device_generator)
 
-    def _warp(self, x: Tensor, generator: torch.Generator, flipped: Tensor | None = None) -> Tensor:
-        """Flip, random resized crop and rotation as one affine map per sample (output -> input coordinates)."""
+    def _sampling_grid(self, x: Tensor, generator: torch.Generator, flipped: Tensor | None = None) -> Tensor:
+        """Flip, random resized crop and rotation as one affine map per sample (output -> input coordinates):
+        the (B, H, W, 2) grid that ``grid_sample`` warps the batch (B, C, H, W) with."""
         spec, (batch, _, height, width) = self.spec, x.shape
         crop_w = crop_h = torch.ones(batch)
         if spec.zoom is not None:
@@ -288,10 +306,9 @@ class BatchAugment:
         if flipped is not None:
             # Flipping the input first reads it at (-x, y): negate the row that produces x.
             theta[:, 0] *= 1 - 2 * flipped.float().view(-1, 1)
-        grid = affine_sampling_grid(theta.to(x.device), height, width)
-        # zeros padding: black only where the rotated crop reaches outside the image. v2 rotates the
-        # already cropped image, so its black corners are larger (the two differ at the border only).
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # Sampled with zeros padding: black only where the rotated crop reaches outside the image. v2 rotates
+        # the already cropped image, so its black corners are larger (the two differ at the border only).
+        return affine_sampling_grid(theta.to(x.device), height, width)
 
     def _colour(self, x: Tensor, generator: torch.Generator) -> None:
         """Brightness then contrast in place, torchvision's blend formulas with one factor per sample."""
@@ -327,10 +344,10 @@ class BatchMix:
     ``mix(images (B, 3, S, S), targets, generator)`` returns the mixed images and targets with
     ``soft_label`` (B, K) = lam * y_i + (1 - lam) * y_perm(i) (one-hot labels, or the batch's own soft labels),
     which the models' classification terms use; ``label`` (B,) becomes the label with the larger share, for
-    the accuracy and for loss terms that need a hard label. lam ~ Beta(alpha, alpha), one per batch (as timm);
-    CutMix pastes a box of area 1 - lam and sets lam to the pasted box's exact share. With both alphas above
-    0, each batch takes one of the two at random. Draws come from ``generator`` (CPU), so a seeded epoch
-    mixes the same pairs on every device.
+    the accuracy and for loss terms that need a hard label; ``region_bits``, when present, follow the pixels.
+    lam ~ Beta(alpha, alpha), one per batch (as timm); CutMix pastes a box of area 1 - lam and sets lam to the
+    pasted box's exact share. With both alphas above 0, each batch takes one of the two at random. Draws come
+    from ``generator`` (CPU), so a seeded epoch mixes the same pairs on every device.
     """
 
     def __init__(self, num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0):
@@ -371,6 +388,16 @@ class BatchMix:
             soft = F.one_hot(targets["label"], self.num_classes).float()
         mixed = dict(targets)
         mixed["soft_label"] = soft * lam + soft[order] * (1 - lam)
+        regions = targets.get(REGION_BITS)
+        if regions is not None:
+            # Where the expression is, in the mixed image: CutMix pastes the partner's regions with its pixels;
+            # Mixup shows both faces, so both faces' regions count.
+            if use_cutmix:
+                regions = regions.clone()
+                regions[..., top:bottom, left:right] = regions[order][..., top:bottom, left:right]
+            else:
+                regions = regions | regions[order]
+            mixed[REGION_BITS] = regions
         if lam < 0.5:
             mixed["label"] = targets["label"][order]
         return images, mixed

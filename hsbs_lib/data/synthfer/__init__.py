@@ -22,10 +22,12 @@ disk and ``hsbs synth``).
 from hsbs_lib.data.synthfer.dataset import SynthFER
 from hsbs_lib.data.synthfer.params import (EXPRESSION_CLASSES, INTENSITY_RANGE, POSE_BINS, POSE_YAW_DEGREES,
                                            RAFDB_TRAIN_DISTRIBUTION, REGION_NAMES, SPLITS, SUBJECTS_PER_SPLIT,
-                                           class_distribution, sample_parameters, subject_parameters)
+                                           class_distribution, expression_regions, sample_parameters,
+                                           subject_parameters)
 from hsbs_lib.data.synthfer.render import render_parameters, render_synthfer
 from hsbs_lib.data.synthfer.writer import write_rafdb_layout
 
 __all__ = ["EXPRESSION_CLASSES", "INTENSITY_RANGE", "POSE_BINS", "POSE_YAW_DEGREES", "RAFDB_TRAIN_DISTRIBUTION",
-           "REGION_NAMES", "SPLITS", "SUBJECTS_PER_SPLIT", "SynthFER", "class_distribution", "render_parameters",
+           "REGION_NAMES", "SPLITS", "SUBJECTS_PER_SPLIT", "SynthFER", "class_distribution", "expression_regions",
+           "render_parameters",
            "render_synthfer", "sample_parameters", "subject_parameters", "write_rafdb_layout"]

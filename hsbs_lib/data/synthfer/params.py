@@ -54,6 +54,21 @@ EXPRESSION_AU_TABLE = np.array(
     [[EXPRESSION_ACTION_UNITS[name].get(au, 0.0) for au in ACTION_UNITS] for name in CANONICAL_8],
     dtype=np.float32)  # (8, A)
 
+# The regions (REGION_NAMES) whose drawing each action unit changes in the renderer (render._draw_features).
+# Cheek raise lifts the lower lids (the cheeks are no region), brow lower also lowers the upper lids, and
+# upper-lip raise also lifts the nose tip.
+ACTION_UNIT_REGIONS: dict[str, tuple[str, ...]] = {
+    "inner_brow_raise": ("brows",), "outer_brow_raise": ("brows",), "brow_lower": ("brows", "eyes"),
+    "upper_lid_raise": ("eyes",), "lid_tighten": ("eyes",), "cheek_raise": ("eyes",),
+    "lip_corner_pull": ("mouth",), "lip_corner_depress": ("mouth",), "lip_stretch": ("mouth",),
+    "jaw_drop": ("mouth",), "upper_lip_raise": ("mouth", "nose"), "nose_wrinkle": ("nose",),
+    "lip_press": ("mouth",), "unilateral_corner": ("mouth",),
+}
+# An expression's defining action units are those at this strength or more in EXPRESSION_ACTION_UNITS. The
+# weaker ones (fear's 0.2 lip-corner depress, happiness's 0.15 lid tighten) move their region by about 0.1 at
+# a typical intensity: the size of the resting face (RESTING_AU_SCALE) and the per-image twitch.
+DEFINING_AU_STRENGTH = 0.5
+
 # Difficulty knobs (calibrated so a from-scratch ResNet-18 lands at about 85% in the demo budget).
 INTENSITY_RANGE = (0.28, 1.0)
 INTENSITY_POWER = 0.75      # intensity = low + (high - low) * u ** power: below 1 favours strong expressions
@@ -131,6 +146,20 @@ class _Draws:
 
     def bernoulli(self, p: float) -> np.ndarray:
         return self.uniform() < p
+
+
+def expression_regions(expression: str) -> tuple[str, ...]:
+    """The regions (in REGION_NAMES order) that an expression's defining action units move.
+
+    With the tables above: surprise, fear and anger move brows, eyes and mouth; disgust all four regions;
+    happiness eyes and mouth; sadness brows and mouth; contempt the mouth. Neutral moves nothing: what tells
+    it apart is every region at rest, so it gets all four.
+    """
+    if expression not in EXPRESSION_ACTION_UNITS:
+        raise ValueError(f"unknown expression {expression!r}; SynthFER renders {', '.join(EXPRESSION_ACTION_UNITS)}")
+    moved = {region for unit, strength in EXPRESSION_ACTION_UNITS[expression].items()
+             if strength >= DEFINING_AU_STRENGTH for region in ACTION_UNIT_REGIONS[unit]}
+    return tuple(region for region in REGION_NAMES if region in moved or not moved)
 
 
 def class_distribution(*, balanced: bool = False, num_classes: int = 7) -> np.ndarray:
