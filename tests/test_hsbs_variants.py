@@ -1,4 +1,4 @@
-"""HSBS variants of issue 29: late, moving-average, frozen and SAD-direction HST teachers; BSA's prototype
+"""HSBS variants a reviewer asks for: late, moving-average, frozen and SAD-direction HST teachers; BSA's prototype
 memory, masked diagonal and its own head or stop-gradient; their resume and the compare config's rows."""
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class HSBS(FERModel):
     pulling S toward the same-label matrix (``bsa_supervision=0.1``; 0 turns it off). ``bsa_gamma_init``
     and ``bsa_norm`` are documented on BatchSimilarityAttention.
 
-    Variants from the literature (issue 29; none is a default, docs/METHODS.md): ``hst_start_fraction`` (HST's
+    Variants from the literature (none is a default, docs/METHODS.md): ``hst_start_fraction`` (HST's
     weight is 0 until that share of ``train_epochs``, which the engine passes from train.epochs, then ramps
     in); ``hst_teacher="ema"`` (a moving average of the backbone, decay ``hst_ema_decay``, updated in
     :meth:`step_end`) and ``"frozen"`` (the backbone of a trained run, ``hst_teacher_checkpoint``);
