@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from hsbs_lib.cli import main as hsbs_main
-from hsbs_lib.config import config_path, load_config, load_yaml, repo_root
+from hsbs_lib.config import config_path, load_config, load_yaml, repo_root, resolved_stem
 from hsbs_lib.data.datasets import load_dataset
 from hsbs_lib.data.pipeline.cache import cache_split
 from hsbs_lib.data.pipeline.loaders import DeviceBatchLoader, SampleBatchLoader, labels_of
@@ -868,7 +868,7 @@ def _model_scale(args) -> dict:
     scale_overrides = [item for item in args.overrides if not item.startswith("model.options.")]
     config = load_config(args.config or config_path("synthfer_baseline"), scale_overrides)
     return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
-            "model": {"stem": config.model.stem, "backbone_width": config.model.backbone_width}}
+            "model": {"stem": resolved_stem(config), "backbone_width": config.model.backbone_width}}
 
 
 def run_bench(args) -> int:

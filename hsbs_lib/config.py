@@ -81,7 +81,9 @@ class ModelConfig:
     name: str = "hsbs"
     backbone: str = "resnet18"
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
-    stem: str = "standard"            # standard | no_maxpool (output stride 16) | small (3x3 stride 1, stride 8)
+    # standard | no_maxpool (output stride 16) | small (3x3 stride 1, stride 8) | auto (by data.input_size:
+    # no_maxpool up to AUTO_STEM_MAX_INPUT px, standard above, so layer4 keeps at most 6x6 cells)
+    stem: str = "standard"
     backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)
     # Start every residual block as the identity (its last BatchNorm's scale at 0; Goyal et al. 2017):
     # from scratch only, a pretrained file's values are kept.
@@ -531,6 +533,25 @@ def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64,
                                f"{_bytes_text(available)} of memory")
 
 
+#: Largest input for which ``model.stem=auto`` keeps the stride-16 stem (no max-pool, layer4 6x6 at 96 px);
+#: above it the standard stride-32 stem. A 9x9 layer4 grid (129 px at stride 16, 65 px at stride 8) kept
+#: the SynthFER recipe at the majority class for two epochs where the 5x5 grid of the same face at stride
+#: 32 left it at once (docs/BENCHMARKS.md, "Leaving the majority-class plateau at larger inputs").
+AUTO_STEM_MAX_INPUT = 96
+
+
+def auto_stem(input_size: int) -> str:
+    """The stem ``model.stem=auto`` stands for at ``input_size`` px: no_maxpool up to
+    :data:`AUTO_STEM_MAX_INPUT`, standard above."""
+    return "no_maxpool" if input_size <= AUTO_STEM_MAX_INPUT else "standard"
+
+
+def resolved_stem(config: Config) -> str:
+    """``config.model.stem``, with ``auto`` replaced by the stem it stands for at ``config.data.input_size``."""
+    stem = config.model.stem
+    return auto_stem(config.data.input_size) if stem == "auto" else stem
+
+
 def validate_config(config: Config) -> Config:
     """Refuse values outside the range a run can work with, before any work is done.
 
@@ -538,6 +559,8 @@ def validate_config(config: Config) -> Config:
     (``train.batch_size=0`` would otherwise divide by zero, ``train.epochs=0`` save an untrained "best"), or
     the key whose images would not fit in this machine's memory (:func:`check_input_size`).
     """
+    # A run folder records the stem its network has, not "auto": resolved here, after every override.
+    config.model.stem = resolved_stem(config)
     for key, allowed, expected in VALUE_RANGES:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -700,6 +723,10 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
     """
     stored = copy.deepcopy(stored.to_dict() if isinstance(stored, Config) else stored)
     wanted_dict = wanted.to_dict()
+    wanted_dict["model"]["stem"] = resolved_stem(wanted)      # a run records the stem "auto" stood for
+    stored_model = stored.get("model") or {}
+    if stored_model.get("stem") == "auto":
+        stored_model["stem"] = auto_stem(int((stored.get("data") or {}).get("input_size", DataConfig.input_size)))
     if option_defaults is not None:
         # A stored config went through YAML, which keeps tuples as lists: compare both sides as lists.
         for side in (stored, wanted_dict):

@@ -1,4 +1,5 @@
 """Configs: defaults, YAML, dotted overrides, unknown keys, the shipped SynthFER recipes."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,29 @@ def test_a_value_that_cannot_be_coerced_names_key_value_and_type(override, expec
     with pytest.raises(ValueError) as error:
         apply_overrides(Config(), [override])
     assert expected in str(error.value)
+
+
+def test_auto_stem_follows_the_input_size_and_runs_record_the_stem_it_stood_for():
+    from hsbs_lib.config import AUTO_STEM_MAX_INPUT, auto_stem, resolved_stem, same_recipe, validate_config
+    from hsbs_lib.models.backbones import stage_sizes
+
+    assert auto_stem(65) == auto_stem(AUTO_STEM_MAX_INPUT) == "no_maxpool"
+    assert auto_stem(AUTO_STEM_MAX_INPUT + 1) == auto_stem(129) == auto_stem(225) == "standard"
+    # the rule's purpose: layer4 keeps at most 6x6 cells up to the threshold, 5x5 at 129 px
+    assert stage_sizes(65, stem=auto_stem(65))[-1] == 5
+    assert stage_sizes(AUTO_STEM_MAX_INPUT, stem=auto_stem(AUTO_STEM_MAX_INPUT))[-1] == 6
+    assert stage_sizes(129, stem=auto_stem(129))[-1] == 5
+    config = load_config(None, ["model.stem=auto", "data.input_size=129"], data="synthfer", method="baseline")
+    assert config.model.stem == "auto" and resolved_stem(config) == "standard"
+    stored = validate_config(copy.deepcopy(config))          # what fit writes into the run folder
+    assert stored.model.stem == "standard"
+    assert same_recipe(stored, config)                          # a finished run is found again
+    other = load_config(None, ["model.stem=no_maxpool", "data.input_size=129"], data="synthfer", method="baseline")
+    assert not same_recipe(stored, other)
+
+
+def test_an_unknown_stem_names_auto_as_a_config_choice():
+    from hsbs_lib.models import create_model
+
+    with pytest.raises(ValueError, match="unknown stem 'tiny'.*auto"):
+        create_model("baseline", stem="tiny")

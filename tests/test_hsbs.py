@@ -409,7 +409,7 @@ def test_shipped_hsbs_recipes_keep_the_hst_term_under_the_cross_entropy(data):
     """At full weight (warm-up over), lambda_hst * L_hst stays below CE on every shipped grid: FER2013's 2x2
     at 48 px, RAF-DB's 7x7 at 224 px, SynthFER's 5x5 at 65 px. At 48 px the former fixed lambda_hst=1000
     fails this already at initialisation (and kept FER2013's training accuracy near chance)."""
-    from hsbs_lib.config import load_config
+    from hsbs_lib.config import load_config, resolved_stem
     from hsbs_lib.data.labels import class_names
     from hsbs_lib.engine.build import build_model
 
@@ -424,6 +424,6 @@ def test_shipped_hsbs_recipes_keep_the_hst_term_under_the_cross_entropy(data):
     if data != "fer2013":
         return
     forced = create_model("hsbs", num_classes=7, lambda_hst=1000.0, hst_warmup_epochs=0.0,
-                          stem=config.model.stem, backbone_width=config.model.backbone_width).train()
+                          stem=resolved_stem(config), backbone_width=config.model.backbone_width).train()
     forced_terms = forced.loss(forced(_images(batch=4, size=size)), {"label": LABELS})
     assert forced_terms["hst"].item() > forced_terms["ce"].item()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hsbs_lib.config import Config, ModelConfig, check_input_size, coerce_value, same_recipe, shown
+from hsbs_lib.config import Config, ModelConfig, check_input_size, coerce_value, resolved_stem, same_recipe, shown
 from hsbs_lib.data.datasets import dataset_adapter, load_dataset
 from hsbs_lib.data.splits import holdout_split, per_class_subset
 from hsbs_lib.engine.distributed import DistributedContext
@@ -95,7 +95,7 @@ def build_model(config: Config, classes, *, load_pretrained: bool = True) -> nn.
     m = config.model
     check_input_size(config.data.input_size, width=m.backbone_width)   # a model sized for it could not run anyway
     model = create_model(m.name, num_classes=len(classes), backbone=m.backbone,
-                         pretrained=m.pretrained if load_pretrained else None, stem=m.stem,
+                         pretrained=m.pretrained if load_pretrained else None, stem=resolved_stem(config),
                          backbone_width=m.backbone_width,
                          input_size=config.data.input_size, train_epochs=config.train.epochs, **model_options(m))
     if m.zero_init_residual and not m.pretrained:

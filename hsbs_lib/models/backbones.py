@@ -143,7 +143,8 @@ class ResNetBackbone(nn.Module):
         if name not in BACKBONES:
             raise KeyError(f"unknown backbone {shown(name)}; available: {', '.join(BACKBONES)}")
         if stem not in STEMS:
-            raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
+            raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)} (a config's model.stem may "
+                             f"also be auto: chosen by data.input_size)")
         if int(width) < 8:
             raise ValueError(f"backbone width must be at least 8 channels, got {width}")
         if pretrained and width != TORCHVISION_WIDTH:
