@@ -81,7 +81,8 @@ class ModelConfig:
     name: str = "hsbs"
     backbone: str = "resnet18"
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
-    # standard | no_maxpool (output stride 16) | small (3x3 stride 1, stride 8) | auto (by data.input_size:
+    # standard | no_maxpool (output stride 16) | pooled (stride-1 7x7 conv + max-pool, stride 16) |
+    # small (3x3 stride 1, stride 8) | auto (by data.input_size:
     # no_maxpool up to AUTO_STEM_MAX_INPUT px, standard above, so layer4 keeps at most 6x6 cells)
     stem: str = "standard"
     backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)

@@ -285,3 +285,17 @@ def test_recipe_switch_zero_init_residual_reaches_the_model():
     assert all(float(block.bn2.weight.detach().abs().sum()) == 0 for block in model.backbone.layer3)
     config = load_config(None, ["model.name=baseline", "model.backbone_width=16"])
     assert all(float(block.bn2.weight.detach().abs().sum()) > 0 for block in build_model(config, list("abcdefg")).backbone.layer3)
+
+
+def test_the_pooled_stem_keeps_no_maxpools_grid_with_a_stride_1_convolution_and_the_max_pool():
+    """stem="pooled": torchvision's 7x7 convolution at stride 1, then its 3x3 stride-2 max-pool, so the maps
+    are the no_maxpool stem's (33, 17, 9, 5 at 65 px) and the conv1 weights keep torchvision's shape."""
+    pooled = ResNetBackbone("resnet18", stem="pooled", width=16).eval()
+    plain = ResNetBackbone("resnet18", stem="no_maxpool", width=16).eval()
+    with torch.no_grad():
+        stages = pooled(torch.randn(2, 3, 65, 65))
+    assert tuple(s.shape[-1] for s in stages) == (33, 17, 9, 5) == pooled.stage_sizes(65) == plain.stage_sizes(65)
+    assert pooled.strides == plain.strides == (2, 4, 8, 16)
+    assert (pooled.conv1.stride, pooled.conv1.kernel_size) == ((1, 1), (7, 7))
+    assert isinstance(pooled.maxpool, torch.nn.MaxPool2d) and isinstance(plain.maxpool, torch.nn.Identity)
+    assert pooled.conv1.weight.shape == plain.conv1.weight.shape        # torchvision's stem weights load as is

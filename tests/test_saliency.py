@@ -68,7 +68,8 @@ def test_low_resolution_saliency_is_resized_to_the_mask_grid():
     assert float((plain * mask).sum() / plain.sum()) == pytest.approx(49 / 64, abs=1e-9)
 
 
-@pytest.mark.parametrize("stem,size", [("no_maxpool", 64), ("standard", 224), ("small", 48), ("no_maxpool", 65)])
+@pytest.mark.parametrize("stem,size", [("no_maxpool", 64), ("standard", 224), ("small", 48), ("no_maxpool", 65),
+                                       ("pooled", 65)])
 def test_resnet_cells_sit_where_cells_to_pixels_puts_them(stem, size):
     """The centre of a stage cell's receptive field, found by backpropagation, is pixel stride * i."""
     backbone = ResNetBackbone("resnet18", stem=stem, width=16).eval()
@@ -76,7 +77,7 @@ def test_resnet_cells_sit_where_cells_to_pixels_puts_them(stem, size):
         for module in backbone.modules():
             if isinstance(module, torch.nn.Conv2d):   # uniform kernels: every receptive field is symmetric
                 module.weight.fill_(1.0 / module.weight[0].numel())
-    if stem == "standard":
+    if stem in ("standard", "pooled"):
         # max-pool routes tied gradients to the first element; an average pool of the same geometry does not
         backbone.maxpool = torch.nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
     image = torch.ones(1, 3, size, size, requires_grad=True)

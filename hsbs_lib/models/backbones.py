@@ -1,11 +1,15 @@
 """torchvision ResNets and ConvNeXts with feature taps on layer1..layer4 and local-only pretrained loading.
 
 Shapes (ResNet-18, standard stem): a 224 px input gives layer1..4 maps of 64x56x56, 128x28x28,
-256x14x14, 512x7x7; at 64 px they are 16, 8, 4 and 2 pixels wide. Two other stems keep small inputs
+256x14x14, 512x7x7; at 64 px they are 16, 8, 4 and 2 pixels wide. Three other stems keep small inputs
 on a useful grid:
 
 * ``stem="no_maxpool"``: torchvision's 7x7 stride-2 convolution without the max-pool (output stride 16):
   at 64 px layer1..4 are 32, 16, 8 and 4 wide, so the layer4 map that HST uses as its teacher is 4x4.
+* ``stem="pooled"``: the same grids as ``no_maxpool`` (output stride 16), reached the standard way round:
+  the 7x7 convolution at stride 1, then the 3x3 stride-2 max-pool. The max-pool keeps the strongest of
+  neighbouring fine-grained responses; on SynthFER at 65 px it left the majority-class plateau within two
+  epochs where the no_maxpool stem did not (docs/BENCHMARKS.md, "Leaving the majority-class plateau").
 * ``stem="small"``: a 3x3 stride-1 convolution without max-pool (output stride 8): 48 px FER2013 faces
   keep a 6x6 layer4 grid, at about 7x the cost of the standard stem (docs/BENCHMARKS.md).
 
@@ -50,7 +54,7 @@ CONVNEXTS = {
     "convnext_base": ("convnext_base", "ConvNeXt_Base_Weights"),
 }
 #: stem -> stride of layer1 (the standard stem: stride-2 conv and stride-2 max-pool)
-STEMS = {"standard": 4, "no_maxpool": 2, "small": 1}
+STEMS = {"standard": 4, "no_maxpool": 2, "pooled": 2, "small": 1}
 #: stem -> (kernel, stride, padding) of ConvNeXt's patchify convolution, at the same layer1 strides as STEMS.
 #: "no_maxpool" keeps the 4x4 kernel so ImageNet weights still load; "small" is a 3x3 stride-1 convolution.
 CONVNEXT_STEMS = {"standard": (4, 4, 0), "no_maxpool": (4, 2, 1), "small": (3, 1, 1)}
@@ -161,7 +165,10 @@ class ResNetBackbone(nn.Module):
         self.strides: tuple[int, int, int, int] = tuple(STEMS[stem] * 2 ** index for index in range(4))
         if stem == "small":
             net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        if stem != "standard":
+        if stem == "pooled":
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=7, stride=1, padding=3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")   # torchvision's
+        if stem in ("no_maxpool", "small"):
             net.maxpool = nn.Identity()
         # Same attribute names as torchvision, so torchvision and face-pretrained state dicts load as is.
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
