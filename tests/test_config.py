@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hsbs_lib.config import Config, apply_overrides, config_from_dict, load_config
+from hsbs_lib.config import Config, apply_overrides, config_from_dict, load_config, resolved_stem
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine.build import build_model
 from hsbs_lib.engine.compare import load_plan
@@ -50,7 +50,8 @@ def test_shipped_synthfer_recipes(name, model):
     assert (config.data.name, config.data.input_size, config.data.n_train, config.data.n_test) == ("synthfer", 65, 4000, 1000)
     t = config.train
     assert (t.batch_size, t.optimizer, t.lr, t.weight_decay, t.scheduler, t.epochs) == (64, "adamw", 1e-3, 1e-4, "cosine", 8)
-    assert (config.model.backbone, config.model.stem, config.model.backbone_width) == ("resnet18", "no_maxpool", 32)
+    assert (config.model.backbone, config.model.stem, config.model.backbone_width) == ("resnet18", "auto", 32)
+    assert resolved_stem(config) == "no_maxpool"          # at 65 px
     if model == "hsbs":
         assert config.model.options["hst"] and config.model.options["bsa"]
         # the measured SynthFER setting (docs/BENCHMARKS.md): 0.8 per teacher cell, ramped in over 2 epochs

@@ -75,11 +75,11 @@ RECIPE_DIGESTS = {
     "ckplus_clcl": "6954c7ea643db410",
     "ckplus_phanet": "1ae602639cacaa68",
     "ckplus_mfer": "5581c26b146ad1fd",
-    "synthfer_baseline": "2b814178c6f5a0c6",
-    "synthfer_hsbs": "cf031906bef7cc67",
-    "synthfer_clcl": "dcec8ca188a8644a",
-    "synthfer_phanet": "f892335a8a6fd623",
-    "synthfer_mfer": "a770b865e77452d2",
+    "synthfer_baseline": "839f2f795fda7e16",
+    "synthfer_hsbs": "400c491eff60498c",
+    "synthfer_clcl": "6053aaeb55a10806",
+    "synthfer_phanet": "ed23e3be037c684f",
+    "synthfer_mfer": "60ebc77a51373e60",
 }
 
 
