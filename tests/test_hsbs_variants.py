@@ -351,20 +351,15 @@ def test_own_head_serves_bsa_at_evaluation():
     {"hst_teacher": "ema"}, {"hst_direction": "upsample"}, {"hst_start_fraction": 0.5, "train_epochs": 4},
     {"bsa_prototypes": True, "bsa_mask_diagonal": True}, {"bsa_head": "own"}, {"bsa_head": "stop_gradient"},
 ], ids=lambda options: "-".join(f"{key}={value}" for key, value in options.items()))
-def test_a_variant_training_step_reads_no_tensor_on_the_host(options, monkeypatch):
+def test_a_variant_training_step_reads_no_tensor_on_the_host(options, record_host_reads):
     """As every model's default step (test_model_contract): a host read would make a GPU wait in every step."""
     model = _hsbs(**options).train()
-    reads = []
-    for method in ("__bool__", "__float__", "__int__", "item", "tolist"):
-        original = getattr(torch.Tensor, method)
-        monkeypatch.setattr(torch.Tensor, method,
-                            lambda tensor, *args, _original=original, _method=method, **kwargs:
-                            reads.append(_method) or _original(tensor, *args, **kwargs))
+    reads, stop_recording = record_host_reads()
     for step in range(2):                      # the second step meets a filled memory and an updated teacher
         terms = model.loss(model(_images(seed=step)), {"label": LABELS})
         sum(terms.values()).backward()
         model.step_end(step + 1)
-    monkeypatch.undo()
+    stop_recording()
     assert reads == []
 
 

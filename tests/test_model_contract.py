@@ -50,21 +50,16 @@ HOST_READS = {"phanet": 1}
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_a_training_step_reads_no_tensor_on_the_host(name, monkeypatch):
+def test_a_training_step_reads_no_tensor_on_the_host(name, record_host_reads):
     # On a GPU every host read of a tensor (bool, float, int, item, tolist) waits for all queued work: one
     # per step costs more than a method's extra arithmetic at batch 64. The engine makes its one read per
     # step itself (the loss terms and the finiteness check together); the models add none.
     model = _build(name, stem="no_maxpool", backbone_width=32, input_size=65)
     images, targets = _images(8, 65), _targets(8)
-    reads = []
-    for method in ("__bool__", "__float__", "__int__", "item", "tolist"):
-        original = getattr(torch.Tensor, method)
-        monkeypatch.setattr(torch.Tensor, method,
-                            lambda tensor, *args, _original=original, _method=method, **kwargs:
-                            reads.append(_method) or _original(tensor, *args, **kwargs))
+    reads, stop_recording = record_host_reads()
     _, terms = _train_step_loss(model, images, targets)
     sum(terms.values()).backward()
-    monkeypatch.undo()
+    stop_recording()
     assert len(reads) == HOST_READS.get(name, 0), reads
 
 
