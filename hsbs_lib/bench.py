@@ -867,7 +867,8 @@ def _model_scale(args) -> dict:
     spellings of ``data.input_size`` and ``model.backbone``) replacing them when given."""
     scale_overrides = [item for item in args.overrides if not item.startswith("model.options.")]
     config = load_config(args.config or config_path("synthfer_baseline"), scale_overrides)
-    return {"input_size": args.input_size or config.data.input_size, "backbone": args.backbone or config.model.backbone,
+    config.data.input_size = args.input_size or config.data.input_size    # before the stem: auto follows it
+    return {"input_size": config.data.input_size, "backbone": args.backbone or config.model.backbone,
             "model": {"stem": resolved_stem(config), "backbone_width": config.model.backbone_width}}
 
 
