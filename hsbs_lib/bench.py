@@ -5,6 +5,7 @@ reported as ratios to the baseline measured in the same run, because shared mach
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -782,6 +783,18 @@ def cli_startup_table(repeats: int = CLI_REPEATS) -> str:
     return "\n".join(lines)
 
 
+def _whole_number(text: str) -> int:
+    """argparse type of the options that take several numbers: a ``key=value`` override after them would be
+    read as one of their values, so it gets a line saying where overrides go."""
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"'{text}' is a key=value override, not a number: give overrides before "
+                                         f"options that take several values (hsbs bench {text} --seeds 0 1 ...)")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
 def add_bench_arguments(parser) -> None:
     parser.add_argument("--sections", nargs="+", choices=(*BENCH_SECTIONS, "scales", "ops", "notebooks", "plateau",
                                                             "recipe", "fuzz", "cli"),
@@ -814,9 +827,9 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--notebook-timeout", type=int, default=3600, help="seconds one notebook may run")
     parser.add_argument("--plateau-recipe", default="synthfer_baseline",
                         help="with --sections plateau: the recipe trained (configs/NAME.yaml)")
-    parser.add_argument("--plateau-sizes", type=int, nargs="+", default=[65, 129],
+    parser.add_argument("--plateau-sizes", type=_whole_number, nargs="+", default=[65, 129],
                         help="with --sections plateau: input sizes (default 65 129)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+    parser.add_argument("--seeds", type=_whole_number, nargs="+", default=[0, 1, 2, 3, 4],
                         help="with --sections plateau: training seeds (default 0-4)")
     parser.add_argument("--plateau-epochs", type=int, default=2, help="with --sections plateau: epochs per run")
     parser.add_argument("--data", default="fer2013", help="with --sections recipe: the dataset (its data.root or "

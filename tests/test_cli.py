@@ -199,3 +199,16 @@ def test_bench_cli_section_prints_start_up_seconds():
     assert [row.split("`")[1] for row in rows][:2] == ["hsbs --help", "hsbs --version"]
     for row in rows:
         assert float(row.rsplit("|", 2)[1]) > 0
+
+
+def test_bench_says_where_an_override_goes_when_a_list_option_swallows_it(capsys):
+    parser = cli.build_parser(["bench"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--sections", "plateau", "--seeds", "0", "1", "train.threads=1"])
+    error = capsys.readouterr().err
+    assert "'train.threads=1' is a key=value override, not a number: give overrides before" in error
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--seeds", "x"])
+    assert "'x' is not a whole number" in capsys.readouterr().err
+    fine = parser.parse_args(["bench", "train.threads=1", "--sections", "plateau", "--seeds", "0", "1"])
+    assert fine.seeds == [0, 1] and fine.overrides == ["train.threads=1"]
