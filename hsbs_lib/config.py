@@ -83,7 +83,7 @@ class ModelConfig:
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
     # standard | no_maxpool (output stride 16) | pooled (stride-1 7x7 conv + max-pool, stride 16) |
     # small (3x3 stride 1, stride 8) | auto (by data.input_size:
-    # no_maxpool up to AUTO_STEM_MAX_INPUT px, standard above, so layer4 keeps at most 6x6 cells)
+    # no_maxpool up to AUTO_STEM_MAX_INPUT px, standard above)
     stem: str = "standard"
     backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)
     # Start every residual block as the identity (its last BatchNorm's scale at 0; Goyal et al. 2017):
@@ -535,9 +535,9 @@ def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64,
 
 
 #: Largest input for which ``model.stem=auto`` keeps the stride-16 stem (no max-pool, layer4 6x6 at 96 px);
-#: above it the standard stride-32 stem. A 9x9 layer4 grid (129 px at stride 16, 65 px at stride 8) kept
-#: the SynthFER recipe at the majority class for two epochs where the 5x5 grid of the same face at stride
-#: 32 left it at once (docs/BENCHMARKS.md, "Leaving the majority-class plateau at larger inputs").
+#: above it the standard stride-32 stem. At 129 px the no_maxpool stem kept the SynthFER recipe at the
+#: majority class for two epochs in every screen, where the standard stem (its max-pool back, layer4 5x5)
+#: left it in 5 of 5 seeds (docs/BENCHMARKS.md, "Leaving the majority-class plateau at larger inputs").
 AUTO_STEM_MAX_INPUT = 96
 
 
@@ -724,10 +724,10 @@ def same_recipe(stored: Config | dict[str, Any], wanted: Config, *, option_defau
     """
     stored = copy.deepcopy(stored.to_dict() if isinstance(stored, Config) else stored)
     wanted_dict = wanted.to_dict()
-    wanted_dict["model"]["stem"] = resolved_stem(wanted)      # a run records the stem "auto" stood for
-    stored_model = stored.get("model") or {}
-    if stored_model.get("stem") == "auto":
-        stored_model["stem"] = auto_stem(int((stored.get("data") or {}).get("input_size", DataConfig.input_size)))
+    for side in (stored, wanted_dict):        # a run records the stem "auto" stood for
+        model = side.get("model") or {}
+        if model.get("stem") == "auto":
+            model["stem"] = auto_stem(int((side.get("data") or {}).get("input_size", DataConfig.input_size)))
     if option_defaults is not None:
         # A stored config went through YAML, which keeps tuples as lists: compare both sides as lists.
         for side in (stored, wanted_dict):

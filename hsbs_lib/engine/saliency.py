@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hsbs_lib.losses.hst import pool_to_teacher_grid
+from hsbs_lib.losses.hst import pool_to_teacher_grid, upsample_to_student_grid
 from hsbs_lib.models.backbones import cells_to_pixels
 
 
@@ -269,12 +269,10 @@ def teacher_on_student_grid(teacher, grid: tuple[int, int]) -> Tensor:
 
     Bilinear, each teacher cell placed on the student cell it sits on (cell i of the teacher on student cell
     r*i, r the stride ratio: :func:`~hsbs_lib.models.backbones.cells_to_pixels` with the student's grid as
-    the pixels), the registration :func:`~hsbs_lib.losses.hst.pool_to_teacher_grid` pools with.
+    the pixels), the registration :func:`~hsbs_lib.losses.hst.pool_to_teacher_grid` pools with: HST's own
+    :func:`~hsbs_lib.losses.hst.upsample_to_student_grid`, in float64.
     """
-    maps = _as_float_batch(teacher)
-    if tuple(maps.shape[-2:]) == tuple(grid):
-        return maps
-    return cells_to_pixels(maps, tuple(grid)).double()
+    return upsample_to_student_grid(_as_float_batch(teacher), tuple(grid))
 
 
 def score_equal_resolution(attention: dict[str, Tensor], masks, *,

@@ -106,12 +106,13 @@ def _pooled_attention(feature: Tensor, size: tuple[int, int], p: float, pooling:
 
 
 @functools.lru_cache(maxsize=64)
-def _interpolation_weights(cells: int, teacher_cells: int, ratio: int, device: torch.device) -> Tensor:
+def _interpolation_weights(cells: int, teacher_cells: int, ratio: int, device: torch.device,
+                           dtype: torch.dtype = torch.float32) -> Tensor:
     """(cells, teacher_cells) linear-interpolation weights: row j reads the teacher grid at position j / ratio.
 
-    Cached per shape and device, like :func:`_window_weights`; callers must not modify it.
+    Cached per shape, device and dtype, like :func:`_window_weights`; callers must not modify it.
     """
-    weights = torch.zeros(cells, teacher_cells)
+    weights = torch.zeros(cells, teacher_cells, dtype=dtype)
     for index in range(cells):
         # past the last teacher cell the border value holds: nothing is extrapolated
         position = min(index / ratio, teacher_cells - 1)
@@ -128,16 +129,17 @@ def upsample_to_student_grid(teacher: Tensor, size: tuple[int, int], pooling: st
     ``pooling="registered"`` (the default) keeps the ResNet placement of :func:`pool_to_teacher_grid`: teacher
     cell i sits on student cell r*i, so student cell j reads the teacher at j / r, and cells past the last
     teacher cell take its value (at 65 px, sizes (n - 1) r + 1, this is ``align_corners=True``).
-    ``"adaptive"``: ``F.interpolate(align_corners=False)``, the cells-as-blocks reading.
+    ``"adaptive"``: ``F.interpolate(align_corners=False)``, the cells-as-blocks reading. Computed in float32,
+    or in float64 for float64 maps (the attention scores').
     """
-    teacher = _as_float(teacher)
+    teacher = teacher if teacher.dtype == torch.float64 else _as_float(teacher)
     if tuple(teacher.shape[-2:]) == tuple(size):
         return teacher
     if pooling == "adaptive":
         return F.interpolate(teacher.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     ratio = 2 ** max(0, round(math.log2(size[0] / teacher.shape[-2])))
-    rows = _interpolation_weights(size[0], teacher.shape[-2], ratio, teacher.device)
-    columns = _interpolation_weights(size[1], teacher.shape[-1], ratio, teacher.device)
+    rows = _interpolation_weights(size[0], teacher.shape[-2], ratio, teacher.device, teacher.dtype)
+    columns = _interpolation_weights(size[1], teacher.shape[-1], ratio, teacher.device, teacher.dtype)
     return rows @ teacher @ columns.T
 
 
@@ -393,6 +395,21 @@ LAMBDA_PER_CELL = 0.8
 LAMBDA_MAX_CELLS = 25
 
 
+def _refresh_host_mirror(buffer: str, mirror: str, module: nn.Module, incompatible_keys) -> None:
+    setattr(module, mirror, int(getattr(module, buffer)))
+
+
+def mirror_count_on_host(module: nn.Module, buffer: str, mirror: str) -> None:
+    """Keep the integer attribute ``mirror`` equal to ``module``'s scalar counter buffer ``buffer``.
+
+    A count read in every training step is read from the mirror: reading the buffer on a GPU would wait for the
+    GPU each time. The buffer is what checkpoints keep; loading one refreshes the mirror (a post-load hook), and
+    whoever advances the count sets both.
+    """
+    _refresh_host_mirror(buffer, mirror, module, None)
+    module.register_load_state_dict_post_hook(functools.partial(_refresh_host_mirror, buffer, mirror))
+
+
 class HSTLoss(nn.Module):
     """Hierarchical Semantic Transfer loss, scaled: ramp * lambda_hst * L_hst (see :func:`hst_loss`).
 
@@ -458,15 +475,7 @@ class HSTLoss(nn.Module):
         self.start_epoch = int(start_epoch)
         self.direction = direction
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
-        # The ramp is read in every training step, and reading the buffer on a GPU would wait for the GPU
-        # each time: the count is mirrored on the host. The buffer keeps it in checkpoints; loading one
-        # refreshes the mirror.
-        self._epochs_done = 0
-        self.register_load_state_dict_post_hook(HSTLoss._mirror_epochs_done)
-
-    @staticmethod
-    def _mirror_epochs_done(module: "HSTLoss", incompatible_keys) -> None:
-        module._epochs_done = int(module.epochs_done)
+        mirror_count_on_host(self, "epochs_done", "_epochs_done")     # the ramp reads it in every step
 
     def scale(self, grid_positions: int) -> float:
         """lambda_hst for a teacher grid of ``grid_positions`` cells (the auto rule when lambda_hst is None)."""

@@ -121,8 +121,6 @@ class HSBS(FERModel):
         if (hst_teacher_checkpoint is not None) != (hst_teacher == "frozen"):
             raise ValueError("hst_teacher=frozen reads its teacher from hst_teacher_checkpoint (a finished baseline "
                              "run folder or its best.pt), and only it does: give both or neither")
-        if hst and hst_teacher in ("ema", "frozen") and hst_mode != "deep_to_all":
-            raise ValueError(f"hst_teacher={hst_teacher} teaches every student from one map: use hst_mode=deep_to_all")
         self.teacher_network = None
         if hst and hst_teacher == "ema":
             self.teacher_network = MovingAverageTeacher(self.backbone, hst_ema_decay)
@@ -203,7 +201,7 @@ class HSBS(FERModel):
         """
         if self.hst_teacher in ("activation", "ema", "frozen"):
             return None
-        labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
+        labels = _hard_labels(targets)
         if self.hst_teacher == "cam":
             return class_activation_map(stages[-1], self.classifier.weight, labels)
         bits = targets.get(REGION_BITS)
@@ -234,21 +232,19 @@ class HSBS(FERModel):
                     terms["hst"] = self.hst(stages, teacher=teacher)
             else:
                 terms["hst"] = self.hst(stages, teacher=self.hst_teacher_map(stages, targets))
-        if self.bsa_supervision > 0 and "similarity" in output.extras:
-            labels = targets.get("label")
-            if labels is None:
-                labels = targets["soft_label"].argmax(dim=1)
-            seen = self.bsa.prototype_seen if self.bsa.memory_classes else None
-            if self.bsa.mask_diagonal or seen is not None or "similarity_logits" not in output.extras:
-                kl = similarity_supervision_loss(output.extras["similarity"], labels,
-                                                 mask_diagonal=self.bsa.mask_diagonal, prototypes_seen=seen)
-            else:   # the same KL from the logits in fewer operators
-                kl = supervision_from_logits(output.extras["similarity_logits"], labels)
-            terms["bsa_sim"] = self.bsa_supervision * kl
-        if self.bsa is not None and self.bsa.memory_classes and "similarity" in output.extras:
-            # after the KL term, whose targets must see the memory the forward pass attended to
-            labels = targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
-            self.bsa.update_prototypes(output.features, labels)
+        if "similarity" in output.extras:          # BSA ran in this training step
+            labels = _hard_labels(targets)
+            if self.bsa_supervision > 0:
+                seen = self.bsa.prototype_seen if self.bsa.memory_classes else None
+                if self.bsa.mask_diagonal or seen is not None or "similarity_logits" not in output.extras:
+                    kl = similarity_supervision_loss(output.extras["similarity"], labels,
+                                                     mask_diagonal=self.bsa.mask_diagonal, prototypes_seen=seen)
+                else:   # the same KL from the logits in fewer operators
+                    kl = supervision_from_logits(output.extras["similarity_logits"], labels)
+                terms["bsa_sim"] = self.bsa_supervision * kl
+            if self.bsa.memory_classes:
+                # after the KL term, whose targets must see the memory the forward pass attended to
+                self.bsa.update_prototypes(output.features, labels)
         return terms
 
     def step_end(self, step: int) -> None:
@@ -265,6 +261,11 @@ class HSBS(FERModel):
         if self.bsa is not None:
             logged["bsa/gamma"] = float(self.bsa.gamma.detach())
         return logged
+
+
+def _hard_labels(targets: dict[str, Tensor]) -> Tensor:
+    """The batch's class indices (B,): ``label``, or the largest share of ``soft_label`` (mixed batches)."""
+    return targets["label"] if "label" in targets else targets["soft_label"].argmax(dim=1)
 
 
 def _start_epoch(fraction: float, epochs: int | None) -> int:

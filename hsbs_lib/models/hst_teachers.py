@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hsbs_lib.losses.hst import activation_attention
+from hsbs_lib.losses.hst import activation_attention, mirror_count_on_host
 from hsbs_lib.models.weights_file import load_weights_file
 
 
@@ -78,13 +78,7 @@ class MovingAverageTeacher(_TeacherNetwork):
         self.decay = float(decay)
         self.network = frozen_copy(backbone, persistent=True)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        # the count is read in every step: mirrored on the host so a GPU is not waited for (as HSTLoss does)
-        self._updates = 0
-        self.register_load_state_dict_post_hook(MovingAverageTeacher._mirror_updates)
-
-    @staticmethod
-    def _mirror_updates(module: "MovingAverageTeacher", incompatible_keys) -> None:
-        module._updates = int(module.updates)
+        mirror_count_on_host(self, "updates", "_updates")     # the decay ramp reads it in every step
 
     @torch.no_grad()
     def update(self, backbone: nn.Module) -> None:
