@@ -83,7 +83,7 @@ class ModelConfig:
     pretrained: str | None = None     # None, "imagenet" (local torch cache only) or a path
     # standard | no_maxpool (output stride 16) | pooled (stride-1 7x7 conv + max-pool, stride 16) |
     # small (3x3 stride 1, stride 8) | auto (by data.input_size:
-    # no_maxpool up to AUTO_STEM_MAX_INPUT px, standard above)
+    # pooled up to AUTO_STEM_MAX_INPUT px, standard above)
     stem: str = "standard"
     backbone_width: int = 64          # channels of layer1 (64 = torchvision; 32 = the SynthFER demo scale)
     # Start every residual block as the identity (its last BatchNorm's scale at 0; Goyal et al. 2017):
@@ -534,17 +534,19 @@ def check_input_size(input_size: int, *, batch_size: int = 1, width: int = 64,
                                f"{_bytes_text(available)} of memory")
 
 
-#: Largest input for which ``model.stem=auto`` keeps the stride-16 stem (no max-pool, layer4 6x6 at 96 px);
-#: above it the standard stride-32 stem. At 129 px the no_maxpool stem kept the SynthFER recipe at the
-#: majority class for two epochs in every screen, where the standard stem (its max-pool back, layer4 5x5)
-#: left it in 5 of 5 seeds (docs/BENCHMARKS.md, "Leaving the majority-class plateau at larger inputs").
+#: Largest input for which ``model.stem=auto`` keeps a stride-16 stem (layer4 5x5 at 65 px, 6x6 at 96 px);
+#: above it the standard stride-32 stem. Measured on the SynthFER recipe (docs/BENCHMARKS.md, "Leaving the
+#: majority-class plateau at larger inputs"): what decides whether a seed leaves the majority class within
+#: two epochs is the max-pool. Without it (no_maxpool) 0 of 5 seeds left clearly at 65 px and none in the
+#: 129 px screens; with it, the standard stem left in 5 of 5 at 129 px, and the pooled stem (the 7x7
+#: convolution at stride 1, then the max-pool: no_maxpool's grids) in 5 of 5 at 65 px.
 AUTO_STEM_MAX_INPUT = 96
 
 
 def auto_stem(input_size: int) -> str:
-    """The stem ``model.stem=auto`` stands for at ``input_size`` px: no_maxpool up to
+    """The stem ``model.stem=auto`` stands for at ``input_size`` px: pooled up to
     :data:`AUTO_STEM_MAX_INPUT`, standard above."""
-    return "no_maxpool" if input_size <= AUTO_STEM_MAX_INPUT else "standard"
+    return "pooled" if input_size <= AUTO_STEM_MAX_INPUT else "standard"
 
 
 def resolved_stem(config: Config) -> str:

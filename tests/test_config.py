@@ -51,7 +51,7 @@ def test_shipped_synthfer_recipes(name, model):
     t = config.train
     assert (t.batch_size, t.optimizer, t.lr, t.weight_decay, t.scheduler, t.epochs) == (64, "adamw", 1e-3, 1e-4, "cosine", 8)
     assert (config.model.backbone, config.model.stem, config.model.backbone_width) == ("resnet18", "auto", 32)
-    assert resolved_stem(config) == "no_maxpool"          # at 65 px
+    assert resolved_stem(config) == "pooled"              # at 65 px
     if model == "hsbs":
         assert config.model.options["hst"] and config.model.options["bsa"]
         # the measured SynthFER setting (docs/BENCHMARKS.md): 0.8 per teacher cell, ramped in over 2 epochs
@@ -118,7 +118,7 @@ def test_auto_stem_follows_the_input_size_and_runs_record_the_stem_it_stood_for(
     from hsbs_lib.config import AUTO_STEM_MAX_INPUT, auto_stem, resolved_stem, same_recipe, validate_config
     from hsbs_lib.models.backbones import stage_sizes
 
-    assert auto_stem(65) == auto_stem(AUTO_STEM_MAX_INPUT) == "no_maxpool"
+    assert auto_stem(65) == auto_stem(AUTO_STEM_MAX_INPUT) == "pooled"
     assert auto_stem(AUTO_STEM_MAX_INPUT + 1) == auto_stem(129) == auto_stem(225) == "standard"
     # the rule's purpose: layer4 keeps at most 6x6 cells up to the threshold, 5x5 at 129 px
     assert stage_sizes(65, stem=auto_stem(65))[-1] == 5
