@@ -51,9 +51,11 @@ figures: $(STAMP)
 	$(HSBS) figures --demo --out figures
 
 ## Rewrite notebooks/reference/ (the expected results the notebooks show) from the finished demo, ablation
-## and method-comparison runs in $(RUNS) and the committed figures/; trains nothing.
+## and method-comparison runs in $(RUNS) and the committed figures/; trains nothing. Some parts only, the
+## others kept as they are: make reference PARTS="demo methods"
+PARTS ?=
 reference: $(STAMP)
-	$(PY) -m hsbs_lib.engine.expected --runs $(RUNS) --figures figures --out notebooks/reference
+	$(PY) -m hsbs_lib.engine.expected --runs $(RUNS) --figures figures --out notebooks/reference $(if $(PARTS),--parts $(PARTS))
 
 bench: $(STAMP)
 	$(HSBS) bench

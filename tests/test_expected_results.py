@@ -202,3 +202,36 @@ def test_files_the_command_did_not_write_are_never_overwritten(finished_runs, tm
     with pytest.raises(expected.ReferenceError, match="demo_hsbs/eval.json"):
         expected.write_reference(runs, figures, out)
     assert (out / "demo_hsbs" / "eval.json").read_text() == "edited"
+
+
+def test_parts_rewrites_some_tables_and_keeps_the_others_with_their_recipe(finished_runs, tmp_path, capsys):
+    runs, figures = finished_runs
+    for row in expected.METHOD_ROWS:          # the methods' runs at another budget than the ablation's
+        for seed in expected.METHOD_SEEDS:
+            (runs / "synthfer" / row / f"seed{seed}" / "config.yaml").write_text(
+                "train: {epochs: 16}\nmodel: {stem: pooled}\ndata: {input_size: 65}\n")
+    out = tmp_path / "reference"
+    first = expected.write_reference(runs, figures, out)
+    assert first["synthfer_methods.json"]["recipe"] == "train.epochs=16, model.stem=pooled, data.input_size=65"
+    assert first["synthfer_ablation.json"]["recipe"] == "train.epochs=16, model.stem=pooled, data.input_size=65"
+    ablation_before = (out / "synthfer_ablation.json").read_bytes()
+    # the ablation's runs are gone from this machine: the methods are rewritten, the ablation kept as it was
+    shutil.rmtree(runs / "synthfer" / "+BSA")
+    (runs / "synthfer" / "mfer" / "seed1" / "eval.json").write_text(json.dumps(fake_report(1, 0.5)))
+    assert expected.main(["--runs", str(runs), "--figures", str(figures), "--out", str(out),
+                          "--parts", "demo", "methods"]) == 0
+    assert "kept ablation" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "synthfer_ablation.json").read_bytes() == ablation_before
+    assert manifest["synthfer_ablation.json"] == first["synthfer_ablation.json"]
+    mfer = expected.ablation_row(json.loads((out / "synthfer_methods.json").read_text())["rows"], "mfer")
+    assert mfer["accuracy_mean"] == pytest.approx((0.76 + 0.5 + 0.764) / 3)     # seed 1's new result is in
+    assert manifest["synthfer_methods.json"]["bytes"] == (out / "synthfer_methods.json").stat().st_size
+    # a part that cannot be kept (never written here) and an unknown part are refused in one line
+    fresh = tmp_path / "fresh"
+    for parts in (["methods"], ["demo", "tables"]):
+        assert expected.main(["--runs", str(runs), "--figures", str(figures), "--out", str(fresh),
+                              "--parts", *parts]) == 1
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and ("cannot keep" in error or "--parts expects" in error)
+    assert not fresh.exists()

@@ -13,7 +13,11 @@ notebooks/reference``) copies and derives, from those finished runs and the comm
 * ``synthfer_methods.json`` and ``.md``: the same for every method at the demo recipe
   (``hsbs compare --config configs/compare_synthfer.yaml --seeds 0 1 2``, sharing runs/synthfer);
 * ``figures/``: the few committed figures the notebooks discuss, scaled down to at most 1000 px wide;
-* ``manifest.json``: every file above with its size and where it came from.
+* ``manifest.json``: every file above with its size and where it came from, and for each summary the recipe
+  of its runs (``train.epochs``, ``model.stem``, input size).
+
+``--parts`` rewrites some parts only (``demo``, ``ablation``, ``methods``) and keeps the others as they are,
+with their manifest entries, so a table whose runs are not on this machine still says which recipe it holds.
 
 No checkpoint is copied: the folder stays well under a few MB. Nothing here trains or evaluates a model.
 """
@@ -26,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import yaml
 from PIL import Image
 
 from hsbs_lib.config import load_config, repo_root
@@ -47,6 +52,10 @@ FIGURES = ("synthfer_samples", "demo_hsbs_vs_demo_baseline_attention", "demo_hsb
            "demo_baseline_gradcam", "demo_hsbs_vs_demo_baseline_intensity")
 MAX_FIGURE_WIDTH = 1000
 MAX_FILE_BYTES = 400_000
+
+#: The parts of the reference folder, each rewritten from its own runs: the demo runs with the figures, and
+#: the two summaries.
+PARTS = ("demo", "ablation", "methods")
 
 METRIC_LABELS = {"accuracy": "accuracy", "mean_class_accuracy": "mean class accuracy", "macro_f1": "macro-F1"}
 
@@ -164,6 +173,19 @@ def _summaries_with_cost(folder: Path, results: dict[str, dict[int, dict]], seed
     return summaries
 
 
+def run_recipe(config_file: Path) -> str:
+    """The budget and network a run was trained with, as overrides read (``train.epochs=16, model.stem=pooled,
+    data.input_size=65``), from its ``config.yaml``; "unknown" when the file holds no such keys."""
+    try:
+        values = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "unknown"
+    keys = (("train", "epochs"), ("model", "stem"), ("data", "input_size"))
+    found = [f"{section}.{key}={values[section][key]}" for section, key in keys
+             if isinstance(values.get(section), dict) and key in values[section]]
+    return ", ".join(found) or "unknown"
+
+
 def ablation_summaries(ablation: Path, rows: Sequence[str] = ABLATION_ROWS, seeds: Sequence[int] = ABLATION_SEEDS
                        ) -> dict:
     """Summaries of ``ablation/ROW/seedS`` against the baseline, and of hsbs against +HST (BSA's share)."""
@@ -171,20 +193,22 @@ def ablation_summaries(ablation: Path, rows: Sequence[str] = ABLATION_ROWS, seed
     summaries = _summaries_with_cost(ablation, results, seeds)
     bsa_share = summarise({"+HST": results["+HST"], "hsbs": results["hsbs"]}, reference="+HST")
     return {"rows": summaries, "hsbs_vs_hst": ablation_row(bsa_share, "hsbs"), "seeds": list(seeds),
-            "reference_row": "baseline"}
+            "reference_row": "baseline", "recipe": run_recipe(ablation / rows[0] / f"seed{seeds[0]}" / "config.yaml")}
 
 
 def method_summaries(folder: Path, rows: Sequence[str] = METHOD_ROWS, seeds: Sequence[int] = METHOD_SEEDS) -> dict:
     """Summaries of every method's ``folder/ROW/seedS`` (compare_synthfer.yaml) against the baseline."""
     results = _row_results(folder, rows, seeds, "compare_synthfer.yaml")
-    return {"rows": _summaries_with_cost(folder, results, seeds), "seeds": list(seeds), "reference_row": "baseline"}
+    return {"rows": _summaries_with_cost(folder, results, seeds), "seeds": list(seeds), "reference_row": "baseline",
+            "recipe": run_recipe(folder / rows[0] / f"seed{seeds[0]}" / "config.yaml")}
 
 
 def write_summary_files(summaries: dict, out: Path, stem: str, source: str) -> dict[str, dict]:
     """``out/STEM.json`` (the summaries) and ``out/STEM.md`` (their tables); returns their manifest entries."""
     write_text_atomic(out / f"{stem}.json", json.dumps(summaries, indent=1) + "\n")
     write_text_atomic(out / f"{stem}.md", format_report(summaries["rows"], summaries["reference_row"]) + "\n")
-    return {f"{stem}.{suffix}": {"source": source, "bytes": (out / f"{stem}.{suffix}").stat().st_size}
+    return {f"{stem}.{suffix}": {"source": source, "recipe": summaries.get("recipe", "unknown"),
+                                 "bytes": (out / f"{stem}.{suffix}").stat().st_size}
             for suffix in ("json", "md")}
 
 
@@ -204,21 +228,32 @@ def _scaled_figure(source: Path, target: Path) -> None:
         atomic_write(target, lambda path: palette.save(path, format="PNG", optimize=True))
 
 
-def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> dict:
+def write_reference(runs: str | Path, figures: str | Path, out: str | Path, parts: Sequence[str] = PARTS) -> dict:
     """Write the reference folder ``out`` from finished ``runs`` and committed ``figures``; return the manifest.
 
-    Every input is checked before anything is written, so a missing run leaves ``out`` as it was; a file in
-    ``out`` that an earlier run of this function did not write is never overwritten.
+    ``parts`` (of :data:`PARTS`) are rewritten; the others are kept as ``out`` holds them, with their manifest
+    entries (a kept part must be there). Every input is checked before anything is written, so a missing run
+    leaves ``out`` as it was; a file in ``out`` that an earlier run of this function did not write is never
+    overwritten.
     """
     runs, figures, out = Path(runs), Path(figures), Path(out)
-    sources = {f"{name}/{file}": runs / name / file for name in DEMO_RUNS for file in RUN_FILES}
-    sources.update({f"figures/{name}.png": figures / f"{name}.png" for name in FIGURES})
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown or not parts:
+        raise ReferenceError(f"--parts expects some of {', '.join(PARTS)}, got {', '.join(parts) or 'none'}")
+    sources = {}
+    if "demo" in parts:
+        sources = {f"{name}/{file}": runs / name / file for name in DEMO_RUNS for file in RUN_FILES}
+        sources.update({f"figures/{name}.png": figures / f"{name}.png" for name in FIGURES})
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise ReferenceError(f"missing inputs (train with `make demo`, draw with `make figures`): "
                              f"{', '.join(missing)}")
-    ablation = ablation_summaries(runs / "synthfer")
-    methods = method_summaries(runs / "synthfer")
+    summaries = {}
+    if "ablation" in parts:
+        summaries["synthfer_ablation"] = (ablation_summaries(runs / "synthfer"),
+                                          _runs_pattern(ABLATION_ROWS, ABLATION_SEEDS))
+    if "methods" in parts:
+        summaries["synthfer_methods"] = method_summaries(runs / "synthfer"), _runs_pattern(METHOD_ROWS, METHOD_SEEDS)
     # Only files an earlier run of this command wrote (its manifest.json lists them, with their size) may be
     # replaced; every name is checked before anything is written.
     previous_manifest = out / "manifest.json"
@@ -227,17 +262,25 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
     except (OSError, ValueError):
         previous = {}
     previous = previous if isinstance(previous, dict) else {}
-    targets = [*sources, *(f"{stem}.{suffix}" for stem in ("synthfer_ablation", "synthfer_methods")
-                           for suffix in ("json", "md"))]
-    foreign = [name for name in targets if (out / name).exists() and not (
-        isinstance(previous.get(name), dict) and (out / name).is_file()
-        and previous[name].get("bytes") == (out / name).stat().st_size)]
+
+    def written_before(name: str) -> bool:
+        return (isinstance(previous.get(name), dict) and (out / name).is_file()
+                and previous[name].get("bytes") == (out / name).stat().st_size)
+
+    targets = [*sources, *(f"{stem}.{suffix}" for stem in summaries for suffix in ("json", "md"))]
+    foreign = [name for name in targets if (out / name).exists() and not written_before(name)]
     if foreign:
         raise ReferenceError(f"{out}: holds {', '.join(foreign)}, not written by this command (no entry in "
                              f"{previous_manifest.name}, or another size than it records); choose another --out "
                              "or move them away")
+    kept = {name: entry for name, entry in previous.items() if _part_of(name) not in parts}
+    absent = sorted({_part_of(name) for name in kept if not written_before(name)}
+                    | {part for part in PARTS if part not in parts and not any(_part_of(n) == part for n in kept)})
+    if absent:
+        raise ReferenceError(f"{out}: cannot keep {', '.join(absent)}: it is not there as this command wrote it; "
+                             f"rewrite it too (--parts {' '.join(PARTS)})")
 
-    manifest = {}
+    manifest = dict(kept)
     for name, source in sources.items():
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -248,13 +291,27 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path) -> d
         # Recorded relative to the runs / figures folders: no machine's absolute paths in the repository.
         base, label = (figures, "figures") if name.startswith("figures/") else (runs, "runs")
         manifest[name] = {"source": f"{label}/{source.relative_to(base).as_posix()}"}
-    for name, entry in manifest.items():
-        entry["bytes"] = (out / name).stat().st_size
-    manifest.update(write_summary_files(ablation, out, "synthfer_ablation", _runs_pattern(ABLATION_ROWS,
-                                                                                            ABLATION_SEEDS)))
-    manifest.update(write_summary_files(methods, out, "synthfer_methods", _runs_pattern(METHOD_ROWS, METHOD_SEEDS)))
+        if name.endswith("eval.json"):
+            manifest[name]["recipe"] = run_recipe(source.parent / "config.yaml")
+        manifest[name]["bytes"] = (out / name).stat().st_size
+    for stem, (summary, pattern) in summaries.items():
+        manifest.update(write_summary_files(summary, out, stem, pattern))
+    manifest = {name: manifest[name] for name in sorted(manifest, key=_manifest_order)}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _part_of(name: str) -> str:
+    """The part (:data:`PARTS`) a reference file belongs to."""
+    if name.startswith("synthfer_ablation."):
+        return "ablation"
+    if name.startswith("synthfer_methods."):
+        return "methods"
+    return "demo"
+
+
+def _manifest_order(name: str) -> tuple[int, str]:
+    return PARTS.index(_part_of(name)), name
 
 
 def read_metrics_csv(path: str | Path) -> list[dict]:
@@ -269,14 +326,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="the folder holding demo_baseline, demo_hsbs and synthfer/")
     parser.add_argument("--figures", default="figures", help="the committed figures (make figures)")
     parser.add_argument("--out", default=str(reference_dir()), help="the reference folder to (re)write")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), metavar="PART",
+                        help=f"rewrite only these parts ({', '.join(PARTS)}; default all), keeping the others")
     args = parser.parse_args(argv)
     try:
-        manifest = write_reference(args.runs, args.figures, args.out)
+        manifest = write_reference(args.runs, args.figures, args.out, args.parts)
     except ReferenceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     total = sum(entry["bytes"] for entry in manifest.values())
-    print(f"wrote {len(manifest)} reference files ({total / 1e6:.2f} MB) to {args.out}")
+    kept = [part for part in PARTS if part not in args.parts]
+    print(f"wrote {args.out}: {', '.join(args.parts)}" + (f"; kept {', '.join(kept)}" if kept else "")
+          + f" ({len(manifest)} files, {total / 1e6:.2f} MB)")
     return 0
 
 
