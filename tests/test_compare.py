@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from hsbs_lib.config import save_config
 from hsbs_lib.cli import main
@@ -238,3 +239,38 @@ def test_published_block_errors_are_readable(tmp_path):
     shorthand = tmp_path / "short.yaml"
     shorthand.write_text("base: configs/synthfer_baseline.yaml\nrows: {a: {model.name: baseline}}\npublished: sfew\n")
     assert compare.load_plan(shorthand).published == {"datasets": ["sfew"], "methods": None}
+
+
+def test_curves_show_whether_each_row_levelled_off(tmp_path):
+    """comparison.md ends with training accuracy at half, three quarters and the end of the schedule, and
+    the gain over the last quarter; curves.png draws every seed."""
+    from hsbs_lib.viz.curves import last_epochs_table
+
+    def metrics(path, accuracies):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = "".join(f"{epoch},{value},{value - 0.1}\n" for epoch, value in enumerate(accuracies, 1))
+        path.write_text("epoch,train/accuracy,val/mean_class_accuracy\n" + rows)
+        return path
+
+    flat = [metrics(tmp_path / f"flat{seed}.csv", [0.5, 0.8, 0.9, 0.95, 0.99, 1.0, 1.0, 1.0]) for seed in range(2)]
+    rising = [metrics(tmp_path / "rising.csv", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])]
+    table = last_epochs_table({"baseline": flat, "phanet": rising}).splitlines()
+    assert table[0].startswith("| row | seeds | train/accuracy: epoch 50 % | epoch 75 % | epoch 100 % |")
+    # epochs 4, 6 and 8 of 8; the gain is epoch 8 minus epoch 6
+    assert table[2] == "| baseline | 2 | 95.0 | 100.0 | 100.0 | +0.0 |"
+    assert table[3] == "| phanet | 1 | 50.0 | 70.0 | 90.0 | +20.0 |"
+
+    summaries = compare.summarise({"baseline": {0: {"accuracy": 0.8, "mean_class_accuracy": 0.7, "macro_f1": 0.6}}},
+                                  reference="baseline")
+    for summary in summaries:
+        summary.update(params_m=1.0, gmacs=0.1)
+    out = tmp_path / "cmp"
+    compare.write_tables(summaries, out, "baseline", metrics_by_row={"baseline": flat, "phanet": rising,
+                                                                      "mfer": [tmp_path / "missing.csv"]})
+    text = (out / "comparison.md").read_text()
+    assert "| phanet | 1 | 50.0 | 70.0 | 90.0 | +20.0 |" in text and "| mfer |" not in text.split("last quarter")[-1]
+    with Image.open(out / "curves.png") as image:
+        assert image.width > 500
+    # without metrics (or none finished) no figure is drawn and the tables stand alone
+    compare.write_tables(summaries, tmp_path / "bare", "baseline")
+    assert not (tmp_path / "bare" / "curves.png").exists()

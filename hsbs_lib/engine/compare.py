@@ -529,7 +529,7 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
     return "\n\n".join(part for part in parts if part)
 
 
-TABLE_FILES = ("comparison.md", "comparison.csv")
+TABLE_FILES = ("comparison.md", "comparison.csv", "curves.png")
 
 
 def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | None = None) -> OutputFolder:
@@ -542,10 +542,28 @@ def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | No
 
 
 def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None, *,
-                 force: bool = False, plan: str | Path | None = None) -> tuple[Path, Path]:
-    """comparison.md (every table) and comparison.csv (the measured rows only), written atomically."""
+                 force: bool = False, plan: str | Path | None = None,
+                 metrics_by_row: dict[str, list[Path]] | None = None) -> tuple[Path, Path]:
+    """comparison.md (every table) and comparison.csv (the measured rows only), written atomically; with
+    ``metrics_by_row`` (row -> its seeds' metrics.csv) also curves.png, each row's training accuracy and
+    validation mean class accuracy per epoch, and a table of how much training accuracy still rose over the
+    schedule's last quarter (comparison.md's last table)."""
     outputs = table_outputs(out, force=force, plan=plan)
-    md = outputs.write_text(TABLE_FILES[0], format_report(summaries, reference, published) + "\n")
+    text = format_report(summaries, reference, published)
+    metrics_by_row = {row: [path for path in paths if Path(path).is_file()]
+                      for row, paths in (metrics_by_row or {}).items()}
+    metrics_by_row = {row: paths for row, paths in metrics_by_row.items() if paths}
+    if metrics_by_row:
+        from hsbs_lib.viz.curves import last_epochs_table, plot_curves_by_row
+        import matplotlib.pyplot as plt
+
+        text += ("\n\nTraining accuracy over the schedule, mean over seeds in percent: a row still rising over "
+                 "the last quarter is undertrained at this budget (curves.png draws every seed):\n\n"
+                 + last_epochs_table(metrics_by_row))
+        figure = plot_curves_by_row(metrics_by_row)
+        outputs.write(TABLE_FILES[2], lambda path: figure.savefig(path, format="png", dpi=150, bbox_inches="tight"))
+        plt.close(figure)
+    md = outputs.write_text(TABLE_FILES[0], text + "\n")
     fields = list(dict.fromkeys(key for summary in summaries for key in summary))
 
     def write_csv(path: Path) -> None:
@@ -608,8 +626,9 @@ def run_compare(args) -> int:
     table_outputs(plan.out, force=args.force, plan=args.config)    # refused before hours of training, not after
     summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
                                diagnostics=args.diagnostics)
+    metrics_by_row = {row: [run_dir(plan, row, seed) / "metrics.csv" for seed in seeds] for row in plan.rows}
     md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force,
-                                plan=args.config)
+                                plan=args.config, metrics_by_row=metrics_by_row)
     print(format_report(summaries, reference, plan.published))
     print(f"\nwritten {md} and {csv_path}")
     return 0

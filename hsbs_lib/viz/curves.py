@@ -96,6 +96,71 @@ def plot_training_curves(metrics_by_run: Mapping[str, Mapping[str, list] | str |
     return fig
 
 
+#: The columns :func:`plot_curves_by_row` draws by default: has training levelled off, and what did the
+#: validation split (the one that selects the checkpoint) make of it.
+PLATEAU_COLUMNS = ("train/accuracy", "val/mean_class_accuracy")
+
+
+def plot_curves_by_row(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | str | os.PathLike]],
+                       columns: Sequence[str] = PLATEAU_COLUMNS):
+    """One panel per column; per row of a comparison one colour, a thin line per seed and a thick line
+    for the mean over seeds, so that a reader sees whether every method's curve has levelled off.
+
+    ``runs_by_row``: row name -> its seeds' ``read_metrics`` dicts or metrics.csv paths. x is ``epoch``.
+    """
+    apply_style()
+    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
+            for row, values in runs_by_row.items()}
+    if not runs or not any(runs.values()):
+        raise ValueError("no runs to draw")
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.6, 3.0), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for index, (row, seeds) in enumerate(runs.items()):
+            color = _run_color(row, index)
+            curves = []
+            for metrics in seeds:
+                if column not in metrics or "epoch" not in metrics:
+                    continue
+                x, y = _numeric(metrics["epoch"]), _numeric(metrics[column])
+                keep = ~np.isnan(x) & ~np.isnan(y)
+                ax.plot(x[keep], y[keep], color=color, linewidth=0.6, alpha=0.45)
+                curves.append(dict(zip(x[keep], y[keep])))
+            epochs = sorted(set.intersection(*(set(curve) for curve in curves))) if curves else []
+            if epochs:
+                mean = [np.mean([curve[epoch] for curve in curves]) for epoch in epochs]
+                ax.plot(epochs, mean, color=color, linewidth=2.0, label=f"{row} ({len(curves)} seeds)")
+        ax.set_title(column)
+        ax.set_xlabel("epoch")
+    axes[0][0].legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def last_epochs_table(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | str | os.PathLike]],
+                      column: str = "train/accuracy", fractions: Sequence[float] = (0.5, 0.75, 1.0)) -> str:
+    """A Markdown table of ``column``'s mean over seeds at fractions of the schedule (its half, three
+    quarters and end by default), and the gain over the last quarter: how far each row still was from
+    levelling off. Values in percent."""
+    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
+            for row, values in runs_by_row.items()}
+    header = " | ".join(f"epoch {int(round(f * 100))} %" for f in fractions)
+    lines = [f"| row | seeds | {column}: {header} | last quarter's gain |", "|---|---|" + "---|" * (len(fractions) + 1)]
+    for row, seeds in runs.items():
+        values = []
+        for metrics in seeds:
+            y = _numeric(metrics.get(column, []))
+            y = y[~np.isnan(y)]
+            if len(y):
+                values.append([y[max(0, math.ceil(f * len(y)) - 1)] for f in fractions]
+                              + [y[-1] - y[max(0, math.ceil(0.75 * len(y)) - 1)]])
+        if not values:
+            continue
+        means = np.mean(values, axis=0) * 100
+        cells = " | ".join(f"{v:.1f}" for v in means[:-1])
+        lines.append(f"| {row} | {len(values)} | {cells} | {means[-1]:+.1f} |")
+    return "\n".join(lines)
+
+
 def plot_per_class_accuracy(recalls_by_model: Mapping[str, Mapping[str, float]], classes: Sequence[str], *,
                             highlight: Sequence[str] = MINORITY_CLASSES, title: str | None = None):
     """Grouped bars of per-class accuracy (recall), one bar per model; minority classes shaded and bold.
