@@ -56,9 +56,14 @@ def load_cascade(name: str, folder: str | Path | None = None):
     import cv2
 
     path = cascade_path(name, folder)
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise ValueError(f"OpenCV could not read the Haar cascade {path}: the file is damaged")
+    cascade = cv2.CascadeClassifier()
+    try:
+        loaded = cascade.load(str(path))
+    except cv2.error:
+        loaded = False
+    if not loaded or cascade.empty():
+        raise ValueError(f"OpenCV could not read the Haar cascade {path}: the file is damaged; reinstall "
+                         f"opencv-python-headless<5")
     return cascade
 
 
