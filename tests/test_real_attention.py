@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from hsbs_lib.cli import main
-from hsbs_lib.data.face_regions import (CASCADE_FILES, boxes_to_mask, find_face_regions, load_cascade, pick_eyes,
-                                        pick_mouth)
+from hsbs_lib.data.face_regions import (CASCADE_FILES, FaceRegions, boxes_to_mask, find_face_regions, load_cascade,
+                                        pick_eyes, pick_mouth)
 from hsbs_lib.data.fer2013_files import load_fer2013_npz, write_fer2013_csv
-from hsbs_lib.engine.real_attention import (attention_on_real_faces, centre_map, dataset_mean_map, npz_split,
-                                            score_against_regions, split_description)
+from hsbs_lib.engine.real_attention import (attention_on_real_faces, centre_map, dataset_mean_map,
+                                            format_attention_report, npz_split, score_against_regions,
+                                            split_description)
 
 PUBLICTEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_publictest.npz"
 needs_real_faces = pytest.mark.skipif(not PUBLICTEST.is_file(),
@@ -211,3 +212,17 @@ def test_the_command_reads_a_csv_copy_and_writes_only_the_json_it_is_asked_for(p
     report = json.loads((work / "out" / "attention.json").read_text())
     assert report["split"] == "val" and report["faces_tried"] == 30 and report["dataset"] == "fer2013"
     assert {path.name for path in (work / "out").iterdir()} == {"attention.json", ".hsbs-outputs.json"}
+
+
+@needs_real_faces
+def test_the_table_shows_every_stage_with_both_reference_maps(publictest):
+    faces, names, regions = publictest
+    first = FaceRegions(masks=regions.masks[:40], found=regions.found[:40], boxes=regions.boxes[:40],
+                        scale=regions.scale)
+    report = attention_on_real_faces("fer2013", faces[:40], labels=names[:40], regions=first, device="cpu")
+    table = format_attention_report(report)
+    assert f"found on {report['faces_found']} of 40 faces" in table
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        row = next(line for line in table.splitlines() if line.startswith(stage))
+        assert f"{report['stages'][stage]['network']['energy_share']:.3f}" in row
+    assert table.count("centre (Gaussian)") == table.count("dataset-mean mask") == 4

@@ -189,8 +189,8 @@ class RegionFinder:
     def __init__(self, *, detect_size: int = 192, cascades: str | Path | None = None, scale_factor: float = 1.1,
                  eye_neighbors: int = 3, mouth_neighbors: int = 5):
         if detect_size < 48:
-            raise ValueError(f"detect_size must be at least 48 pixels (the cascades' windows are 20-24 px), "
-                             f"got {detect_size}")
+            raise ValueError(f"detect_size must be at least 48 pixels (the eye cascade's window is 20 px wide, the "
+                             f"smile cascade's 36 px), got {detect_size}")
         self.detect_size = int(detect_size)
         self.eyes = load_cascade(CASCADE_FILES["eyes"], cascades)
         self.mouth = load_cascade(CASCADE_FILES["mouth"], cascades)

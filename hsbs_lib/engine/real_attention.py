@@ -239,11 +239,12 @@ def real_faces(checkpoint: dict, *, npz: str | Path | None = None, split: str | 
 def format_attention_report(report: dict) -> str:
     """The report as a table: each stage, then the centre and dataset-mean maps on its grid; the three scores
     with their chance levels (the same for the three maps of a stage)."""
-    lines = [f"{report['checkpoint']} ({report['model']})",
-             f"faces: {report['dataset']} {report['split_description']}; the first {report['faces_tried']:,}",
-             f"regions: {' and '.join(report['regions'])} by OpenCV's Haar cascades, found on "
-             f"{report['faces_found']:,} of {report['faces_tried']:,} faces ({100 * report['detection_rate']:.1f} %); "
-             f"{report['n']:,} faces scored"]
+    lines = [f"{report['checkpoint']} ({report['model']})"]
+    if "split_description" in report:       # set by the command, which knows where the faces came from
+        lines.append(f"faces: {report['dataset']} {report['split_description']}; the first {report['faces_tried']:,}")
+    lines += [f"regions: {' and '.join(report['regions'])} by OpenCV's Haar cascades, found on "
+              f"{report['faces_found']:,} of {report['faces_tried']:,} faces ({100 * report['detection_rate']:.1f} %); "
+              f"{report['n']:,} faces scored"]
     header = f"{'map':<28}{'grid':>7}" + "".join(f"  {title:>22}" for _, _, title in TABLE_SCORES)
     subheader = " " * 35 + "".join(f"  {'score':>13} {'chance':>8}" for _ in TABLE_SCORES)
     lines += ["", header, subheader, "-" * len(header)]
