@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hsbs_lib.engine.evaluate", "evaluate a checkpoint: accuracy, mean class accuracy, macro-F1, confusion"),
     "predict": ("hsbs_lib.inference", "detect faces in photos and classify their expression"),
     "export": ("hsbs_lib.inference", "export a checkpoint's eval-mode model to TorchScript or ONNX"),
+    "attention": ("hsbs_lib.engine.real_attention", "score a checkpoint's attention on real faces against the eyes "
+                                                    "and mouth that OpenCV's Haar cascades find"),
     "figures": ("hsbs_lib.demo", "regenerate every figure for trained runs"),
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
