@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 
 from hsbs_lib.config import save_config
 from hsbs_lib.cli import main
@@ -243,8 +242,9 @@ def test_published_block_errors_are_readable(tmp_path):
 
 def test_curves_show_whether_each_row_levelled_off(tmp_path):
     """comparison.md ends with training accuracy at half, three quarters and the end of the schedule, and
-    the gain over the last quarter; curves.png draws every seed."""
-    from hsbs_lib.viz.curves import last_epochs_table
+    the gain over the last quarter; plot_curves_by_row draws every seed and each row's mean."""
+    from hsbs_lib.engine.compare import last_epochs_table
+    from hsbs_lib.viz.curves import plot_curves_by_row
 
     def metrics(path, accuracies):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,8 +269,12 @@ def test_curves_show_whether_each_row_levelled_off(tmp_path):
                                                                       "mfer": [tmp_path / "missing.csv"]})
     text = (out / "comparison.md").read_text()
     assert "| phanet | 1 | 50.0 | 70.0 | 90.0 | +20.0 |" in text and "| mfer |" not in text.split("last quarter")[-1]
-    with Image.open(out / "curves.png") as image:
-        assert image.width > 500
-    # without metrics (or none finished) no figure is drawn and the tables stand alone
+    # without metrics the tables stand alone
     compare.write_tables(summaries, tmp_path / "bare", "baseline")
-    assert not (tmp_path / "bare" / "curves.png").exists()
+    assert "last quarter" not in (tmp_path / "bare" / "comparison.md").read_text()
+    # the figure: one thick mean line per row (with its seed count in the legend) over a thin line per seed
+    figure = plot_curves_by_row({"baseline": flat, "phanet": rising})
+    lines = figure.axes[0].get_lines()
+    assert len(lines) == 3 + 2 and [line.get_label() for line in lines if line.get_linewidth() == 2.0] == [
+        "baseline (2 seeds)", "phanet (1 seeds)"]
+    assert list(lines[-1].get_ydata()) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

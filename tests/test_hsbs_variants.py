@@ -441,7 +441,8 @@ def test_every_variant_row_builds_and_takes_one_training_step(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found") as error:   # the baseline row has not run yet
         build_model(config, classes)
     assert "\n" not in str(error.value)
-    _baseline_checkpoint(tmp_path / "variants" / "baseline" / "seed0" / "best.pt")
+    # the plan's stem, auto, is the pooled stem at this size: the frozen teacher must have the student's
+    _baseline_checkpoint(tmp_path / "variants" / "baseline" / "seed0" / "best.pt", stem="pooled")
 
     for row in plan.rows:
         config = load_plan_config(plan, run_overrides(plan, row, 0, TINY_RUN))

@@ -285,7 +285,11 @@ TINY = ["data.input_size=33", "data.n_train=16", "data.n_val=8", "data.n_test=8"
 
 
 def _tiny_config(tmp_path, overrides):
-    return load_config(REPO / "configs" / "synthfer_baseline.yaml", [*TINY, *overrides, f"out={tmp_path / 'run'}"])
+    # the plan's own budget (train.epochs=16) first, so that the tiny settings win
+    plan_first = [o for o in overrides if o.startswith("train.epochs=")]
+    rest = [o for o in overrides if o not in plan_first]
+    return load_config(REPO / "configs" / "synthfer_baseline.yaml",
+                       [*plan_first, *TINY, *rest, f"out={tmp_path / 'run'}"])
 
 
 def test_control_plan_rows_build_the_models_they_name():

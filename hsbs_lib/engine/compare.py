@@ -38,10 +38,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import yaml
 from scipy import stats
 
@@ -52,6 +54,7 @@ from hsbs_lib.engine import train
 from hsbs_lib.engine.build import build_model, resolve_device
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
+from hsbs_lib.engine.log import read_metrics
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
 from hsbs_lib.engine.run_folder import holds_run_of
 from hsbs_lib.outputs import OutputFolder, plain_name
@@ -529,7 +532,7 @@ def format_report(summaries: list[dict], reference: str, published: dict | None 
     return "\n\n".join(part for part in parts if part)
 
 
-TABLE_FILES = ("comparison.md", "comparison.csv", "curves.png")
+TABLE_FILES = ("comparison.md", "comparison.csv")
 
 
 def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | None = None) -> OutputFolder:
@@ -541,28 +544,46 @@ def table_outputs(out: str | Path, *, force: bool = False, plan: str | Path | No
     return outputs
 
 
+def last_epochs_table(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | str | os.PathLike]],
+                      column: str = "train/accuracy", fractions: Sequence[float] = (0.5, 0.75, 1.0)) -> str:
+    """A Markdown table of ``column``'s mean over seeds at fractions of the schedule (its half, three
+    quarters and end by default), and the gain over the last quarter: how far each row still was from
+    levelling off. Values in percent."""
+    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
+            for row, values in runs_by_row.items()}
+    header = " | ".join(f"epoch {int(round(f * 100))} %" for f in fractions)
+    lines = [f"| row | seeds | {column}: {header} | last quarter's gain |", "|---|---|" + "---|" * (len(fractions) + 1)]
+    for row, seeds in runs.items():
+        values = []
+        for metrics in seeds:
+            y = np.array([v if isinstance(v, float) else np.nan for v in metrics.get(column, [])], dtype=np.float64)
+            y = y[~np.isnan(y)]
+            if len(y):
+                values.append([y[max(0, math.ceil(f * len(y)) - 1)] for f in fractions]
+                              + [y[-1] - y[max(0, math.ceil(0.75 * len(y)) - 1)]])
+        if not values:
+            continue
+        means = np.mean(values, axis=0) * 100
+        cells = " | ".join(f"{v:.1f}" for v in means[:-1])
+        lines.append(f"| {row} | {len(values)} | {cells} | {means[-1]:+.1f} |")
+    return "\n".join(lines)
+
+
 def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None, *,
                  force: bool = False, plan: str | Path | None = None,
                  metrics_by_row: dict[str, list[Path]] | None = None) -> tuple[Path, Path]:
     """comparison.md (every table) and comparison.csv (the measured rows only), written atomically; with
-    ``metrics_by_row`` (row -> its seeds' metrics.csv) also curves.png, each row's training accuracy and
-    validation mean class accuracy per epoch, and a table of how much training accuracy still rose over the
-    schedule's last quarter (comparison.md's last table)."""
+    ``metrics_by_row`` (row -> its seeds' metrics.csv) also a table of how much training accuracy still rose
+    over the schedule's last quarter (comparison.md's last table; ``hsbs_lib.viz.plot_curves_by_row`` draws
+    the curves)."""
     outputs = table_outputs(out, force=force, plan=plan)
     text = format_report(summaries, reference, published)
     metrics_by_row = {row: [path for path in paths if Path(path).is_file()]
                       for row, paths in (metrics_by_row or {}).items()}
     metrics_by_row = {row: paths for row, paths in metrics_by_row.items() if paths}
     if metrics_by_row:
-        from hsbs_lib.viz.curves import last_epochs_table, plot_curves_by_row
-        import matplotlib.pyplot as plt
-
         text += ("\n\nTraining accuracy over the schedule, mean over seeds in percent: a row still rising over "
-                 "the last quarter is undertrained at this budget (curves.png draws every seed):\n\n"
-                 + last_epochs_table(metrics_by_row))
-        figure = plot_curves_by_row(metrics_by_row)
-        outputs.write(TABLE_FILES[2], lambda path: figure.savefig(path, format="png", dpi=150, bbox_inches="tight"))
-        plt.close(figure)
+                 "the last quarter is undertrained at this budget:\n\n" + last_epochs_table(metrics_by_row))
     md = outputs.write_text(TABLE_FILES[0], text + "\n")
     fields = list(dict.fromkeys(key for summary in summaries for key in summary))
 

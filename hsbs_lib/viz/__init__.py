@@ -14,7 +14,7 @@ from hsbs_lib.viz.similarity import (ClassSimilarityAccumulator, batch_similarit
 from hsbs_lib.viz.confusion import confusion, normalize_rows, per_class_recall, plot_confusion, plot_confusion_pair
 from hsbs_lib.viz.embedding import plot_tsne, tsne_embedding
 from hsbs_lib.viz.intensity import LearningIntensityRecorder, plot_learning_intensity, read_intensity
-from hsbs_lib.viz.curves import plot_per_class_accuracy, plot_training_curves, read_metrics
+from hsbs_lib.viz.curves import plot_curves_by_row, plot_per_class_accuracy, plot_training_curves, read_metrics
 
 __all__ = [
     "CLASS_COLORS", "METHOD_COLORS", "MINORITY_CLASSES", "apply_style", "class_color", "class_palette",
@@ -28,5 +28,5 @@ __all__ = [
     "confusion", "normalize_rows", "per_class_recall", "plot_confusion", "plot_confusion_pair",
     "plot_tsne", "tsne_embedding",
     "LearningIntensityRecorder", "plot_learning_intensity", "read_intensity",
-    "plot_per_class_accuracy", "plot_training_curves", "read_metrics",
+    "plot_curves_by_row", "plot_per_class_accuracy", "plot_training_curves", "read_metrics",
 ]

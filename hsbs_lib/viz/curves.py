@@ -136,31 +136,6 @@ def plot_curves_by_row(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | s
     return fig
 
 
-def last_epochs_table(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | str | os.PathLike]],
-                      column: str = "train/accuracy", fractions: Sequence[float] = (0.5, 0.75, 1.0)) -> str:
-    """A Markdown table of ``column``'s mean over seeds at fractions of the schedule (its half, three
-    quarters and end by default), and the gain over the last quarter: how far each row still was from
-    levelling off. Values in percent."""
-    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
-            for row, values in runs_by_row.items()}
-    header = " | ".join(f"epoch {int(round(f * 100))} %" for f in fractions)
-    lines = [f"| row | seeds | {column}: {header} | last quarter's gain |", "|---|---|" + "---|" * (len(fractions) + 1)]
-    for row, seeds in runs.items():
-        values = []
-        for metrics in seeds:
-            y = _numeric(metrics.get(column, []))
-            y = y[~np.isnan(y)]
-            if len(y):
-                values.append([y[max(0, math.ceil(f * len(y)) - 1)] for f in fractions]
-                              + [y[-1] - y[max(0, math.ceil(0.75 * len(y)) - 1)]])
-        if not values:
-            continue
-        means = np.mean(values, axis=0) * 100
-        cells = " | ".join(f"{v:.1f}" for v in means[:-1])
-        lines.append(f"| {row} | {len(values)} | {cells} | {means[-1]:+.1f} |")
-    return "\n".join(lines)
-
-
 def plot_per_class_accuracy(recalls_by_model: Mapping[str, Mapping[str, float]], classes: Sequence[str], *,
                             highlight: Sequence[str] = MINORITY_CLASSES, title: str | None = None):
     """Grouped bars of per-class accuracy (recall), one bar per model; minority classes shaded and bold.
