@@ -41,7 +41,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -54,7 +54,7 @@ from hsbs_lib.engine import train
 from hsbs_lib.engine.build import build_model, resolve_device
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
-from hsbs_lib.engine.log import read_metrics
+from hsbs_lib.engine.log import metrics_of, numeric_column
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
 from hsbs_lib.engine.run_folder import holds_run_of
 from hsbs_lib.outputs import OutputFolder, plain_name
@@ -549,18 +549,18 @@ def last_epochs_table(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | st
     """A Markdown table of ``column``'s mean over seeds at fractions of the schedule (its half, three
     quarters and end by default), and the gain over the last quarter: how far each row still was from
     levelling off. Values in percent."""
-    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
-            for row, values in runs_by_row.items()}
+    runs = {row: [metrics_of(value) for value in values] for row, values in runs_by_row.items()}
     header = " | ".join(f"epoch {int(round(f * 100))} %" for f in fractions)
     lines = [f"| row | seeds | {column}: {header} | last quarter's gain |", "|---|---|" + "---|" * (len(fractions) + 1)]
     for row, seeds in runs.items():
         values = []
         for metrics in seeds:
-            y = np.array([v if isinstance(v, float) else np.nan for v in metrics.get(column, [])], dtype=np.float64)
+            y = np.asarray(numeric_column(metrics.get(column, [])), dtype=np.float64)
             y = y[~np.isnan(y)]
             if len(y):
-                values.append([y[max(0, math.ceil(f * len(y)) - 1)] for f in fractions]
-                              + [y[-1] - y[max(0, math.ceil(0.75 * len(y)) - 1)]])
+                def at(fraction: float) -> float:       # the epoch that ends this share of the schedule
+                    return y[max(0, math.ceil(fraction * len(y)) - 1)]
+                values.append([at(f) for f in fractions] + [y[-1] - at(0.75)])
         if not values:
             continue
         means = np.mean(values, axis=0) * 100
@@ -578,9 +578,8 @@ def write_tables(summaries: list[dict], out: str | Path, reference: str, publish
     the curves)."""
     outputs = table_outputs(out, force=force, plan=plan)
     text = format_report(summaries, reference, published)
-    metrics_by_row = {row: [path for path in paths if Path(path).is_file()]
-                      for row, paths in (metrics_by_row or {}).items()}
-    metrics_by_row = {row: paths for row, paths in metrics_by_row.items() if paths}
+    finished = {row: [path for path in paths if Path(path).is_file()] for row, paths in (metrics_by_row or {}).items()}
+    metrics_by_row = {row: paths for row, paths in finished.items() if paths}
     if metrics_by_row:
         text += ("\n\nTraining accuracy over the schedule, mean over seeds in percent: a row still rising over "
                  "the last quarter is undertrained at this budget:\n\n" + last_epochs_table(metrics_by_row))

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from tqdm.auto import tqdm
 
@@ -133,6 +133,16 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list]:
             for name in columns:
                 columns[name].append(_parse(row.get(name)))
     return columns
+
+
+def metrics_of(run: str | os.PathLike | Mapping[str, list]) -> Mapping[str, list]:
+    """A run's metrics: ``read_metrics`` of a metrics.csv path, or a dict it already returned, as is."""
+    return read_metrics(run) if isinstance(run, (str, os.PathLike)) else run
+
+
+def numeric_column(values: Iterable) -> list[float]:
+    """One ``read_metrics`` column as floats, every non-number (text, None) as NaN."""
+    return [v if isinstance(v, float) else math.nan for v in values]
 
 
 def read_intensity(metrics_csv: str | os.PathLike) -> dict[str, list[float]]:

@@ -10,14 +10,14 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from hsbs_lib.constants import MINORITY_CLASSES
-from hsbs_lib.engine.log import read_metrics
+from hsbs_lib.engine.log import metrics_of, numeric_column, read_metrics
 from hsbs_lib.viz.style import METHOD_COLORS, apply_style
 
 X_COLUMNS = ("epoch", "step")
 
 
 def _numeric(values: Sequence) -> np.ndarray:
-    return np.array([v if isinstance(v, float) else np.nan for v in values], dtype=np.float64)
+    return np.asarray(numeric_column(values), dtype=np.float64)
 
 
 def _curve_groups(metrics: Mapping[str, list]) -> dict[str, list[str]]:
@@ -49,8 +49,7 @@ def plot_training_curves(metrics_by_run: Mapping[str, Mapping[str, list] | str |
     per column. Values are ``read_metrics`` dicts or paths to metrics.csv; x is ``epoch`` (else ``step``,
     else the row number). Rows where a column is empty are skipped for that column."""
     apply_style()
-    runs = {name: read_metrics(value) if isinstance(value, (str, os.PathLike)) else value
-            for name, value in metrics_by_run.items()}
+    runs = {name: metrics_of(value) for name, value in metrics_by_run.items()}
     panel_names = [group for group in ("loss", "accuracy", "learning rate")
                    if any(group in _curve_groups(metrics) for metrics in runs.values())]
     if not panel_names:
@@ -109,8 +108,7 @@ def plot_curves_by_row(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | s
     ``runs_by_row``: row name -> its seeds' ``read_metrics`` dicts or metrics.csv paths. x is ``epoch``.
     """
     apply_style()
-    runs = {row: [read_metrics(value) if isinstance(value, (str, os.PathLike)) else value for value in values]
-            for row, values in runs_by_row.items()}
+    runs = {row: [metrics_of(value) for value in values] for row, values in runs_by_row.items()}
     if not runs or not any(runs.values()):
         raise ValueError("no runs to draw")
     fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 0.6, 3.0), squeeze=False)
