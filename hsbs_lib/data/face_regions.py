@@ -47,7 +47,8 @@ def cascade_path(name: str, folder: str | Path | None = None) -> Path:
     path = Path(folder if folder is not None else cascade_folder()) / name
     if not path.is_file():
         raise FileNotFoundError(f"OpenCV's Haar cascade {name} is missing: it should be at {path} (cv2.data."
-                                f"haarcascades, bundled with opencv-python-headless<5; nothing is downloaded)")
+                                f"haarcascades, bundled with opencv-python-headless<5, not with version 5; nothing "
+                                f"is downloaded)")
     return path
 
 

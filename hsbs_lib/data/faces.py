@@ -20,6 +20,8 @@ from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
+from hsbs_lib.data.face_regions import cascade_path
+
 Box = tuple[int, int, int, int]
 Point = tuple[float, float]
 
@@ -61,13 +63,7 @@ def largest_first(faces: Sequence[Face]) -> list[Face]:
 
 def haar_cascade_path() -> str:
     """Path of OpenCV's bundled frontal-face cascade (ships inside opencv-python-headless<5)."""
-    import cv2
-
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    if not path.is_file():
-        raise FileNotFoundError(f"OpenCV's Haar cascade {path} is missing; install opencv-python-headless<5, "
-                                "which bundles it (version 5 does not)")
-    return str(path)
+    return str(cascade_path("haarcascade_frontalface_default.xml"))
 
 
 class HaarDetector:
