@@ -45,6 +45,13 @@ def diagnostics_file(run_dir: str | Path, split: str, n: int) -> Path:
     return Path(run_dir) / f"diagnostics-{split}-{n}.json"
 
 
+def stage_attention(output) -> dict[str, torch.Tensor]:
+    """Each stage's activation attention of one forward pass (a ``ModelOutput``): {layer: (B, h, w)}, for the
+    stages whose ``features/<layer>`` map the model returns."""
+    return {layer: activation_attention(output.maps[f"features/{layer}"]) for layer in LAYERS
+            if f"features/{layer}" in output.maps}
+
+
 @torch.no_grad()
 def run_diagnostics(run_dir: str | Path, *, split: str = "test", n: int = 512, device: str = "cpu",
                     reuse: bool = True) -> dict:
@@ -82,10 +89,8 @@ def run_diagnostics(run_dir: str | Path, *, split: str = "test", n: int = 512, d
         images = images[:count - seen].to(device)
         labels = targets["label"][:count - seen]
         output = model(images)
-        for layer in LAYERS:
-            stage = output.maps.get(f"features/{layer}")
-            if stage is not None:
-                maps[layer].append(activation_attention(stage).cpu())
+        for layer, values in stage_attention(output).items():
+            maps[layer].append(values.cpu())
         if getattr(model, "bsa", None) is not None and len(labels) > 1:
             bsa.append(similarity_statistics(model.similarity(images), labels))
         seen += len(labels)

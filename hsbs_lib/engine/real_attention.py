@@ -40,10 +40,11 @@ from hsbs_lib.data.pipeline.transforms import model_inputs
 from hsbs_lib.engine.build import build_dataset, select_device
 from hsbs_lib.engine.checkpoint import (DEFAULT_SHIPPED, SHIPPED_MODELS, describe_checkpoint, is_shipped_name,
                                         load_checkpoint, load_model_from_checkpoint, resolve_checkpoint)
+from hsbs_lib.engine.diagnostics import stage_attention
 from hsbs_lib.engine.evaluate import write_json
 from hsbs_lib.engine.runs import checkpoint_data_config
 from hsbs_lib.engine.saliency import score_saliency
-from hsbs_lib.losses.hst import activation_attention, pool_to_teacher_grid
+from hsbs_lib.losses.hst import pool_to_teacher_grid
 from hsbs_lib.outputs import output_for
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,8 @@ def attention_maps(model: nn.Module, images: np.ndarray, *, normalization: dict,
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         inputs = model_inputs(list(batch) if size else batch, normalization, size=size).to(device)
-        output = model(inputs)
-        for stage in STAGE_NAMES:
-            feature = output.maps.get(f"features/{stage}")
-            if feature is not None:
-                maps[stage].append(activation_attention(feature).float().cpu())
+        for stage, values in stage_attention(model(inputs)).items():
+            maps[stage].append(values.float().cpu())
     return {stage: torch.cat(values) for stage, values in maps.items() if values}
 
 
