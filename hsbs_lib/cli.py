@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                     "and mouth that OpenCV's Haar cascades find"),
     "figures": ("hsbs_lib.demo", "regenerate every figure for trained runs"),
     "compare": ("hsbs_lib.engine.compare", "train methods/ablations over seeds and tabulate mean and std"),
+    "choose": ("hsbs_lib.engine.choose", "rank a comparison's rows on the validation split and write the plan that "
+                                         "confirms the best on fresh seeds"),
     "bench": ("hsbs_lib.bench", "measure rendering, input pipelines, training and inference speed"),
     "grade": ("hsbs_lib._grading.command", "execute submitted exercise notebooks and write one score table"),
 }

@@ -11,6 +11,7 @@ import pytest
 
 from hsbs_lib.cli import COMMANDS, build_parser
 from hsbs_lib.config import load_config
+from hsbs_lib.engine.compare import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -123,6 +124,8 @@ def check_commands(commands: list[list[str]], where: str) -> int:
             raise AssertionError(f"{where}: hsbs {' '.join(argv)} does not parse") from None
         writes = {_run_folder(value) for value in (getattr(args, "out", None), getattr(args, "save_overlay", None))
                   if value}
+        if args.command in ("compare", "choose") and not args.out and (ROOT / args.config).is_file():
+            writes.add(_run_folder(load_plan(ROOT / args.config).out))     # the plan's folder
         for path in _paths(argv):
             if path.startswith("runs/"):
                 assert _run_folder(path) in produced | writes, (

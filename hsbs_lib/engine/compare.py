@@ -85,6 +85,8 @@ class ComparePlan:
     overrides: list[str] = field(default_factory=list)
     reference: str | None = None
     published: dict[str, list[str] | None] | None = None   # {datasets: [...], methods: [...] or None}
+    # a confirmation plan (hsbs choose): {plan, seeds, metric, candidates, chosen}
+    selection: dict[str, Any] | None = None
 
     def reference_row(self) -> str:
         if self.reference is not None:
@@ -133,7 +135,26 @@ def load_plan(path: str | Path) -> ComparePlan:
         raise ValueError(f"{path}: base must be a recipe file or a mapping with data and method, got {base!r}")
     return ComparePlan(base=base, out=spec.get("out", f"runs/{path.stem}"), rows=rows,
                        overrides=[str(o) for o in spec.get("overrides", [])], reference=reference,
-                       published=_published_block(path, spec.get("published")))
+                       published=_published_block(path, spec.get("published")),
+                       selection=_selection_block(path, spec.get("selection"), rows))
+
+
+def _selection_block(path: Path, block: Any, rows: Mapping[str, list[str]]) -> dict[str, Any] | None:
+    """A confirmation plan's ``selection:`` block (written by ``hsbs choose``), checked."""
+    if block is None:
+        return None
+    expected = "a mapping with plan, seeds (integers), metric, candidates (an integer) and chosen (a row)"
+    if not isinstance(block, dict) or set(block) != {"plan", "seeds", "metric", "candidates", "chosen"}:
+        raise ValueError(f"{path}: selection must be {expected}, got {block!r}")
+    seeds, candidates = block["seeds"], block["candidates"]
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             for s in seeds)
+            or not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1):
+        raise ValueError(f"{path}: selection must be {expected}, got seeds {seeds!r}, candidates {candidates!r}")
+    if block["chosen"] not in rows:
+        raise ValueError(f"{path}: selection.chosen '{block['chosen']}' is not among the rows {list(rows)}")
+    return {"plan": str(block["plan"]), "seeds": seeds, "metric": str(block["metric"]),
+            "candidates": candidates, "chosen": str(block["chosen"])}
 
 
 def _published_block(path: Path, block: Any) -> dict[str, list[str] | None] | None:
@@ -175,6 +196,39 @@ def run_overrides(plan: ComparePlan, row: str, seed: int, extra_overrides: Seque
     command line's, then the seed and the run folder."""
     row_overrides = [item.replace("{out}", str(plan.out)).replace("{seed}", str(seed)) for item in plan.rows[row]]
     return [*plan.overrides, *row_overrides, *extra_overrides, f"train.seed={seed}", f"out={run_dir(plan, row, seed)}"]
+
+
+#: the first confirmation seed: far from the selection seeds the plans use (0-7)
+FIRST_FRESH_SEED = 10
+
+
+def fresh_seeds(selection_seeds: Sequence[int], count: int = 8) -> list[int]:
+    """``count`` seeds from FIRST_FRESH_SEED up that the selection did not use."""
+    seeds, seed = [], FIRST_FRESH_SEED
+    while len(seeds) < count:
+        if seed not in selection_seeds:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def selection_note(selection: Mapping) -> str:
+    """The line a confirmation's comparison.md starts with: how its row was chosen."""
+    seeds = " ".join(str(seed) for seed in selection["seeds"])
+    return (f"Confirmation on fresh seeds: '{selection['chosen']}' was chosen among {selection['candidates']} "
+            f"candidate rows by the {selection['metric']} over seeds {seeds} ({selection['plan']}). None of "
+            f"those seeds is used here, so the difference below is one comparison, not {selection['candidates']}.")
+
+
+def check_fresh(selection: Mapping | None, seeds: Sequence[int], plan_file: str) -> None:
+    """Refuse to confirm a choice on any seed that made it."""
+    if not selection:
+        return
+    reused = sorted(set(seeds) & set(selection["seeds"]))
+    if reused:
+        raise ValueError(f"{plan_file}: seeds {reused} chose its row (selection.seeds "
+                         f"{list(selection['seeds'])}); confirm on fresh seeds, e.g. --seeds "
+                         f"{' '.join(map(str, fresh_seeds(selection['seeds'])))}")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -520,13 +574,16 @@ def _equal_resolution_tables(summaries: list[dict], reference: str, layers: list
     return lines
 
 
-def format_report(summaries: list[dict], reference: str, published: dict | None = None) -> str:
-    """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows."""
+def format_report(summaries: list[dict], reference: str, published: dict | None = None,
+                  selection: Mapping | None = None) -> str:
+    """Every table; ``published`` (a plan's block) adds the papers' quoted numbers after the measured rows,
+    ``selection`` (a confirmation plan's block) says first how its row was chosen."""
     quoted = format_published(published["datasets"], published.get("methods")) if published else ""
     # Said only when it is not the plain test split: a copy without one (validation numbers) or TTA.
     scored = sorted({s["scored"] for s in summaries if s.get("scored")})
     heading = f"Scored on: {'; '.join(scored)}." if scored and scored != ["test split"] else ""
-    parts = [heading, format_markdown(summaries), quoted, format_differences(summaries, reference),
+    parts = [selection_note(selection) if selection else "", heading, format_markdown(summaries), quoted,
+             format_differences(summaries, reference),
              format_minority_runs(summaries), format_validation(summaries, reference),
              format_diagnostics_table(summaries, reference)]
     return "\n\n".join(part for part in parts if part)
@@ -570,14 +627,14 @@ def last_epochs_table(runs_by_row: Mapping[str, Sequence[Mapping[str, list] | st
 
 
 def write_tables(summaries: list[dict], out: str | Path, reference: str, published: dict | None = None, *,
-                 force: bool = False, plan: str | Path | None = None,
+                 force: bool = False, plan: str | Path | None = None, selection: Mapping | None = None,
                  metrics_by_row: dict[str, list[Path]] | None = None) -> tuple[Path, Path]:
     """comparison.md (every table) and comparison.csv (the measured rows only), written atomically; with
     ``metrics_by_row`` (row -> its seeds' metrics.csv) also a table of how much training accuracy still rose
     over the schedule's last quarter (comparison.md's last table; ``hsbs_lib.viz.plot_curves_by_row`` draws
     the curves)."""
     outputs = table_outputs(out, force=force, plan=plan)
-    text = format_report(summaries, reference, published)
+    text = format_report(summaries, reference, published, selection)
     finished = {row: [path for path in paths if Path(path).is_file()] for row, paths in (metrics_by_row or {}).items()}
     metrics_by_row = {row: paths for row, paths in finished.items() if paths}
     if metrics_by_row:
@@ -643,12 +700,13 @@ def run_compare(args) -> int:
         if unknown:
             raise KeyError(f"unknown rows {sorted(unknown)}; the config has {list(plan.rows)}")
         plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
+    check_fresh(plan.selection, seeds, args.config)
     table_outputs(plan.out, force=args.force, plan=args.config)    # refused before hours of training, not after
     summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
                                diagnostics=args.diagnostics)
     metrics_by_row = {row: [run_dir(plan, row, seed) / "metrics.csv" for seed in seeds] for row in plan.rows}
     md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force,
-                                plan=args.config, metrics_by_row=metrics_by_row)
-    print(format_report(summaries, reference, plan.published))
+                                plan=args.config, selection=plan.selection, metrics_by_row=metrics_by_row)
+    print(format_report(summaries, reference, plan.published, plan.selection))
     print(f"\nwritten {md} and {csv_path}")
     return 0
