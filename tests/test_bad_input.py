@@ -255,6 +255,14 @@ CASES = [
          says="aliases expand to more than 10,000 values"),
     Case("comparison plan rows not a mapping", ("compare", "--config", "{yaml}", "--out", NEW_RUN, "--no-speed"),
          yaml_text="base: {data: synthfer}\nrows: [baseline, hsbs]\n", says="rows must be a mapping"),
+    Case("choose among runs that were never trained", ("choose", "--config", "{yaml}", "--out", NEW_RUN),
+         yaml_text=f"base: {RECIPE}\nout: runs/none\nrows:\n  baseline: {{model.name: baseline}}\n"
+                   "  hsbs: {model.name: hsbs}\n", says="needs every candidate's finished run"),
+    Case("confirmation plan run on a seed that chose its row", ("compare", "--config", "{yaml}", "--seeds", "1",
+                                                                "--out", NEW_RUN, "--no-speed"),
+         yaml_text=f"base: {RECIPE}\nrows:\n  baseline: {{model.name: baseline}}\n  hsbs: {{model.name: hsbs}}\n"
+                   "selection: {plan: v.yaml, seeds: [0, 1], metric: validation mean_class_accuracy, "
+                   "candidates: 4, chosen: hsbs}\n", says="seeds [1] chose its row"),
     Case("figures of a mistyped run folder", ("figures", "--run", NEW_RUN, "--out", f"{NEW_RUN}/figures"),
          says=f"run directory {NEW_RUN} not found"),
     Case("synth at a size it cannot draw", ("synth", "--out", NEW_RUN, "--n", "4", "--size", "8"),
