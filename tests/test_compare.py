@@ -278,3 +278,23 @@ def test_curves_show_whether_each_row_levelled_off(tmp_path):
     assert len(lines) == 3 + 2 and [line.get_label() for line in lines if line.get_linewidth() == 2.0] == [
         "baseline (2 seeds)", "phanet (1 seeds)"]
     assert list(lines[-1].get_ydata()) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_every_shipped_plan_loads_and_each_row_composes_a_valid_recipe():
+    """A typo in a plan's row (a key that does not exist, a value of the wrong type) fails here, not after
+    hours of its earlier rows' training."""
+    from hsbs_lib.config import validate_config
+    from hsbs_lib.models.registry import model_option_defaults
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    plans = [path for path in sorted(configs.glob("*.yaml")) if "rows" in (yaml.safe_load(path.read_text()) or {})]
+    assert {"compare_synthfer.yaml", "ablation_hsbs.yaml", "ablation_fer2013.yaml", "control_hst.yaml",
+            "variants_hsbs.yaml"} <= {path.name for path in plans}
+    for path in plans:
+        plan = compare.load_plan(path)
+        for row in plan.rows:
+            config = compare.load_plan_config(plan, compare.run_overrides(plan, row, 0))
+            validate_config(config)
+            assert config.out == str(compare.run_dir(plan, row, 0)), (path.name, row)
+            # model options are checked when the model is built, so here by name against the model's own
+            unknown = set(config.model.options) - set(model_option_defaults(config.model.name))
+            assert not unknown, f"{path.name}, row '{row}': {config.model.name} has no options {sorted(unknown)}"
