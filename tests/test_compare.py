@@ -298,3 +298,30 @@ def test_every_shipped_plan_loads_and_each_row_composes_a_valid_recipe():
             # model options are checked when the model is built, so here by name against the model's own
             unknown = set(config.model.options) - set(model_option_defaults(config.model.name))
             assert not unknown, f"{path.name}, row '{row}': {config.model.name} has no options {sorted(unknown)}"
+
+
+def test_an_interrupted_run_is_resumed_not_trained_again(tmp_path, capsys):
+    """A comparison stopped mid-run (here after epoch 1 of 2, as a session's end would stop it) continues
+    from the run's last.pt on the next call: epoch 1 is kept, not trained again."""
+    tiny = ["train.progress=false", "train.threads=1", "data.n_train=28", "data.n_val=14", "data.n_test=14",
+            "data.input_size=33", "model.backbone_width=8", "train.batch_size=14", "train.epochs=2"]
+    spec = {"base": "configs/synthfer_baseline.yaml", "out": str(tmp_path / "cmp"), "overrides": tiny,
+            "rows": {"baseline": {"model.name": "baseline"}}}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(spec, sort_keys=False))
+    command = ["compare", "--config", str(plan), "--seeds", "0", "--no-speed", "--no-diagnostics"]
+    run = tmp_path / "cmp" / "baseline" / "seed0"
+    # the first sitting saves epoch 1 and stops: no report yet, and no tables
+    assert main([*command, "train.stop_after_epoch=1"]) == 0
+    assert "stopped before its last epoch" in capsys.readouterr().out
+    assert (run / "last.pt").is_file() and not (run / "eval.json").exists()
+    assert not (tmp_path / "cmp" / "comparison.md").exists()
+    first_epoch = (run / "metrics.csv").read_text().splitlines()[1]
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "[compare] resuming baseline seed 0" in capsys.readouterr().out
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == first_epoch          # epoch 1 kept, epoch 2 added
+    assert json.loads((run / "eval.json").read_text())["epoch"] in (1, 2)
+    # a run of another recipe in the folder is not resumed (it is trained again, as before)
+    assert not compare.interrupted_run_of(run, compare.load_plan_config(compare.load_plan(plan), ["train.lr=0.5"]))

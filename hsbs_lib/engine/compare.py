@@ -14,7 +14,8 @@ A row's values may name ``{out}`` (the comparison's folder) and ``{seed}`` (the 
 taken from the same comparison: ``model.options.hst_teacher_checkpoint: "{out}/baseline/seed{seed}"``.
 
 Each (row, seed) trains into OUT/ROW/seedS; a finished run (eval.json present, same recipe in its
-config.yaml) is reused, so the command can be interrupted and re-run. The tables report, per metric of the
+config.yaml) is reused and an interrupted one (its last.pt of the same recipe, no eval.json) is resumed from
+its last saved epoch, so the command can be interrupted and re-run without losing more than an epoch. The tables report, per metric of the
 test split (scored once per run, for the checkpoint its validation split selected):
 
 * mean and sample standard deviation over seeds;
@@ -51,7 +52,8 @@ from hsbs_lib.config import load_config, read_yaml_file
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
-from hsbs_lib.engine.build import build_model, resolve_device
+from hsbs_lib.engine.build import build_model, resolve_device, trained_same_recipe
+from hsbs_lib.engine.checkpoint import load_checkpoint
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
 from hsbs_lib.engine.log import metrics_of, numeric_column
@@ -278,6 +280,10 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], *, co
 
 # ---------------------------------------------------------------------------------------------- running
 
+class SittingStopped(Exception):
+    """A run of the comparison stopped before its report, as asked (``train.stop_after_epoch``)."""
+
+
 def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequence[str] = (),
                    measure_speed: bool = True, diagnostics: bool | None = None) -> list[dict]:
     """Train every (row, seed) not yet finished, then summarise. Returns one dict per row.
@@ -295,9 +301,16 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
             eval_file = out / "eval.json"
             if eval_file.is_file() and holds_run_of(out, config):
                 print(f"[compare] reusing {eval_file}")
+            elif interrupted_run_of(out, config):
+                # a sitting that ended mid-run (a session's end, a kill): continue it, not hours from scratch
+                print(f"[compare] resuming {row} seed {seed} from {out / 'last.pt'}")
+                train.fit(config, resume=out)
             else:
                 print(f"[compare] training {row} seed {seed} -> {out}")
                 train.fit(config)
+            if not eval_file.is_file():
+                raise SittingStopped(f"{out} stopped before its last epoch (train.stop_after_epoch); run the same "
+                                     f"command again to continue it and the rest of the comparison")
             results[row][seed] = json.loads(eval_file.read_text())
             configs[row] = config
     if diagnostics is None:
@@ -312,6 +325,19 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     for summary in summaries:
         summary.update(_cost(configs[summary["row"]], measure_speed))
     return summaries
+
+
+def interrupted_run_of(folder: Path, config) -> bool:
+    """Whether ``folder`` holds an unfinished run of ``config``'s recipe: a ``last.pt`` whose stored config
+    trains the same recipe, and no eval.json yet (the run stopped before its last epoch's report)."""
+    last = folder / "last.pt"
+    if (folder / "eval.json").is_file() or not last.is_file() or not holds_run_of(folder, config):
+        return False
+    try:
+        stored = load_checkpoint(last).get("config")
+    except (OSError, ValueError, RuntimeError):
+        return False      # unreadable: trained again, as a foreign run would be
+    return isinstance(stored, dict) and trained_same_recipe(stored, config)
 
 
 def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[dict]:
@@ -702,8 +728,12 @@ def run_compare(args) -> int:
         plan.rows = {name: plan.rows[name] for name in plan.rows if name in args.rows or name == reference}
     check_fresh(plan.selection, seeds, args.config)
     table_outputs(plan.out, force=args.force, plan=args.config)    # refused before hours of training, not after
-    summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing], measure_speed=args.speed,
-                               diagnostics=args.diagnostics)
+    try:
+        summaries = run_comparison(plan, seeds, extra_overrides=[*args.overrides, *trailing],
+                                   measure_speed=args.speed, diagnostics=args.diagnostics)
+    except SittingStopped as stopped:
+        print(f"[compare] {stopped}")
+        return 0
     metrics_by_row = {row: [run_dir(plan, row, seed) / "metrics.csv" for seed in seeds] for row in plan.rows}
     md, csv_path = write_tables(summaries, plan.out, reference, plan.published, force=args.force,
                                 plan=args.config, selection=plan.selection, metrics_by_row=metrics_by_row)
