@@ -52,7 +52,8 @@ figures: $(STAMP)
 
 ## Rewrite notebooks/reference/ (the expected results the notebooks show) from the finished demo, ablation
 ## and method-comparison runs in $(RUNS) and the committed figures/; trains nothing. Some parts only, the
-## others kept as they are: make reference PARTS="demo methods"
+## others kept as they are: make reference PARTS="demo methods". PARTS=control adds the perfect-teacher
+## control (runs/control_hst, configs/control_hst.yaml over seeds 0-7), written only when asked for.
 PARTS ?=
 reference: $(STAMP)
 	$(PY) -m hsbs_lib.engine.expected --runs $(RUNS) --figures figures --out notebooks/reference $(if $(PARTS),--parts $(PARTS))

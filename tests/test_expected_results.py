@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from hsbs_lib.engine import expected
+from hsbs_lib.engine import expected, quotes
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "notebooks" / "reference"
@@ -235,3 +235,30 @@ def test_parts_rewrites_some_tables_and_keeps_the_others_with_their_recipe(finis
         error = capsys.readouterr().err
         assert len(error.strip().splitlines()) == 1 and ("cannot keep" in error or "--parts expects" in error)
     assert not fresh.exists()
+
+
+def test_the_control_part_is_written_only_when_asked_and_then_kept(finished_runs, tmp_path, capsys):
+    runs, figures = finished_runs
+    for row_index, row in enumerate(expected.CONTROL_ROWS):
+        for seed in expected.CONTROL_SEEDS:
+            run = runs / "control_hst" / row / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "eval.json").write_text(json.dumps(fake_report(seed, 0.70 + 0.01 * row_index + 0.002 * seed)))
+            (run / "config.yaml").write_text("{}\n")
+    out = tmp_path / "reference"
+    files = expected.write_reference(runs, figures, out)         # the default parts: no control
+    assert not any(name.startswith("synthfer_control") for name in files)
+    files = expected.write_reference(runs, figures, out, parts=["control"])
+    control = json.loads((out / "synthfer_control.json").read_text())
+    assert control["seeds"] == list(range(8)) and [r["row"] for r in control["rows"]] == list(expected.CONTROL_ROWS)
+    # the GT mask row (index 2) minus the layer4-teacher row (index 1), paired by seed
+    assert math.isclose(control["mask_vs_layer4"]["accuracy_diff"], 0.01)
+    assert math.isclose(expected.ablation_row(control["rows"], "HST layer3 (GT mask)")["accuracy_diff"], 0.02)
+    assert files["synthfer_control.md"]["source"].startswith("runs/control_hst/{baseline,HST layer3")
+    assert expected.ablation_row(json.loads((out / "synthfer_ablation.json").read_text())["rows"], "+HST")
+    # a later default rewrite keeps the control part, and says so
+    assert expected.main(["--runs", str(runs), "--figures", str(figures), "--out", str(out)]) == 0
+    assert "kept control" in capsys.readouterr().out
+    assert "synthfer_control.json" in json.loads((out / "manifest.json").read_text())
+    # a notebook quote can name it by its short name
+    assert quotes.resolve_quote("control:HST layer3 (GT mask).accuracy_diff", out) == pytest.approx(0.02)

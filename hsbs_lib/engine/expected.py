@@ -18,6 +18,9 @@ notebooks/reference``) copies and derives, from those finished runs and the comm
 
 ``--parts`` rewrites some parts only (``demo``, ``ablation``, ``methods``) and keeps the others as they are,
 with their manifest entries, so a table whose runs are not on this machine still says which recipe it holds.
+``--parts control`` adds ``synthfer_control.json`` and ``.md``, the perfect-teacher control (``hsbs compare
+--config configs/control_hst.yaml --seeds 0 1 2 3 4 5 6 7``, runs/control_hst), with the ground-truth mask
+against layer4's map as HST's teacher (``mask_vs_layer4``); it is written only when asked for.
 
 No checkpoint is copied: the folder stays well under a few MB. Nothing here trains or evaluates a model.
 """
@@ -44,6 +47,10 @@ ABLATION_ROWS = ("baseline", "hsbs", "+HST", "+BSA")
 ABLATION_SEEDS = (0, 1, 2, 3, 4)
 METHOD_ROWS = ("baseline", "hsbs", "clcl", "phanet", "mfer")
 METHOD_SEEDS = (0, 1, 2)
+# The perfect-teacher control (configs/control_hst.yaml, runs/control_hst): HST on layer3 only, four teachers.
+CONTROL_ROWS = ("baseline", "HST layer3 (layer4 teacher)", "HST layer3 (GT mask)", "HST layer3 (blend)",
+                "HST layer3 (AU mask)")
+CONTROL_SEEDS = tuple(range(8))
 DIAGNOSTICS_FILE = "diagnostics-test-512.json"
 # The committed figures (figures/NAME.png) the notebooks discuss.
 FIGURES = ("synthfer_samples", "demo_hsbs_vs_demo_baseline_attention", "demo_hsbs_vs_demo_baseline_per_class",
@@ -54,8 +61,11 @@ MAX_FIGURE_WIDTH = 1000
 MAX_FILE_BYTES = 400_000
 
 #: The parts of the reference folder, each rewritten from its own runs: the demo runs with the figures, and
-#: the two summaries.
-PARTS = ("demo", "ablation", "methods")
+#: the summaries. An optional part is written only when asked for (``--parts control``); until then the
+#: folder may lack it.
+PARTS = ("demo", "ablation", "methods", "control")
+OPTIONAL_PARTS = ("control",)
+DEFAULT_PARTS = tuple(part for part in PARTS if part not in OPTIONAL_PARTS)
 
 METRIC_LABELS = {"accuracy": "accuracy", "mean_class_accuracy": "mean class accuracy", "macro_f1": "macro-F1"}
 
@@ -203,6 +213,18 @@ def method_summaries(folder: Path, rows: Sequence[str] = METHOD_ROWS, seeds: Seq
             "recipe": run_recipe(folder / rows[0] / f"seed{seeds[0]}" / "config.yaml")}
 
 
+def control_summaries(folder: Path, rows: Sequence[str] = CONTROL_ROWS, seeds: Sequence[int] = CONTROL_SEEDS
+                      ) -> dict:
+    """Summaries of the control's ``folder/ROW/seedS`` (control_hst.yaml) against the baseline, and of the
+    ground-truth mask against layer4's map as HST's teacher (``mask_vs_layer4``: what a perfect teacher adds)."""
+    results = _row_results(folder, rows, seeds, "control_hst.yaml")
+    layer4, mask = rows[1], rows[2]
+    teacher_share = summarise({layer4: results[layer4], mask: results[mask]}, reference=layer4)
+    return {"rows": _summaries_with_cost(folder, results, seeds), "mask_vs_layer4": ablation_row(teacher_share, mask),
+            "seeds": list(seeds), "reference_row": "baseline",
+            "recipe": run_recipe(folder / rows[0] / f"seed{seeds[0]}" / "config.yaml")}
+
+
 def write_summary_files(summaries: dict, out: Path, stem: str, source: str) -> dict[str, dict]:
     """``out/STEM.json`` (the summaries) and ``out/STEM.md`` (their tables); returns their manifest entries."""
     write_text_atomic(out / f"{stem}.json", json.dumps(summaries, indent=1) + "\n")
@@ -212,8 +234,8 @@ def write_summary_files(summaries: dict, out: Path, stem: str, source: str) -> d
             for suffix in ("json", "md")}
 
 
-def _runs_pattern(rows: Sequence[str], seeds: Sequence[int]) -> str:
-    return f"runs/synthfer/{{{','.join(rows)}}}/seed{{{','.join(map(str, seeds))}}}"
+def _runs_pattern(rows: Sequence[str], seeds: Sequence[int], folder: str = "synthfer") -> str:
+    return f"runs/{folder}/{{{','.join(rows)}}}/seed{{{','.join(map(str, seeds))}}}"
 
 
 def _scaled_figure(source: Path, target: Path) -> None:
@@ -228,7 +250,8 @@ def _scaled_figure(source: Path, target: Path) -> None:
         atomic_write(target, lambda path: palette.save(path, format="PNG", optimize=True))
 
 
-def write_reference(runs: str | Path, figures: str | Path, out: str | Path, parts: Sequence[str] = PARTS) -> dict:
+def write_reference(runs: str | Path, figures: str | Path, out: str | Path, parts: Sequence[str] = DEFAULT_PARTS
+                    ) -> dict:
     """Write the reference folder ``out`` from finished ``runs`` and committed ``figures``; return the manifest.
 
     ``parts`` (of :data:`PARTS`) are rewritten; the others are kept as ``out`` holds them, with their manifest
@@ -254,6 +277,9 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path, part
                                           _runs_pattern(ABLATION_ROWS, ABLATION_SEEDS))
     if "methods" in parts:
         summaries["synthfer_methods"] = method_summaries(runs / "synthfer"), _runs_pattern(METHOD_ROWS, METHOD_SEEDS)
+    if "control" in parts:
+        summaries["synthfer_control"] = (control_summaries(runs / "control_hst"),
+                                         _runs_pattern(CONTROL_ROWS, CONTROL_SEEDS, "control_hst"))
     # Only files an earlier run of this command wrote (its manifest.json lists them, with their size) may be
     # replaced; every name is checked before anything is written.
     previous_manifest = out / "manifest.json"
@@ -275,10 +301,10 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path, part
                              "or move them away")
     kept = {name: entry for name, entry in previous.items() if _part_of(name) not in parts}
     absent = sorted({_part_of(name) for name in kept if not written_before(name)}
-                    | {part for part in PARTS if part not in parts and not any(_part_of(n) == part for n in kept)})
+                    | {part for part in DEFAULT_PARTS if part not in parts and not any(_part_of(n) == part for n in kept)})
     if absent:
         raise ReferenceError(f"{out}: cannot keep {', '.join(absent)}: it is not there as this command wrote it; "
-                             f"rewrite it too (--parts {' '.join(PARTS)})")
+                             f"rewrite it too (--parts {' '.join(DEFAULT_PARTS)})")
 
     manifest = dict(kept)
     for name, source in sources.items():
@@ -307,6 +333,8 @@ def _part_of(name: str) -> str:
         return "ablation"
     if name.startswith("synthfer_methods."):
         return "methods"
+    if name.startswith("synthfer_control."):
+        return "control"
     return "demo"
 
 
@@ -326,8 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="the folder holding demo_baseline, demo_hsbs and synthfer/")
     parser.add_argument("--figures", default="figures", help="the committed figures (make figures)")
     parser.add_argument("--out", default=str(reference_dir()), help="the reference folder to (re)write")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), metavar="PART",
-                        help=f"rewrite only these parts ({', '.join(PARTS)}; default all), keeping the others")
+    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), metavar="PART",
+                        help=f"rewrite only these parts ({', '.join(PARTS)}; default {' '.join(DEFAULT_PARTS)}), "
+                             "keeping the others")
     args = parser.parse_args(argv)
     try:
         manifest = write_reference(args.runs, args.figures, args.out, args.parts)
@@ -335,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     total = sum(entry["bytes"] for entry in manifest.values())
-    kept = [part for part in PARTS if part not in args.parts]
+    kept = sorted({_part_of(name) for name in manifest} - set(args.parts), key=PARTS.index)
     print(f"wrote {args.out}: {', '.join(args.parts)}" + (f"; kept {', '.join(kept)}" if kept else "")
           + f" ({len(manifest)} files, {total / 1e6:.2f} MB)")
     return 0

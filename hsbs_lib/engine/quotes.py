@@ -6,8 +6,8 @@ marker right after it, an HTML comment that renders as nothing::
     both models reach 80.0 %<!-- ref: demo_baseline/eval.json:accuracy --> accuracy
 
 The marker names a *source*: ``FILE:PATH``, where ``FILE`` is a reference file (``.json`` or ``.csv``) and
-``PATH`` is a dotted path into it. Short names stand for the usual files: ``ablation`` and ``methods``
-(``synthfer_ablation.json``, ``synthfer_methods.json``), ``demo_baseline`` and ``demo_hsbs`` (their
+``PATH`` is a dotted path into it. Short names stand for the usual files: ``ablation``, ``methods`` and
+``control`` (``synthfer_ablation.json``, ``synthfer_methods.json``, ``synthfer_control.json``), ``demo_baseline`` and ``demo_hsbs`` (their
 ``eval.json``), ``demo_baseline/metrics`` (its ``metrics.csv``). A path segment is a dict key, a row name of a
 summary file (``ablation:hsbs.mean_class_accuracy_mean``), a list index (``-1`` = the last row of a
 ``metrics.csv``), ``KEY=VALUE`` (the list element whose ``KEY`` is ``VALUE``) or ``sum`` (the sum of a
@@ -71,7 +71,8 @@ def _number(text: str):
         return text
 
 
-FILE_ALIASES = {"ablation": "synthfer_ablation.json", "methods": "synthfer_methods.json"}
+FILE_ALIASES = {"ablation": "synthfer_ablation.json", "methods": "synthfer_methods.json",
+                "control": "synthfer_control.json"}
 
 
 def _file(name: str) -> str:
