@@ -28,7 +28,7 @@ from hsbs_lib.config import load_config, repo_root
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import CANONICAL_7
 from hsbs_lib.engine.build import resolve_device
-from hsbs_lib.engine.run_folder import holds_run_of
+from hsbs_lib.engine.run_folder import finished_run_of, resumable_run_of
 from hsbs_lib.engine.train import fit
 from hsbs_lib.outputs import OutputFolder
 from hsbs_lib.viz.figures import draw_figures
@@ -83,10 +83,9 @@ def ensure_demo_runs(root: str | Path = "runs", overrides: Sequence[str] = ()) -
         directory = Path(root) / name
         # The shipped recipe, wherever the command is run from (repo_root: the checkout hsbs_lib came from).
         config = load_config(repo_root() / recipe, [*overrides, f"out={directory}"])
-        same = holds_run_of(directory, config)
-        if same and (directory / "eval.json").is_file() and (directory / "best.pt").is_file():
+        if finished_run_of(directory, config) and (directory / "best.pt").is_file():
             log.info("reusing %s (trained with %s)", directory, recipe)
-        elif same and (directory / "last.pt").is_file():
+        elif resumable_run_of(directory, config):
             log.info("resuming the interrupted run %s", directory)
             fit(config, resume=directory)
         else:

@@ -10,6 +10,7 @@ import yaml
 from hsbs_lib.config import save_config
 from hsbs_lib.cli import main
 from hsbs_lib.engine import compare
+from hsbs_lib.engine.run_folder import resumable_run_of
 
 # Known per-seed results: the table bookkeeping and the statistics are checked against hand-computed
 # numbers, without training (the engine itself is tested in test_engine.py and test_splits.py).
@@ -324,4 +325,4 @@ def test_an_interrupted_run_is_resumed_not_trained_again(tmp_path, capsys):
     assert len(lines) == 3 and lines[1] == first_epoch          # epoch 1 kept, epoch 2 added
     assert json.loads((run / "eval.json").read_text())["epoch"] in (1, 2)
     # a run of another recipe in the folder is not resumed (it is trained again, as before)
-    assert not compare.interrupted_run_of(run, compare.load_plan_config(compare.load_plan(plan), ["train.lr=0.5"]))
+    assert not resumable_run_of(run, compare.load_plan_config(compare.load_plan(plan), ["train.lr=0.5"]))

@@ -34,8 +34,8 @@ import yaml
 
 from hsbs_lib.engine.compare import (METRIC_NAMES, METRICS, ComparePlan, fresh_seeds,
                                      load_plan, load_plan_config, mean_std, paired_difference, run_dir,
-                                     run_overrides, split_seeds)
-from hsbs_lib.engine.run_folder import holds_run_of
+                                     run_overrides, split_seeds, use_reference)
+from hsbs_lib.engine.run_folder import finished_run_of
 from hsbs_lib.outputs import OutputFolder
 
 CHOICE_FILES = ("choice.md", "choice.json", "confirm.yaml")
@@ -53,7 +53,7 @@ def selection_scores(plan: ComparePlan, rows: Sequence[str], seeds: Sequence[int
         for seed in seeds:
             folder = run_dir(plan, row, seed)
             eval_file = folder / "eval.json"
-            if not eval_file.is_file() or not holds_run_of(folder, load_plan_config(plan, run_overrides(plan, row, seed))):
+            if not finished_run_of(folder, load_plan_config(plan, run_overrides(plan, row, seed))):
                 missing.append(str(folder))
                 continue
             try:
@@ -148,11 +148,7 @@ def run_choose(args) -> int:
     if args.confirm_seeds < 2:
         raise ValueError(f"--confirm-seeds: at least 2 (a paired interval needs two), got {args.confirm_seeds}")
     plan = load_plan(args.config)
-    if args.reference:
-        if args.reference not in plan.rows:
-            raise KeyError(f"unknown reference row '{args.reference}'; the config has {list(plan.rows)}")
-        plan.reference = args.reference
-    reference = plan.reference_row()
+    reference = use_reference(plan, args.reference)
     candidates = list(args.candidates) if args.candidates else [row for row in plan.rows if row != reference]
     unknown = [row for row in candidates if row not in plan.rows]
     if unknown:

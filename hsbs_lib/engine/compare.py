@@ -15,8 +15,9 @@ taken from the same comparison: ``model.options.hst_teacher_checkpoint: "{out}/b
 
 Each (row, seed) trains into OUT/ROW/seedS; a finished run (eval.json present, same recipe in its
 config.yaml) is reused and an interrupted one (its last.pt of the same recipe, no eval.json) is resumed from
-its last saved epoch, so the command can be interrupted and re-run without losing more than an epoch. The tables report, per metric of the
-test split (scored once per run, for the checkpoint its validation split selected):
+its last saved epoch, so the command can be interrupted and re-run without losing more than an epoch. The
+tables report, per metric of the test split (scored once per run, for the checkpoint its validation split
+selected):
 
 * mean and sample standard deviation over seeds;
 * the difference to the reference row, paired by seed (seed s of a row against seed s of the reference,
@@ -52,13 +53,12 @@ from hsbs_lib.config import load_config, read_yaml_file
 from hsbs_lib.constants import MINORITY_CLASSES
 from hsbs_lib.data.labels import class_names
 from hsbs_lib.engine import train
-from hsbs_lib.engine.build import build_model, resolve_device, trained_same_recipe
-from hsbs_lib.engine.checkpoint import load_checkpoint
+from hsbs_lib.engine.build import build_model, resolve_device
 from hsbs_lib.engine.cost import count_macs, count_parameters, measure_inference, measure_training
 from hsbs_lib.engine.diagnostics import run_diagnostics
 from hsbs_lib.engine.log import metrics_of, numeric_column
 from hsbs_lib.engine.published import PUBLISHED_METHODS, format_published
-from hsbs_lib.engine.run_folder import holds_run_of
+from hsbs_lib.engine.run_folder import finished_run_of, resumable_run_of
 from hsbs_lib.outputs import OutputFolder, plain_name
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
@@ -299,9 +299,9 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
             out = run_dir(plan, row, seed)
             config = load_plan_config(plan, run_overrides(plan, row, seed, extra_overrides))
             eval_file = out / "eval.json"
-            if eval_file.is_file() and holds_run_of(out, config):
+            if finished_run_of(out, config):
                 print(f"[compare] reusing {eval_file}")
-            elif interrupted_run_of(out, config):
+            elif resumable_run_of(out, config):
                 # a sitting that ended mid-run (a session's end, a kill): continue it, not hours from scratch
                 print(f"[compare] resuming {row} seed {seed} from {out / 'last.pt'}")
                 train.fit(config, resume=out)
@@ -325,19 +325,6 @@ def run_comparison(plan: ComparePlan, seeds: list[int], *, extra_overrides: Sequ
     for summary in summaries:
         summary.update(_cost(configs[summary["row"]], measure_speed))
     return summaries
-
-
-def interrupted_run_of(folder: Path, config) -> bool:
-    """Whether ``folder`` holds an unfinished run of ``config``'s recipe: a ``last.pt`` whose stored config
-    trains the same recipe, and no eval.json yet (the run stopped before its last epoch's report)."""
-    last = folder / "last.pt"
-    if (folder / "eval.json").is_file() or not last.is_file() or not holds_run_of(folder, config):
-        return False
-    try:
-        stored = load_checkpoint(last).get("config")
-    except (OSError, ValueError, RuntimeError):
-        return False      # unreadable: trained again, as a foreign run would be
-    return isinstance(stored, dict) and trained_same_recipe(stored, config)
 
 
 def summarise(results: dict[str, dict[int, dict]], *, reference: str) -> list[dict]:
@@ -711,16 +698,21 @@ def split_seeds(items: list[str]) -> tuple[list[int], list[str]]:
     return seeds, overrides
 
 
+def use_reference(plan: ComparePlan, row: str | None) -> str:
+    """Make ``row`` (a ``--reference``; None: the plan's own) the row the others are compared with; returns it."""
+    if row:
+        if row not in plan.rows:
+            raise KeyError(f"unknown reference row '{row}'; the config has {list(plan.rows)}")
+        plan.reference = row
+    return plan.reference_row()
+
+
 def run_compare(args) -> int:
     seeds, trailing = split_seeds([str(item) for item in args.seeds])
     plan = load_plan(args.config)
     if args.out:
         plan.out = args.out
-    if args.reference:
-        if args.reference not in plan.rows:
-            raise KeyError(f"unknown reference row '{args.reference}'; the config has {list(plan.rows)}")
-        plan.reference = args.reference
-    reference = plan.reference_row()
+    reference = use_reference(plan, args.reference)
     if args.rows:
         unknown = set(args.rows) - set(plan.rows)
         if unknown:

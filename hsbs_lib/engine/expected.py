@@ -301,7 +301,8 @@ def write_reference(runs: str | Path, figures: str | Path, out: str | Path, part
                              "or move them away")
     kept = {name: entry for name, entry in previous.items() if _part_of(name) not in parts}
     absent = sorted({_part_of(name) for name in kept if not written_before(name)}
-                    | {part for part in DEFAULT_PARTS if part not in parts and not any(_part_of(n) == part for n in kept)})
+                    | {part for part in DEFAULT_PARTS
+                       if part not in parts and not any(_part_of(n) == part for n in kept)})
     if absent:
         raise ReferenceError(f"{out}: cannot keep {', '.join(absent)}: it is not there as this command wrote it; "
                              f"rewrite it too (--parts {' '.join(DEFAULT_PARTS)})")

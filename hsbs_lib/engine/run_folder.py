@@ -171,6 +171,18 @@ def holds_run_of(folder: str | os.PathLike, config: Config) -> bool:
     return stored is not None and trained_same_recipe(stored, config)
 
 
+def finished_run_of(folder: str | os.PathLike, config: Config) -> bool:
+    """Whether ``folder`` holds a finished run of ``config``'s recipe: its eval.json (the last thing ``fit``
+    writes) beside a config.yaml of the same recipe. What ``hsbs compare`` and ``hsbs choose`` take as done."""
+    return (Path(folder) / "eval.json").is_file() and holds_run_of(folder, config)
+
+
+def resumable_run_of(folder: str | os.PathLike, config: Config) -> bool:
+    """Whether ``folder`` holds a run of ``config``'s recipe with a last.pt to continue from: what ``hsbs demo``
+    and ``hsbs compare`` resume when it has not finished. ``fit`` itself refuses a last.pt of another recipe."""
+    return (Path(folder) / "last.pt").is_file() and holds_run_of(folder, config)
+
+
 def _file_states(folder: Path) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file directly in ``folder``: what a run could have written."""
     return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir() if path.is_file()}
